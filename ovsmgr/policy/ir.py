@@ -1,0 +1,182 @@
+"""The resolved policy: what the compiler and simulator consume.
+
+Names are gone (sets expanded, services parsed, zones numbered); what is left
+is plain, hashable data with the source span of each rule kept for messages.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ovsmgr.policy.diagnostics import Diagnostic, Span
+from ovsmgr.policy.model import Policy, Switch
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Family = Literal[4, 6]
+Proto = Literal["tcp", "udp", "sctp", "icmp", "icmpv6"]
+
+IP_PROTO_NUMBERS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132, "icmpv6": 58}
+
+
+@dataclass(frozen=True, order=True)
+class Service:
+    """One protocol item: a port range for tcp/udp/sctp, a type (and code) for ICMP; None is any."""
+
+    proto: Proto
+    ports: tuple[int, int] | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+
+    @property
+    def families(self) -> frozenset[int]:
+        if self.proto == "icmp":
+            return frozenset({4})
+        if self.proto == "icmpv6":
+            return frozenset({6})
+        return frozenset({4, 6})
+
+    def covers(self, other: Service) -> bool:
+        if self.proto != other.proto:
+            return False
+        if self.ports is not None:
+            return other.ports is not None and self.ports[0] <= other.ports[0] and other.ports[1] <= self.ports[1]
+        if self.icmp_type is not None and self.icmp_type != other.icmp_type:
+            return False
+        return self.icmp_code is None or self.icmp_code == other.icmp_code
+
+    def overlaps(self, other: Service) -> bool:
+        if self.proto != other.proto:
+            return False
+        if self.ports is not None and other.ports is not None:
+            return self.ports[0] <= other.ports[1] and other.ports[0] <= self.ports[1]
+        if None not in (self.icmp_type, other.icmp_type) and self.icmp_type != other.icmp_type:
+            return False
+        return None in (self.icmp_code, other.icmp_code) or self.icmp_code == other.icmp_code
+
+    def __str__(self) -> str:
+        if self.ports is not None:
+            lo, hi = self.ports
+            return f"{self.proto}/{lo}" if lo == hi else f"{self.proto}/{lo}-{hi}"
+        if self.icmp_type is not None:
+            code = f"/{self.icmp_code}" if self.icmp_code is not None else ""
+            return f"{self.proto}/{self.icmp_type}{code}"
+        return self.proto
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """What a firewall or NAT rule matches; an empty tuple means any."""
+
+    from_zone: str
+    to_zone: str | None = None
+    src: tuple[IPNetwork, ...] = ()
+    dst: tuple[IPNetwork, ...] = ()
+    services: tuple[Service, ...] = ()
+
+    def families(self) -> frozenset[int]:
+        """The IP versions this match can apply to (empty: it can never match)."""
+        fams = {4, 6}
+        for prefixes in (self.src, self.dst):
+            if prefixes:
+                fams &= {p.version for p in prefixes}
+        if self.services:
+            fams &= set().union(*(s.families for s in self.services))
+        return frozenset(fams)
+
+    def for_family(self, family: int) -> RuleMatch:
+        return RuleMatch(
+            self.from_zone,
+            self.to_zone,
+            tuple(p for p in self.src if p.version == family),
+            tuple(p for p in self.dst if p.version == family),
+            tuple(s for s in self.services if family in s.families),
+        )
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    index: int
+    match: RuleMatch
+    action: Literal["allow", "drop", "reject"]
+    stateful: bool
+    log: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class NatRule:
+    name: str
+    index: int
+    kind: Literal["snat", "dnat"]
+    match: RuleMatch
+    translate_lo: IPAddress
+    translate_hi: IPAddress
+    ports: tuple[int, int] | None
+    port: int | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    name: str
+    ofport: int
+    zone: str
+    interface: str | None = None
+    type: str | None = None
+    devargs: str | None = None
+
+
+@dataclass(frozen=True)
+class ZoneInfo:
+    name: str
+    id: int
+    ports: tuple[str, ...]
+    networks: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    model: Policy
+    bridge: str
+    datapath: str
+    fail_mode: str
+    forwarding: Literal["ports", "normal"]
+    mac: str
+    ports: dict[str, PortInfo]
+    links: dict[str, str]
+    zones: dict[str, ZoneInfo]
+    rules: tuple[Rule, ...]
+    nat: tuple[NatRule, ...]
+    default_action: Literal["allow", "drop", "reject"]
+    ct_zone: int
+    max_connections: int | None
+    invalid: Literal["drop", "allow"]
+    cut_on_rule_removal: bool
+    sources: tuple[str, ...] = field(default=())
+    diagnostics: tuple[Diagnostic, ...] = field(default=(), compare=False)
+
+    @property
+    def switch(self) -> Switch:
+        return self.model.switch
+
+    def nat_owned_addresses(self) -> tuple[IPAddress, ...]:
+        """Addresses the switch answers ARP/ND for: snat targets and dnat public addresses."""
+        owned: set[IPAddress] = set()
+        for rule in self.nat:
+            if rule.kind == "snat":
+                owned.update(address_range(rule.translate_lo, rule.translate_hi))
+            else:
+                for prefix in rule.match.dst:
+                    if prefix.num_addresses <= 256:
+                        owned.update(prefix)
+        return tuple(sorted(owned, key=lambda a: (a.version, int(a))))
+
+
+def address_range(lo: IPAddress, hi: IPAddress, limit: int = 256) -> list[IPAddress]:
+    count = int(hi) - int(lo) + 1
+    return [ipaddress.ip_address(int(lo) + i) if lo.version == 4 else ipaddress.IPv6Address(int(lo) + i)
+            for i in range(min(count, limit))]

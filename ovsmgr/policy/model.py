@@ -1,0 +1,133 @@
+"""The policy language (see docs/policy.md) as frozen pydantic models.
+
+These models check shape: keys, types and enumerations. Meaning (names that
+must exist, prefixes that must parse, rules that shadow each other) is checked
+by `ovsmgr.policy.resolve`, which also turns this model into the resolved form
+the compiler consumes. The JSON Schema that editors use is generated from here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")]
+"""Names of zones, ports, sets, services and rules: identifiers an operator can type and grep."""
+
+AddressList = Annotated[
+    str | list[str],
+    Field(description='An address, a prefix, "@set", or a list of them.'),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+
+
+class Port(_Frozen):
+    """A bridge port the policy speaks of, by the OpenFlow port number it must have."""
+
+    ofport: Annotated[int, Field(ge=1, le=65279, description="OpenFlow port number (ofport_request).")]
+    interface: str | None = Field(
+        default=None, description="Interface ovsmgr adds to the bridge under this port's name."
+    )
+    type: Literal["system", "internal", "dpdk", "afxdp", "tap"] | None = Field(
+        default=None, description="OVS interface type; system when omitted."
+    )
+    devargs: str | None = Field(default=None, description="DPDK device arguments (type: dpdk).")
+
+
+class Switch(_Frozen):
+    bridge: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
+    datapath: Literal["system", "netdev", "dpdk"] = "system"
+    fail_mode: Literal["secure", "standalone"] = "secure"
+    forwarding: Literal["ports", "normal"] = "ports"
+    ports: dict[Name, Port] = Field(default_factory=dict)
+    links: list[Annotated[list[Name], Field(min_length=2, max_length=2)]] = Field(
+        default_factory=list,
+        description="forwarding: ports only; traffic in one port of a pair leaves by the other.",
+    )
+    mac: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")] | None = Field(
+        default=None,
+        description="MAC the switch answers ARP with for NAT-owned addresses (default: derived from the bridge name).",
+    )
+
+
+class Zone(_Frozen):
+    ports: list[Name] = Field(default_factory=list)
+    networks: list[str] = Field(
+        default_factory=list,
+        description="Prefixes behind the zone; with forwarding: normal they decide the `to` zone.",
+    )
+
+
+Action = Literal["allow", "drop", "reject"]
+
+
+class FirewallRule(_Frozen):
+    name: Name
+    from_: Name = Field(alias="from", description="Zone the packet enters from.")
+    to: Name | None = Field(default=None, description="Zone the packet leaves by.")
+    src: AddressList | None = None
+    dst: AddressList | None = None
+    services: list[str] | None = Field(
+        default=None, description="Service names or literal proto/port items; omitted: any."
+    )
+    action: Action
+    stateful: bool = True
+    log: bool = False
+    enabled: bool = Field(default=True, description="A disabled rule is kept but compiles to nothing.")
+    description: str | None = None
+
+
+class Firewall(_Frozen):
+    default: Action = "drop"
+    rules: list[FirewallRule] = Field(default_factory=list)
+
+
+class NatRule(_Frozen):
+    name: Name
+    type: Literal["snat", "dnat"]
+    from_: Name = Field(alias="from")
+    to: Name | None = None
+    src: AddressList | None = None
+    dst: AddressList | None = None
+    services: list[str] | None = None
+    translate_to: str = Field(description="An address or a range a.b.c.d-a.b.c.e.")
+    ports: int | str | None = Field(
+        default=None, description="snat: source port range low-high (or one port)."
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="dnat: new destination port."
+    )
+    enabled: bool = True
+    description: str | None = None
+
+
+class Conntrack(_Frozen):
+    zone: Annotated[int, Field(ge=1, le=65535)] = 1
+    max_connections: Annotated[int, Field(ge=1)] | None = None
+    invalid: Literal["drop", "allow"] = "drop"
+    cut_on_rule_removal: bool = True
+
+
+class Policy(_Frozen):
+    """One bridge's policy, after several files have been merged by name."""
+
+    version: Literal[1]
+    switch: Switch
+    zones: dict[Name, Zone] = Field(default_factory=dict)
+    addresses: dict[Name, list[str]] = Field(default_factory=dict)
+    services: dict[Name, list[str]] = Field(default_factory=dict)
+    firewall: Firewall = Field(default_factory=Firewall)
+    nat: list[NatRule] = Field(default_factory=list)
+    conntrack: Conntrack = Field(default_factory=Conntrack)
+
+
+def policy_json_schema() -> dict[str, object]:
+    schema = Policy.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://ovsmgr.dev/schema/ovsmgr-policy.schema.json"
+    schema["title"] = "ovsmgr policy (version 1)"
+    return schema

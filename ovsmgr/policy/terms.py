@@ -1,0 +1,131 @@
+"""Parsing of the policy's small terms: prefixes, services, port ranges, address ranges.
+
+Each parser raises `TermError` with a message meant for the operator; the
+caller attaches the span of the value it came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ovsmgr.policy.ir import IPAddress, IPNetwork, Service
+
+ICMP_TYPES: dict[str, int] = {
+    "echo-reply": 0,
+    "destination-unreachable": 3,
+    "source-quench": 4,
+    "redirect": 5,
+    "echo-request": 8,
+    "router-advertisement": 9,
+    "router-solicitation": 10,
+    "time-exceeded": 11,
+    "parameter-problem": 12,
+    "timestamp-request": 13,
+    "timestamp-reply": 14,
+}
+ICMPV6_TYPES: dict[str, int] = {
+    "destination-unreachable": 1,
+    "packet-too-big": 2,
+    "time-exceeded": 3,
+    "parameter-problem": 4,
+    "echo-request": 128,
+    "echo-reply": 129,
+    "router-solicitation": 133,
+    "router-advertisement": 134,
+    "neighbor-solicitation": 135,
+    "neighbor-advertisement": 136,
+    "redirect": 137,
+}
+PORT_PROTOS = ("tcp", "udp", "sctp")
+
+
+class TermError(ValueError):
+    pass
+
+
+def parse_prefix(text: str) -> IPNetwork:
+    """An address (a host prefix) or a prefix whose host bits are zero."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise TermError(f'"{text}" is not an IPv4 or IPv6 address or prefix') from None
+    raise TermError(f'"{text}" has host bits set (did you mean {loose}?)')
+
+
+def parse_address(text: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise TermError(f'"{text}" is not an IPv4 or IPv6 address') from None
+
+
+def parse_address_range(text: str) -> tuple[IPAddress, IPAddress]:
+    """`a.b.c.d` or `a.b.c.d-a.b.c.e`, low first, one family."""
+    lo_text, sep, hi_text = text.partition("-")
+    lo = parse_address(lo_text.strip())
+    hi = parse_address(hi_text.strip()) if sep else lo
+    if lo.version != hi.version:
+        raise TermError(f'"{text}" mixes IPv4 and IPv6')
+    if int(hi) < int(lo):
+        raise TermError(f'"{text}" is an empty range (the high end is below the low end)')
+    return lo, hi
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+        raise TermError(f'"{text}" is not a port number')
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise TermError(f"port {value} is out of range (1-65535)")
+    return value
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    lo_text, sep, hi_text = text.partition("-")
+    lo = parse_port(lo_text.strip())
+    hi = parse_port(hi_text.strip()) if sep else lo
+    if hi < lo:
+        raise TermError(f'"{text}" is an empty port range (the high end is below the low end)')
+    return lo, hi
+
+
+def parse_service(text: str) -> Service:
+    """`tcp`, `tcp/80`, `udp/1024-2048`, `icmp/echo-request`, `icmp/3/4`, `icmpv6/128`."""
+    proto, _, rest = text.strip().partition("/")
+    proto = proto.lower()
+    if proto in PORT_PROTOS:
+        return Service(proto, parse_port_range(rest) if rest else None)  # type: ignore[arg-type]
+    if proto in ("icmp", "icmpv6"):
+        if not rest:
+            return Service(proto)  # type: ignore[arg-type]
+        names = ICMP_TYPES if proto == "icmp" else ICMPV6_TYPES
+        type_text, _, code_text = rest.partition("/")
+        icmp_type = _icmp_number(type_text, names, proto, "type")
+        code = _icmp_number(code_text, {}, proto, "code") if code_text else None
+        return Service(proto, None, icmp_type, code)  # type: ignore[arg-type]
+    raise TermError(
+        f'"{text}" is not a service: expected tcp|udp|sctp[/port[-port]] or icmp|icmpv6[/type[/code]]'
+    )
+
+
+def _icmp_number(text: str, names: dict[str, int], proto: str, what: str) -> int:
+    if text in names:
+        return names[text]
+    if text.isdigit() and int(text) <= 255:
+        return int(text)
+    hint = ""
+    if names:
+        import difflib
+
+        close = difflib.get_close_matches(text, list(names), n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+    raise TermError(f'"{text}" is not an {proto} {what} (a name or 0-255){hint}')
+
+
+def looks_like_service_literal(text: str) -> bool:
+    head = text.partition("/")[0].lower()
+    return head in (*PORT_PROTOS, "icmp", "icmpv6")
