@@ -1,0 +1,228 @@
+"""ovsmgr's own OpenFlow model: matches, actions, flows and flow sets.
+
+Small frozen dataclasses, so the compiler's output can be compared, hashed,
+diffed, simulated and rendered. os-ken message objects are made only by the
+OpenFlow southbound, ofctl text only by `ovsmgr.render`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from ovsmgr.compiler.pipeline import TABLES, Table
+
+FIELD_ORDER = (
+    "in_port", "reg0", "reg1", "reg2", "reg3", "reg4", "conj_id", "ct_state", "ct_zone", "ct_mark",
+    "dl_type", "arp_op", "arp_tpa", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
+    "tp_src", "tp_dst", "icmp_type", "icmp_code",
+)
+_RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
+
+
+@dataclass(frozen=True, order=True)
+class MatchItem:
+    """`field=value[/mask]`; addresses are ints here, rendered by the field's kind."""
+
+    field: str
+    value: int
+    mask: int | None = None
+
+    def matches(self, packet_value: int) -> bool:
+        if self.mask is None:
+            return packet_value == self.value
+        return packet_value & self.mask == self.value & self.mask
+
+
+@dataclass(frozen=True)
+class Match:
+    items: tuple[MatchItem, ...] = ()
+
+    @staticmethod
+    def of(*items: MatchItem) -> Match:
+        seen: dict[str, MatchItem] = {}
+        for item in items:
+            if item.field in seen and seen[item.field] != item:
+                raise ValueError(f"match sets {item.field} twice")
+            seen[item.field] = item
+        return Match(tuple(sorted(seen.values(), key=lambda i: _RANK[i.field])))
+
+    def __add__(self, other: Match) -> Match:
+        return Match.of(*self.items, *other.items)
+
+    def fields(self) -> frozenset[str]:
+        return frozenset(i.field for i in self.items)
+
+    def get(self, name: str) -> MatchItem | None:
+        return next((i for i in self.items if i.field == name), None)
+
+
+# --- actions -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Output:
+    port: int
+
+
+@dataclass(frozen=True)
+class InPort:
+    """Send back out of the port the packet came in by (OpenFlow IN_PORT)."""
+
+
+@dataclass(frozen=True)
+class Normal:
+    """OVS NORMAL: MAC-learning switching."""
+
+
+@dataclass(frozen=True)
+class GotoTable:
+    table: Table
+
+
+@dataclass(frozen=True)
+class Resubmit:
+    table: Table
+
+
+@dataclass(frozen=True)
+class SetField:
+    field: str
+    value: int
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy one field (or register slice, `reg3` or `reg3[0..15]`) into another."""
+
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class NatSpec:
+    kind: str  # "src" | "dst"
+    addr_lo: int
+    addr_hi: int
+    version: int
+    port_lo: int | None = None
+    port_hi: int | None = None
+
+
+@dataclass(frozen=True)
+class Ct:
+    commit: bool = False
+    table: Table | None = None
+    zone: int | None = None
+    nat: NatSpec | None = None
+    apply_nat: bool = False
+    """`nat` with no arguments: apply the existing translation of the connection."""
+    exec: tuple[SetField | Move, ...] = ()
+
+
+@dataclass(frozen=True)
+class Conjunction:
+    id: int
+    clause: int
+    n_clauses: int
+
+
+@dataclass(frozen=True)
+class Controller:
+    """Packet-in to the controller with userdata (reason code and rule id) for reject/log."""
+
+    userdata: bytes
+
+
+@dataclass(frozen=True)
+class LearnMacBinding:
+    """From an ARP packet, learn `nw_dst=arp_spa -> dl_dst=dl_src` into `table`."""
+
+    table: Table
+    idle_timeout: int = 300
+
+
+Action = (
+    Output | InPort | Normal | GotoTable | Resubmit | SetField | Move | Ct | Conjunction | Controller
+    | LearnMacBinding
+)
+
+
+@dataclass(frozen=True)
+class Flow:
+    table: Table
+    priority: int
+    match: Match
+    actions: tuple[Action, ...]
+    cookie: int
+    rule: str | None = field(default=None, compare=False)
+    """The policy rule that made this flow (None for the pipeline's own flows)."""
+
+    @property
+    def key(self) -> tuple[int, int, Match]:
+        """What OpenFlow identifies a flow by (strict match): table, priority and match."""
+        return (int(self.table), self.priority, self.match)
+
+
+class FlowError(ValueError):
+    """A flow breaks the pipeline declaration (a compiler bug, never a user mistake)."""
+
+
+def _targets(actions: Iterable[Action]) -> Iterator[Table]:
+    for action in actions:
+        if isinstance(action, GotoTable | Resubmit):
+            yield action.table
+        elif isinstance(action, Ct) and action.table is not None:
+            yield action.table
+
+
+def check_flow(flow: Flow) -> None:
+    spec = TABLES[flow.table]
+    extra = flow.match.fields() - spec.matches
+    if extra:
+        raise FlowError(f"table {flow.table.name} may not match on {sorted(extra)}: {flow}")
+    for target in _targets(flow.actions):
+        if target not in spec.next_tables:
+            raise FlowError(f"table {flow.table.name} may not go to {target.name}: {flow}")
+    if not 0 <= flow.priority <= 65535:
+        raise FlowError(f"priority {flow.priority} out of range: {flow}")
+
+
+@dataclass
+class FlowSet:
+    """The compiled flows of a policy, in a deterministic order, with a key -> flow index."""
+
+    flows: dict[tuple[int, int, Match], Flow] = field(default_factory=dict)
+
+    def add(self, flow: Flow) -> None:
+        check_flow(flow)
+        existing = self.flows.get(flow.key)
+        if existing is not None:
+            flow = _merge_conjunctions(existing, flow)
+        self.flows[flow.key] = flow
+
+    def extend(self, flows: Iterable[Flow]) -> None:
+        for flow in flows:
+            self.add(flow)
+
+    def sorted(self) -> list[Flow]:
+        return sorted(self.flows.values(), key=_sort_key)
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(self.sorted())
+
+
+def _sort_key(flow: Flow) -> tuple[int, int, tuple[tuple[int, int, int, int], ...]]:
+    return (int(flow.table), -flow.priority,
+            tuple((_RANK[i.field], i.value, -1 if i.mask is None else i.mask, 0) for i in flow.match.items))
+
+
+def _merge_conjunctions(a: Flow, b: Flow) -> Flow:
+    """Two clause flows with the same match and priority become one flow with both conjunctions."""
+    if all(isinstance(x, Conjunction) for x in (*a.actions, *b.actions)):
+        actions = tuple(sorted({*a.actions, *b.actions}, key=lambda c: (c.id, c.clause)))  # type: ignore[union-attr]
+        return Flow(a.table, a.priority, a.match, actions, a.cookie, a.rule)
+    if a.actions == b.actions:
+        return a
+    raise FlowError(f"two different flows with one match: {a} / {b}")

@@ -1,0 +1,163 @@
+"""The OpenFlow pipeline ovsmgr builds, declared once.
+
+Every table is an `IntEnum` member with a docstring (the stage's job), the
+match fields it may use and the tables it may pass packets to. Registers,
+`ct_mark` bits, cookie layout and priority bands are named here too, so the
+compiler never writes a bare `reg3` or `priority=50`, and a flow that breaks
+the declaration is refused when it is built (see `flows.FlowSet.add`).
+`docs/pipeline.md` is generated from this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Table(IntEnum):
+    """Pipeline stages, in the order a packet meets them."""
+
+    CLASSIFY = 0
+    """Ingress: classify the in_port into its zone (REG_FROM_ZONE); answer ARP for NAT-owned
+    addresses; switch ARP and IPv6 neighbour discovery normally; drop unknown ports."""
+    CONNTRACK = 10
+    """Send untracked IP traffic through conntrack in the policy's zone with `nat`, so
+    translations of existing connections are applied before anything else looks."""
+    EGRESS = 20
+    """Decide where the packet leaves: the linked port (forwarding: ports) or the zone whose
+    networks hold the destination (forwarding: normal). Sets REG_TO_ZONE and REG_OUT_PORT."""
+    STATE = 30
+    """Connection state: drop +inv; pass established/related traffic whose ct_mark names a rule
+    of the current policy; revalidate or cut connections of removed rules; new ones to FILTER."""
+    FILTER = 40
+    """First-match firewall rules for new connections (priority bands keep the written order):
+    stateful allow records the rule in REG_RULE and goes to NAT; stateless allow goes straight
+    to OUTPUT; drop, reject; then the default action."""
+    NAT = 50
+    """Commit allowed connections: DNAT rules, then SNAT rules, then a plain commit; the
+    allowing rule's fingerprint goes into ct_mark so a later policy can cut the connection."""
+    MAC_BINDING = 55
+    """Learned IPv4-to-MAC bindings (from ARP seen by CLASSIFY): after NAT changed the
+    destination address, set the destination MAC of the host that now receives the packet."""
+    OUTPUT = 60
+    """Send the packet out: to REG_OUT_PORT, or to OVS NORMAL switching when it is 0."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    matches: frozenset[str]
+    next_tables: frozenset[Table]
+    learned_by: Table | None = None
+
+
+_REGS = frozenset({"reg0", "reg1", "reg2", "reg3", "reg4"})
+_L3 = frozenset({"dl_type", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
+                 "icmp_type", "icmp_code"})
+_CT = frozenset({"ct_state", "ct_mark", "ct_zone"})
+
+TABLES: dict[Table, TableSpec] = {
+    Table.CLASSIFY: TableSpec(
+        frozenset({"in_port", "dl_type", "arp_op", "arp_tpa", "nw_proto", "icmp_type"}),
+        frozenset({Table.CONNTRACK}),
+    ),
+    Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state"}), frozenset({Table.EGRESS})),
+    Table.EGRESS: TableSpec(frozenset({"in_port", "dl_type", "nw_dst", "ipv6_dst"}), frozenset({Table.STATE})),
+    Table.STATE: TableSpec(_CT | frozenset({"dl_type"}), frozenset({Table.FILTER, Table.OUTPUT})),
+    Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.NAT, Table.OUTPUT})),
+    Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.OUTPUT})),
+    Table.MAC_BINDING: TableSpec(frozenset({"dl_type", "nw_dst"}), frozenset(), learned_by=Table.CLASSIFY),
+    Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.MAC_BINDING})),
+}
+
+
+@dataclass(frozen=True)
+class RegField:
+    """A named slice of an OVS register (NXM_NX_REGn[lo..hi])."""
+
+    reg: str
+    doc: str
+    lo: int = 0
+    hi: int = 31
+
+    @property
+    def nxm(self) -> str:
+        index = self.reg.removeprefix("reg")
+        bits = "" if (self.lo, self.hi) == (0, 31) else f"{self.lo}..{self.hi}"
+        return f"NXM_NX_REG{index}[{bits}]"
+
+
+REG_FROM_ZONE = RegField("reg0", "Zone id of the ingress port (1..n in zone-name order).")
+REG_TO_ZONE = RegField("reg1", "Zone id the packet leaves by; 0 when unknown.")
+REG_OUT_PORT = RegField("reg2", "OpenFlow port the packet leaves by; 0 means OVS NORMAL.")
+REG_RULE = RegField("reg3", "Fingerprint of the stateful allow rule that matched; copied to ct_mark at commit.")
+REG_FLAGS = RegField("reg4", "Flags: bit 0 REVALIDATE (an established connection re-checked against the current rules).")
+REGISTERS = (REG_FROM_ZONE, REG_TO_ZONE, REG_OUT_PORT, REG_RULE, REG_FLAGS)
+
+FLAG_REVALIDATE = 0x1
+
+CT_MARK_RULE = (0, 31)
+"""ct_mark bits 0..31: fingerprint of the rule that allowed the connection (0: none)."""
+
+CT_STATE_BITS: dict[str, int] = {
+    "new": 0x01, "est": 0x02, "rel": 0x04, "rpl": 0x08, "inv": 0x10, "trk": 0x20, "snat": 0x40, "dnat": 0x80,
+}
+
+COOKIE_MAGIC = 0x0F5A
+"""High 16 bits of every cookie ovsmgr writes; flows with another value are never touched."""
+COOKIE_MASK = 0xFFFF_0000_0000_0000
+
+
+class CookieKind(IntEnum):
+    """Bits 32..39 of a cookie: which part of the policy made the flow."""
+
+    INFRA = 0
+    FIREWALL = 1
+    NAT = 2
+    DEFAULT = 3
+
+
+def cookie(kind: CookieKind, rule_id: int = 0) -> int:
+    return (COOKIE_MAGIC << 48) | (int(kind) << 32) | (rule_id & 0xFFFF_FFFF)
+
+
+def cookie_parts(value: int) -> tuple[bool, CookieKind | None, int]:
+    """(ours, kind, rule id) of a cookie read back from a switch."""
+    ours = value >> 48 == COOKIE_MAGIC
+    kind_bits = (value >> 32) & 0xFF
+    kind = CookieKind(kind_bits) if ours and kind_bits in CookieKind._value2member_map_ else None
+    return ours, kind, value & 0xFFFF_FFFF
+
+
+class Priority(IntEnum):
+    """Priority bands. FILTER and NAT rules count down from their band's top in written order."""
+
+    DEFAULT = 0
+    CLASSIFY_PORT = 100
+    CLASSIFY_ARP = 200
+    CLASSIFY_ND = 250
+    CLASSIFY_ARP_RESPONDER = 300
+    TRACK = 100
+    EGRESS_LINK = 100
+    EGRESS_PREFIX_BASE = 100
+    STATE_NEW = 100
+    STATE_STALE = 150
+    STATE_STALE_REPLY = 200
+    STATE_ESTABLISHED = 300
+    STATE_INVALID = 400
+    FILTER_TOP = 60000
+    NAT_REVALIDATE = 50000
+    NAT_DNAT_TOP = 40000
+    NAT_SNAT_TOP = 20000
+    OUTPUT_PORT = 100
+    OUTPUT_NAT_MAC = 200
+
+
+class PacketInKind(IntEnum):
+    """First byte of a controller action's userdata; bytes 4..7 are the rule id (big-endian)."""
+
+    REJECT = 1
+    LOG = 2
+
+
+def packet_in_userdata(kind: PacketInKind, rule_id: int) -> bytes:
+    return bytes([int(kind), 0, 0, 0]) + (rule_id & 0xFFFF_FFFF).to_bytes(4, "big")
