@@ -20,7 +20,8 @@ main.add_command(schema)
 
 for _module, _name in (
     ("ovsmgr.cli.compile", "compile_cmd"),
-    ("ovsmgr.cli.compile", "trace"),
+    ("ovsmgr.cli.trace", "trace"),
+    ("ovsmgr.cli.generate", "generate"),
     ("ovsmgr.cli.lab", "lab"),
     ("ovsmgr.cli.switch", "plan"),
     ("ovsmgr.cli.switch", "apply"),

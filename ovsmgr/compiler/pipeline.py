@@ -114,6 +114,8 @@ class CookieKind(IntEnum):
     FIREWALL = 1
     NAT = 2
     DEFAULT = 3
+    LEARNED = 4
+    """Flows the switch learned itself (MAC bindings); never diffed or deleted by ovsmgr."""
 
 
 def cookie(kind: CookieKind, rule_id: int = 0) -> int:
@@ -148,6 +150,7 @@ class Priority(IntEnum):
     NAT_REVALIDATE = 50000
     NAT_DNAT_TOP = 40000
     NAT_SNAT_TOP = 20000
+    NAT_COMMIT = 1
     OUTPUT_PORT = 100
     OUTPUT_NAT_MAC = 200
 

@@ -25,6 +25,7 @@ actively to ``unix:PATH`` targets), e.g. with ``SwitchDB.set_controllers``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -34,7 +35,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Protocol
 
@@ -92,11 +93,19 @@ def validate_spec(spec: LabSpec) -> None:
             except ValueError as exc:
                 problems.append(f"port {port.name}: {exc}")
     for what, values in (("port names", [p.name for p in spec.ports]),
-                         ("ofports", [p.ofport for p in spec.ports])):
+                         ("ofports", [p.ofport for p in spec.ports]),
+                         ("addresses", [_ip(p.address) for p in spec.ports if _ip(p.address)])):
         if len(set(values)) != len(values):
             problems.append(f"{what} are not unique: {values}")
     if problems:
         raise LabError("invalid lab spec: " + "; ".join(problems))
+
+
+def _ip(address: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_interface(address).ip) if address else None
+    except ValueError:
+        return None
 
 
 def _host_mac(ofport: int) -> str:
@@ -111,6 +120,15 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 class Lab:
@@ -366,11 +384,7 @@ class Lab:
             if pid is not None:
                 errors += self._stop_daemon(daemon, int(pid))
         for netns in reversed(state.get("namespaces", [])):
-            if Path(f"/run/netns/{netns}").exists():
-                try:
-                    self._run(["ip", "netns", "del", netns])
-                except LabError as exc:
-                    errors.append(str(exc))
+            errors += self._delete_netns(netns)
         if errors:
             raise LabError(f"lab {self.name}: down incomplete: " + "; ".join(errors))
         if state.get("datapath") == "dpdk":  # DPDK's runtime files outlive the process
@@ -380,6 +394,22 @@ class Lab:
             for path in self.dir.glob(pattern):
                 path.unlink(missing_ok=True)
 
+    def _delete_netns(self, netns: str) -> list[str]:
+        """Kill what still runs in a lab namespace (a forgotten ``nc -l``), then delete it:
+        a namespace with processes in it outlives ``ip netns del``, and so do its veths."""
+        if not Path(f"/run/netns/{netns}").exists():
+            return []
+        try:
+            pids = [int(p) for p in self._run(["ip", "netns", "pids", netns]).split()]
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _wait_gone(pids, 5.0)
+            self._run(["ip", "netns", "del", netns])
+        except LabError as exc:
+            return [str(exc)]
+        return []
+
     def _stop_daemon(self, daemon: str, pid: int) -> list[str]:
         """SIGTERM, then SIGKILL after 5 s; only if the pid still runs that daemon."""
         try:
@@ -388,16 +418,13 @@ class Lab:
             return []
         if str(self.dir) not in cmdline:
             return []  # pid was reused by an unrelated process
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 return []
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if not _pid_alive(pid):
-                    return []
-                time.sleep(0.05)
+            if _wait_gone([pid], 5.0):
+                return []
         return [f"{daemon} (pid {pid}) survived SIGKILL"]
 
     def status(self) -> dict[str, Any]:
@@ -426,22 +453,31 @@ class Lab:
 
 # -- policy to lab spec ------------------------------------------------------------------------
 class _Port(Protocol):
-    ofport: int
+    @property
+    def ofport(self) -> int: ...
 
 
 class _Zone(Protocol):
-    ports: list[str]
-    networks: list[str]
+    @property
+    def ports(self) -> Sequence[str]: ...
+    @property
+    def networks(self) -> Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network]: ...
 
 
 class _Switch(Protocol):
-    bridge: str
-    ports: Mapping[str, _Port]
+    @property
+    def bridge(self) -> str: ...
+    @property
+    def ports(self) -> Mapping[str, _Port]: ...
 
 
 class _Policy(Protocol):
-    switch: _Switch
-    zones: Mapping[str, _Zone]
+    """The part of ``ovsmgr.policy.Policy`` a lab needs (kept structural on purpose)."""
+
+    @property
+    def switch(self) -> _Switch: ...
+    @property
+    def zones(self) -> Mapping[str, _Zone]: ...
 
 
 def _nth_host(network: ipaddress.IPv4Network | ipaddress.IPv6Network, n: int) -> str:
@@ -453,34 +489,52 @@ def _nth_host(network: ipaddress.IPv4Network | ipaddress.IPv6Network, n: int) ->
     return f"{network.network_address + offset}/{network.prefixlen}"
 
 
+def _first_networks(policy: _Policy) -> dict[str, str]:
+    """Port name to the first prefix of its zone, skipping default routes (/0)."""
+    first: dict[str, str] = {}
+    for zone in policy.zones.values():
+        prefixes = [ipaddress.ip_network(str(n), strict=False) for n in zone.networks]
+        usable = [str(p) for p in prefixes if p.prefixlen > 0]
+        for port_name in zone.ports:
+            if usable:
+                first[port_name] = usable[0]
+    return first
+
+
 def lab_spec_from_policy(policy: _Policy, datapath: Datapath,
                          host_overrides: Mapping[str, str], name: str = "ovsmgr") -> LabSpec:
-    """A lab with one host per policy port.
+    """A lab with one host per policy port, in the policy's port order.
 
-    A host's address is ``host_overrides[port]`` if given; otherwise the next of
-    .10, .11, ... (``::10``, ``::11``, ... for IPv6) in the first network of the
-    port's zone that is not a default route; a port with no such network gets the
-    next of 198.51.100.10, .11, ... (TEST-NET-2) in port order.
+    A host's address is ``host_overrides[port]`` if given; otherwise the next
+    free one of .10, .11, ... (``::10``, ``::11``, ... for IPv6) in the first
+    network of the port's zone that is not a default route (/0); a port with no
+    such network gets the next free one of 198.51.100.10, .11, ... (TEST-NET-2),
+    counted in port order. Addresses given as overrides are skipped.
     """
     unknown = sorted(set(host_overrides) - set(policy.switch.ports))
     if unknown:
         raise LabError(f"--host for unknown port(s): {', '.join(unknown)}")
-    zone_networks: dict[str, list[str]] = {}
-    for zone in policy.zones.values():
-        for port_name in zone.ports:
-            zone_networks[port_name] = [n for n in zone.networks
-                                        if ipaddress.ip_network(n, strict=False).prefixlen > 0]
-    used: dict[str, int] = {}
+    taken = {ipaddress.ip_interface(a).ip for a in host_overrides.values()}
+    first = _first_networks(policy)
+    next_index: dict[str, int] = {}
     ports: list[LabPort] = []
     for port_name, port in policy.switch.ports.items():
         address = host_overrides.get(port_name)
         if address is None:
-            networks = zone_networks.get(port_name) or [FALLBACK_NETWORK]
-            network = ipaddress.ip_network(networks[0], strict=False)
-            address = _nth_host(network, used.get(str(network), 0))
-            used[str(network)] = used.get(str(network), 0) + 1
+            network = ipaddress.ip_network(first.get(port_name, FALLBACK_NETWORK))
+            address = _next_free_host(network, next_index, taken)
         ports.append(LabPort(port_name, port.ofport, address))
-    addresses = [str(ipaddress.ip_interface(p.address).ip) for p in ports if p.address]
-    if len(set(addresses)) != len(addresses):
-        raise LabError(f"lab host addresses clash: {addresses}")
     return LabSpec(policy.switch.bridge, datapath, ports, name)
+
+
+def _next_free_host(network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                    next_index: dict[str, int], taken: set[Any]) -> str:
+    """The next lab host address of a network that nobody has yet; marks it taken."""
+    while True:
+        index = next_index.get(str(network), 0)
+        next_index[str(network)] = index + 1
+        address = _nth_host(network, index)
+        ip = ipaddress.ip_interface(address).ip
+        if ip not in taken:
+            taken.add(ip)
+            return address

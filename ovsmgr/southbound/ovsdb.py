@@ -17,14 +17,19 @@ Two ovsdbapp traits shape this module:
 from __future__ import annotations
 
 import subprocess
+import warnings
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-from ovsdbapp.backend.ovs_idl import command as ovs_command
-from ovsdbapp.backend.ovs_idl import connection, idlutils, transaction
-from ovsdbapp.schema.open_vswitch import commands as vs_commands
-from ovsdbapp.schema.open_vswitch import impl_idl
+with warnings.catch_warnings():
+    # ovs.poller warns on import whenever eventlet is installed (os-ken pulls it in);
+    # ovsmgr does not use eventlet, so the warning only confuses CLI users.
+    warnings.filterwarnings("ignore", message="\\s*Eventlet is deprecated")
+    from ovsdbapp.backend.ovs_idl import command as ovs_command
+    from ovsdbapp.backend.ovs_idl import connection, idlutils, transaction
+    from ovsdbapp.schema.open_vswitch import commands as vs_commands
+    from ovsdbapp.schema.open_vswitch import impl_idl
 
 DEFAULT_PROTOCOLS: tuple[str, ...] = ("OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15")
 SCHEMA = "Open_vSwitch"

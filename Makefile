@@ -1,0 +1,25 @@
+# Developer shortcuts. The README's two commands are what CI and operators run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+POLICIES := $(wildcard policies/*.yaml)
+
+.PHONY: flows docs lint test unit integration
+
+flows: ## regenerate flows/NAME.flows from policies/NAME.yaml (golden files)
+	@for p in $(POLICIES); do n=$$(basename $$p .yaml); \
+	  $(VENV)/bin/ovsmgr compile $$p > flows/$$n.flows || exit 1; echo "flows/$$n.flows"; done
+	@rm -f flows/*.actual
+
+docs: ## regenerate the generated docs and schema
+	$(PY) -m ovsmgr.render.text > docs/pipeline.md
+	$(VENV)/bin/ovsmgr schema > schema/ovsmgr-policy.schema.json
+
+lint:
+	$(VENV)/bin/ruff check ovsmgr tests
+	$(VENV)/bin/mypy
+
+unit:
+	$(PY) -m pytest tests/unit -q
+
+integration:
+	$(PY) -m pytest tests/integration -q

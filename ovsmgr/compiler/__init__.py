@@ -1,0 +1,48 @@
+"""The compiler: a pure function from a resolved policy to the flows that enforce it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ovsmgr.compiler.flows import Flow, FlowSet
+from ovsmgr.compiler.ids import rule_id
+from ovsmgr.compiler.stages.classify import compile_classify
+from ovsmgr.compiler.stages.filter import compile_filter
+from ovsmgr.compiler.stages.nat import compile_nat, compile_output
+from ovsmgr.compiler.stages.track import compile_conntrack, compile_egress, compile_state
+from ovsmgr.policy.ir import ResolvedPolicy
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    policy: ResolvedPolicy
+    flowset: FlowSet
+    fingerprints: dict[int, str]
+    """ct_mark value -> the stateful allow rule whose connections carry it."""
+    rule_ids: dict[int, str]
+    """Cookie low 32 bits -> rule name, to name the rule behind a flow read back from a switch."""
+
+    @property
+    def flows(self) -> list[Flow]:
+        return self.flowset.sorted()
+
+
+def compile_policy(policy: ResolvedPolicy) -> CompiledPolicy:
+    """Compile; no I/O, no clock, the same policy always gives the same flows in the same order."""
+    flowset = FlowSet()
+    filtered = compile_filter(policy)
+    for flows in (
+        compile_classify(policy),
+        compile_conntrack(policy),
+        compile_egress(policy),
+        compile_state(policy, filtered.stateful_fingerprints),
+        filtered.flows,
+        compile_nat(policy),
+        compile_output(policy),
+    ):
+        flowset.extend(flows)
+    names = [r.name for r in policy.rules] + [r.name for r in policy.nat] + ["default"]
+    return CompiledPolicy(policy, flowset, dict(filtered.stateful_fingerprints), {rule_id(n): n for n in names})
+
+
+__all__ = ["CompiledPolicy", "Flow", "FlowSet", "compile_policy"]

@@ -1,0 +1,38 @@
+"""Stable numbers derived from the policy: rule ids (cookies), fingerprints (ct_mark), conj ids.
+
+Derived from names and content, not positions, so inserting a rule does not
+renumber every flow after it and a diff stays as small as the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ovsmgr.policy.ir import RuleMatch
+
+
+def _hash32(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def rule_id(name: str) -> int:
+    """Low 32 bits of the cookie of every flow a rule makes; names are unique in a policy."""
+    return _hash32(f"rule:{name}")
+
+
+def match_text(match: RuleMatch) -> str:
+    return "|".join([
+        match.from_zone, match.to_zone or "*", ",".join(sorted(map(str, match.src))),
+        ",".join(sorted(map(str, match.dst))), ",".join(sorted(map(str, match.services))),
+    ])
+
+
+def fingerprint(name: str, match: RuleMatch | None, extra: str = "") -> int:
+    """ct_mark value of connections a stateful allow rule lets in.
+
+    It changes whenever the rule's name or match changes, so connections admitted
+    under an old version of the rule are revalidated against the new policy.
+    Never 0: 0 is the mark of a connection nobody committed.
+    """
+    value = _hash32(f"fp:{name}|{match_text(match) if match else ''}|{extra}")
+    return value or 1

@@ -1,0 +1,70 @@
+"""Building blocks of matches: families, prefixes, port ranges as value/mask, services."""
+
+from __future__ import annotations
+
+from ovsmgr.compiler.flows import Match, MatchItem
+from ovsmgr.compiler.pipeline import CT_STATE_BITS, RegField
+from ovsmgr.policy.ir import IP_PROTO_NUMBERS, IPNetwork, Service
+
+ETH_IP = 0x0800
+ETH_IPV6 = 0x86DD
+ETH_ARP = 0x0806
+DL_TYPE = {4: ETH_IP, 6: ETH_IPV6}
+
+
+def family(version: int) -> Match:
+    return Match.of(MatchItem("dl_type", DL_TYPE[version]))
+
+
+def reg(field: RegField, value: int, mask: int | None = None) -> MatchItem:
+    return MatchItem(field.reg, value, mask)
+
+
+def ct_state(flags: str) -> MatchItem:
+    """`+trk+est-rpl` style flags as a value/mask item."""
+    value = mask = 0
+    for token in flags.replace("+", " +").replace("-", " -").split():
+        bit = CT_STATE_BITS[token[1:]]
+        mask |= bit
+        if token[0] == "+":
+            value |= bit
+    return MatchItem("ct_state", value, mask)
+
+
+def prefix(field: str, network: IPNetwork) -> MatchItem:
+    """`nw_src`/`nw_dst` (IPv4) or `ipv6_src`/`ipv6_dst`, picked by the network's version."""
+    name = field if network.version == 4 else field.replace("nw_", "ipv6_")
+    bits = network.max_prefixlen
+    mask = None if network.prefixlen == bits else int(network.netmask)
+    return MatchItem(name, int(network.network_address), mask)
+
+
+def port_masks(lo: int, hi: int, width: int = 16) -> list[tuple[int, int | None]]:
+    """The fewest value/mask pairs that match exactly the ports lo..hi (None: exact value)."""
+    full = (1 << width) - 1
+    out: list[tuple[int, int | None]] = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << width
+        while size > hi - lo + 1:
+            size >>= 1
+        mask = full & ~(size - 1)
+        out.append((lo, None if mask == full else mask))
+        lo += size
+    return out
+
+
+def service_matches(service: Service, version: int) -> list[Match]:
+    """Matches for one service item in one IP family (several when a port range needs masks)."""
+    proto = IP_PROTO_NUMBERS[service.proto]
+    base = [MatchItem("dl_type", DL_TYPE[version]), MatchItem("nw_proto", proto)]
+    if service.ports is not None:
+        if service.ports == (1, 65535):
+            return [Match.of(*base)]
+        masks = port_masks(*service.ports)
+        return [Match.of(*base, MatchItem("tp_dst", v, m)) for v, m in masks]
+    items = list(base)
+    if service.icmp_type is not None:
+        items.append(MatchItem("icmp_type", service.icmp_type))
+    if service.icmp_code is not None:
+        items.append(MatchItem("icmp_code", service.icmp_code))
+    return [Match.of(*items)]

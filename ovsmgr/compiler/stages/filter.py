@@ -1,0 +1,148 @@
+"""Table FILTER: first-match firewall rules, compact.
+
+First match is kept with as few priorities as possible: rules are placed in
+levels, a new level starting only when a rule overlaps one already in the
+current level (found through `analysis.RuleIndex`, so this is not quadratic).
+Disjoint rules share a priority, which keeps 100,000-rule policies inside
+OpenFlow's 16-bit priority space. A rule whose src, dst and service lists
+would multiply out becomes a conjunctive match: one flow per list item plus
+one `conj_id` flow, so flows grow with the sum of the list sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+from ovsmgr.compiler.flows import (
+    Action, Conjunction, Controller, Flow, FlowError, GotoTable, Match, MatchItem, SetField,
+)
+from ovsmgr.compiler.ids import fingerprint, rule_id
+from ovsmgr.compiler.matchbuild import family, prefix, reg, service_matches
+from ovsmgr.compiler.pipeline import (
+    REG_FROM_ZONE, REG_RULE, REG_TO_ZONE, CookieKind, PacketInKind, Priority, Table, cookie,
+    packet_in_userdata,
+)
+from ovsmgr.policy.analysis import RuleIndex, overlaps
+from ovsmgr.policy.ir import ResolvedPolicy, Rule, RuleMatch
+
+DEFAULT_RULE = "default"
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    flows: list[Flow]
+    stateful_fingerprints: dict[int, str]
+
+
+def rule_levels(rules: tuple[Rule, ...]) -> list[int]:
+    """Level (0 = highest priority) of each rule, keeping first-match order among overlapping ones."""
+    levels: list[int] = []
+    level, index = 0, RuleIndex()
+    for rule in rules:
+        if any(overlaps(m, rule.match) for m, _ in index.candidates(rule.match, overlap=True)):
+            level, index = level + 1, RuleIndex()
+        index.add(rule.match, rule)
+        levels.append(level)
+    return levels
+
+
+def compile_filter(policy: ResolvedPolicy) -> FilterResult:
+    flows: list[Flow] = []
+    marks: dict[int, str] = {}
+    conj_ids: set[int] = set()
+    for rule, level in zip(policy.rules, rule_levels(policy.rules), strict=True):
+        priority = Priority.FILTER_TOP - level
+        if priority <= Priority.DEFAULT:
+            raise FlowError("more than 60,000 levels of overlapping firewall rules")
+        actions = _rule_actions(rule.name, rule.action, rule.stateful, rule.log, rule.match, marks)
+        rid = rule_id(rule.name)
+        for version in sorted(rule.match.families()):
+            flows.extend(_rule_flows(policy, rule, version, priority, actions, cookie(CookieKind.FIREWALL, rid), conj_ids))
+    default_actions = _rule_actions(DEFAULT_RULE, policy.default_action, True, False, None, marks)
+    flows.append(Flow(Table.FILTER, Priority.DEFAULT, Match(), default_actions, cookie(CookieKind.DEFAULT), rule=None))
+    return FilterResult(flows, marks)
+
+
+def _rule_actions(
+    name: str, action: str, stateful: bool, log: bool, match: RuleMatch | None, marks: dict[int, str],
+) -> tuple[Action, ...]:
+    rid = rule_id(name)
+    out: list[Action] = []
+    if log:
+        out.append(Controller(packet_in_userdata(PacketInKind.LOG, rid)))
+    if action == "allow" and stateful:
+        mark = fingerprint(name, match)
+        marks[mark] = name
+        out += [SetField(REG_RULE.reg, mark), GotoTable(Table.NAT)]
+    elif action == "allow":
+        out.append(GotoTable(Table.OUTPUT))
+    elif action == "reject":
+        out.append(Controller(packet_in_userdata(PacketInKind.REJECT, rid)))
+    return tuple(out)
+
+
+def _zone_match(policy: ResolvedPolicy, match: RuleMatch, version: int) -> Match:
+    items = [reg(REG_FROM_ZONE, policy.zones[match.from_zone].id)]
+    if match.to_zone is not None:
+        items.append(reg(REG_TO_ZONE, policy.zones[match.to_zone].id))
+    return Match.of(*items) + family(version)
+
+
+def match_dimensions(match: RuleMatch, version: int) -> list[list[Match]]:
+    """The rule's src, dst and service alternatives in one family; an empty list is 'any'."""
+    m = match.for_family(version)
+    dims = [
+        [Match.of(prefix("nw_src", p)) for p in m.src],
+        [Match.of(prefix("nw_dst", p)) for p in m.dst],
+        [frag for s in m.services for frag in service_matches(s, version)],
+    ]
+    return [d for d in dims if d]
+
+
+def _rule_flows(
+    policy: ResolvedPolicy, rule: Rule, version: int, priority: int, actions: tuple[Action, ...],
+    flow_cookie: int, conj_ids: set[int],
+) -> list[Flow]:
+    base = _zone_match(policy, rule.match, version)
+    return expand_match(base, match_dimensions(rule.match, version), Table.FILTER, priority, actions,
+                        flow_cookie, rule.name, _conj_id(rule.name, version, conj_ids))
+
+
+def expand_match(
+    base: Match, dims: list[list[Match]], table: Table, priority: int, actions: tuple[Action, ...],
+    flow_cookie: int, rule: str, conj_id: int,
+) -> list[Flow]:
+    """Cross product when it is no larger than the lists' sum, else a conjunctive match."""
+    multi = [d for d in dims if len(d) > 1]
+    single = [d[0] for d in dims if len(d) == 1]
+    common = base
+    for item in single:
+        common = common + item
+    size = 1
+    for d in multi:
+        size *= len(d)
+    if len(multi) < 2 or size <= sum(len(d) for d in multi) + 1:
+        return [Flow(table, priority, _combine(common, combo), actions, flow_cookie, rule)
+                for combo in product(*multi)]
+    flows = [Flow(table, priority, Match.of(MatchItem("conj_id", conj_id)), actions, flow_cookie, rule)]
+    for clause, alternatives in enumerate(multi, start=1):
+        for alt in alternatives:
+            flows.append(Flow(table, priority, common + alt, (Conjunction(conj_id, clause, len(multi)),),
+                              flow_cookie, rule))
+    return flows
+
+
+def _combine(common: Match, parts: tuple[Match, ...]) -> Match:
+    out = common
+    for part in parts:
+        out = out + part
+    return out
+
+
+def _conj_id(name: str, version: int, used: set[int]) -> int:
+    value = (rule_id(name) ^ (0x8000_0000 if version == 6 else 0)) or 1
+    while value in used:
+        value = (value + 1) & 0xFFFF_FFFF or 1
+    used.add(value)
+    return value

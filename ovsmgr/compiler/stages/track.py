@@ -1,0 +1,79 @@
+"""Tables CONNTRACK, EGRESS and STATE: track, decide where the packet goes, sort by state."""
+
+from __future__ import annotations
+
+from ovsmgr.compiler.flows import Ct, Flow, GotoTable, Match, MatchItem, SetField
+from ovsmgr.compiler.matchbuild import ct_state, family, prefix
+from ovsmgr.compiler.pipeline import (
+    FLAG_REVALIDATE, REG_FLAGS, REG_OUT_PORT, REG_TO_ZONE, CookieKind, Priority, Table, cookie,
+)
+from ovsmgr.policy.ir import ResolvedPolicy
+
+INFRA = cookie(CookieKind.INFRA)
+
+
+def compile_conntrack(policy: ResolvedPolicy) -> list[Flow]:
+    """All IP goes through conntrack once, with `nat` so existing translations apply first."""
+    flows = [Flow(Table.CONNTRACK, Priority.DEFAULT, Match(), (), INFRA)]
+    for version in (4, 6):
+        flows.append(Flow(
+            Table.CONNTRACK, Priority.TRACK, family(version),
+            (Ct(table=Table.EGRESS, zone=policy.ct_zone, apply_nat=True),), INFRA,
+        ))
+    return flows
+
+
+def compile_egress(policy: ResolvedPolicy) -> list[Flow]:
+    flows = [Flow(Table.EGRESS, Priority.DEFAULT, Match(), (GotoTable(Table.STATE),), INFRA)]
+    if policy.forwarding == "ports":
+        for name, peer in sorted(policy.links.items()):
+            port, out = policy.ports[name], policy.ports[peer]
+            zone_id = policy.zones[out.zone].id if out.zone else 0
+            flows.append(Flow(
+                Table.EGRESS, Priority.EGRESS_LINK, Match.of(MatchItem("in_port", port.ofport)),
+                (SetField(REG_OUT_PORT.reg, out.ofport), SetField(REG_TO_ZONE.reg, zone_id),
+                 GotoTable(Table.STATE)), INFRA,
+            ))
+        return flows
+    for zone in policy.zones.values():
+        for network in zone.networks:
+            flows.append(Flow(
+                Table.EGRESS, Priority.EGRESS_PREFIX_BASE + network.prefixlen,
+                family(network.version) + Match.of(prefix("nw_dst", network)),
+                (SetField(REG_TO_ZONE.reg, zone.id), GotoTable(Table.STATE)), INFRA,
+            ))
+    return flows
+
+
+def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str]) -> list[Flow]:
+    """Established traffic passes on the mark of a rule the current policy still has.
+
+    With cut_on_rule_removal, a connection whose mark names no current rule is
+    revalidated: its original-direction packets go through FILTER again (and are
+    re-marked if a rule still allows them, dropped if none does); its reply
+    packets are dropped until then.
+    """
+    to_output = (GotoTable(Table.OUTPUT),)
+    flows = [
+        Flow(Table.STATE, Priority.DEFAULT, Match(), (), INFRA),
+        Flow(Table.STATE, Priority.STATE_NEW, Match.of(ct_state("+trk+new")), (GotoTable(Table.FILTER),), INFRA),
+        Flow(Table.STATE, Priority.STATE_INVALID, Match.of(ct_state("+trk+inv")),
+             () if policy.invalid == "drop" else to_output, INFRA),
+    ]
+    if not policy.cut_on_rule_removal:
+        for state in ("+trk+est", "+trk+rel"):
+            flows.append(Flow(Table.STATE, Priority.STATE_ESTABLISHED, Match.of(ct_state(state)), to_output, INFRA))
+        return flows
+    for mark, name in sorted(stateful_fingerprints.items()):
+        for state in ("+trk+est", "+trk+rel"):
+            flows.append(Flow(
+                Table.STATE, Priority.STATE_ESTABLISHED, Match.of(ct_state(state), MatchItem("ct_mark", mark)),
+                to_output, INFRA, rule=name,
+            ))
+    flows.append(Flow(Table.STATE, Priority.STATE_STALE_REPLY, Match.of(ct_state("+trk+est+rpl")), (), INFRA))
+    flows.append(Flow(Table.STATE, Priority.STATE_STALE_REPLY, Match.of(ct_state("+trk+rel")), (), INFRA))
+    flows.append(Flow(
+        Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk+est-rpl")),
+        (SetField(REG_FLAGS.reg, FLAG_REVALIDATE), GotoTable(Table.FILTER)), INFRA,
+    ))
+    return flows
