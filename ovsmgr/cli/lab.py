@@ -57,8 +57,8 @@ def _pick_datapath(requested: str | None, policy_datapath: str) -> Datapath:
 @name_option
 def up_cmd(files: Sequence[str], datapath: str | None, hosts: Sequence[str], name: str) -> None:
     """Start a lab for the policy in FILES (bridge and ports as the policy declares them)."""
-    policy = load_or_exit(files)
     overrides = _parse_hosts(hosts)
+    policy = load_or_exit(files)
     try:
         spec = lab_spec_from_policy(policy, _pick_datapath(datapath, policy.switch.datapath),
                                     overrides, name)
@@ -83,7 +83,10 @@ def down_cmd(name: str) -> None:
 @output_option
 def status_cmd(name: str, output: str) -> None:
     """Show whether the lab is up, its sockets, daemons and hosts."""
-    status = Lab(name).status()
+    try:
+        status = Lab(name).status()
+    except LabError as exc:
+        fail(str(exc))
     if output == "json":
         echo_json(status)
     else:

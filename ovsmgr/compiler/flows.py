@@ -168,9 +168,7 @@ class FlowError(ValueError):
 
 def _targets(actions: Iterable[Action]) -> Iterator[Table]:
     for action in actions:
-        if isinstance(action, GotoTable | Resubmit):
-            yield action.table
-        elif isinstance(action, Ct) and action.table is not None:
+        if isinstance(action, GotoTable | Resubmit) or (isinstance(action, Ct) and action.table is not None):
             yield action.table
 
 

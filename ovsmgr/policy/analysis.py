@@ -3,20 +3,27 @@
 `covers` and `overlaps` are exact on the rule's match (zones, prefixes,
 services). `RuleIndex` finds the earlier rules that could cover or overlap a
 new one without comparing against every rule, so checking and compiling
-policies of 100,000 rules stays linear in practice: rules are indexed by their
-prefixes (looked up through every supernet of a prefix) and by their exact
-service items, and only rules that cannot be indexed are scanned.
+policies of 100,000 rules stays linear in practice.
+
+How the index narrows the search: for rule A to cover rule B, A's sources
+must be "any" or hold a supernet of B's first source, and A's services must be
+"any" or hold a service covering B's first service. So every rule is filed
+under each (source key, service key) pair it has, and a lookup probes only the
+pairs that could cover: B's first source at each prefix length the index holds
+(a handful, in real policies) times the few service keys that could cover B's
+first service. Rules that would need too many pairs are filed under a wildcard
+in one dimension and always probed. Overlap lookups use one dimension at a time.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ovsmgr.policy.diagnostics import Collector
-from ovsmgr.policy.ir import IPNetwork, RuleMatch, Service
+from ovsmgr.policy.ir import IPNetwork, NatRule, RuleMatch, Service
 
 if TYPE_CHECKING:
     from ovsmgr.policy.ir import ResolvedPolicy
@@ -34,7 +41,7 @@ def _prefixes_cover(outer: tuple[IPNetwork, ...], inner: tuple[IPNetwork, ...]) 
 def _prefixes_overlap(a: tuple[IPNetwork, ...], b: tuple[IPNetwork, ...]) -> bool:
     if not a or not b:
         return True
-    return any(x.version == y.version and x.overlaps(y) for x in a for y in b)  # type: ignore[arg-type]
+    return any(x.version == y.version and x.overlaps(y) for x in a for y in b)
 
 
 def _services_cover(outer: tuple[Service, ...], inner: tuple[Service, ...]) -> bool:
@@ -75,25 +82,57 @@ def overlaps(a: RuleMatch, b: RuleMatch) -> bool:
     )
 
 
-def _supernets(prefix: IPNetwork) -> Iterator[IPNetwork]:
-    for length in range(prefix.prefixlen, -1, -1):
-        yield prefix.supernet(new_prefix=length) if length != prefix.prefixlen else prefix
+# --- the index -----------------------------------------------------------------------------------
+PrefixKey = tuple[int, int, int]
+"""(IP version, network as an integer, prefix length)."""
+ANY = "any"
+"""The key of a rule that does not restrict a dimension."""
+WILD = "wild"
+"""The key of a rule filed without this dimension (too many pairs): always a candidate."""
+MAX_PAIRS = 64
+
+
+def _prefix_key(prefix: IPNetwork) -> PrefixKey:
+    return prefix.version, int(prefix.network_address), prefix.prefixlen
+
+
+def _exact(service: Service) -> bool:
+    return service.ports is None or service.ports[0] == service.ports[1]
+
+
+def _service_keys(services: tuple[Service, ...]) -> list[object]:
+    """A rule's service keys: each exact service, plus ("range", proto) for its port ranges."""
+    keys: list[object] = [s if _exact(s) else ("range", s.proto) for s in services]
+    return list(dict.fromkeys(keys))
+
+
+def _covering_service_keys(service: Service) -> list[object]:
+    """The keys under which a rule whose services could cover `service` is filed."""
+    keys: list[object] = [service, Service(service.proto)]
+    if service.icmp_code is not None:
+        keys.append(Service(service.proto, None, service.icmp_type))
+    if service.ports is not None:
+        keys.append(("range", service.proto))
+    return keys
 
 
 class RuleIndex:
     """Rules added so far, indexed to answer "which of them could cover/overlap this match?".
 
-    The answer is a superset of the true one (callers confirm with `covers` or
-    `overlaps`); it is small whenever rules differ by prefixes or exact services.
+    The answer is a superset of the true one, in the order the rules were added
+    (callers confirm with `covers` or `overlaps`); it is small whenever rules
+    differ by prefixes or by exact services.
     """
 
     def __init__(self) -> None:
         self.items: list[tuple[RuleMatch, object]] = []
-        self._by_src: dict[tuple[str, IPNetwork], list[int]] = defaultdict(list)
-        self._by_src_sub: dict[tuple[str, IPNetwork], list[int]] = defaultdict(list)
-        self._any_src: dict[str, list[int]] = defaultdict(list)
-        self._by_svc: dict[tuple[str, Service], list[int]] = defaultdict(list)
-        self._other_svc: dict[str, list[int]] = defaultdict(list)
+        self._pairs: dict[tuple[str, object, object], list[int]] = defaultdict(list)
+        self._lengths: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self._by_zone: dict[str, list[int]] = defaultdict(list)
+        self._src: dict[tuple[str, object], list[int]] = defaultdict(list)
+        self._svc: dict[tuple[str, object], list[int]] = defaultdict(list)
+        self._svc_proto: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self._sorted_src: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -102,59 +141,99 @@ class RuleIndex:
         i = len(self.items)
         self.items.append((match, payload))
         z = match.from_zone
-        if match.src:
-            for p in match.src:
-                self._by_src[(z, p)].append(i)
-                for sup in _supernets(p):
-                    self._by_src_sub[(z, sup)].append(i) if len(match.src) <= 4 else None
-        else:
-            self._any_src[z].append(i)
-        if match.services and all(s.ports is None or s.ports[0] == s.ports[1] for s in match.services):
-            for s in match.services:
-                self._by_svc[(z, s)].append(i)
-        else:
-            self._other_svc[z].append(i)
+        self._by_zone[z].append(i)
+        src_keys: list[object] = [_prefix_key(p) for p in dict.fromkeys(match.src)] or [ANY]
+        svc_keys = _service_keys(match.services) or [ANY]
+        for p in match.src:
+            self._lengths[(z, p.version)].add(p.prefixlen)
+        self._file_single(z, i, src_keys, svc_keys, match)
+        if len(src_keys) * len(svc_keys) > MAX_PAIRS:
+            if len(src_keys) <= len(svc_keys):
+                svc_keys = [WILD]
+            else:
+                src_keys = [WILD]
+        for s in src_keys:
+            for v in svc_keys:
+                self._pairs[(z, s, v)].append(i)
 
-    def _src_candidates(self, match: RuleMatch, overlap: bool) -> list[int] | None:
-        z = match.from_zone
-        if not match.src:
-            return None
-        p = match.src[0]
-        found = list(self._any_src[z])
-        for sup in _supernets(p):
-            found.extend(self._by_src.get((z, sup), ()))
-        if overlap:
-            if any(len(m.src) > 4 for m, _ in self.items):
-                return None
-            found.extend(self._by_src_sub.get((z, p), ()))
-        return found
+    def _file_single(self, z: str, i: int, src_keys: list[object], svc_keys: list[object], match: RuleMatch) -> None:
+        for key in src_keys:
+            self._src[(z, key)].append(i)
+            if isinstance(key, tuple):
+                bisect.insort(self._sorted_src[(z, key[0])], (key[1], key[2], i))
+        for key in svc_keys:
+            self._svc[(z, key)].append(i)
+        for proto in dict.fromkeys(s.proto for s in match.services):
+            self._svc_proto[(z, proto)].append(i)
 
-    def _svc_candidates(self, match: RuleMatch) -> list[int] | None:
-        z = match.from_zone
-        if not match.services:
-            return None
-        s = match.services[0]
-        if s.ports is not None and s.ports[0] != s.ports[1]:
-            return None
-        generic = [Service(s.proto)]
-        if s.icmp_code is not None:
-            generic.append(Service(s.proto, None, s.icmp_type))
-        found = list(self._other_svc[z])
-        for key in (s, *generic):
-            found.extend(self._by_svc.get((z, key), ()))
-        return found
+    def _supernet_keys(self, z: str, prefix: IPNetwork) -> list[object]:
+        net, bits = int(prefix.network_address), prefix.max_prefixlen
+        all_ones = (1 << bits) - 1
+        return [(prefix.version, net & (all_ones ^ ((1 << (bits - n)) - 1)), n)
+                for n in self._lengths.get((z, prefix.version), ()) if n <= prefix.prefixlen]
 
     def candidates(self, match: RuleMatch, overlap: bool = False) -> Iterable[tuple[RuleMatch, object]]:
-        options = [c for c in (self._src_candidates(match, overlap), self._svc_candidates(match)) if c is not None]
-        if not options:
-            return list(self.items)
-        best = min(options, key=len)
-        return [self.items[i] for i in sorted(set(best))]
+        found = self._overlap_candidates(match) if overlap else self._cover_candidates(match)
+        return [self.items[i] for i in sorted(set(found))]
+
+    def _cover_candidates(self, match: RuleMatch) -> list[int]:
+        z = match.from_zone
+        src_keys: list[object] = [ANY, WILD]
+        if match.src:
+            src_keys += self._supernet_keys(z, match.src[0])
+        svc_keys: list[object] = [ANY, WILD]
+        if match.services:
+            svc_keys += _covering_service_keys(match.services[0])
+        found: list[int] = []
+        for s in src_keys:
+            for v in svc_keys:
+                found.extend(self._pairs.get((z, s, v), ()))
+        return found
+
+    def _overlap_candidates(self, match: RuleMatch) -> list[int]:
+        z = match.from_zone
+        options = [c for c in (self._src_overlap(z, match), self._svc_overlap(z, match)) if c is not None]
+        return min(options, key=len) if options else self._by_zone.get(z, [])
+
+    def _src_overlap(self, z: str, match: RuleMatch) -> list[int] | None:
+        if not match.src:
+            return None
+        found = list(self._src.get((z, ANY), ()))
+        for prefix in match.src:
+            for key in self._supernet_keys(z, prefix):
+                found.extend(self._src.get((z, key), ()))
+            found.extend(self._subnets(z, prefix))
+        return found
+
+    def _subnets(self, z: str, prefix: IPNetwork) -> Iterator[int]:
+        """Rules filed under a prefix inside `prefix` (their networks lie in its address range)."""
+        entries = self._sorted_src.get((z, prefix.version), [])
+        start = int(prefix.network_address)
+        end = int(prefix.broadcast_address)
+        for net, length, i in entries[bisect.bisect_left(entries, (start, -1, -1)):]:
+            if net > end:
+                break
+            if length >= prefix.prefixlen:
+                yield i
+
+    def _svc_overlap(self, z: str, match: RuleMatch) -> list[int] | None:
+        if not match.services:
+            return None
+        found = list(self._svc.get((z, ANY), ()))
+        for service in match.services:
+            if service.ports is not None and _exact(service):
+                for key in _covering_service_keys(service):
+                    found.extend(self._svc.get((z, key), ()))
+            else:
+                found.extend(self._svc_proto.get((z, service.proto), ()))
+        return found
 
 
+# --- the checks ------------------------------------------------------------------------------------
 def check(policy: ResolvedPolicy, source: SourceMap, diag: Collector) -> None:
     _check_shadowed(policy, diag)
-    _check_nat(policy, diag)
+    _check_nat_overlaps(policy, diag)
+    _check_nat_blocked(policy, diag)
 
 
 def _check_shadowed(policy: ResolvedPolicy, diag: Collector) -> None:
@@ -162,25 +241,68 @@ def _check_shadowed(policy: ResolvedPolicy, diag: Collector) -> None:
     for rule in policy.rules:
         for match, earlier in index.candidates(rule.match):
             if covers(match, rule.match):
-                diag.warning(rule.span, f'rule "{rule.name}" can never match: rule "{earlier.name}" ({earlier.span}) matches everything it does')  # type: ignore[attr-defined]
+                other: Any = earlier
+                diag.warning(rule.span, f'rule "{rule.name}" can never match: the earlier rule "{other.name}" '
+                                        f"({other.span}) matches every packet it does")
                 break
         index.add(rule.match, rule)
 
 
-def _check_nat(policy: ResolvedPolicy, diag: Collector) -> None:
+def _check_nat_overlaps(policy: ResolvedPolicy, diag: Collector) -> None:
     for kind in ("snat", "dnat"):
-        rules = [r for r in policy.nat if r.kind == kind]
-        for i, rule in enumerate(rules):
-            for earlier in rules[:i]:
-                if overlaps(earlier.match, rule.match):
-                    diag.error(rule.span, f'{kind} rule "{rule.name}" overlaps {kind} rule "{earlier.name}" ({earlier.span}): a connection matching both would be translated by the first only')
+        index = RuleIndex()
+        for rule in (r for r in policy.nat if r.kind == kind):
+            for match, earlier in index.candidates(rule.match, overlap=True):
+                if overlaps(match, rule.match):
+                    other: Any = earlier
+                    diag.error(rule.span, f'{kind} rule "{rule.name}" overlaps {kind} rule "{other.name}" '
+                                          f"({other.span}): a connection matching both would be translated "
+                                          "by the first only")
                     break
-    for rule in policy.nat:
-        target = ipaddress.ip_network(rule.translate_lo)
-        for fw in policy.rules:
-            if fw.action == "allow":
-                continue
-            for field, prefixes in (("src", fw.match.src), ("dst", fw.match.dst)):
-                if any(p.version == target.version and target.subnet_of(p) for p in prefixes):  # type: ignore[arg-type]
-                    diag.error(rule.span, f'{rule.kind} rule "{rule.name}" translates to {rule.translate_lo}, which rule "{fw.name}" ({fw.span}) blocks as {field}')
-                    return
+            index.add(rule.match, rule)
+
+
+def _check_nat_blocked(policy: ResolvedPolicy, diag: Collector) -> None:
+    """NAT that translates to an address a drop or reject rule names as its src or dst."""
+    blocked: dict[PrefixKey, tuple[str, Any]] = {}
+    lengths: dict[int, set[int]] = defaultdict(set)
+    for rule in policy.rules:
+        if rule.action == "allow":
+            continue
+        for field, prefixes in (("src", rule.match.src), ("dst", rule.match.dst)):
+            for prefix in prefixes:
+                blocked.setdefault(_prefix_key(prefix), (field, rule))
+                lengths[prefix.version].add(prefix.prefixlen)
+    if not blocked:
+        return
+    for nat in policy.nat:
+        hit = _blocking_rule(nat, blocked, lengths)
+        if hit is not None:
+            field, fw = hit
+            diag.error(nat.span, f'{nat.kind} rule "{nat.name}" translates to {_target(nat)}, which rule '
+                                 f'"{fw.name}" ({fw.span}) blocks as {field}')
+
+
+def _target(nat: NatRule) -> str:
+    if nat.translate_lo == nat.translate_hi:
+        return str(nat.translate_lo)
+    return f"{nat.translate_lo}-{nat.translate_hi}"
+
+
+def _blocking_rule(nat: NatRule, blocked: dict[PrefixKey, tuple[str, Any]],
+                   lengths: dict[int, set[int]]) -> tuple[str, Any] | None:
+    lo, hi = int(nat.translate_lo), int(nat.translate_hi)
+    version = nat.translate_lo.version
+    bits = nat.translate_lo.max_prefixlen
+    hits: list[tuple[int, str, Any]] = []
+    for n in lengths.get(version, ()):
+        host_bits = bits - n
+        first, last = lo >> host_bits, hi >> host_bits
+        for block in range(first, min(last, first + 256) + 1):
+            found = blocked.get((version, block << host_bits, n))
+            if found is not None:
+                hits.append((found[1].index, *found))
+    return min(hits, key=lambda h: h[0])[1:] if hits else None
+
+
+__all__ = ["RuleIndex", "check", "covers", "overlaps"]

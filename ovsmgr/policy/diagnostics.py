@@ -56,7 +56,7 @@ class PolicyError(Exception):
     """The policy is not valid; `diagnostics` holds every problem found (errors and warnings)."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic]):
-        self.diagnostics = sorted(diagnostics)
+        self.diagnostics = sorted(set(diagnostics))
         errors = [d for d in self.diagnostics if d.severity is Severity.ERROR]
         super().__init__("\n".join(str(d) for d in errors) or "invalid policy")
 
@@ -72,6 +72,9 @@ class Collector:
 
     def warning(self, span: Span, message: str) -> None:
         self.items.append(Diagnostic(span, Severity.WARNING, message))
+
+    def extend(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.items.extend(diagnostics)
 
     @property
     def has_errors(self) -> bool:

@@ -3,7 +3,8 @@
 A base file and a site file may together describe one bridge. Named things
 (ports, zones, address sets, services) merge by name, rule lists concatenate
 in the order the files are given, and a name or setting given twice is an
-error that points at both places.
+error that points at both places. The first definition is kept, so the
+checks after the merge still run and report what else is wrong.
 """
 
 from __future__ import annotations
@@ -13,30 +14,50 @@ from typing import Any
 from ovsmgr.policy.diagnostics import Collector
 from ovsmgr.policy.loader import Document, Path_, SourceMap
 
-NAMED_SECTIONS = ("zones", "addresses", "services")
-LIST_SECTIONS = {("firewall", "rules"), ("nat",), ("switch", "links")}
-SETTING_SECTIONS = ("switch", "conntrack", "firewall")
+NAMED: dict[Path_, str] = {
+    ("zones",): "zone",
+    ("addresses",): "address set",
+    ("services",): "service",
+    ("switch", "ports"): "port",
+}
+"""Mappings whose keys are names the policy defines, with what to call one in a message."""
+LISTS: set[Path_] = {("firewall", "rules"), ("nat",), ("switch", "links")}
+"""Lists that concatenate in the order the files are given."""
+SECTIONS: set[Path_] = {("switch",), ("firewall",), ("conntrack",)}
+"""Mappings of settings; each setting may be given by one file only."""
 
 
 def merge_documents(docs: list[Document], diag: Collector) -> tuple[dict[str, Any], SourceMap]:
+    """One policy mapping from `docs`; a file whose top level is not a mapping is an error."""
     merged: dict[str, Any] = {}
     source = SourceMap()
-    offsets: dict[tuple[str, ...], int] = {}
+    offsets: dict[Path_, int] = {}
     for doc in docs:
         if not isinstance(doc.data, dict):
-            diag.error(doc.source.span(()), "a policy file must be a mapping of sections")
+            diag.error(doc.source.span(()), f"a policy file must be a mapping of sections "
+                                            f"(version, switch, zones, ...), not {_kind(doc.data)}")
             continue
         remap = _list_remap(doc.data, offsets)
-        _remap_into(doc.source, remap, source)
-        for key, value in doc.data.items():
-            _merge_top(merged, key, value, doc, source, diag)
+        for path, span in doc.source.values.items():
+            source.values.setdefault(_shift(path, remap), span)
+        for path, span in doc.source.keys.items():
+            source.keys.setdefault(_shift(path, remap), span)
+        _merge_mapping(merged, doc.data, (), doc, source, diag)
     return merged, source
 
 
-def _list_remap(data: dict[str, Any], offsets: dict[tuple[str, ...], int]) -> dict[tuple[str, ...], int]:
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f'the text "{value[:40]}"'
+    return f"the value {value!r}"
+
+
+def _list_remap(data: dict[str, Any], offsets: dict[Path_, int]) -> dict[Path_, int]:
     """How far this document's list items move once appended after earlier documents' items."""
-    remap: dict[tuple[str, ...], int] = {}
-    for section in LIST_SECTIONS:
+    remap: dict[Path_, int] = {}
+    for section in LISTS:
         node: Any = data
         for part in section:
             node = node.get(part) if isinstance(node, dict) else None
@@ -46,39 +67,14 @@ def _list_remap(data: dict[str, Any], offsets: dict[tuple[str, ...], int]) -> di
     return remap
 
 
-def _shift(path: Path_, remap: dict[tuple[str, ...], int]) -> Path_:
+def _shift(path: Path_, remap: dict[Path_, int]) -> Path_:
     for section, offset in remap.items():
         n = len(section)
-        if offset and path[:n] == section and len(path) > n and isinstance(path[n], int):
-            return (*path[:n], path[n] + offset, *path[n + 1 :])
+        if offset and path[:n] == section and len(path) > n:
+            index = path[n]
+            if isinstance(index, int):
+                return (*path[:n], index + offset, *path[n + 1 :])
     return path
-
-
-def _remap_into(src: SourceMap, remap: dict[tuple[str, ...], int], dst: SourceMap) -> None:
-    for path, span in src.values.items():
-        dst.values.setdefault(_shift(path, remap), span)
-    for path, span in src.keys.items():
-        dst.keys.setdefault(_shift(path, remap), span)
-
-
-def _merge_top(
-    merged: dict[str, Any], key: str, value: Any, doc: Document, source: SourceMap, diag: Collector
-) -> None:
-    if key not in merged:
-        merged[key] = _copy(value)
-        return
-    here = doc.source.span((key,), key=True)
-    if key == "version":
-        if merged[key] != value:
-            diag.error(here, f"version {value!r} differs from version {merged[key]!r} of another file")
-        return
-    if key == "nat" and isinstance(value, list) and isinstance(merged[key], list):
-        merged[key].extend(value)
-        return
-    if isinstance(value, dict) and isinstance(merged[key], dict):
-        _merge_mapping(merged[key], value, (key,), doc, source, diag)
-        return
-    diag.error(here, f'section "{key}" is also defined at {source.span((key,), key=True)}')
 
 
 def _merge_mapping(
@@ -89,19 +85,26 @@ def _merge_mapping(
         item_path = (*path, name)
         if name not in into:
             into[name] = _copy(item)
-            continue
-        if (*path, name) in {("firewall", "rules"), ("switch", "links")} and isinstance(item, list):
-            into[name].extend(item)
-            continue
-        if (*path, name) == ("switch", "ports") and isinstance(item, dict):
+        elif item_path == ("version",):
+            if into[name] != item:
+                diag.error(doc.source.span(item_path), f"version {item!r} differs from version "
+                                                      f"{into[name]!r} at {source.span(item_path)}")
+        elif item_path in LISTS and isinstance(item, list) and isinstance(into[name], list):
+            into[name].extend(_copy(item))
+        elif (item_path in NAMED or item_path in SECTIONS) and isinstance(item, dict) \
+                and isinstance(into[name], dict):
             _merge_mapping(into[name], item, item_path, doc, source, diag)
-            continue
-        here = doc.source.span(item_path, key=True)
-        first = source.span(item_path, key=True)
-        if first == here:
-            continue
-        what = "name" if path[0] in NAMED_SECTIONS or path == ("switch", "ports") else "setting"
-        diag.error(here, f'{what} "{".".join(map(str, item_path))}" is defined twice (also at {first})')
+        else:
+            diag.error(doc.source.span(item_path, key=True), _twice(item_path, source))
+
+
+def _twice(path: Path_, source: SourceMap) -> str:
+    first = source.span(path, key=True)
+    noun = NAMED.get(path[:-1])
+    if noun is not None:
+        return f'{noun} "{path[-1]}" is defined twice (also at {first})'
+    what = "section" if len(path) == 1 else "setting"
+    return f'{what} "{".".join(map(str, path))}" is given twice (also at {first})'
 
 
 def _copy(value: Any) -> Any:

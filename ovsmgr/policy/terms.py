@@ -6,7 +6,9 @@ caller attaches the span of the value it came from.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import re
 
 from ovsmgr.policy.ir import IPAddress, IPNetwork, Service
 
@@ -37,6 +39,7 @@ ICMPV6_TYPES: dict[str, int] = {
     "redirect": 137,
 }
 PORT_PROTOS = ("tcp", "udp", "sctp")
+_DIGITS = re.compile(r"[0-9]{1,6}")
 
 
 class TermError(ValueError):
@@ -45,6 +48,8 @@ class TermError(ValueError):
 
 def parse_prefix(text: str) -> IPNetwork:
     """An address (a host prefix) or a prefix whose host bits are zero."""
+    if "%" in text:
+        raise TermError(f'"{text}" has an IPv6 zone index (%...), which a flow cannot match')
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError:
@@ -57,6 +62,8 @@ def parse_prefix(text: str) -> IPNetwork:
 
 
 def parse_address(text: str) -> IPAddress:
+    if "%" in text:
+        raise TermError(f'"{text}" has an IPv6 zone index (%...), which a flow cannot match')
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -65,6 +72,8 @@ def parse_address(text: str) -> IPAddress:
 
 def parse_address_range(text: str) -> tuple[IPAddress, IPAddress]:
     """`a.b.c.d` or `a.b.c.d-a.b.c.e`, low first, one family."""
+    if "/" in text:
+        raise TermError(f'"{text}" is a prefix; translate_to takes an address or a range a.b.c.d-a.b.c.e')
     lo_text, sep, hi_text = text.partition("-")
     lo = parse_address(lo_text.strip())
     hi = parse_address(hi_text.strip()) if sep else lo
@@ -76,16 +85,29 @@ def parse_address_range(text: str) -> tuple[IPAddress, IPAddress]:
 
 
 def parse_port(text: str) -> int:
-    if not text.isdigit() or (len(text) > 1 and text[0] == "0"):
-        raise TermError(f'"{text}" is not a port number')
+    if not _DIGITS.fullmatch(text) or (len(text) > 1 and text[0] == "0"):
+        raise TermError(f'"{text}" is not a port number{_port_hint(text)}')
     value = int(text)
     if not 1 <= value <= 65535:
         raise TermError(f"port {value} is out of range (1-65535)")
     return value
 
 
+def _port_hint(text: str) -> str:
+    if ":" in text:
+        return f" (a port range is written low-high: {text.replace(':', '-')})"
+    if "," in text:
+        return " (list each port as an item of its own)"
+    if _DIGITS.fullmatch(text):
+        return " (no leading zeros)"
+    return ""
+
+
 def parse_port_range(text: str) -> tuple[int, int]:
+    """`80` or `1024-65535`."""
     lo_text, sep, hi_text = text.partition("-")
+    if not lo_text.strip() or (sep and not hi_text.strip()):
+        raise TermError(f'"{text}" is not a port or a port range (like 80 or 1024-65535)')
     lo = parse_port(lo_text.strip())
     hi = parse_port(hi_text.strip()) if sep else lo
     if hi < lo:
@@ -95,17 +117,19 @@ def parse_port_range(text: str) -> tuple[int, int]:
 
 def parse_service(text: str) -> Service:
     """`tcp`, `tcp/80`, `udp/1024-2048`, `icmp/echo-request`, `icmp/3/4`, `icmpv6/128`."""
-    proto, _, rest = text.strip().partition("/")
+    proto, sep, rest = text.strip().partition("/")
     proto = proto.lower()
+    if sep and not rest:
+        raise TermError(f'"{text}" ends in "/": write {proto} for any, or {proto}/<what>')
     if proto in PORT_PROTOS:
         return Service(proto, parse_port_range(rest) if rest else None)  # type: ignore[arg-type]
     if proto in ("icmp", "icmpv6"):
         if not rest:
             return Service(proto)  # type: ignore[arg-type]
         names = ICMP_TYPES if proto == "icmp" else ICMPV6_TYPES
-        type_text, _, code_text = rest.partition("/")
+        type_text, code_sep, code_text = rest.partition("/")
         icmp_type = _icmp_number(type_text, names, proto, "type")
-        code = _icmp_number(code_text, {}, proto, "code") if code_text else None
+        code = _icmp_number(code_text, {}, proto, "code") if code_sep else None
         return Service(proto, None, icmp_type, code)  # type: ignore[arg-type]
     raise TermError(
         f'"{text}" is not a service: expected tcp|udp|sctp[/port[-port]] or icmp|icmpv6[/type[/code]]'
@@ -115,15 +139,13 @@ def parse_service(text: str) -> Service:
 def _icmp_number(text: str, names: dict[str, int], proto: str, what: str) -> int:
     if text in names:
         return names[text]
-    if text.isdigit() and int(text) <= 255:
+    if _DIGITS.fullmatch(text) and int(text) <= 255 and (text == "0" or text[0] != "0"):
         return int(text)
-    hint = ""
-    if names:
-        import difflib
-
-        close = difflib.get_close_matches(text, list(names), n=1)
-        hint = f' (did you mean "{close[0]}"?)' if close else ""
-    raise TermError(f'"{text}" is not an {proto} {what} (a name or 0-255){hint}')
+    if not names:
+        raise TermError(f'"{text}" is not an {proto} {what} (0-255)')
+    close = difflib.get_close_matches(text, list(names), n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    raise TermError(f'"{text}" is not an {proto} {what} (a name like echo-request, or 0-255){hint}')
 
 
 def looks_like_service_literal(text: str) -> bool:

@@ -10,8 +10,22 @@ import ipaddress
 from collections.abc import Iterable
 
 from ovsmgr.compiler.flows import (
-    Action, Conjunction, Controller, Ct, Flow, GotoTable, InPort, LearnMacBinding, Match, MatchItem, Move,
-    NatSpec, Normal, Output, Resubmit, SetField,
+    Action,
+    Conjunction,
+    Controller,
+    Ct,
+    Flow,
+    GotoTable,
+    InPort,
+    LearnMacBinding,
+    Match,
+    MatchItem,
+    Move,
+    NatSpec,
+    Normal,
+    Output,
+    Resubmit,
+    SetField,
 )
 from ovsmgr.compiler.pipeline import CT_STATE_BITS, CookieKind, cookie
 

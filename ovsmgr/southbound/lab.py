@@ -29,6 +29,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -50,6 +51,7 @@ STATE_FILE = "lab.json"
 DAEMONS = ("ovs-vswitchd", "ovsdb-server")  # stop order: vswitchd first
 COMMAND_TIMEOUT = 60.0
 IFNAMSIZ = 15
+LAB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 
 class LabError(Exception):
@@ -135,6 +137,8 @@ class Lab:
     """A lab switch and its hosts, addressed by name; see the module docstring."""
 
     def __init__(self, name: str = "ovsmgr", directory: str | os.PathLike[str] | None = None):
+        if not LAB_NAME.fullmatch(name):
+            raise LabError(f"lab name {name!r} must match {LAB_NAME.pattern} (it names namespaces)")
         self.name = name
         default = os.environ.get("OVSMGR_LAB_DIR") or f"/run/ovsmgr/lab-{name}"
         self.dir = Path(directory or default)
@@ -159,6 +163,8 @@ class Lab:
             return dict(json.loads(self._state_path().read_text()))
         except FileNotFoundError:
             return {}
+        except ValueError as exc:
+            raise LabError(f"lab {self.name}: unreadable {self._state_path()}: {exc}") from exc
 
     def _save(self, state: dict[str, Any]) -> None:
         tmp = self._state_path().with_suffix(".tmp")
@@ -239,13 +245,13 @@ class Lab:
         self._check_tools(spec.datapath)
         if self._load():
             raise LabError(f"lab {self.name} is already up (or half down): run down first")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "conf.db").unlink(missing_ok=True)
         state: dict[str, Any] = {"name": self.name, "bridge": spec.bridge,
                                  "datapath": spec.datapath, "status": "starting",
                                  "namespaces": [], "pids": {}, "ports": []}
-        self._save(state)
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "conf.db").unlink(missing_ok=True)
+            self._save(state)
             self._build(spec, state)
         except Exception as exc:
             self._undo_failed_up(exc)
@@ -340,11 +346,11 @@ class Lab:
             self._run(["sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"], netns=host_ns)
         self._run(["ip", "-n", host_ns, "link", "add", "eth0", "address", _host_mac(port.ofport),
                    "type", "veth", "peer", "name", sw_if, "netns", self.switch_netns])
-        self._run(["sysctl", "-qw", f"net.ipv6.conf.{sw_if}.disable_ipv6=1"],
+        self._run(["sysctl", "-qw", f"net/ipv6/conf/{sw_if}/disable_ipv6=1"],
                   netns=self.switch_netns)
         for netns, dev in ((host_ns, "eth0"), (self.switch_netns, sw_if)):
             self._run(["ethtool", "-K", dev, "tx", "off"], netns=netns)
-            self._run(["ip", "-n", netns, "link", "set", dev, "up"])
+            self._run(["ip", "-n", netns, "link", "set", "dev", dev, "up"])
         if spec.datapath == "dpdk":
             options = {"dpdk-devargs": f"net_af_packet{port.ofport},iface={sw_if}"}
             iface_type = "dpdk"
@@ -387,10 +393,11 @@ class Lab:
             errors += self._delete_netns(netns)
         if errors:
             raise LabError(f"lab {self.name}: down incomplete: " + "; ".join(errors))
-        if state.get("datapath") == "dpdk":  # DPDK's runtime files outlive the process
-            shutil.rmtree(f"/var/run/dpdk/{self._dpdk_prefix()}", ignore_errors=True)
+        dpdk_runtime = Path(f"/var/run/dpdk/{self._dpdk_prefix()}")
+        if state.get("datapath") == "dpdk" and dpdk_runtime.exists():
+            shutil.rmtree(dpdk_runtime)  # DPDK's runtime files outlive the process
         for pattern in (STATE_FILE, "conf.db", ".conf.db.~lock~", "*.pid", "*.ctl", "*.sock",
-                        "*.mgmt", "*.snoop"):
+                        "*.mgmt", "*.snoop", "ovsmgr-*.json"):
             for path in self.dir.glob(pattern):
                 path.unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ Two ovsdbapp traits shape this module:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import warnings
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,7 @@ with warnings.catch_warnings():
     # ovs.poller warns on import whenever eventlet is installed (os-ken pulls it in);
     # ovsmgr does not use eventlet, so the warning only confuses CLI users.
     warnings.filterwarnings("ignore", message="\\s*Eventlet is deprecated")
+    from ovs import jsonrpc, stream
     from ovsdbapp.backend.ovs_idl import command as ovs_command
     from ovsdbapp.backend.ovs_idl import connection, idlutils, transaction
     from ovsdbapp.schema.open_vswitch import commands as vs_commands
@@ -127,12 +129,28 @@ def _bridge_of_port(api: Any, port: Any) -> str | None:
     return None
 
 
+def _schema_helper(endpoint: str, timeout: float) -> Any:
+    """``idlutils.get_schema_helper`` with the connect bounded by ``timeout``.
+
+    ovsdbapp's version connects with no deadline, so a silent ``tcp:`` peer hangs it.
+    """
+    err, strm = stream.Stream.open_block(stream.Stream.open(endpoint), int(timeout * 1000))
+    if err:
+        raise OvsdbError(f"cannot connect to OVSDB at {endpoint}: {os.strerror(err)}")
+    rpc = jsonrpc.Connection(strm)
+    try:
+        err, reply = rpc.transact_block(jsonrpc.Message.create_request("get_schema", [SCHEMA]))
+    finally:
+        rpc.close()
+    if err or reply.error:
+        problem = os.strerror(err) if err else reply.error
+        raise OvsdbError(f"cannot read the {SCHEMA} schema from {endpoint}: {problem}")
+    return idlutils.create_schema_helper(reply.result)
+
+
 def _connect(endpoint: str, timeout: float) -> Any:
     """Open an ovsdbapp API object bound to one endpoint (see module docstring)."""
-    try:
-        helper = idlutils.get_schema_helper(endpoint, SCHEMA)
-    except Exception as exc:
-        raise OvsdbError(f"cannot read the {SCHEMA} schema from {endpoint}: {exc}") from exc
+    helper = _schema_helper(endpoint, timeout)
     helper.register_all()
     idl = connection.OvsdbIdl(endpoint, helper)
     conn = connection.Connection(idl, timeout)
@@ -282,6 +300,14 @@ class SwitchDB:
             "ports": self.ofports(bridge),
             "controllers": self.get_controllers(bridge),
         }
+
+    def bridges(self) -> list[str]:
+        """Names of every bridge in the database."""
+        return sorted(self._read("list bridges", self._api.list_br()))
+
+    def delete_bridge(self, name: str) -> None:
+        """Remove a bridge (used only to undo a bridge ovsmgr itself created in a failed apply)."""
+        self._run(f"delete bridge {name}", [self._api.del_br(name)])
 
 
 def _scalar(value: Any, default: Any) -> Any:

@@ -169,6 +169,10 @@ def test_switchdb_on_the_lab_bridge(lab_factory) -> None:
             db.get_external_ids("nobr")
         db.ensure_bridge("br0", "netdev", "standalone")
         assert db.bridge_info("br0")["fail_mode"] == "standalone"
+        db.ensure_bridge("br1", "netdev")
+        assert db.bridges() == ["br0", "br1"]
+        db.delete_bridge("br1")
+        assert db.bridges() == ["br0"]
 
     set_zone_limit(status["appctl"], 5, 100)
     assert "zone=5,limit=100" in lab.appctl(["dpctl/ct-get-limits", "zone=5"])
@@ -177,11 +181,13 @@ def test_switchdb_on_the_lab_bridge(lab_factory) -> None:
 
 
 def test_down_leaves_no_namespace_and_no_process(lab_factory) -> None:
-    lab = lab_factory(PORTS)
+    # "a" is also an `ip` keyword abbreviation, "d.1" has a dot (sysctl separator): both must work
+    lab = lab_factory([*PORTS, LabPort("a", 3, None), LabPort("d.1", 4, "10.0.0.12/24")])
     status = lab.status()
     pids = [d["pid"] for d in status["daemons"].values()]
     assert status["up"] and all(alive(p) for p in pids)
-    assert lab_namespaces(lab) == sorted(f"{lab.name}-{n}" for n in ("sw", "lan0", "wan0"))
+    names = ("sw", "lan0", "wan0", "a", "d.1")
+    assert lab_namespaces(lab) == sorted(f"{lab.name}-{n}" for n in names)
     forgotten = lab.popen("wan0", ["sleep", "60"])  # a process left in a host namespace
 
     Lab(lab.name, lab.dir).down()  # a fresh object: everything comes from lab.json

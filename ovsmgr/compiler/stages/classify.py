@@ -5,7 +5,15 @@ from __future__ import annotations
 import ipaddress
 
 from ovsmgr.compiler.flows import (
-    Flow, GotoTable, InPort, LearnMacBinding, Match, MatchItem, Move, Normal, SetField,
+    Flow,
+    GotoTable,
+    InPort,
+    LearnMacBinding,
+    Match,
+    MatchItem,
+    Move,
+    Normal,
+    SetField,
 )
 from ovsmgr.compiler.matchbuild import ETH_ARP, ETH_IPV6
 from ovsmgr.compiler.pipeline import REG_FROM_ZONE, CookieKind, Priority, Table, cookie

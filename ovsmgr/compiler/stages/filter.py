@@ -15,12 +15,27 @@ from dataclasses import dataclass
 from itertools import product
 
 from ovsmgr.compiler.flows import (
-    Action, Conjunction, Controller, Flow, FlowError, GotoTable, Match, MatchItem, SetField,
+    Action,
+    Conjunction,
+    Controller,
+    Flow,
+    FlowError,
+    GotoTable,
+    Match,
+    MatchItem,
+    SetField,
 )
 from ovsmgr.compiler.ids import fingerprint, rule_id
 from ovsmgr.compiler.matchbuild import family, prefix, reg, service_matches
 from ovsmgr.compiler.pipeline import (
-    REG_FROM_ZONE, REG_RULE, REG_TO_ZONE, CookieKind, PacketInKind, Priority, Table, cookie,
+    REG_FROM_ZONE,
+    REG_RULE,
+    REG_TO_ZONE,
+    CookieKind,
+    PacketInKind,
+    Priority,
+    Table,
+    cookie,
     packet_in_userdata,
 )
 from ovsmgr.policy.analysis import RuleIndex, overlaps

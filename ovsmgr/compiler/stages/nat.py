@@ -9,12 +9,28 @@ Connections are committed with the allowing rule's fingerprint in ct_mark.
 from __future__ import annotations
 
 from ovsmgr.compiler.flows import (
-    Action, Ct, Flow, GotoTable, Match, Move, NatSpec, Normal, Output, Resubmit,
+    Action,
+    Ct,
+    Flow,
+    GotoTable,
+    Match,
+    Move,
+    NatSpec,
+    Normal,
+    Output,
+    Resubmit,
 )
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.matchbuild import ct_state, family, reg
 from ovsmgr.compiler.pipeline import (
-    FLAG_REVALIDATE, REG_FLAGS, REG_OUT_PORT, REG_RULE, CookieKind, Priority, Table, cookie,
+    FLAG_REVALIDATE,
+    REG_FLAGS,
+    REG_OUT_PORT,
+    REG_RULE,
+    CookieKind,
+    Priority,
+    Table,
+    cookie,
 )
 from ovsmgr.compiler.stages.filter import _zone_match, expand_match, match_dimensions
 from ovsmgr.policy.ir import NatRule, ResolvedPolicy

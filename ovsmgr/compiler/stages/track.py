@@ -5,7 +5,14 @@ from __future__ import annotations
 from ovsmgr.compiler.flows import Ct, Flow, GotoTable, Match, MatchItem, SetField
 from ovsmgr.compiler.matchbuild import ct_state, family, prefix
 from ovsmgr.compiler.pipeline import (
-    FLAG_REVALIDATE, REG_FLAGS, REG_OUT_PORT, REG_TO_ZONE, CookieKind, Priority, Table, cookie,
+    FLAG_REVALIDATE,
+    REG_FLAGS,
+    REG_OUT_PORT,
+    REG_TO_ZONE,
+    CookieKind,
+    Priority,
+    Table,
+    cookie,
 )
 from ovsmgr.policy.ir import ResolvedPolicy
 

@@ -1,0 +1,157 @@
+"""`ovsmgr plan`, `apply`, `confirm`, `status`: a policy against a live switch."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from ovsmgr.apply import (
+    ApplyError,
+    apply_policy,
+    confirm_apply,
+    plan_policy,
+    read_state,
+    switch_status,
+)
+from ovsmgr.cli.common import echo_json, fail, load_or_exit, output_option, policy_files
+from ovsmgr.compiler import compile_policy
+from ovsmgr.plan import Plan, group_by_rule
+from ovsmgr.southbound.openflow import OpenFlowError
+from ovsmgr.southbound.ovsdb import OvsdbError
+from ovsmgr.southbound.target import SwitchTarget, resolve_target
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def target_options(func: F) -> F:
+    @click.option("--db", default=None, help="OVSDB endpoint (default: the lab's when a lab is up, "
+                  "else the system OVS socket).")
+    @click.option("--lab", "lab_name", default=None, help="Use the lab of this name.")
+    @wraps(func)
+    def wrapper(*args: Any, db: str | None, lab_name: str | None, **kwargs: Any) -> Any:
+        try:
+            return func(*args, target=resolve_target(db, lab_name), **kwargs)
+        except (OvsdbError, OpenFlowError, ApplyError) as exc:
+            fail(str(exc))
+    return wrapper  # type: ignore[return-value]
+
+
+def _plan_json(plan: Plan, names: dict[int, str]) -> dict[str, Any]:
+    return {
+        "changes": plan.counts(),
+        "foreign": [{"cookie": f"{e.cookie:#x}", "table": e.table, "priority": e.priority, "match": e.match,
+                     "actions": e.actions} for e in plan.foreign],
+        "rules": {rule: [{"op": op, "table": e.table, "priority": e.priority, "match": e.match,
+                          "actions": e.actions} for op, e in items]
+                  for rule, items in group_by_rule(plan, names).items()},
+    }
+
+
+def _print_plan(plan: Plan, names: dict[int, str], verbose: bool) -> None:
+    for entry in plan.foreign:
+        click.echo(f"! foreign flow (not ovsmgr's, left alone): cookie={entry.cookie:#x},table={entry.table},"
+                   f"priority={entry.priority},{entry.match} actions={entry.actions}")
+    if plan.empty:
+        click.echo("No changes: the switch matches the policy.")
+        return
+    for rule, items in group_by_rule(plan, names).items():
+        ops = "".join(sorted({op for op, _ in items}))
+        click.echo(f"{ops} {rule}: " + ", ".join(
+            f"{sum(1 for o, _ in items if o == op)} {word}"
+            for op, word in (("+", "added"), ("-", "removed"), ("~", "changed")) if any(o == op for o, _ in items)))
+        if verbose:
+            for op, entry in items:
+                click.echo(f"    {op} table={entry.table},priority={entry.priority},{entry.match} actions={entry.actions}")
+    c = plan.counts()
+    click.echo(f"Plan: {c['add']} to add, {c['change']} to change, {c['delete']} to remove.")
+
+
+def _names(target: SwitchTarget, bridge: str, current: dict[int, str]) -> dict[int, str]:
+    """Rule names from the last apply too, so removed rules are named in a plan."""
+    old = {int(k, 16): v for k, v in read_state(target, bridge).get("rules", {}).items()}
+    return {**old, **current}
+
+
+@click.command()
+@policy_files
+@output_option
+@click.option("-v", "--verbose", is_flag=True, help="List every flow that would change.")
+@target_options
+def plan(files: tuple[str, ...], output: str, verbose: bool, target: SwitchTarget) -> None:
+    """Show what applying FILES would change. Exit 0: nothing; 2: changes; 1: error."""
+    compiled = compile_policy(load_or_exit(files))
+    result = plan_policy(compiled, target)
+    names = _names(target, compiled.policy.bridge, compiled.rule_ids)
+    if output == "json":
+        echo_json(_plan_json(result, names))
+    else:
+        _print_plan(result, names, verbose)
+    sys.exit(0 if result.empty else 2)
+
+
+@click.command()
+@policy_files
+@output_option
+@click.option("--full", is_flag=True, help="Replace all of ovsmgr's flows, not just the difference (still one bundle).")
+@click.option("--confirm", "confirm_seconds", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="Roll back by itself unless `ovsmgr confirm` comes within SECONDS.")
+@click.option("-v", "--verbose", is_flag=True)
+@target_options
+def apply(files: tuple[str, ...], output: str, full: bool, confirm_seconds: float | None, verbose: bool,
+          target: SwitchTarget) -> None:
+    """Apply FILES to the switch atomically (one OpenFlow bundle) and print what changed."""
+    compiled = compile_policy(load_or_exit(files))
+    names = _names(target, compiled.policy.bridge, compiled.rule_ids)
+    started = time.monotonic()
+    result = apply_policy(compiled, target, full=full, confirm=confirm_seconds)
+    elapsed = time.monotonic() - started
+    if output == "json":
+        echo_json({**_plan_json(result.plan, names), "generation": result.generation,
+                   "seconds": round(elapsed, 3), "rollback_at": result.rollback_at})
+        return
+    _print_plan(result.plan, names, verbose)
+    click.echo(f"Applied generation {result.generation} to {compiled.policy.bridge} "
+               f"({len(compiled.flowset)} flows) in {elapsed:.2f} s.")
+    if result.rollback_at is not None:
+        click.echo(f"Rolls back in {confirm_seconds:g} s unless `ovsmgr confirm {compiled.policy.bridge}` comes first.")
+
+
+@click.command()
+@click.argument("bridge", default="br0")
+@target_options
+def confirm(bridge: str, target: SwitchTarget) -> None:
+    """Keep the policy applied with --confirm on BRIDGE (cancel its rollback)."""
+    if not confirm_apply(target, bridge):
+        fail(f"no rollback pending on {bridge} (none was armed, or it already rolled back)")
+    click.echo(f"Confirmed: {bridge} keeps its policy.")
+
+
+@click.command()
+@click.argument("bridge", default="br0")
+@output_option
+@target_options
+def status(bridge: str, output: str, target: SwitchTarget) -> None:
+    """What is applied to BRIDGE, by whom and when, and whether it drifted."""
+    info = switch_status(target, bridge)
+    if output == "json":
+        echo_json(info)
+        return
+    if not info["exists"]:
+        fail(f"no bridge {bridge} at {target.db}")
+    if not info["applied"]:
+        click.echo(f"{bridge}: no ovsmgr policy applied ({info['flows']} ovsmgr flows).")
+        return
+    click.echo(f"{bridge}: generation {info['generation']} applied {info['applied_at']} by {info['applied_by']} "
+               f"from {info['sources']}")
+    click.echo(f"  fail_mode {info['fail_mode']}, datapath {info['datapath_type']}, {info['flows']} ovsmgr flows, "
+               f"controllers {info['controllers'] or 'none'}")
+    drift = info["drift"] or {}
+    click.echo("  drifted: " + (f"yes ({drift['add']} missing, {drift['delete']} unexpected, "
+                                 f"{drift['change']} changed)" if info["drifted"] else "no"))
+    if info["rollback_pending"]:
+        click.echo("  a rollback is pending: run `ovsmgr confirm` to keep this policy")

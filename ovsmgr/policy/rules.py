@@ -1,0 +1,175 @@
+"""Firewall and NAT rules: names, zones, matches and translations, resolved and checked.
+
+Rules are kept in the order written (first match wins), with their index in the
+merged policy and their source span. A rule that the shape pass had to prune,
+or whose references are broken, is still checked for everything else but is
+left out of the result, so the analysis never reasons about a rule that does
+not say what its author wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ovsmgr.policy.diagnostics import Collector, Span, did_you_mean
+from ovsmgr.policy.ir import IPAddress, NatRule, Rule, RuleMatch, ZoneInfo
+from ovsmgr.policy.loader import Path_, SourceMap
+from ovsmgr.policy.model import FirewallRule, Policy
+from ovsmgr.policy.model import NatRule as NatRuleModel
+from ovsmgr.policy.names import AddressBook, ServiceBook
+from ovsmgr.policy.shape import Shape
+from ovsmgr.policy.terms import TermError, parse_address_range, parse_port_range
+
+_FAMILY_NAMES = {frozenset({4}): "IPv4 only", frozenset({6}): "IPv6 only"}
+
+
+class RuleResolver:
+    def __init__(
+        self, shape: Shape, zones: dict[str, ZoneInfo], addresses: AddressBook, services: ServiceBook,
+        source: SourceMap, diag: Collector,
+    ):
+        self.m: Policy = shape.model
+        self.shape = shape
+        self.broken = shape.broken
+        self.zones = zones
+        self.addresses = addresses
+        self.services = services
+        self.src = source
+        self.diag = diag
+        self.names: dict[str, Span] = {}
+
+    def firewall(self) -> tuple[Rule, ...]:
+        out = []
+        for raw, i in zip(self.m.firewall.rules, self.shape.rule_index, strict=True):
+            path = ("firewall", "rules", i)
+            self._unique_name(raw.name, path, ("firewall", i))
+            match = self._match(raw, path)
+            if match is not None and raw.enabled and i not in self.broken.rules:
+                out.append(Rule(raw.name, i, match, raw.action, raw.stateful, raw.log, self.src.span(path)))
+        return tuple(out)
+
+    def nat(self) -> tuple[NatRule, ...]:
+        out = []
+        for raw, i in zip(self.m.nat, self.shape.nat_index, strict=True):
+            path = ("nat", i)
+            self._unique_name(raw.name, path, ("nat", i))
+            match = self._match(raw, path)
+            if i in self.broken.nat:
+                continue
+            translation = self._translation(raw, path, match)
+            if match is not None and translation is not None and raw.enabled:
+                lo, hi, ports = translation
+                out.append(NatRule(raw.name, i, raw.type, match, lo, hi, ports, raw.port, self.src.span(path)))
+        return tuple(out)
+
+    def _unique_name(self, name: str, path: Path_, where: tuple[str, int]) -> None:
+        if where in self.broken.anonymous:
+            return
+        here = self.src.span((*path, "name"))
+        if name in self.names:
+            self.diag.error(here, f'rule name "{name}" is used twice (also at {self.names[name]})')
+        self.names.setdefault(name, here)
+
+    # --- matches ---------------------------------------------------------------------------
+    def _zones_ok(self, raw: FirewallRule | NatRuleModel, path: Path_) -> bool:
+        ok = True
+        for key, zone in (("from", raw.from_), ("to", raw.to)):
+            if zone is None:
+                continue
+            if zone not in self.zones:
+                if not self.broken.zone(zone):
+                    self.diag.error(self.src.span((*path, key)),
+                                    f'unknown zone "{zone}"{did_you_mean(zone, self.zones)}')
+                ok = False
+            elif key == "to" and self.m.switch.forwarding == "normal" and not self.zones[zone].networks \
+                    and not self.broken.zone(zone):
+                self.diag.error(self.src.span((*path, key)),
+                                f'"to: {zone}" needs networks on zone "{zone}": with forwarding: normal '
+                                "the zone a packet leaves by is known from its destination address")
+        return ok
+
+    def _match(self, raw: FirewallRule | NatRuleModel, path: Path_) -> RuleMatch | None:
+        """The rule's match; None when it cannot be trusted or matches nothing (reported)."""
+        zones_ok = self._zones_ok(raw, path)
+        src, src_ok = self.addresses.resolve(raw.src, (*path, "src"))
+        dst, dst_ok = self.addresses.resolve(raw.dst, (*path, "dst"))
+        services, services_ok = self.services.resolve(raw.services, (*path, "services"))
+        if not (zones_ok and src_ok and dst_ok and services_ok):
+            return None
+        empty = [key for key, written, value in (("src", raw.src, src), ("dst", raw.dst, dst),
+                                                 ("services", raw.services, services))
+                 if written is not None and not value]
+        if empty:
+            self.diag.warning(self.src.span(path),
+                              f'rule "{raw.name}" matches nothing ({" and ".join(empty)} resolve to no '
+                              "values: an empty list or set); it is left out")
+            return None
+        match = RuleMatch(raw.from_, raw.to, src, dst, services)
+        if not match.families():
+            self._mixed_families(raw, path, match)
+            return None
+        return match
+
+    def _mixed_families(self, raw: Any, path: Path_, match: RuleMatch) -> None:
+        parts: list[tuple[str, frozenset[int]]] = []
+        if match.src:
+            parts.append(("src", frozenset(p.version for p in match.src)))
+        if match.dst:
+            parts.append(("dst", frozenset(p.version for p in match.dst)))
+        if match.services:
+            parts.append(("services", frozenset().union(*(s.families for s in match.services))))
+        families: frozenset[int] = frozenset({4, 6})
+        culprit = parts[-1][0]
+        for key, fams in parts:
+            families &= fams
+            if not families:
+                culprit = key
+                break
+        said = ", ".join(f"{key} is {_FAMILY_NAMES.get(fams, 'IPv4 and IPv6')}" for key, fams in parts)
+        self.diag.error(self.src.span((*path, culprit), key=True),
+                        f'rule "{raw.name}" mixes IPv4 and IPv6 ({said}): no packet can match it')
+
+    # --- NAT -------------------------------------------------------------------------------
+    def _translation(
+        self, raw: NatRuleModel, path: Path_, match: RuleMatch | None,
+    ) -> tuple[IPAddress, IPAddress, tuple[int, int] | None] | None:
+        ok = True
+        lo: IPAddress | None = None
+        hi: IPAddress | None = None
+        try:
+            lo, hi = parse_address_range(raw.translate_to)
+        except TermError as exc:
+            self.diag.error(self.src.span((*path, "translate_to")), str(exc))
+            ok = False
+        ports = None
+        for span, message in self._nat_kind_problems(raw, path, match):
+            self.diag.error(span, message)
+            ok = False
+        if raw.type == "snat" and raw.ports is not None:
+            try:
+                ports = parse_port_range(str(raw.ports))
+            except TermError as exc:
+                self.diag.error(self.src.span((*path, "ports")), str(exc))
+                ok = False
+        if lo is not None and match is not None and lo.version not in match.families():
+            self.diag.error(self.src.span((*path, "translate_to")),
+                            f"translate_to {raw.translate_to} is IPv{lo.version} but the rule matches only "
+                            f"IPv{'/'.join(map(str, sorted(match.families())))}")
+            ok = False
+        if not ok or lo is None or hi is None:
+            return None
+        return lo, hi, ports
+
+    def _nat_kind_problems(self, raw: NatRuleModel, path: Path_, match: RuleMatch | None) -> Iterator[tuple[Span, str]]:
+        if raw.type == "dnat":
+            if raw.dst is None:
+                yield self.src.span(path), f'dnat rule "{raw.name}" needs dst: the public address it translates'
+            if raw.ports is not None:
+                yield (self.src.span((*path, "ports"), key=True),
+                       "ports (a source port range) is for snat; dnat takes port")
+            if raw.port is not None and match is not None and not any(s.ports for s in match.services):
+                yield (self.src.span((*path, "port"), key=True),
+                       "port needs services with tcp, udp or sctp ports to translate")
+        elif raw.port is not None:
+            yield self.src.span((*path, "port"), key=True), "port (a new destination port) is for dnat; snat takes ports"

@@ -1,0 +1,45 @@
+"""Real traffic between lab hosts: servers that report what they saw, clients, ping."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ovsmgr.southbound.lab import Lab
+
+PY = [sys.executable, "-m", "ovsmgr.labprobe"]
+
+
+@contextmanager
+def server(lab: Lab, port: str, proto: str, tport: int, timeout: float = 30) -> Iterator[subprocess.Popen[str]]:
+    """A labprobe server in `port`'s host, ready when the block starts, stopped after."""
+    proc = lab.popen(port, [*PY, "serve", proto, str(tport), "--timeout", str(timeout)],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening" in line, f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def converse(lab: Lab, port: str, proto: str, address: str, tport: int, timeout: float = 2,
+             sport: int | None = None) -> dict[str, Any]:
+    """One request/response from `port`'s host; `ok` tells whether an answer came back."""
+    argv = [*PY, "connect", proto, address, str(tport), "--timeout", str(timeout)]
+    if sport:
+        argv += ["--sport", str(sport)]
+    out = lab.exec(port, argv, capture_output=True, text=True, timeout=timeout + 10)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def ping(lab: Lab, port: str, address: str, count: int = 1, deadline: float = 3) -> bool:
+    """True when `count` echo replies come back before `deadline` seconds (requests are resent)."""
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), address]
+    return lab.exec(port, argv, capture_output=True, timeout=deadline + 5).returncode == 0
