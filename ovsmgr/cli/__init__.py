@@ -23,6 +23,7 @@ for _module, _name in (
     ("ovsmgr.cli.trace", "trace"),
     ("ovsmgr.cli.generate", "generate"),
     ("ovsmgr.cli.lab", "lab"),
+    ("ovsmgr.cli.lab_probe", "probe"),
     ("ovsmgr.cli.switch", "plan"),
     ("ovsmgr.cli.switch", "apply"),
     ("ovsmgr.cli.switch", "confirm"),
@@ -34,6 +35,7 @@ for _module, _name in (
         if _exc.name != _module:
             raise
         continue
-    main.add_command(getattr(_mod, _name))
+    if _name != "probe":  # `lab probe` registers itself on the lab group
+        main.add_command(getattr(_mod, _name))
 
 __all__ = ["main", "policy_files"]

@@ -56,7 +56,8 @@ def trace(args: tuple[str, ...], in_port: str | None, then: tuple[str, ...], pac
 
 def _steps(args: tuple[str, ...], in_port: str | None, then: tuple[str, ...],
            packets: str | None) -> tuple[list[str], list[Step]]:
-    files, steps = list(args), []
+    files = list(args)
+    steps: list[Step] = []
     if packets is None:
         if len(files) < 2:
             raise click.UsageError("give the policy FILES and then the PACKET (or --packets FILE)")

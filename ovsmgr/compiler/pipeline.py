@@ -27,15 +27,17 @@ class Table(IntEnum):
     """Decide where the packet leaves: the linked port (forwarding: ports) or the zone whose
     networks hold the destination (forwarding: normal). Sets REG_TO_ZONE and REG_OUT_PORT."""
     STATE = 30
-    """Connection state: drop +inv; pass established/related traffic whose ct_mark names a rule
-    of the current policy; revalidate or cut connections of removed rules; new ones to FILTER."""
+    """Connection state: drop +inv; pass traffic of committed connections whose ct_mark names a
+    rule of the current policy; revalidate or cut connections of removed rules; packets nobody
+    committed yet (ct_mark 0) to FILTER."""
     FILTER = 40
     """First-match firewall rules for new connections (priority bands keep the written order):
     stateful allow records the rule in REG_RULE and goes to NAT; stateless allow goes straight
     to OUTPUT; drop, reject; then the default action."""
     NAT = 50
     """Commit allowed connections: DNAT rules, then SNAT rules, then a plain commit; the
-    allowing rule's fingerprint goes into ct_mark so a later policy can cut the connection."""
+    allowing rule's fingerprint goes into ct_mark so a later policy can cut the connection.
+    Translating commits recirculate into OUTPUT so it sees the translated packet."""
     MAC_BINDING = 55
     """Learned IPv4-to-MAC bindings (from ARP seen by CLASSIFY): after NAT changed the
     destination address, set the destination MAC of the host that now receives the packet."""
@@ -65,6 +67,8 @@ TABLES: dict[Table, TableSpec] = {
     Table.STATE: TableSpec(_CT | frozenset({"dl_type"}), frozenset({Table.FILTER, Table.OUTPUT})),
     Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.NAT, Table.OUTPUT})),
     Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.OUTPUT})),
+    # NAT commits with ct(table=OUTPUT): the translated packet recirculates, so OUTPUT
+    # sees the new addresses and +snat/+dnat and can set the receiver's MAC.
     Table.MAC_BINDING: TableSpec(frozenset({"dl_type", "nw_dst"}), frozenset(), learned_by=Table.CLASSIFY),
     Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.MAC_BINDING})),
 }
@@ -141,9 +145,9 @@ class Priority(IntEnum):
     TRACK = 100
     EGRESS_LINK = 100
     EGRESS_PREFIX_BASE = 100
-    STATE_NEW = 100
-    STATE_STALE = 150
+    STATE_STALE = 100
     STATE_STALE_REPLY = 200
+    STATE_NEW = 250
     STATE_ESTABLISHED = 300
     STATE_INVALID = 400
     FILTER_TOP = 60000

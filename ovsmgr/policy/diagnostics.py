@@ -85,7 +85,9 @@ class Collector:
             raise PolicyError(self.items)
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """A ' (did you mean "x"?)' suffix when a close candidate exists, else ''."""
+def did_you_mean(name: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """A ' (did you mean "x"?)' suffix when a close candidate exists, else ''.
+
+    `prefix` is written before the suggestion, as it is before the name (`@` of sets)."""
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    return f' (did you mean "{prefix}{close[0]}"?)' if close else ""

@@ -39,11 +39,19 @@ class Port(_Frozen):
 
 
 class Switch(_Frozen):
-    bridge: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
-    datapath: Literal["system", "netdev", "dpdk"] = "system"
-    fail_mode: Literal["secure", "standalone"] = "secure"
-    forwarding: Literal["ports", "normal"] = "ports"
-    ports: dict[Name, Port] = Field(default_factory=dict)
+    """The bridge this policy describes and the ports it speaks of."""
+
+    bridge: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$", description="OVS bridge name.")]
+    datapath: Literal["system", "netdev", "dpdk"] = Field(
+        default="system", description="system: kernel datapath; netdev: userspace; dpdk: userspace with DPDK."
+    )
+    fail_mode: Literal["secure", "standalone"] = Field(
+        default="secure", description="standalone fails open (a warning): without a controller OVS switches all."
+    )
+    forwarding: Literal["ports", "normal"] = Field(
+        default="ports", description="ports: the static links below; normal: OVS NORMAL (MAC learning)."
+    )
+    ports: dict[Name, Port] = Field(default_factory=dict, description="Bridge ports by name.")
     links: list[Annotated[list[Name], Field(min_length=2, max_length=2)]] = Field(
         default_factory=list,
         description="forwarding: ports only; traffic in one port of a pair leaves by the other.",
@@ -55,7 +63,9 @@ class Switch(_Frozen):
 
 
 class Zone(_Frozen):
-    ports: list[Name] = Field(default_factory=list)
+    """A named group of ports; rules speak of zones, not ports."""
+
+    ports: list[Name] = Field(default_factory=list, description="The ports of the zone (at least one).")
     networks: list[str] = Field(
         default_factory=list,
         description="Prefixes behind the zone; with forwarding: normal they decide the `to` zone.",
@@ -66,6 +76,8 @@ Action = Literal["allow", "drop", "reject"]
 
 
 class FirewallRule(_Frozen):
+    """One firewall rule; the first rule that matches a new connection decides."""
+
     name: Name
     from_: Name = Field(alias="from", description="Zone the packet enters from.")
     to: Name | None = Field(default=None, description="Zone the packet leaves by.")
@@ -74,21 +86,23 @@ class FirewallRule(_Frozen):
     services: list[str] | None = Field(
         default=None, description="Service names or literal proto/port items; omitted: any."
     )
-    action: Action
-    stateful: bool = True
-    log: bool = False
+    action: Action = Field(description="allow (stateful unless stateful: false), drop (silently) or reject.")
+    stateful: bool = Field(default=True, description="allow only: replies and related packets pass by themselves.")
+    log: bool = Field(default=False, description="Log each match (rate-limited).")
     enabled: bool = Field(default=True, description="A disabled rule is kept but compiles to nothing.")
     description: str | None = None
 
 
 class Firewall(_Frozen):
-    default: Action = "drop"
+    default: Action = Field(default="drop", description="What happens to new connections no rule matches.")
     rules: list[FirewallRule] = Field(default_factory=list)
 
 
 class NatRule(_Frozen):
+    """Address translation of connections the firewall allows; allows nothing by itself."""
+
     name: Name
-    type: Literal["snat", "dnat"]
+    type: Literal["snat", "dnat"] = Field(description="snat: rewrite the source; dnat: the destination.")
     from_: Name = Field(alias="from")
     to: Name | None = None
     src: AddressList | None = None
@@ -106,10 +120,12 @@ class NatRule(_Frozen):
 
 
 class Conntrack(_Frozen):
-    zone: Annotated[int, Field(ge=1, le=65535)] = 1
-    max_connections: Annotated[int, Field(ge=1)] | None = None
-    invalid: Literal["drop", "allow"] = "drop"
-    cut_on_rule_removal: bool = True
+    zone: Annotated[int, Field(ge=1, le=65535)] = Field(default=1, description="Conntrack zone of this bridge.")
+    max_connections: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Per-zone limit.")
+    invalid: Literal["drop", "allow"] = Field(default="drop", description="What happens to ct_state=+inv packets.")
+    cut_on_rule_removal: bool = Field(
+        default=True, description="Established connections the new policy denies stop passing."
+    )
 
 
 class Policy(_Frozen):

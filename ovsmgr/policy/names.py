@@ -63,7 +63,7 @@ class AddressBook:
                 if ref not in self.suspect:
                     continue
             elif not self.broken.address_set(ref):
-                self.diag.error(self.src.span(path), f'unknown address set "@{ref}"{did_you_mean(ref, self.defs)}')
+                self.diag.error(self.src.span(path), f'unknown address set "@{ref}"{did_you_mean(ref, self.defs, "@")}')
             self.suspect.add(name)
         self.expanded[name] = tuple(dict.fromkeys(out))
         return self.expanded[name]
@@ -107,7 +107,7 @@ class AddressBook:
                 ok = ok and ref not in self.suspect
                 continue
             if not self.broken.address_set(ref):
-                self.diag.error(self.src.span(at), f'unknown address set "@{ref}"{did_you_mean(ref, self.defs)}')
+                self.diag.error(self.src.span(at), f'unknown address set "@{ref}"{did_you_mean(ref, self.defs, "@")}')
             ok = False
         return tuple(dict.fromkeys(out)), ok
 

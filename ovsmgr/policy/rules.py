@@ -101,9 +101,10 @@ class RuleResolver:
                                                  ("services", raw.services, services))
                  if written is not None and not value]
         if empty:
+            verb = "is" if len(empty) == 1 else "are"
             self.diag.warning(self.src.span(path),
-                              f'rule "{raw.name}" matches nothing ({" and ".join(empty)} resolve to no '
-                              "values: an empty list or set); it is left out")
+                              f'rule "{raw.name}" matches nothing: its {" and ".join(empty)} {verb} empty '
+                              "(an empty list, or sets without members); the rule is left out")
             return None
         match = RuleMatch(raw.from_, raw.to, src, dst, services)
         if not match.families():

@@ -298,6 +298,8 @@ def _int_hint(value: Any) -> str:
     if isinstance(value, str):
         if re.fullmatch(r"[-+]?0[0-9_]+", value):
             return " (no leading zeros: YAML 1.1 would read this as an octal number)"
+        if re.fullmatch(r"-?[1-9][0-9]*|0", value.strip()):
+            return " (a number in quotes, or with a tag, is text: write plain digits)"
         if re.fullmatch(r"[-+]?[0-9]+(:[0-5]?[0-9])+", value):
             return " (YAML 1.1 would read this as a base-60 number; here it is text)"
         if re.fullmatch(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", value):
@@ -314,6 +316,8 @@ def _type_message(kind: str, value: Any, path: Path_) -> str:
         hint = " (YAML 1.1 spellings like yes/no/on/off are not booleans here)"
     elif kind == "list_type" and isinstance(value, str) and value:
         hint = f" (write [{value}])"
+    elif kind in ("list_type", "dict_type", "model_type") and value is None:
+        hint = " (write [] for none)" if kind == "list_type" else " (write {} for none)"
     elif kind == "string_type" and isinstance(value, (int, bool)):
         hint = f' (quote it: "{show(value)}")'
     return f"expected {noun}, got {show(value)}{hint}"
@@ -323,6 +327,8 @@ def _literal_message(err: Any, path: Path_) -> str:
     choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
     value = err.get("input")
     if path == ("version",):
+        if isinstance(value, str) and value.strip() == "1":
+            return f"expected the number 1, got the text {show(value)} (leave out the quotes)"
         return f"only version 1 of the policy language exists, got {show(value)}"
     suggestion = did_you_mean(value, choices) if isinstance(value, str) else ""
     return f"expected one of {', '.join(choices)}, got {show(value)}{suggestion}"

@@ -119,8 +119,9 @@ def parse_service(text: str) -> Service:
     """`tcp`, `tcp/80`, `udp/1024-2048`, `icmp/echo-request`, `icmp/3/4`, `icmpv6/128`."""
     proto, sep, rest = text.strip().partition("/")
     proto = proto.lower()
-    if sep and not rest:
-        raise TermError(f'"{text}" ends in "/": write {proto} for any, or {proto}/<what>')
+    if sep and not rest and looks_like_service_literal(proto):
+        what = "port" if proto in PORT_PROTOS else "type"
+        raise TermError(f'"{text}" ends in "/": write {proto} for any {what}, or {proto}/<{what}>')
     if proto in PORT_PROTOS:
         return Service(proto, parse_port_range(rest) if rest else None)  # type: ignore[arg-type]
     if proto in ("icmp", "icmpv6"):

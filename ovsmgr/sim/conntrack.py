@@ -18,7 +18,14 @@ from functools import cached_property
 
 from ovsmgr.compiler.flows import NatSpec
 from ovsmgr.compiler.pipeline import CT_STATE_BITS
-from ovsmgr.sim.fields import ICMP_PROTOS, PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, format_value
+from ovsmgr.sim.fields import (
+    ICMP_PROTOS,
+    PORT_PROTOS,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    format_value,
+)
 from ovsmgr.sim.packet import ACK, SYN, Inner, Packet
 
 NEW, EST, REL, RPL, INV, TRK, SNAT, DNAT = (CT_STATE_BITS[n] for n in (
@@ -65,6 +72,8 @@ class Connection:
     nat: frozenset[str] = frozenset()
     """The translations the connection makes: "src", "dst" or both."""
     seen_reply: bool = False
+    originals: int = 0
+    """Original-direction packets seen after the one that committed it."""
 
     def describe(self) -> str:
         nat = f",nat={'+'.join(sorted(self.nat))}" if self.nat else ""
@@ -219,9 +228,13 @@ def _is_icmp_error(packet: Packet) -> bool:
 
 def _existing(conntrack: Conntrack, packet: Packet, request: CtRequest, conn: Connection,
               reply: bool) -> CtResult:
-    state = TRK | EST | (RPL if reply else 0)
+    still_new = not reply and _still_new(conn, packet)
+    state = TRK | (NEW if still_new else EST) | (RPL if reply else 0)
     events = [f"zone {request.zone}: {'reply of' if reply else 'packet of'} {conn.original.describe()}"]
-    updated = dataclasses.replace(conn, seen_reply=conn.seen_reply or reply)
+    if still_new:
+        events.append("committed, but nothing came back yet: still +new")
+    updated = dataclasses.replace(conn, seen_reply=conn.seen_reply or reply,
+                                  originals=conn.originals + (0 if reply else 1))
     if request.commit and request.mark is not None and request.mark != conn.mark:
         events.append(f"ct_mark {conn.mark:#x} -> {request.mark:#x}")
         updated = dataclasses.replace(updated, mark=request.mark)
@@ -232,6 +245,22 @@ def _existing(conntrack: Conntrack, packet: Packet, request: CtRequest, conn: Co
         events.append(f"{'reverse ' if reply else ''}nat: now {target.describe()}")
     cache = CtCache(request.zone, conn.original, state)
     return CtResult(conntrack.updated(conn, updated), packet, state, updated.mark, tuple(events), cache)
+
+
+def _still_new(conn: Connection, packet: Packet) -> bool:
+    """Whether an original-direction packet of a committed connection is +new, as OVS 3.x says.
+
+    Userspace conntrack keeps a retransmitted SYN and ICMP requests +new until the
+    other side answers, and UDP and the rest for the second packet only (state
+    FIRST to MULTIPLE); everything else is +est.
+    """
+    if conn.seen_reply:
+        return False
+    if packet.nw_proto == PROTO_TCP:
+        return (packet.tcp_flags or 0) & (SYN | ACK) == SYN
+    if packet.nw_proto in ICMP_PROTOS:
+        return True
+    return conn.originals == 0
 
 
 def _related(conntrack: Conntrack, packet: Packet, request: CtRequest) -> CtResult:

@@ -15,11 +15,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ovsmgr.compiler.flows import (
-    Action, Controller, Ct, Flow, FlowSet, GotoTable, InPort, LearnMacBinding, Match, MatchItem, Move,
-    Normal, Output, Resubmit, SetField,
+    Action,
+    Controller,
+    Ct,
+    Flow,
+    FlowSet,
+    GotoTable,
+    InPort,
+    LearnMacBinding,
+    Match,
+    MatchItem,
+    Move,
+    Normal,
+    Output,
+    Resubmit,
+    SetField,
 )
 from ovsmgr.compiler.pipeline import CookieKind, PacketInKind, Table, cookie_parts
-from ovsmgr.sim.conntrack import EST, REL, Conntrack, CtCache, CtRequest, CtResult, format_ct_state, run_ct
+from ovsmgr.sim.conntrack import (
+    EST,
+    REL,
+    Conntrack,
+    CtCache,
+    CtRequest,
+    CtResult,
+    format_ct_state,
+    run_ct,
+)
 from ovsmgr.sim.fields import DL_TYPE_ARP, DL_TYPE_IP, METADATA_FIELDS, field_ref, format_value
 from ovsmgr.sim.flowtable import FlowTables, Hit
 from ovsmgr.sim.forwarding import NormalForwarding

@@ -131,6 +131,8 @@ def parse_value(name: str, text: str) -> int:
         if name == "tcp_flags":
             return parse_tcp_flags(text)
         value = int(text, 0)
+    except FieldError:
+        raise
     except ValueError:
         return _bad(name, text)
     if not 0 <= value < 1 << WIDTHS[name]:

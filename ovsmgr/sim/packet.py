@@ -13,9 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ovsmgr.sim.fields import (
-    DL_TYPE_ARP, DL_TYPE_IP, DL_TYPE_IPV6, ICMP_PROTOS, PACKET_FIELDS, PORT_PROTOS, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_FLAG_BITS, FieldError, canonical_name,
-    format_value, parse_value,
+    DL_TYPE_ARP,
+    DL_TYPE_IP,
+    DL_TYPE_IPV6,
+    ICMP_PROTOS,
+    PACKET_FIELDS,
+    PORT_PROTOS,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_FLAG_BITS,
+    FieldError,
+    canonical_name,
+    format_value,
+    parse_value,
 )
 
 SYN, ACK = TCP_FLAG_BITS["syn"], TCP_FLAG_BITS["ack"]

@@ -12,8 +12,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ovsmgr.compiler.flows import (
-    Action, Conjunction, Controller, Ct, Flow, GotoTable, InPort, LearnMacBinding, Match, MatchItem, Move,
-    Normal, Output, Resubmit, SetField,
+    Action,
+    Conjunction,
+    Controller,
+    Ct,
+    Flow,
+    GotoTable,
+    InPort,
+    LearnMacBinding,
+    Match,
+    MatchItem,
+    Move,
+    Normal,
+    Output,
+    Resubmit,
+    SetField,
 )
 from ovsmgr.compiler.pipeline import CT_STATE_BITS, PacketInKind, Table
 from ovsmgr.sim.conntrack import Conntrack, format_ct_state

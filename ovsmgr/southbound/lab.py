@@ -35,84 +35,31 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Protocol
+from typing import Any, NoReturn
 
+from ovsmgr.southbound.lab_spec import (
+    Datapath,
+    LabError,
+    LabPort,
+    LabSpec,
+    lab_spec_from_policy,
+    validate_spec,
+)
 from ovsmgr.southbound.ovsdb import SwitchDB
 
-Datapath = Literal["netdev", "dpdk"]
+__all__ = [  # the spec half lives in lab_spec; these names are imported from here
+    "DPDK_VSWITCHD", "Datapath", "Lab", "LabError", "LabPort", "LabSpec", "lab_spec_from_policy",
+    "validate_spec",
+]
+
 DPDK_VSWITCHD = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
 SCHEMA_FILE = "/usr/share/openvswitch/vswitch.ovsschema"
-FALLBACK_NETWORK = "198.51.100.0/24"
-FIRST_HOST = 10
 STATE_FILE = "lab.json"
 DAEMONS = ("ovs-vswitchd", "ovsdb-server")  # stop order: vswitchd first
 COMMAND_TIMEOUT = 60.0
-IFNAMSIZ = 15
 LAB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
-
-
-class LabError(Exception):
-    """A lab step failed; the message names the command and its stderr."""
-
-
-@dataclass(frozen=True)
-class LabPort:
-    """One switch port and the host behind it (``address`` like ``10.0.0.5/24``)."""
-
-    name: str
-    ofport: int
-    address: str | None = None
-
-
-@dataclass(frozen=True)
-class LabSpec:
-    bridge: str
-    datapath: Datapath
-    ports: list[LabPort]
-    name: str = "ovsmgr"
-
-
-def validate_spec(spec: LabSpec) -> None:
-    """Refuse a spec before anything is created, so errors name the spec, not a command."""
-    problems: list[str] = []
-    if spec.datapath not in ("netdev", "dpdk"):
-        problems.append(f"datapath must be netdev or dpdk, not {spec.datapath!r}")
-    if not spec.bridge or len(spec.bridge) > IFNAMSIZ:
-        problems.append(f"bridge name {spec.bridge!r} must have 1..{IFNAMSIZ} characters")
-    limit = IFNAMSIZ - 2 if spec.datapath == "dpdk" else IFNAMSIZ
-    for port in spec.ports:
-        if not port.name or len(port.name) > limit or "/" in port.name or port.name == spec.bridge:
-            problems.append(f"port name {port.name!r} must have 1..{limit} characters, "
-                            "no '/', and differ from the bridge name")
-        if not 1 <= port.ofport < 0xFF00:
-            problems.append(f"port {port.name}: ofport {port.ofport} is not in 1..65279")
-        if port.address is not None:
-            try:
-                ipaddress.ip_interface(port.address)
-            except ValueError as exc:
-                problems.append(f"port {port.name}: {exc}")
-    for what, values in (("port names", [p.name for p in spec.ports]),
-                         ("ofports", [p.ofport for p in spec.ports]),
-                         ("addresses", [_ip(p.address) for p in spec.ports if _ip(p.address)])):
-        if len(set(values)) != len(values):
-            problems.append(f"{what} are not unique: {values}")
-    if problems:
-        raise LabError("invalid lab spec: " + "; ".join(problems))
-
-
-def _ip(address: str | None) -> str | None:
-    try:
-        return str(ipaddress.ip_interface(address).ip) if address else None
-    except ValueError:
-        return None
-
-
-def _host_mac(ofport: int) -> str:
-    """A fixed, locally administered MAC per host, so flows and tests can name it."""
-    return f"02:00:00:00:{ofport >> 8:02x}:{ofport & 0xFF:02x}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -131,6 +78,17 @@ def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def _arping_commands(ports: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(port, argv) of a gratuitous ARP (``arping -U``) from each IPv4 host of a lab."""
+    commands = []
+    for port in ports:
+        iface = ipaddress.ip_interface(port["address"]) if port.get("address") else None
+        if iface is not None and iface.version == 4:
+            commands.append((port["name"], ["ip", "netns", "exec", port["netns"], "arping", "-U",
+                                            "-c", "1", "-I", "eth0", str(iface.ip)]))
+    return commands
 
 
 class Lab:
@@ -253,6 +211,7 @@ class Lab:
             (self.dir / "conf.db").unlink(missing_ok=True)
             self._save(state)
             self._build(spec, state)
+            self._announce_in_background(state["ports"])
         except Exception as exc:
             self._undo_failed_up(exc)
         except BaseException:
@@ -290,6 +249,8 @@ class Lab:
     def _check_tools(self, datapath: Datapath) -> None:
         tools = ["ip", "ethtool", "sysctl", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd"]
         missing = [t for t in tools if shutil.which(t) is None]
+        if shutil.which("arping") is None:
+            missing.append("arping (apt-get install -y iputils-arping)")
         if datapath == "dpdk" and not os.access(DPDK_VSWITCHD, os.X_OK):
             missing.append(f"{DPDK_VSWITCHD} (apt-get install -y openvswitch-switch-dpdk dpdk)")
         if missing:
@@ -344,7 +305,7 @@ class Lab:
         self._add_netns(host_ns, state)
         for key in ("all", "default"):
             self._run(["sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"], netns=host_ns)
-        self._run(["ip", "-n", host_ns, "link", "add", "eth0", "address", _host_mac(port.ofport),
+        self._run(["ip", "-n", host_ns, "link", "add", "eth0", "address", port.mac,
                    "type", "veth", "peer", "name", sw_if, "netns", self.switch_netns])
         self._run(["sysctl", "-qw", f"net/ipv6/conf/{sw_if}/disable_ipv6=1"],
                   netns=self.switch_netns)
@@ -360,7 +321,7 @@ class Lab:
         if port.address:
             self._address_host(host_ns, port.address)
         state["ports"].append({"name": port.name, "ofport": port.ofport, "netns": host_ns,
-                               "address": port.address, "mac": _host_mac(port.ofport),
+                               "address": port.address, "mac": port.mac,
                                "switch_iface": sw_if})
         self._save(state)
 
@@ -375,6 +336,38 @@ class Lab:
             self._run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"], netns=host_ns)
         self._run(["ip", "-n", host_ns, family, "addr", "add", address, "dev", "eth0", *extra])
         self._run(["ip", "-n", host_ns, family, "route", "add", "default", "dev", "eth0"])
+
+    # -- gratuitous ARP ----------------------------------------------------------------------
+    def announce(self) -> None:
+        """Make every IPv4 host send one gratuitous ARP; returns once they are sent.
+
+        The compiled pipeline learns IPv4 -> MAC bindings from ARP (table 55) to set
+        the destination MAC of DNAT'd and un-SNAT'd packets: a host that has sent no
+        ARP yet (a DNAT target nobody talked to) would get frames addressed to the
+        switch's MAC and ignore them. ``up`` announces too, but an empty secure
+        bridge drops those frames, so run this after applying a policy.
+        Takes about a second (arping's fixed interval); all hosts announce at once.
+        """
+        running = [(argv, subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True))
+                   for _, argv in _arping_commands(self._require_state()["ports"])]
+        errors = []
+        for argv, proc in running:
+            try:
+                out, _ = proc.communicate(timeout=COMMAND_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            if proc.returncode != 0 or "Sent 1 probe" not in out:  # a down link sends 0, exits 0
+                errors.append(f"{shlex.join(argv)} ({proc.returncode}): {' '.join(out.split())}")
+        if errors:
+            raise LabError(f"lab {self.name}: gratuitous ARP failed: " + "; ".join(errors))
+
+    def _announce_in_background(self, ports: list[dict[str, Any]]) -> None:
+        """``announce`` without the wait, for ``up``: arping is detached (sh -c '... &')
+        so no child is left to reap, and ``down`` kills it if it still runs."""
+        for _, argv in _arping_commands(ports):
+            self._run(["sh", "-c", f"{shlex.join(argv)} </dev/null >/dev/null 2>&1 &"])
 
     # -- down / status -----------------------------------------------------------------------
     def down(self) -> None:
@@ -456,92 +449,3 @@ class Lab:
             "daemons": daemons,
             "ports": state.get("ports", []),
         }
-
-
-# -- policy to lab spec ------------------------------------------------------------------------
-class _Port(Protocol):
-    @property
-    def ofport(self) -> int: ...
-
-
-class _Zone(Protocol):
-    @property
-    def ports(self) -> Sequence[str]: ...
-    @property
-    def networks(self) -> Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network]: ...
-
-
-class _Switch(Protocol):
-    @property
-    def bridge(self) -> str: ...
-    @property
-    def ports(self) -> Mapping[str, _Port]: ...
-
-
-class _Policy(Protocol):
-    """The part of ``ovsmgr.policy.Policy`` a lab needs (kept structural on purpose)."""
-
-    @property
-    def switch(self) -> _Switch: ...
-    @property
-    def zones(self) -> Mapping[str, _Zone]: ...
-
-
-def _nth_host(network: ipaddress.IPv4Network | ipaddress.IPv6Network, n: int) -> str:
-    """The n-th lab host of a network: .10, .11, ... for IPv4, ::10, ::11, ... for IPv6
-    (the IPv6 offsets read as the same digits, so 0x10 is the first)."""
-    offset = FIRST_HOST + n if network.version == 4 else int(str(FIRST_HOST + n), 16)
-    if offset >= network.num_addresses - (2 if network.version == 4 else 1):
-        raise LabError(f"network {network} has no room for lab host number {n + 1}")
-    return f"{network.network_address + offset}/{network.prefixlen}"
-
-
-def _first_networks(policy: _Policy) -> dict[str, str]:
-    """Port name to the first prefix of its zone, skipping default routes (/0)."""
-    first: dict[str, str] = {}
-    for zone in policy.zones.values():
-        prefixes = [ipaddress.ip_network(str(n), strict=False) for n in zone.networks]
-        usable = [str(p) for p in prefixes if p.prefixlen > 0]
-        for port_name in zone.ports:
-            if usable:
-                first[port_name] = usable[0]
-    return first
-
-
-def lab_spec_from_policy(policy: _Policy, datapath: Datapath,
-                         host_overrides: Mapping[str, str], name: str = "ovsmgr") -> LabSpec:
-    """A lab with one host per policy port, in the policy's port order.
-
-    A host's address is ``host_overrides[port]`` if given; otherwise the next
-    free one of .10, .11, ... (``::10``, ``::11``, ... for IPv6) in the first
-    network of the port's zone that is not a default route (/0); a port with no
-    such network gets the next free one of 198.51.100.10, .11, ... (TEST-NET-2),
-    counted in port order. Addresses given as overrides are skipped.
-    """
-    unknown = sorted(set(host_overrides) - set(policy.switch.ports))
-    if unknown:
-        raise LabError(f"--host for unknown port(s): {', '.join(unknown)}")
-    taken = {ipaddress.ip_interface(a).ip for a in host_overrides.values()}
-    first = _first_networks(policy)
-    next_index: dict[str, int] = {}
-    ports: list[LabPort] = []
-    for port_name, port in policy.switch.ports.items():
-        address = host_overrides.get(port_name)
-        if address is None:
-            network = ipaddress.ip_network(first.get(port_name, FALLBACK_NETWORK))
-            address = _next_free_host(network, next_index, taken)
-        ports.append(LabPort(port_name, port.ofport, address))
-    return LabSpec(policy.switch.bridge, datapath, ports, name)
-
-
-def _next_free_host(network: ipaddress.IPv4Network | ipaddress.IPv6Network,
-                    next_index: dict[str, int], taken: set[Any]) -> str:
-    """The next lab host address of a network that nobody has yet; marks it taken."""
-    while True:
-        index = next_index.get(str(network), 0)
-        next_index[str(network)] = index + 1
-        address = _nth_host(network, index)
-        ip = ipaddress.ip_interface(address).ip
-        if ip not in taken:
-            taken.add(ip)
-            return address

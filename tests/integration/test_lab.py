@@ -15,6 +15,8 @@ import pytest
 from ovsmgr.southbound.lab import DPDK_VSWITCHD, Lab, LabError, LabPort, LabSpec
 from ovsmgr.southbound.ovsdb import DEFAULT_PROTOCOLS, OvsdbError, SwitchDB, set_zone_limit
 
+from .switch import apply, compiled_file
+
 pytestmark = pytest.mark.integration
 
 LAN_IP, WAN_IP = "10.0.0.10", "192.168.1.10"
@@ -136,6 +138,21 @@ def test_seed_firewall_allows_inside_out_and_blocks_outside_in(lab_factory, data
     rc, client_got, server_got = tcp_exchange(lab, "lan0", "wan0", LAN_IP, 5002)
     assert rc != 0 and server_got == "" and client_got == ""
     assert flow_packets(lab, "in_port=2 actions=drop") > blocked_before
+
+
+def test_announce_teaches_the_pipeline_every_ipv4_host(lab_factory) -> None:
+    """After apply, ``announce`` makes the pipeline learn each IPv4 host's MAC (table 55),
+    which DNAT'd and un-SNAT'd packets need. (No check that table 55 starts empty: the
+    gratuitous ARPs ``up`` sends in the background may, rarely, arrive after the apply.)"""
+    hosts = [LabPort("inside", 1, "10.0.0.10/24"), LabPort("outside", 2, "198.51.100.9/24"),
+             LabPort("v6", 3, "fd00:1::10/64"), LabPort("bare", 4, None)]
+    lab = lab_factory(hosts)
+    apply(lab, compiled_file("seed-nat.yaml"))
+    lab.announce()
+    learned = lab.ofctl(["dump-flows", "--no-stats", "table=55"])
+    for host in hosts[:2]:
+        assert f"nw_dst={host.address.split('/')[0]} actions=set_field:{host.mac}->eth_dst" in learned
+    assert learned.count("nw_dst=") == 2
 
 
 def test_switchdb_on_the_lab_bridge(lab_factory) -> None:

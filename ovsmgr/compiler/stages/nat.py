@@ -39,7 +39,9 @@ INFRA = cookie(CookieKind.INFRA)
 
 
 def _commit(policy: ResolvedPolicy, nat: NatSpec | None = None) -> Ct:
-    return Ct(commit=True, zone=policy.ct_zone, nat=nat, exec=(Move(REG_RULE.reg, "ct_mark"),))
+    """Commit with the rule's mark; a translating commit recirculates into OUTPUT (see Table.NAT)."""
+    return Ct(commit=True, table=Table.OUTPUT if nat else None, zone=policy.ct_zone, nat=nat,
+              exec=(Move(REG_RULE.reg, "ct_mark"),))
 
 
 def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
@@ -58,7 +60,7 @@ def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
         top = Priority.NAT_DNAT_TOP if rule.kind == "dnat" else Priority.NAT_SNAT_TOP
         priority = top - counters[rule.kind]
         counters[rule.kind] += 1
-        actions: tuple[Action, ...] = (_commit(policy, nat_spec(rule)), to_output)
+        actions: tuple[Action, ...] = (_commit(policy, nat_spec(rule)),)
         rid = rule_id(rule.name)
         for version in sorted(rule.match.families()):
             if version != rule.translate_lo.version:

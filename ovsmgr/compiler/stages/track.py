@@ -53,34 +53,37 @@ def compile_egress(policy: ResolvedPolicy) -> list[Flow]:
 
 
 def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str]) -> list[Flow]:
-    """Established traffic passes on the mark of a rule the current policy still has.
+    """Traffic of a committed connection passes on the mark of a rule the current policy still has.
 
-    With cut_on_rule_removal, a connection whose mark names no current rule is
-    revalidated: its original-direction packets go through FILTER again (and are
-    re-marked if a rule still allows them, dropped if none does); its reply
-    packets are dropped until then.
+    Every committed connection carries a non-zero mark, so `+new` with mark 0 is a
+    packet nobody committed yet (a new connection, or stateless traffic) and goes to
+    FILTER; a `+new` packet with a mark is a retransmission of a connection that is
+    committed but not yet established (its translation is already applied), and
+    passes like established traffic. With cut_on_rule_removal, a connection whose
+    mark names no current rule is revalidated: its original-direction packets go
+    through FILTER again (re-marked if a rule still allows them, else dropped); its
+    reply and related packets are dropped until then.
     """
     to_output = (GotoTable(Table.OUTPUT),)
     flows = [
         Flow(Table.STATE, Priority.DEFAULT, Match(), (), INFRA),
-        Flow(Table.STATE, Priority.STATE_NEW, Match.of(ct_state("+trk+new")), (GotoTable(Table.FILTER),), INFRA),
+        Flow(Table.STATE, Priority.STATE_NEW, Match.of(ct_state("+trk+new"), MatchItem("ct_mark", 0)),
+             (GotoTable(Table.FILTER),), INFRA),
         Flow(Table.STATE, Priority.STATE_INVALID, Match.of(ct_state("+trk+inv")),
              () if policy.invalid == "drop" else to_output, INFRA),
     ]
     if not policy.cut_on_rule_removal:
-        for state in ("+trk+est", "+trk+rel"):
-            flows.append(Flow(Table.STATE, Priority.STATE_ESTABLISHED, Match.of(ct_state(state)), to_output, INFRA))
+        flows.append(Flow(Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk")), to_output, INFRA))
         return flows
     for mark, name in sorted(stateful_fingerprints.items()):
-        for state in ("+trk+est", "+trk+rel"):
-            flows.append(Flow(
-                Table.STATE, Priority.STATE_ESTABLISHED, Match.of(ct_state(state), MatchItem("ct_mark", mark)),
-                to_output, INFRA, rule=name,
-            ))
-    flows.append(Flow(Table.STATE, Priority.STATE_STALE_REPLY, Match.of(ct_state("+trk+est+rpl")), (), INFRA))
-    flows.append(Flow(Table.STATE, Priority.STATE_STALE_REPLY, Match.of(ct_state("+trk+rel")), (), INFRA))
-    flows.append(Flow(
-        Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk+est-rpl")),
-        (SetField(REG_FLAGS.reg, FLAG_REVALIDATE), GotoTable(Table.FILTER)), INFRA,
-    ))
+        flows.append(Flow(
+            Table.STATE, Priority.STATE_ESTABLISHED, Match.of(ct_state("+trk"), MatchItem("ct_mark", mark)),
+            to_output, INFRA, rule=name,
+        ))
+    revalidate = (SetField(REG_FLAGS.reg, FLAG_REVALIDATE), GotoTable(Table.FILTER))
+    flows += [
+        Flow(Table.STATE, Priority.STATE_STALE_REPLY, Match.of(ct_state("+trk+rpl")), (), INFRA),
+        Flow(Table.STATE, Priority.STATE_STALE_REPLY, Match.of(ct_state("+trk+rel")), (), INFRA),
+        Flow(Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk-rpl")), revalidate, INFRA),
+    ]
     return flows

@@ -1,0 +1,157 @@
+"""How compile time and flow count grow with policy size.
+
+Table 1: generated policies of 1k, 10k and 100k filler rules
+(`ovsmgr.policy.generate.generate_policy`), timing load (YAML parse, validation,
+resolution: `load_policy_text`) and compile (`compile_policy`) separately. Each
+size is measured a few times and the median is reported; the per-rule cost is
+compared with the smallest size, so linear growth reads as a ratio near 1.
+
+Table 2: flow count of ONE rule whose src (and dst) is an address set of S
+prefixes and whose services are K ports. A cross product would make S*K (or
+S*S*K) flows; the compiler makes a conjunctive match instead, which should grow
+with the sum S+K (2S+K). The prefixes and ports are spaced so that none can be
+merged into a shorter prefix or a port range.
+
+Run from the repository root (no root needed):
+
+    .venv/bin/python benchmarks/bench_compile.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from ovsmgr.compiler import CompiledPolicy, compile_policy
+from ovsmgr.policy import ResolvedPolicy, load_policy_text
+from ovsmgr.policy.generate import KINDS, generate_policy
+
+T = TypeVar("T")
+SIZES = (1_000, 10_000, 100_000)
+LIST_SIZES = ((10, 10), (100, 10), (100, 100), (1000, 100))
+
+HEADER = """\
+version: 1
+switch:
+  bridge: br0
+  datapath: netdev
+  ports:
+    inside: {ofport: 1}
+    outside: {ofport: 2}
+  links:
+    - [inside, outside]
+zones:
+  inside: {ports: [inside]}
+  outside: {ports: [outside]}
+"""
+
+
+def timed(fn: Callable[[], T], runs: int) -> tuple[float, T]:
+    """Median wall time of `runs` calls, and the last result. GC runs between calls, not in them."""
+    times, result = [], None
+    for _ in range(runs):
+        gc.collect()
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    assert result is not None
+    return statistics.median(times), result
+
+
+def runs_for(rules: int) -> int:
+    return 3 if rules <= 10_000 else 1
+
+
+def scale_table(sizes: Sequence[int], kind: str, seed: int) -> list[str]:
+    lines = [
+        f"kind={kind}, seed={seed}; median of 3 runs up to 10k rules, 1 run above",
+        "",
+        "| rules | flows | load s | compile s | load µs/rule | compile µs/rule "
+        "| load per-rule vs first | compile per-rule vs first |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    first: tuple[float, float] | None = None
+    for rules in sizes:
+        text = generate_policy(rules, kind, seed)  # type: ignore[arg-type]
+        runs = runs_for(rules)
+        load_s, policy = timed(lambda t=text: load_policy_text(t, "generated.yaml"), runs)
+        compile_s, compiled = timed(lambda p=policy: compile_policy(p), runs)
+        per_load, per_compile = load_s / rules * 1e6, compile_s / rules * 1e6
+        first = first or (per_load, per_compile)
+        lines.append(
+            f"| {rules:,} | {len(compiled.flowset):,} | {load_s:.2f} | {compile_s:.2f} "
+            f"| {per_load:.0f} | {per_compile:.0f} | {per_load / first[0]:.2f}x "
+            f"| {per_compile / first[1]:.2f}x |")
+        print(lines[-1], file=sys.stderr, flush=True)
+        del policy, compiled
+    return lines
+
+
+def _prefixes(count: int, first_octet: int) -> list[str]:
+    """`count` /24s, every other one, so no two can merge into a /23."""
+    return [f"{first_octet}.{(2 * i) >> 8}.{(2 * i) & 0xFF}.0/24" for i in range(count)]
+
+
+def _ports(count: int) -> list[str]:
+    """`count` odd TCP ports from 1001: no two adjacent, so no port range forms."""
+    return [f"tcp/{1001 + 2 * i}" for i in range(count)]
+
+
+def list_policy(sources: int, services: int, destinations: int = 0) -> str:
+    """One drop rule with src @srcs (and dst @dsts) x services @svcs, then an allow."""
+    sets = [f"  srcs: [{', '.join(_prefixes(sources, 10))}]"]
+    match = 'src: "@srcs", '
+    if destinations:
+        sets.append(f"  dsts: [{', '.join(_prefixes(destinations, 172))}]")
+        match += 'dst: "@dsts", '
+    return (
+        HEADER
+        + "addresses:\n" + "\n".join(sets) + "\n"
+        + f"services:\n  svcs: [{', '.join(_ports(services))}]\n"
+        + "firewall:\n  default: drop\n  rules:\n"
+        + f"    - {{name: lists, from: inside, {match}services: [svcs], action: drop}}\n"
+        + "    - {name: allow-rest, from: inside, action: allow}\n"
+    )
+
+
+def rule_flows(compiled: CompiledPolicy, name: str) -> int:
+    return sum(1 for flow in compiled.flowset if flow.rule == name)
+
+
+def list_table(pairs: Sequence[tuple[int, int]]) -> list[str]:
+    lines = [
+        "| shape | S | K | flows of the rule | product | sum | compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s, k in pairs:
+        for shape, dsts, product, total in (("src x services", 0, s * k, s + k),
+                                            ("src x dst x services", s, s * s * k, 2 * s + k)):
+            policy: ResolvedPolicy = load_policy_text(list_policy(s, k, dsts), "lists.yaml")
+            seconds, compiled = timed(lambda p=policy: compile_policy(p), 1)
+            lines.append(f"| {shape} | {s:,} | {k:,} | {rule_flows(compiled, 'lists'):,} "
+                         f"| {product:,} | {total:,} | {seconds:.3f} |")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--kind", choices=KINDS, default="mixed",
+                        help="generated rule kind (dport alone stops at 91,072 rules)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"python {platform.python_version()}, {platform.machine()}, "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("\n".join(scale_table(args.sizes, args.kind, args.seed)))
+    print()
+    print("\n".join(list_table(LIST_SIZES)))
+
+
+if __name__ == "__main__":
+    main()
