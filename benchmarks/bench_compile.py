@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 from ovsmgr.compiler import CompiledPolicy, compile_policy
@@ -80,8 +81,8 @@ def scale_table(sizes: Sequence[int], kind: str, seed: int) -> list[str]:
     for rules in sizes:
         text = generate_policy(rules, kind, seed)  # type: ignore[arg-type]
         runs = runs_for(rules)
-        load_s, policy = timed(lambda t=text: load_policy_text(t, "generated.yaml"), runs)
-        compile_s, compiled = timed(lambda p=policy: compile_policy(p), runs)
+        load_s, policy = timed(partial(load_policy_text, text, "generated.yaml"), runs)
+        compile_s, compiled = timed(partial(compile_policy, policy), runs)
         per_load, per_compile = load_s / rules * 1e6, compile_s / rules * 1e6
         first = first or (per_load, per_compile)
         lines.append(
@@ -133,7 +134,7 @@ def list_table(pairs: Sequence[tuple[int, int]]) -> list[str]:
         for shape, dsts, product, total in (("src x services", 0, s * k, s + k),
                                             ("src x dst x services", s, s * s * k, 2 * s + k)):
             policy: ResolvedPolicy = load_policy_text(list_policy(s, k, dsts), "lists.yaml")
-            seconds, compiled = timed(lambda p=policy: compile_policy(p), 1)
+            seconds, compiled = timed(partial(compile_policy, policy), 1)
             lines.append(f"| {shape} | {s:,} | {k:,} | {rule_flows(compiled, 'lists'):,} "
                          f"| {product:,} | {total:,} | {seconds:.3f} |")
     return lines

@@ -228,7 +228,7 @@ _EMPTY = object()
 def _scalar(event: ScalarEvent) -> Any:
     """Plain scalars may be int, bool or null; quoted and block scalars, and tagged ones, are text."""
     text = event.value
-    if not event.implicit[0]:
+    if not event.implicit[0] or event.tag is not None:
         return text
     if INT_RE.match(text):
         return int(text)
@@ -257,8 +257,11 @@ def _syntax_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     mark = exc.problem_mark or exc.context_mark
     if mark is not None and "cannot start any token" in (exc.problem or ""):
         lines = text.split("\n")
-        if mark.line < len(lines) and lines[mark.line][mark.column : mark.column + 1] == "\t":
+        char = lines[mark.line][mark.column : mark.column + 1] if mark.line < len(lines) else ""
+        if char == "\t":
             return "YAML syntax: a tab character; indent with spaces (YAML does not allow tabs here)"
+        if char in ("@", "`"):
+            return f'YAML syntax: a value cannot start with {char} unless quoted: write "{char}..."'
     context = exc.context or ""
     parts = [p for p in (context if not context.startswith("while ") else "", exc.problem) if p]
     return "YAML syntax: " + (", ".join(parts) or "invalid YAML")

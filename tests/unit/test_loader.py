@@ -65,8 +65,8 @@ def test_spans_of_values_and_keys(parser: bool) -> None:
     assert src.span(("switch",), key=True) == Span("t.yaml", 2, 1)
     assert src.span(("switch", "bridge")) == Span("t.yaml", 3, 11)
     assert src.span(("switch", "ports", "lan0"), key=True) == Span("t.yaml", 5, 5)
-    assert src.span(("switch", "ports", "lan0", "ofport")) == Span("t.yaml", 5, 19)
-    assert src.span(("switch", "ports", "lan0", "interface")) == Span("t.yaml", 5, 33)
+    assert src.span(("switch", "ports", "lan0", "ofport")) == Span("t.yaml", 5, 20)
+    assert src.span(("switch", "ports", "lan0", "interface")) == Span("t.yaml", 5, 34)
     assert src.span(("switch", "ports", "wan0", "ofport")) == Span("t.yaml", 7, 15)
     assert src.span(("firewall", "rules", 0)) == Span("t.yaml", 10, 7)
     assert src.span(("firewall", "rules", 0, "services", 0)) == Span("t.yaml", 12, 18)
@@ -93,7 +93,7 @@ def test_both_parsers_agree(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("written", [
     "10:20", "1:30:00", "0700", "0o17", "0x1F", "0b101", "1_000", "1e3", "1.5", ".inf", "-.inf", ".nan",
     "no", "No", "NO", "yes", "on", "off", "y", "n", "2001-12-14", "2001-12-14t21:59:43.10-05:00",
-    "+1", "=", "<<", "@set", "10.0.0.0/8", "fd00::/8", "tcp/80",
+    "+1", "=", "<<", "10.0.0.0/8", "fd00::/8", "tcp/80",
 ])
 def test_yaml11_surprises_stay_strings(written: str, parser: bool) -> None:
     assert value_of(written) == written
@@ -161,11 +161,15 @@ def test_syntax_errors_point_at_the_problem(text: str, where: str, parser: bool)
     assert message.startswith(f"{where}: YAML syntax: ")
 
 
+def test_an_unquoted_set_reference_gets_a_hint(parser: bool) -> None:
+    assert problems("src: @blocklist\n") == ['1:6: YAML syntax: a value cannot start with @ unless quoted: write "@..."']
+
+
 def test_a_second_document_is_refused(parser: bool) -> None:
     assert problems("a: 1\n---\nb: 2\n") == ["2:1: a policy file holds one YAML document, but a second one starts here"]
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "...\n", "null\n", "~\n"])
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "--- # nothing\n...\n", "null\n", "~\n"])
 def test_empty_files_are_refused(text: str, parser: bool) -> None:
     assert problems(text) == ["1:1: the policy file is empty"]
 

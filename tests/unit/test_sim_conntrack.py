@@ -159,3 +159,17 @@ def test_non_ip_is_invalid_and_states_print_like_ovs() -> None:
     assert run_ct(Conntrack(), arp, CtRequest()).state == TRK | INV
     assert format_ct_state(TRK | EST | RPL) == "+trk+est+rpl"
     assert format_ct_state(0) == "-trk"
+
+
+def test_before_any_answer_some_packets_stay_new_as_in_ovs_userspace() -> None:
+    committed = commit()
+    retransmitted = run_ct(committed.conntrack, SYN, CtRequest(zone=1))
+    assert retransmitted.state == TRK | NEW and retransmitted.mark == 0
+    udp = packet("udp,nw_src=10.0.0.5,nw_dst=198.51.100.9,tp_dst=53")
+    second = run_ct(commit(udp, mark=3).conntrack, udp, CtRequest(zone=1))
+    third = run_ct(second.conntrack, udp, CtRequest(zone=1))
+    assert (second.state, second.mark, third.state) == (TRK | NEW, 3, TRK | EST)
+    ping = packet("icmp,nw_src=10.0.0.5,nw_dst=198.51.100.9")
+    answered = run_ct(commit(ping).conntrack, reply_of(ping), CtRequest(zone=1))
+    assert run_ct(commit(ping).conntrack, ping, CtRequest(zone=1)).state == TRK | NEW
+    assert run_ct(answered.conntrack, ping, CtRequest(zone=1)).state == TRK | EST
