@@ -31,7 +31,9 @@ def trace(args: tuple[str, ...], in_port: str | None, then: tuple[str, ...], pac
     The last argument is the PACKET, written like an ovs-ofctl flow, unless --packets
     is given:
 
-      ovsmgr trace policy.yaml --in lan0 'tcp,nw_src=10.0.0.5,nw_dst=198.51.100.9,tp_dst=443' --then reply
+    \b
+      ovsmgr trace gateway.yaml --in lan0 \\
+          'tcp,nw_src=10.0.0.5,nw_dst=198.51.100.9,tp_dst=443' --then reply
 
     State carries from packet to packet, so replies find their connection.
     """

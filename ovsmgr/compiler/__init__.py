@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ovsmgr.compiler.flows import Flow, FlowSet
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.stages.classify import compile_classify
-from ovsmgr.compiler.stages.filter import compile_filter
+from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_filter
 from ovsmgr.compiler.stages.nat import compile_nat, compile_output
 from ovsmgr.compiler.stages.track import compile_conntrack, compile_egress, compile_state
 from ovsmgr.policy.ir import ResolvedPolicy
@@ -41,7 +41,7 @@ def compile_policy(policy: ResolvedPolicy) -> CompiledPolicy:
         compile_output(policy),
     ):
         flowset.extend(flows)
-    names = [r.name for r in policy.rules] + [r.name for r in policy.nat] + ["default"]
+    names = [r.name for r in policy.rules] + [r.name for r in policy.nat] + [DEFAULT_RULE]
     return CompiledPolicy(policy, flowset, dict(filtered.stateful_fingerprints), {rule_id(n): n for n in names})
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK
 from ovsmgr.policy.ir import RuleMatch
 
 
@@ -32,7 +33,7 @@ def fingerprint(name: str, match: RuleMatch | None, extra: str = "") -> int:
 
     It changes whenever the rule's name or match changes, so connections admitted
     under an old version of the rule are revalidated against the new policy.
-    Never 0: 0 is the mark of a connection nobody committed.
+    31 bits (ct_mark bit 31 is TRANSLATED); never 0: 0 is the mark of a connection nobody committed.
     """
-    value = _hash32(f"fp:{name}|{match_text(match) if match else ''}|{extra}")
+    value = _hash32(f"fp:{name}|{match_text(match) if match else ''}|{extra}") & CT_MARK_RULE_MASK
     return value or 1

@@ -21,8 +21,8 @@ class Table(IntEnum):
     """Ingress: classify the in_port into its zone (REG_FROM_ZONE); answer ARP for NAT-owned
     addresses; switch ARP and IPv6 neighbour discovery normally; drop unknown ports."""
     CONNTRACK = 10
-    """Send untracked IP traffic through conntrack in the policy's zone with `nat`, so
-    translations of existing connections are applied before anything else looks."""
+    """Send IP traffic through conntrack in the policy's zone, without `nat`: every stage up to
+    OUTPUT sees packets as they arrived, as the policy's rules speak of them."""
     EGRESS = 20
     """Decide where the packet leaves: the linked port (forwarding: ports) or the zone whose
     networks hold the destination (forwarding: normal). Sets REG_TO_ZONE and REG_OUT_PORT."""
@@ -38,11 +38,15 @@ class Table(IntEnum):
     """Commit allowed connections: DNAT rules, then SNAT rules, then a plain commit; the
     allowing rule's fingerprint goes into ct_mark so a later policy can cut the connection.
     Translating commits recirculate into OUTPUT so it sees the translated packet."""
-    MAC_BINDING = 55
-    """Learned IPv4-to-MAC bindings (from ARP seen by CLASSIFY): after NAT changed the
-    destination address, set the destination MAC of the host that now receives the packet."""
     OUTPUT = 60
-    """Send the packet out: to REG_OUT_PORT, or to OVS NORMAL switching when it is 0."""
+    """Send the packet out: to REG_OUT_PORT, or to OVS NORMAL switching when it is 0.
+    Packets of translated connections (ct_mark TRANSLATED bit) first get their translation
+    with ct(nat) and recirculate to OUTPUT_TRANSLATED."""
+    OUTPUT_TRANSLATED = 65
+    """Send a translated packet out, after setting the destination MAC of the host that now
+    receives it (looked up in MAC_BINDING by the translated destination address)."""
+    MAC_BINDING = 70
+    """Learned IPv4-to-MAC bindings, from ARP seen by CLASSIFY (only flows the switch learns)."""
 
 
 @dataclass(frozen=True)
@@ -59,18 +63,19 @@ _CT = frozenset({"ct_state", "ct_mark", "ct_zone"})
 
 TABLES: dict[Table, TableSpec] = {
     Table.CLASSIFY: TableSpec(
-        frozenset({"in_port", "dl_type", "arp_op", "arp_tpa", "nw_proto", "icmp_type"}),
+        frozenset({"in_port", "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "icmp_type"}),
         frozenset({Table.CONNTRACK}),
     ),
     Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state"}), frozenset({Table.EGRESS})),
     Table.EGRESS: TableSpec(frozenset({"in_port", "dl_type", "nw_dst", "ipv6_dst"}), frozenset({Table.STATE})),
     Table.STATE: TableSpec(_CT | frozenset({"dl_type"}), frozenset({Table.FILTER, Table.OUTPUT})),
     Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.NAT, Table.OUTPUT})),
-    Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.OUTPUT})),
-    # NAT commits with ct(table=OUTPUT): the translated packet recirculates, so OUTPUT
-    # sees the new addresses and +snat/+dnat and can set the receiver's MAC.
+    # A translating commit recirculates (ct(commit,table=OUTPUT_TRANSLATED,nat(...))) so the
+    # next table sees the translated packet and can set the receiver's MAC.
+    Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.OUTPUT, Table.OUTPUT_TRANSLATED})),
+    Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.OUTPUT_TRANSLATED})),
+    Table.OUTPUT_TRANSLATED: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.MAC_BINDING})),
     Table.MAC_BINDING: TableSpec(frozenset({"dl_type", "nw_dst"}), frozenset(), learned_by=Table.CLASSIFY),
-    Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.MAC_BINDING})),
 }
 
 
@@ -94,13 +99,18 @@ REG_FROM_ZONE = RegField("reg0", "Zone id of the ingress port (1..n in zone-name
 REG_TO_ZONE = RegField("reg1", "Zone id the packet leaves by; 0 when unknown.")
 REG_OUT_PORT = RegField("reg2", "OpenFlow port the packet leaves by; 0 means OVS NORMAL.")
 REG_RULE = RegField("reg3", "Fingerprint of the stateful allow rule that matched; copied to ct_mark at commit.")
-REG_FLAGS = RegField("reg4", "Flags: bit 0 REVALIDATE (an established connection re-checked against the current rules).")
+REG_FLAGS = RegField("reg4", "Flags: bit 0 REVALIDATE (an established connection re-checked against the current "
+                     "rules); bit 1 TRANSLATED (the commit translates; copied to ct_mark bit 31).")
 REGISTERS = (REG_FROM_ZONE, REG_TO_ZONE, REG_OUT_PORT, REG_RULE, REG_FLAGS)
 
 FLAG_REVALIDATE = 0x1
+FLAG_TRANSLATED = 0x2
 
-CT_MARK_RULE = (0, 31)
-"""ct_mark bits 0..31: fingerprint of the rule that allowed the connection (0: none)."""
+CT_MARK_RULE = (0, 30)
+"""ct_mark bits 0..30: fingerprint of the rule that allowed the connection (0: none)."""
+CT_MARK_TRANSLATED = 1 << 31
+"""ct_mark bit 31: the connection is translated by NAT; its packets get ct(nat) at OUTPUT."""
+CT_MARK_RULE_MASK = (1 << 31) - 1
 
 CT_STATE_BITS: dict[str, int] = {
     "new": 0x01, "est": 0x02, "rel": 0x04, "rpl": 0x08, "inv": 0x10, "trk": 0x20, "snat": 0x40, "dnat": 0x80,
@@ -140,6 +150,7 @@ class Priority(IntEnum):
     DEFAULT = 0
     CLASSIFY_PORT = 100
     CLASSIFY_ARP = 200
+    CLASSIFY_ARP_LEARN = 210
     CLASSIFY_ND = 250
     CLASSIFY_ARP_RESPONDER = 300
     TRACK = 100
@@ -156,7 +167,8 @@ class Priority(IntEnum):
     NAT_SNAT_TOP = 20000
     NAT_COMMIT = 1
     OUTPUT_PORT = 100
-    OUTPUT_NAT_MAC = 200
+    OUTPUT_TRANSLATED_CONN = 200
+    MAC_BINDING_LEARNED = 100
 
 
 class PacketInKind(IntEnum):

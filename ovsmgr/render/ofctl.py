@@ -27,7 +27,7 @@ from ovsmgr.compiler.flows import (
     Resubmit,
     SetField,
 )
-from ovsmgr.compiler.pipeline import CT_STATE_BITS, CookieKind, cookie
+from ovsmgr.compiler.pipeline import CT_STATE_BITS, CookieKind, Priority, cookie
 
 PROTO_NAMES = {
     (0x0800, None): "ip", (0x86DD, None): "ipv6", (0x0806, None): "arp",
@@ -76,7 +76,7 @@ def _ct_state_text(item: MatchItem) -> str:
 
 def _item_text(item: MatchItem) -> str:
     name = item.field
-    if name in ("nw_src", "nw_dst", "arp_tpa"):
+    if name in ("nw_src", "nw_dst", "arp_spa", "arp_tpa"):
         return f"{name}={_prefix_text(item, 4)}"
     if name in ("ipv6_src", "ipv6_dst"):
         return f"{name}={_prefix_text(item, 6)}"
@@ -135,6 +135,12 @@ def _set_field_text(action: SetField) -> str:
     return f"set_field:{value}->{name}"
 
 
+def _nxm(ref: str) -> str:
+    """`reg3[0..30]` -> `NXM_NX_REG3[0..30]`; a bare name is the whole field."""
+    name, _, bits = ref.partition("[")
+    return NXM[name].replace("[]", f"[{bits}" if bits else "[]")
+
+
 def action_text(action: Action) -> str:
     match action:
         case Output(port):
@@ -150,13 +156,13 @@ def action_text(action: Action) -> str:
         case SetField():
             return _set_field_text(action)
         case Move(src, dst):
-            return f"move:{NXM[src]}->{NXM[dst]}"
+            return f"move:{_nxm(src)}->{_nxm(dst)}"
         case Conjunction(cid, clause, n):
             return f"conjunction({cid},{clause}/{n})"
         case Controller(userdata):
             return f"controller(userdata={'.'.join(f'{b:02x}' for b in userdata)})"
         case LearnMacBinding(table, idle):
-            return (f"learn(table={int(table)},idle_timeout={idle},priority=100,"
+            return (f"learn(table={int(table)},idle_timeout={idle},priority={int(Priority.MAC_BINDING_LEARNED)},"
                     f"cookie={cookie(CookieKind.LEARNED):#x},eth_type=0x800,"
                     "NXM_OF_IP_DST[]=NXM_OF_ARP_SPA[],load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])")
         case Ct():

@@ -2,14 +2,19 @@
 
 The walk follows OVS: lookup in table 0 first (see `flowtable` for priorities and
 conjunctions); `goto_table` continues after the action list, `resubmit` returns to
-it; `ct(table=T)` sends a copy of the packet through conntrack and continues it in
-table T with ct_state, ct_zone and ct_mark set, while the rest of the action list
-runs on the untracked packet (OVS forks there; compiled flows put nothing after
-it). `ct()` without a table commits and translates in place, but its results stay
-hidden from later matches. Registers start at 0. A table miss drops.
+it (a miss there does nothing). `ct(table=T)` sends a copy of the packet through
+conntrack and continues it in table T with ct_state, ct_zone and ct_mark set; the
+rest of the action list runs on the original, untracked packet (OVS forks there;
+compiled flows put nothing after it). Every `ct()` leaves the packet that goes on
+in the same pass untracked, its ct fields cleared (`ovs-actions(7)`), though NAT
+and commit happen. A packet keeps the connection it was tracked to, so a second
+`ct()` in the same zone finds it without a lookup. Registers start at 0; a table
+miss drops; more than MAX_TABLE_VISITS lookups are taken for a loop and drop.
 """
 
 from __future__ import annotations
+
+from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +36,9 @@ from ovsmgr.compiler.flows import (
     Resubmit,
     SetField,
 )
-from ovsmgr.compiler.pipeline import CookieKind, PacketInKind, Table, cookie_parts
+from ovsmgr.compiler.pipeline import CookieKind, PacketInKind, Table, cookie, cookie_parts
 from ovsmgr.sim.conntrack import (
-    EST,
-    REL,
+    TRK,
     Conntrack,
     CtCache,
     CtRequest,
@@ -49,8 +53,8 @@ from ovsmgr.sim.packet import Packet
 from ovsmgr.sim.trace import Delivery, Step, Trace, Verdict, describe_action
 
 MAX_TABLE_VISITS = 64
-LEARNED_PRIORITY = 32768
-"""OpenFlow's default priority, which `learn()` gives the flows it adds when none is said."""
+LEARNED_PRIORITY = 100
+"""The priority `learn()` gives MAC bindings, as `render.ofctl` writes it (`learn(...,priority=100,...)`)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class _Walk:
         learned = [f for f in self.learned if int(f.table) == table]
         hit = self.p.tables.lookup(table, state.read, learned)
         if hit is None:
-            miss = "no flow matches: back to the resubmit" if resubmit else "table miss: drop"
+            miss = "no flow matches: back to the resubmit" if resubmit else "no flow matches: drop"
             self.steps.append(Step(table, None, None, None, None, (), (miss,), depth))
             return
         if table == Table.FILTER:
@@ -288,7 +292,8 @@ class _Walk:
         if packet.dl_type != DL_TYPE_ARP or packet.arp_spa is None:
             return
         match = Match.of(MatchItem("dl_type", DL_TYPE_IP), MatchItem("nw_dst", packet.arp_spa))
-        flow = Flow(action.table, LEARNED_PRIORITY, match, (SetField("dl_dst", packet.dl_src),), 0)
+        flow = Flow(action.table, LEARNED_PRIORITY, match, (SetField("dl_dst", packet.dl_src),),
+                    cookie(CookieKind.LEARNED))
         self.learned = [f for f in self.learned if f.key != flow.key] + [flow]
         events.append(f"learned: nw_dst={format_value('nw_dst', packet.arp_spa)} -> "
                       f"dl_dst={format_value('dl_dst', packet.dl_src)}")
@@ -315,11 +320,12 @@ class _Walk:
             notes=tuple(self.notes), warnings=tuple(self.warnings))
 
     def deciding_rule(self, last: _State) -> str | None:
-        """The FILTER flow's rule when the packet met FILTER, else the rule its connection was allowed by."""
+        """The FILTER flow's rule when the packet met FILTER, else the rule its connection was allowed by
+        (the rule whose fingerprint is the connection's ct_mark)."""
         if self.filter_flow is not None:
             return self.rule_of(self.filter_flow)
-        if last.meta["ct_state"] & (EST | REL):
-            return self.p.fingerprints.get(last.meta["ct_mark"])
+        if last.meta["ct_state"] & TRK:
+            return self.p.fingerprints.get(last.meta["ct_mark"] & CT_MARK_RULE_MASK)
         return None
 
 

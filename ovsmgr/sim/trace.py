@@ -122,7 +122,7 @@ def format_trace(trace: Trace, port_names: Mapping[int, str] | None = None) -> l
                 lines.extend(f"{indent}     {event}" for event in step.events)
             continue
         if step.priority is None:
-            lines.append(f"{head}: no flow matches: drop")
+            lines.append(f"{head}: {'; '.join(step.events) or 'no flow matches'}")
             continue
         rule = f" [{step.rule}]" if step.rule else ""
         conj = f" (conjunction {step.conjunction})" if step.conjunction is not None else ""
@@ -203,7 +203,9 @@ def _describe_ct(ct: Ct) -> str:
         field = "nw_src" if ct.nat.version == 4 else "ipv6_src"
         lo, hi = format_value(field, ct.nat.addr_lo), format_value(field, ct.nat.addr_hi)
         addresses = lo if lo == hi else f"{lo}-{hi}"
-        ports = "" if ct.nat.port_lo is None else f":{ct.nat.port_lo}-{ct.nat.port_hi or ct.nat.port_lo}"
+        port_hi = ct.nat.port_hi or ct.nat.port_lo
+        ports = "" if ct.nat.port_lo is None else f":{ct.nat.port_lo}" + (
+            f"-{port_hi}" if port_hi != ct.nat.port_lo else "")
         parts.append(f"nat({ct.nat.kind}={addresses}{ports})")
     elif ct.apply_nat:
         parts.append("nat")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,8 +33,8 @@ def _switch(path: Path) -> SimulatedSwitch:
     return SimulatedSwitch.from_policy(load_policy(list(table.policy_files)), table.hosts)
 
 
-def _cases() -> list[object]:
-    cases = []
+def _cases() -> list[Any]:
+    cases: list[Any] = []
     for path in TABLES:
         for scenario in _table(path).scenarios:
             marks = [pytest.mark.xfail(reason=scenario.known_issue, strict=True)] if scenario.known_issue else []

@@ -21,14 +21,17 @@ from ovsmgr.compiler.flows import Conjunction, Flow, FlowSet, GotoTable, Match, 
 from ovsmgr.compiler.pipeline import Table
 from ovsmgr.policy import PolicyError, ResolvedPolicy, load_policy_text
 from ovsmgr.policy.ir import IPNetwork
-from ovsmgr.sim import Conversation, FlowTables, SimulatedSwitch, parse_packet
+from ovsmgr.sim import Conversation, FlowTables, Packet, SimulatedSwitch, parse_packet
 from ovsmgr.sim.flowtable import flow_matches
 from ovsmgr.sim.reference import decide, egress_zone
 
 PREFIXES = ["10.0.0.0/16", "10.0.5.0/24", "10.1.0.0/16", "10.2.0.0/16", "198.51.100.0/24", "10.0.5.7",
-            "10.1.0.9", "198.51.100.9", "0.0.0.0/0"]
-HOSTS = ["10.0.0.5", "10.0.5.7", "10.1.0.9", "10.1.2.3", "10.2.0.3", "198.51.100.9", "203.0.113.1"]
-SERVICES = ["tcp/80", "tcp/1000-2000", "udp/53", "icmp/echo-request", "icmp", "tcp/22", "udp/1-65535"]
+            "10.1.0.9", "198.51.100.9", "0.0.0.0/0", "fd00::/16", "fd00:1::/64", "fd00:1::5"]
+HOSTS = {4: ["10.0.0.5", "10.0.5.7", "10.1.0.9", "10.1.2.3", "10.2.0.3", "198.51.100.9", "203.0.113.1"],
+         6: ["fd00::5", "fd00:1::5", "fd00:1:0:1::9", "fd00:2::7", "2001:db8::9"]}
+SERVICES = ["tcp/80", "tcp/1000-2000", "udp/53", "icmp/echo-request", "icmp", "tcp/22", "udp/1-65535",
+            "icmpv6/echo-request"]
+PROTOCOLS = {4: ("tcp", "udp", "icmp"), 6: ("tcp6", "udp6", "icmp6")}
 PORTS_NUMBERS = [22, 53, 80, 443, 1500, 2001]
 SETTINGS = settings(max_examples=int(os.environ.get("OVSMGR_PROPERTY_EXAMPLES", "80")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -44,7 +47,8 @@ def _layout(forwarding: str, zones: int) -> dict[str, Any]:
                            "ports": {p: {"ofport": i + 1} for i, p in enumerate(p for m in members for p in m)},
                            "links": links},
                 "zones": {f"z{i}": {"ports": m} for i, m in enumerate(members)}}
-    networks = [["10.0.0.0/16"], ["10.1.0.0/16"], ["10.2.0.0/16", "10.0.5.0/24"]][:zones]
+    networks = [["10.0.0.0/16", "fd00::/32"], ["10.1.0.0/16", "fd00:1::/32"],
+                ["10.2.0.0/16", "10.0.5.0/24", "fd00:2::/32"]][:zones]
     return {"switch": {"bridge": "br0", "forwarding": "normal",
                        "ports": {f"p{i}": {"ofport": i + 1} for i in range(zones)}},
             "zones": {f"z{i}": {"ports": [f"p{i}"], "networks": n} for i, n in enumerate(networks)}}
@@ -87,17 +91,21 @@ def policies(draw: st.DrawFn) -> ResolvedPolicy:
 
 @st.composite
 def first_packets(draw: st.DrawFn) -> tuple[str, str]:
-    proto = draw(st.sampled_from(["tcp", "udp", "icmp"]))
-    src, dst = draw(st.sampled_from(HOSTS)), draw(st.sampled_from(HOSTS))
+    version = draw(st.sampled_from([4, 4, 6]))
+    proto = draw(st.sampled_from(PROTOCOLS[version]))
+    src, dst = draw(st.sampled_from(HOSTS[version])), draw(st.sampled_from(HOSTS[version]))
     spec = f"{proto},nw_src={src},nw_dst={dst}"
-    if proto != "icmp":
+    if not proto.startswith("icmp"):
         spec += f",tp_dst={draw(st.sampled_from(PORTS_NUMBERS))}"
     return draw(st.sampled_from(["p0", "p1", "p2", "p3"])), spec
 
 
-def _zone_of(policy: ResolvedPolicy, address: int) -> str | None:
-    packet = parse_packet(f"udp,nw_src=0.0.0.0,nw_dst={ipaddress.IPv4Address(address)},tp_dst=1")
-    return egress_zone(policy, "", packet)[0]
+def _zone_of(policy: ResolvedPolicy, packet: Packet, field: str) -> str | None:
+    """The zone whose networks hold the packet's source or destination address."""
+    value = (packet.src if field == "src" else packet.dst) or 0
+    address = ipaddress.IPv4Address(value) if packet.version == 4 else ipaddress.IPv6Address(value)
+    proto = "udp" if address.version == 4 else "udp6"
+    return egress_zone(policy, "", parse_packet(f"{proto},nw_src={address},nw_dst={address},tp_dst=1"))[0]
 
 
 def _inside(data: st.DataObject, prefixes: tuple[IPNetwork, ...], fallback: str) -> str:
@@ -111,15 +119,20 @@ def _aimed(data: st.DataObject, policy: ResolvedPolicy) -> tuple[str, str]:
     """A first packet that the chosen rule's match covers (later rules and the default may still decide)."""
     rule = data.draw(st.sampled_from(policy.rules))
     port = data.draw(st.sampled_from(policy.zones[rule.match.from_zone].ports))
-    match = rule.match.for_family(4)
-    to_networks = policy.zones[rule.match.to_zone].networks if rule.match.to_zone else ()
-    src = _inside(data, match.src, data.draw(st.sampled_from(HOSTS)))
-    dst = _inside(data, match.dst or to_networks, data.draw(st.sampled_from(HOSTS)))
+    version = data.draw(st.sampled_from(sorted(rule.match.families())))
+    match = rule.match.for_family(version)
+    to_networks = tuple(n for n in policy.zones[rule.match.to_zone].networks if n.version == version) \
+        if rule.match.to_zone else ()
+    src = _inside(data, match.src, data.draw(st.sampled_from(HOSTS[version])))
+    dst = _inside(data, match.dst or to_networks, data.draw(st.sampled_from(HOSTS[version])))
+    tcp, udp, icmp = PROTOCOLS[version]
     service = data.draw(st.sampled_from(match.services)) if match.services else None
-    if service is None or service.proto == "icmp":
-        return port, f"icmp,nw_src={src},nw_dst={dst}" if service else f"udp,nw_src={src},nw_dst={dst},tp_dst=53"
+    if service is None:
+        return port, f"{udp},nw_src={src},nw_dst={dst},tp_dst=53"
+    if service.proto.startswith("icmp"):
+        return port, f"{icmp},nw_src={src},nw_dst={dst}"
     low = service.ports[0] if service.ports else 1
-    return port, f"{service.proto},nw_src={src},nw_dst={dst},tp_dst={low}"
+    return port, f"{dict(tcp=tcp, udp=udp).get(service.proto, service.proto)},nw_src={src},nw_dst={dst},tp_dst={low}"
 
 
 @SETTINGS
@@ -139,7 +152,7 @@ def test_the_simulator_decides_first_packets_as_the_policy_says(
         expected = decide(policy, port, trace.packet_in)
         assert (trace.verdict, trace.rule) == (expected.verdict, expected.rule), (
             f"{port} {spec}: simulator {trace.verdict}/{trace.rule}, policy {expected}")
-        event(f"verdict {expected.verdict} by {'a rule' if expected.rule else 'default'}")
+        event(f"IPv{trace.packet_in.version}: verdict {expected.verdict} by {'a rule' if expected.rule else 'default'}")
         checked += 1
         if expected.verdict == "allow" and expected.stateful and trace.output != ("NORMAL",):
             reply = conversation.reply()
@@ -154,7 +167,7 @@ def _plausible(policy: ResolvedPolicy, port: str, spec: str) -> bool:
         return True
     packet = parse_packet(spec)
     zone = policy.ports[port].zone
-    return _zone_of(policy, packet.nw_src or 0) in (zone, None) and _zone_of(policy, packet.nw_dst or 0) != zone
+    return _zone_of(policy, packet, "src") in (zone, None) and _zone_of(policy, packet, "dst") != zone
 
 
 # --- the flow table itself ---------------------------------------------------------------------

@@ -15,9 +15,9 @@ from ovsmgr.compiler.flows import (
     Normal,
     SetField,
 )
-from ovsmgr.compiler.matchbuild import ETH_ARP, ETH_IPV6
+from ovsmgr.compiler.matchbuild import ETH_ARP, ETH_IPV6, prefix
 from ovsmgr.compiler.pipeline import REG_FROM_ZONE, CookieKind, Priority, Table, cookie
-from ovsmgr.policy.ir import ResolvedPolicy
+from ovsmgr.policy.ir import IPNetwork, ResolvedPolicy
 
 ND_TYPES = (133, 134, 135, 136, 137)
 """Router/neighbour solicitation and advertisement, redirect: IPv6 does not work without them."""
@@ -28,6 +28,7 @@ def mac_int(mac: str) -> int:
 
 
 def compile_classify(policy: ResolvedPolicy) -> list[Flow]:
+    """Only ports of a zone get anything through, ARP and neighbour discovery included."""
     infra = cookie(CookieKind.INFRA)
     flows = [Flow(Table.CLASSIFY, Priority.DEFAULT, Match(), (), infra)]
     for zone in policy.zones.values():
@@ -35,21 +36,34 @@ def compile_classify(policy: ResolvedPolicy) -> list[Flow]:
             port = policy.ports.get(name)
             if port is None:
                 continue
-            flows.append(Flow(
-                Table.CLASSIFY, Priority.CLASSIFY_PORT, Match.of(MatchItem("in_port", port.ofport)),
-                (SetField(REG_FROM_ZONE.reg, zone.id), GotoTable(Table.CONNTRACK)), infra,
-            ))
-    flows.append(Flow(
-        Table.CLASSIFY, Priority.CLASSIFY_ARP, Match.of(MatchItem("dl_type", ETH_ARP)),
-        (LearnMacBinding(Table.MAC_BINDING), Normal()), infra,
-    ))
-    for nd_type in ND_TYPES:
-        flows.append(Flow(
-            Table.CLASSIFY, Priority.CLASSIFY_ND,
-            Match.of(MatchItem("dl_type", ETH_IPV6), MatchItem("nw_proto", 58), MatchItem("icmp_type", nd_type)),
-            (Normal(),), infra,
-        ))
+            in_port = Match.of(MatchItem("in_port", port.ofport))
+            flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_PORT, in_port,
+                              (SetField(REG_FROM_ZONE.reg, zone.id), GotoTable(Table.CONNTRACK)), infra))
+            flows.extend(_arp_flows(in_port, zone.networks))
+            for nd_type in ND_TYPES:
+                nd = Match.of(MatchItem("dl_type", ETH_IPV6), MatchItem("nw_proto", 58), MatchItem("icmp_type", nd_type))
+                flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_ND, in_port + nd, (Normal(),), infra))
     flows.extend(_arp_responders(policy))
+    return flows
+
+
+def _arp_flows(in_port: Match, networks: tuple[IPNetwork, ...]) -> list[Flow]:
+    """Switch ARP normally; learn MAC bindings only for addresses the zone may have.
+
+    A zone with IPv4 networks teaches bindings only for senders inside them, so a
+    host in another zone cannot claim a LAN address and draw its translated traffic.
+    """
+    infra = cookie(CookieKind.INFRA)
+    arp = in_port + Match.of(MatchItem("dl_type", ETH_ARP))
+    learn = (LearnMacBinding(Table.MAC_BINDING), Normal())
+    v4 = [n for n in networks if n.version == 4]
+    if not v4:
+        return [Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP, arp, learn, infra)]
+    flows = [Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP, arp, (Normal(),), infra)]
+    for network in v4:
+        item = prefix("nw_src", network)
+        flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP_LEARN,
+                          arp + Match.of(MatchItem("arp_spa", item.value, item.mask)), learn, infra))
     return flows
 
 

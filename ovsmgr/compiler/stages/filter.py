@@ -41,7 +41,8 @@ from ovsmgr.compiler.pipeline import (
 from ovsmgr.policy.analysis import RuleIndex, overlaps
 from ovsmgr.policy.ir import ResolvedPolicy, Rule, RuleMatch
 
-DEFAULT_RULE = "default"
+DEFAULT_RULE = "(default)"
+"""Not a valid rule name, so it cannot collide with one."""
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,31 @@ def compile_filter(policy: ResolvedPolicy) -> FilterResult:
     marks: dict[int, str] = {}
     conj_ids: set[int] = set()
     for rule, level in zip(policy.rules, rule_levels(policy.rules), strict=True):
-        priority = Priority.FILTER_TOP - level
-        if priority <= Priority.DEFAULT:
-            raise FlowError("more than 60,000 levels of overlapping firewall rules")
-        actions = _rule_actions(rule.name, rule.action, rule.stateful, rule.log, rule.match, marks)
-        rid = rule_id(rule.name)
-        for version in sorted(rule.match.families()):
-            flows.extend(_rule_flows(policy, rule, version, priority, actions, cookie(CookieKind.FIREWALL, rid), conj_ids))
-    default_actions = _rule_actions(DEFAULT_RULE, policy.default_action, True, False, None, marks)
-    flows.append(Flow(Table.FILTER, Priority.DEFAULT, Match(), default_actions, cookie(CookieKind.DEFAULT), rule=None))
+        flows.extend(compile_rule(policy, rule, level, marks, conj_ids))
+    flows.append(compile_default(policy, marks))
     return FilterResult(flows, marks)
+
+
+def compile_rule(
+    policy: ResolvedPolicy, rule: Rule, level: int, marks: dict[int, str], conj_ids: set[int],
+) -> list[Flow]:
+    """The FILTER flows of one rule at one level; records its fingerprint in `marks` and the
+    conjunction ids it takes in `conj_ids`. Public so controller mode can recompile one rule."""
+    priority = Priority.FILTER_TOP - level
+    if priority <= Priority.DEFAULT:
+        raise FlowError("more than 60,000 levels of overlapping firewall rules")
+    actions = _rule_actions(rule.name, rule.action, rule.stateful, rule.log, rule.match, marks)
+    flow_cookie = cookie(CookieKind.FIREWALL, rule_id(rule.name))
+    flows: list[Flow] = []
+    for version in sorted(rule.match.families()):
+        flows.extend(_rule_flows(policy, rule, version, priority, actions, flow_cookie, conj_ids))
+    return flows
+
+
+def compile_default(policy: ResolvedPolicy, marks: dict[int, str]) -> Flow:
+    """The firewall's default action, below every rule; records its fingerprint in `marks`."""
+    default_actions = _rule_actions(DEFAULT_RULE, policy.default_action, True, False, None, marks)
+    return Flow(Table.FILTER, Priority.DEFAULT, Match(), default_actions, cookie(CookieKind.DEFAULT), rule=None)
 
 
 def _rule_actions(
@@ -155,8 +171,13 @@ def _combine(common: Match, parts: tuple[Match, ...]) -> Match:
     return out
 
 
+def conj_id_base(name: str, version: int) -> int:
+    """The conjunction id a rule takes in one family unless an earlier rule already took it."""
+    return (rule_id(name) ^ (0x8000_0000 if version == 6 else 0)) or 1
+
+
 def _conj_id(name: str, version: int, used: set[int]) -> int:
-    value = (rule_id(name) ^ (0x8000_0000 if version == 6 else 0)) or 1
+    value = conj_id_base(name, version)
     while value in used:
         value = (value + 1) & 0xFFFF_FFFF or 1
     used.add(value)

@@ -1,58 +1,60 @@
-"""Tables NAT, OUTPUT: commit allowed connections (translating them), then send them out.
+"""Tables NAT, OUTPUT and OUTPUT_TRANSLATED: commit allowed connections, translate, send out.
 
 One conntrack zone holds one translation per connection (OVS ignores a second
-`nat()` in the same zone), so a connection is translated by the first DNAT
-rule that matches it, else by the first SNAT rule, else committed as is.
-Connections are committed with the allowing rule's fingerprint in ct_mark.
+`nat()` in the same zone), so a connection is translated by the first DNAT rule
+that matches it, else by the first SNAT rule, else committed as is. The commit
+copies the allowing rule's fingerprint into ct_mark bits 0..30 and, for a
+translating commit, sets bit 31 (TRANSLATED), so OUTPUT knows which
+connections need `ct(nat)` without translating every packet.
 """
 
 from __future__ import annotations
 
 from ovsmgr.compiler.flows import (
-    Action,
-    Ct,
-    Flow,
-    GotoTable,
-    Match,
-    Move,
-    NatSpec,
-    Normal,
-    Output,
-    Resubmit,
+    Action, Ct, Flow, GotoTable, Match, MatchItem, Move, NatSpec, Normal, Output, Resubmit, SetField,
 )
 from ovsmgr.compiler.ids import rule_id
-from ovsmgr.compiler.matchbuild import ct_state, family, reg
+from ovsmgr.compiler.matchbuild import family, reg
 from ovsmgr.compiler.pipeline import (
-    FLAG_REVALIDATE,
-    REG_FLAGS,
-    REG_OUT_PORT,
-    REG_RULE,
-    CookieKind,
-    Priority,
-    Table,
+    CT_MARK_TRANSLATED, FLAG_REVALIDATE, FLAG_TRANSLATED, REG_FLAGS, REG_OUT_PORT, REG_RULE, CookieKind, Priority, Table,
     cookie,
 )
 from ovsmgr.compiler.stages.filter import _zone_match, expand_match, match_dimensions
 from ovsmgr.policy.ir import NatRule, ResolvedPolicy
 
 INFRA = cookie(CookieKind.INFRA)
+MARK_RULE = Move(f"{REG_RULE.reg}[0..30]", "ct_mark[0..30]")
+MARK_TRANSLATED = Move(f"{REG_FLAGS.reg}[1]", "ct_mark[31]")
 
 
-def _commit(policy: ResolvedPolicy, nat: NatSpec | None = None) -> Ct:
-    """Commit with the rule's mark; a translating commit recirculates into OUTPUT (see Table.NAT)."""
-    return Ct(commit=True, table=Table.OUTPUT if nat else None, zone=policy.ct_zone, nat=nat,
-              exec=(Move(REG_RULE.reg, "ct_mark"),))
+def _commit(policy: ResolvedPolicy) -> Ct:
+    """Commit as is; ct_mark bit 31 is left alone, so a revalidated translated connection keeps it."""
+    return Ct(commit=True, zone=policy.ct_zone, exec=(MARK_RULE,))
+
+
+def _translating_commit(policy: ResolvedPolicy, nat: NatSpec) -> tuple[Action, ...]:
+    """Translate and recirculate, so OUTPUT_TRANSLATED sees the translated packet."""
+    return (SetField(REG_FLAGS.reg, FLAG_TRANSLATED),
+            Ct(commit=True, table=Table.OUTPUT_TRANSLATED, zone=policy.ct_zone, nat=nat,
+               exec=(MARK_RULE, MARK_TRANSLATED)))
 
 
 def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
     to_output = GotoTable(Table.OUTPUT)
     flows = [Flow(Table.NAT, Priority.DEFAULT, Match(), (), INFRA)]
+    revalidate = Match.of(reg(REG_FLAGS, FLAG_REVALIDATE, FLAG_REVALIDATE))
+    translated = Match.of(MatchItem("ct_mark", CT_MARK_TRANSLATED, CT_MARK_TRANSLATED))
+    # A ct() that does not recirculate clears the ct fields for the rest of the pass, so a
+    # revalidated translated connection is re-committed with its translation and recirculated.
+    recommit_translated = Ct(commit=True, table=Table.OUTPUT_TRANSLATED, zone=policy.ct_zone, apply_nat=True,
+                             exec=(MARK_RULE,))
     for version in (4, 6):
         flows += [
             Flow(Table.NAT, Priority.NAT_COMMIT, family(version), (_commit(policy), to_output), INFRA),
-            Flow(Table.NAT, Priority.NAT_REVALIDATE,
-                 family(version) + Match.of(reg(REG_FLAGS, FLAG_REVALIDATE, FLAG_REVALIDATE)),
+            Flow(Table.NAT, Priority.NAT_REVALIDATE, family(version) + revalidate,
                  (_commit(policy), to_output), INFRA),
+            Flow(Table.NAT, Priority.NAT_REVALIDATE, family(version) + revalidate + translated,
+                 (recommit_translated,), INFRA),
         ]
     counters = {"dnat": 0, "snat": 0}
     conj_ids: set[int] = set()
@@ -60,7 +62,7 @@ def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
         top = Priority.NAT_DNAT_TOP if rule.kind == "dnat" else Priority.NAT_SNAT_TOP
         priority = top - counters[rule.kind]
         counters[rule.kind] += 1
-        actions: tuple[Action, ...] = (_commit(policy, nat_spec(rule)),)
+        actions = _translating_commit(policy, nat_spec(rule))
         rid = rule_id(rule.name)
         for version in sorted(rule.match.families()):
             if version != rule.translate_lo.version:
@@ -83,21 +85,27 @@ def nat_spec(rule: NatRule) -> NatSpec:
                    rule.port, rule.port)
 
 
-def compile_output(policy: ResolvedPolicy) -> list[Flow]:
-    """Out by REG_OUT_PORT (or NORMAL when 0); translated packets first get the receiver's MAC."""
-    flows = [Flow(Table.OUTPUT, Priority.DEFAULT, Match(), (), INFRA)]
+def _out_targets(policy: ResolvedPolicy) -> list[tuple[int, Action]]:
     if policy.forwarding == "normal":
-        targets: list[tuple[int, Action]] = [(0, Normal())]
-    else:
-        targets = sorted({(p.ofport, Output(p.ofport)) for p in policy.ports.values() if p.name in policy.links},
-                         key=lambda t: t[0])
-    for port, out in targets:
+        return [(0, Normal())]
+    return sorted({(p.ofport, Output(p.ofport)) for p in policy.ports.values() if p.name in policy.links},
+                  key=lambda t: t[0])
+
+
+def compile_output(policy: ResolvedPolicy) -> list[Flow]:
+    """Out by REG_OUT_PORT (NORMAL when 0); translated connections are translated first."""
+    translated = MatchItem("ct_mark", CT_MARK_TRANSLATED, CT_MARK_TRANSLATED)
+    flows = [Flow(Table.OUTPUT, Priority.DEFAULT, Match(), (), INFRA),
+             Flow(Table.OUTPUT_TRANSLATED, Priority.DEFAULT, Match(), (), INFRA)]
+    for version in (4, 6):
+        flows.append(Flow(
+            Table.OUTPUT, Priority.OUTPUT_TRANSLATED_CONN, family(version) + Match.of(translated),
+            (Ct(table=Table.OUTPUT_TRANSLATED, zone=policy.ct_zone, apply_nat=True),), INFRA,
+        ))
+    for port, out in _out_targets(policy):
         out_match = Match.of(reg(REG_OUT_PORT, port))
         flows.append(Flow(Table.OUTPUT, Priority.OUTPUT_PORT, out_match, (out,), INFRA))
-        for flag in ("+snat", "+dnat"):
-            for version in (4,):
-                flows.append(Flow(
-                    Table.OUTPUT, Priority.OUTPUT_NAT_MAC, out_match + Match.of(ct_state(f"+trk{flag}")) + family(version),
-                    (Resubmit(Table.MAC_BINDING), out), INFRA,
-                ))
+        flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_PORT, out_match, (out,), INFRA))
+        flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_TRANSLATED_CONN, out_match + family(4),
+                          (Resubmit(Table.MAC_BINDING), out), INFRA))
     return flows

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ovsmgr.compiler.flows import Ct, Flow, GotoTable, Match, MatchItem, SetField
 from ovsmgr.compiler.matchbuild import ct_state, family, prefix
 from ovsmgr.compiler.pipeline import (
+    CT_MARK_RULE_MASK,
     FLAG_REVALIDATE,
     REG_FLAGS,
     REG_OUT_PORT,
@@ -20,12 +21,13 @@ INFRA = cookie(CookieKind.INFRA)
 
 
 def compile_conntrack(policy: ResolvedPolicy) -> list[Flow]:
-    """All IP goes through conntrack once, with `nat` so existing translations apply first."""
+    """All IP goes through conntrack once, without `nat`: rules judge packets as they arrived
+    (also when a changed policy revalidates a translated connection); OUTPUT translates."""
     flows = [Flow(Table.CONNTRACK, Priority.DEFAULT, Match(), (), INFRA)]
     for version in (4, 6):
         flows.append(Flow(
             Table.CONNTRACK, Priority.TRACK, family(version),
-            (Ct(table=Table.EGRESS, zone=policy.ct_zone, apply_nat=True),), INFRA,
+            (Ct(table=Table.EGRESS, zone=policy.ct_zone),), INFRA,
         ))
     return flows
 
@@ -77,7 +79,8 @@ def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str])
         return flows
     for mark, name in sorted(stateful_fingerprints.items()):
         flows.append(Flow(
-            Table.STATE, Priority.STATE_ESTABLISHED, Match.of(ct_state("+trk"), MatchItem("ct_mark", mark)),
+            Table.STATE, Priority.STATE_ESTABLISHED,
+            Match.of(ct_state("+trk"), MatchItem("ct_mark", mark, CT_MARK_RULE_MASK)),
             to_output, INFRA, rule=name,
         ))
     revalidate = (SetField(REG_FLAGS.reg, FLAG_REVALIDATE), GotoTable(Table.FILTER))
