@@ -38,10 +38,12 @@ def merge_documents(docs: list[Document], diag: Collector) -> tuple[dict[str, An
                                             f"(version, switch, zones, ...), not {_kind(doc.data)}")
             continue
         remap = _list_remap(doc.data, offsets)
-        for path, span in doc.source.values.items():
-            source.values.setdefault(_shift(path, remap), span)
-        for path, span in doc.source.keys.items():
-            source.keys.setdefault(_shift(path, remap), span)
+        for mine, theirs in ((source.values, doc.source.values), (source.keys, doc.source.keys)):
+            if not mine:
+                mine.update(theirs)  # the first file: nothing to shift, nothing defined before
+                continue
+            for path, span in theirs.items():
+                mine.setdefault(_shift(path, remap), span)
         _merge_mapping(merged, doc.data, (), doc, source, diag)
     return merged, source
 

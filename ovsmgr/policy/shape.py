@@ -172,9 +172,9 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path_, bool]:
     for n, part in enumerate(loc):
         if part == "[key]":
             return tuple(path), True
-        child = _get(node, (part,)) if isinstance(part, (str, int)) else None
-        if child is not None or (isinstance(node, dict) and part in node):
-            node = child
+        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        if in_dict or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            node = node[part]
             path.append(part)
         elif isinstance(node, dict) and isinstance(part, str) and n == len(loc) - 1:
             path.append(part)  # a missing key: the last part names it
@@ -222,9 +222,9 @@ def _prune_unit(
     model: type[BaseModel] | None, broken: Broken,
 ) -> None:
     parent = _get(data, container)
-    unit = _get(parent, (key,))
-    if unit is None and kind != "missing" and not is_key and not isinstance(parent, dict):
+    if not isinstance(parent, (dict, list)):
         return
+    unit = _get(parent, (key,))
     broken.mark(container, key)
     if rest and isinstance(unit, dict) and model is not None and not is_key:
         field_name = rest[0]
@@ -316,7 +316,7 @@ def _type_message(kind: str, value: Any, path: Path_) -> str:
         hint = " (YAML 1.1 spellings like yes/no/on/off are not booleans here)"
     elif kind == "list_type" and isinstance(value, str) and value:
         hint = f" (write [{value}])"
-    elif kind in ("list_type", "dict_type", "model_type") and value is None:
+    elif kind in ("list_type", "dict_type", "model_type") and value is None and path and isinstance(path[-1], str):
         hint = " (write [] for none)" if kind == "list_type" else " (write {} for none)"
     elif kind == "string_type" and isinstance(value, (int, bool)):
         hint = f' (quote it: "{show(value)}")'

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ovsmgr.policy import PolicyError
-from ovsmgr.policy import loader
+from ovsmgr.policy import PolicyError, loader
 from ovsmgr.policy.diagnostics import Span
 from ovsmgr.policy.loader import Document, load_file, load_text
 

@@ -1,0 +1,252 @@
+"""`RuleIndex`: which earlier rules could cover, or overlap, a new one, without looking at all of them.
+
+The shadowing check asks "does an earlier rule cover this one?" and the
+compiler asks "does this rule overlap one already in this priority level?",
+once per rule. Comparing with every earlier rule would make both quadratic,
+so the index answers with a small superset of the true answer, which the
+caller confirms with `covers` or `overlaps`.
+
+Each match dimension has a sub-index that names the rules that *could* relate
+to a new match in that dimension alone:
+
+- addresses (src, dst): rules without the dimension, rules filed under a
+  supernet of the new prefix (probed at each prefix length the index holds,
+  a handful in real policies), and for overlap also rules with a prefix inside
+  it (a sorted list, bisected);
+- services: rules without services, rules with a service that could cover the
+  new one (exact keys; port ranges in a sorted interval list scanned only over
+  the window the widest narrow range allows), and for overlap any rule with a
+  service of the same protocol whose ports can meet.
+
+A lookup sizes the options of every dimension and builds only the smallest.
+A dimension alone is not enough when rules differ in different dimensions
+(half by source, half by port: each dimension's "unrestricted" list is half
+the policy), so cover lookups also have a pair index on (source, service).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+
+from ovsmgr.policy.ir import IPNetwork, RuleMatch, Service
+from ovsmgr.policy.terms import PORT_PROTOS
+
+PrefixKey = tuple[int, int, int]
+"""(IP version, network as an integer, prefix length)."""
+ANY = "any"
+"""The key of a rule that does not restrict a dimension."""
+WILD = "wild"
+"""The pair key of a rule filed without one dimension (it would need too many pairs)."""
+MAX_PAIRS = 64
+NARROW_PORTS = 1024
+"""Port ranges up to this width go in the interval list; wider ones are always candidates."""
+
+
+
+class _Window:
+    """Rules in a slice of a sorted list that pass a test: sized by the slice, filtered when read."""
+
+    def __init__(self, entries: list[tuple[int, int, int]], first: int, last: int,
+                 keep: Callable[[int, int], bool]):
+        self.entries, self.first, self.last, self.keep = entries, first, last, keep
+
+    def __len__(self) -> int:
+        return max(0, self.last - self.first)
+
+    def __iter__(self) -> Iterator[int]:
+        for a, b, i in self.entries[self.first : self.last]:
+            if self.keep(a, b):
+                yield i
+
+
+Buckets = list[list[int] | _Window]
+
+
+def _second_at_least(bound: int) -> Callable[[int, int], bool]:
+    """The window test: an entry's second field (prefix length, or high port) reaches `bound`."""
+    return lambda _first, second: second >= bound
+
+
+def prefix_key(prefix: IPNetwork) -> PrefixKey:
+    return prefix.version, int(prefix.network_address), prefix.prefixlen
+
+
+def _single_port(service: Service) -> bool:
+    return service.ports is None or service.ports[0] == service.ports[1]
+
+
+class _Prefixes:
+    """One address dimension (src or dst) of the indexed rules."""
+
+    def __init__(self) -> None:
+        self.unrestricted: dict[str, list[int]] = defaultdict(list)
+        self.by_prefix: dict[tuple[str, PrefixKey], list[int]] = defaultdict(list)
+        self.lengths: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self.ordered: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)
+
+    def add(self, zone: str, i: int, prefixes: tuple[IPNetwork, ...]) -> None:
+        if not prefixes:
+            self.unrestricted[zone].append(i)
+        for prefix in dict.fromkeys(prefixes):
+            version, net, length = prefix_key(prefix)
+            self.by_prefix[(zone, (version, net, length))].append(i)
+            self.lengths[(zone, version)].add(length)
+            bisect.insort(self.ordered[(zone, version)], (net, length, i))
+
+    def supernet_keys(self, zone: str, prefix: IPNetwork) -> list[PrefixKey]:
+        """Keys of `prefix` and its supernets, at the prefix lengths the index holds."""
+        net, bits = int(prefix.network_address), prefix.max_prefixlen
+        ones = (1 << bits) - 1
+        return [(prefix.version, net & (ones ^ ((1 << (bits - n)) - 1)), n)
+                for n in self.lengths.get((zone, prefix.version), ()) if n <= prefix.prefixlen]
+
+    def cover(self, zone: str, prefixes: tuple[IPNetwork, ...]) -> Buckets:
+        buckets: Buckets = [self.unrestricted.get(zone, [])]
+        if prefixes:
+            buckets += [self.by_prefix.get((zone, k), []) for k in self.supernet_keys(zone, prefixes[0])]
+        return buckets
+
+    def overlap(self, zone: str, prefixes: tuple[IPNetwork, ...]) -> Buckets | None:
+        if not prefixes:
+            return None  # overlaps rules with any value here: no help in narrowing
+        buckets: Buckets = [self.unrestricted.get(zone, [])]
+        for prefix in prefixes:
+            buckets += [self.by_prefix.get((zone, k), []) for k in self.supernet_keys(zone, prefix)]
+            entries = self.ordered.get((zone, prefix.version), [])
+            start, end = int(prefix.network_address), int(prefix.broadcast_address)
+            first = bisect.bisect_left(entries, (start, -1, -1))
+            last = bisect.bisect_right(entries, (end, 1 << 8, 1 << 62))
+            buckets.append(_Window(entries, first, last, _second_at_least(prefix.prefixlen)))
+        return buckets
+
+
+class _Services:
+    """The service dimension of the indexed rules."""
+
+    def __init__(self) -> None:
+        self.unrestricted: dict[str, list[int]] = defaultdict(list)
+        self.by_key: dict[tuple[str, Service], list[int]] = defaultdict(list)
+        self.by_proto: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.ranges: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+        self.width: dict[tuple[str, str], int] = defaultdict(int)
+        self.wide: dict[tuple[str, str], list[int]] = defaultdict(list)
+
+    def add(self, zone: str, i: int, services: tuple[Service, ...]) -> None:
+        if not services:
+            self.unrestricted[zone].append(i)
+        for proto in dict.fromkeys(s.proto for s in services):
+            self.by_proto[(zone, proto)].append(i)
+        for service in dict.fromkeys(services):
+            key = (zone, service.proto)
+            if _single_port(service):
+                self.by_key[(zone, service)].append(i)
+            if service.ports is None:
+                if service.proto in PORT_PROTOS:
+                    self.wide[key].append(i)
+            elif service.ports[1] - service.ports[0] < NARROW_PORTS:
+                bisect.insort(self.ranges[key], (*service.ports, i))
+                self.width[key] = max(self.width[key], service.ports[1] - service.ports[0])
+            else:
+                self.wide[key].append(i)
+
+    def _meeting(self, zone: str, service: Service, *, cover: bool) -> Buckets:
+        """Rules with a port range that meets (or, for `cover`, contains) `service`'s ports."""
+        assert service.ports is not None
+        key = (zone, service.proto)
+        lo, hi = service.ports
+        entries = self.ranges.get(key, [])
+        first = bisect.bisect_left(entries, (lo - self.width.get(key, 0), -1, -1))
+        last = bisect.bisect_right(entries, (lo if cover else hi, 1 << 17, 1 << 62))
+        return [self.wide.get(key, []), _Window(entries, first, last, _second_at_least(hi if cover else lo))]
+
+    def cover(self, zone: str, services: tuple[Service, ...]) -> Buckets:
+        buckets: Buckets = [self.unrestricted.get(zone, [])]
+        if not services:
+            return buckets
+        s = services[0]
+        keys = {s, Service(s.proto)}
+        if s.icmp_code is not None:
+            keys.add(Service(s.proto, None, s.icmp_type))
+        buckets += [self.by_key.get((zone, k), []) for k in keys]
+        if s.ports is not None:
+            buckets += self._meeting(zone, s, cover=True)
+        return buckets
+
+    def overlap(self, zone: str, services: tuple[Service, ...]) -> Buckets | None:
+        if not services:
+            return None
+        buckets: Buckets = [self.unrestricted.get(zone, [])]
+        for s in services:
+            if s.ports is None:
+                buckets.append(self.by_proto.get((zone, s.proto), []))
+            else:
+                buckets += self._meeting(zone, s, cover=False)
+        return buckets
+
+
+class RuleIndex:
+    """Rules added so far, indexed to answer "which of them could cover/overlap this match?".
+
+    The answer is a superset of the true one, without repeats, in the order
+    the rules were added (so the first confirmed one is the earliest).
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[RuleMatch, object]] = []
+        self._src = _Prefixes()
+        self._dst = _Prefixes()
+        self._services = _Services()
+        self._pairs: dict[tuple[str, object, object], list[int]] = defaultdict(list)
+        self._by_zone: dict[str, list[int]] = defaultdict(list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, match: RuleMatch, payload: object) -> None:
+        i = len(self.items)
+        self.items.append((match, payload))
+        zone = match.from_zone
+        self._by_zone[zone].append(i)
+        self._src.add(zone, i, match.src)
+        self._dst.add(zone, i, match.dst)
+        self._services.add(zone, i, match.services)
+        src_keys: list[object] = [prefix_key(p) for p in dict.fromkeys(match.src)] or [ANY]
+        svc_keys: list[object] = list(dict.fromkeys(
+            s if _single_port(s) else ("range", s.proto) for s in match.services)) or [ANY]
+        if len(src_keys) * len(svc_keys) > MAX_PAIRS:
+            if len(src_keys) <= len(svc_keys):
+                svc_keys = [WILD]
+            else:
+                src_keys = [WILD]
+        for s in src_keys:
+            for v in svc_keys:
+                self._pairs[(zone, s, v)].append(i)
+
+    def _pair_cover(self, match: RuleMatch) -> Buckets:
+        zone = match.from_zone
+        src_keys: list[object] = [ANY, WILD]
+        if match.src:
+            src_keys += self._src.supernet_keys(zone, match.src[0])
+        svc_keys: list[object] = [ANY, WILD]
+        if match.services:
+            s = match.services[0]
+            svc_keys += [s, Service(s.proto), ("range", s.proto)]
+            if s.icmp_code is not None:
+                svc_keys.append(Service(s.proto, None, s.icmp_type))
+        return [self._pairs.get((zone, a, b), []) for a in src_keys for b in svc_keys]
+
+    def candidates(self, match: RuleMatch, overlap: bool = False) -> Iterable[tuple[RuleMatch, object]]:
+        zone = match.from_zone
+        if overlap:
+            plans = [self._src.overlap(zone, match.src), self._dst.overlap(zone, match.dst),
+                     self._services.overlap(zone, match.services)]
+        else:
+            plans = [self._pair_cover(match), self._dst.cover(zone, match.dst),
+                     self._services.cover(zone, match.services)]
+        options = [plan for plan in plans if plan is not None]
+        if not options:
+            return [self.items[i] for i in self._by_zone.get(zone, [])]
+        best = min(options, key=lambda buckets: sum(map(len, buckets)))
+        return [self.items[i] for i in sorted({i for bucket in best for i in bucket})]
