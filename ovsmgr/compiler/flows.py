@@ -15,7 +15,7 @@ from ovsmgr.compiler.pipeline import TABLES, Table
 FIELD_ORDER = (
     "in_port", "reg0", "reg1", "reg2", "reg3", "reg4", "conj_id", "ct_state", "ct_zone", "ct_mark",
     "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
-    "tp_src", "tp_dst", "icmp_type", "icmp_code",
+    "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code",
 )
 _RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 
@@ -168,9 +168,7 @@ class FlowError(ValueError):
 
 def _targets(actions: Iterable[Action]) -> Iterator[Table]:
     for action in actions:
-        if isinstance(action, GotoTable | Resubmit):
-            yield action.table
-        elif isinstance(action, Ct) and action.table is not None:
+        if isinstance(action, GotoTable | Resubmit) or (isinstance(action, Ct) and action.table is not None):
             yield action.table
 
 

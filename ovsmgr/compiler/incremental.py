@@ -78,6 +78,8 @@ class Pending:
     conj: dict[str, tuple[int, ...] | None]
     changes: FlowChanges
     rules_recompiled: int
+    positions: dict[str, int] | None = None
+    """Rule name -> index in `rules`; None when unchanged."""
 
 
 Contribution = tuple[str, Flow]
@@ -129,13 +131,15 @@ class IncrementalFlows:
         return {rule_id(n): n for n in names}
 
     # --- preparing an update ------------------------------------------------------------------
-    def prepare(self, rules: Sequence[Rule], changed: set[str], nat: tuple[NatRule, ...] | None = None) -> Pending:
+    def prepare(self, rules: Sequence[Rule], changed: set[str], nat: tuple[NatRule, ...] | None = None,
+                same_order: bool = False) -> Pending:
         """The update to `rules` (the whole new compiled rule list, in order), where only the
         rules named in `changed` differ (added, removed or edited); `nat`: new NAT rules, if any.
-        Nothing changes here until `commit`."""
+        `same_order`: the rules are the same names in the same order (edits only), which saves
+        re-indexing them. Nothing changes here until `commit`."""
         rules = list(rules)
         policy = dataclasses.replace(self.policy, rules=tuple(rules), nat=self.policy.nat if nat is None else nat)
-        positions = {r.name: i for i, r in enumerate(rules)}
+        positions = self.positions if same_order else {r.name: i for i, r in enumerate(rules)}
         levels, first, stop = self._levels(rules, positions, changed)
         owners: dict[str, tuple[Flow, ...] | None] = {}
         if nat is not None and nat_signature(nat) != nat_signature(self.policy.nat):
@@ -149,7 +153,8 @@ class IncrementalFlows:
         for name in removed:
             owners[name] = None
         contrib, flows, changes = self._touched(owners, positions)
-        return Pending(policy, rules, levels, owners, contrib, flows, conj, changes, len(recompile))
+        return Pending(policy, rules, levels, owners, contrib, flows, conj, changes, len(recompile),
+                       None if same_order else positions)
 
     def commit(self, pending: Pending) -> None:
         """Make a prepared update current (after the switch accepted its flows)."""
@@ -176,7 +181,8 @@ class IncrementalFlows:
                 self.conj[name] = taken
                 self.conj_owner.update(dict.fromkeys(taken, name))
         self.policy, self.rules, self.levels = pending.policy, pending.rules, pending.levels
-        self.positions = {r.name: i for i, r in enumerate(self.rules)}
+        if pending.positions is not None:
+            self.positions = pending.positions
 
     # --- levels ---------------------------------------------------------------------------------
     def _old_level(self, name: str) -> int | None:

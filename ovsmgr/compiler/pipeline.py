@@ -68,7 +68,7 @@ TABLES: dict[Table, TableSpec] = {
     ),
     Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state"}), frozenset({Table.EGRESS})),
     Table.EGRESS: TableSpec(frozenset({"in_port", "dl_type", "nw_dst", "ipv6_dst"}), frozenset({Table.STATE})),
-    Table.STATE: TableSpec(_CT | frozenset({"dl_type"}), frozenset({Table.FILTER, Table.OUTPUT})),
+    Table.STATE: TableSpec(_CT | frozenset({"dl_type", "nw_proto", "tcp_flags"}), frozenset({Table.FILTER, Table.OUTPUT})),
     Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.NAT, Table.OUTPUT})),
     # A translating commit recirculates (ct(commit,table=OUTPUT_TRANSLATED,nat(...))) so the
     # next table sees the translated packet and can set the receiver's MAC.
@@ -111,6 +111,11 @@ CT_MARK_RULE = (0, 30)
 CT_MARK_TRANSLATED = 1 << 31
 """ct_mark bit 31: the connection is translated by NAT; its packets get ct(nat) at OUTPUT."""
 CT_MARK_RULE_MASK = (1 << 31) - 1
+
+TCP_FLAG_BITS: dict[str, int] = {
+    "fin": 0x001, "syn": 0x002, "rst": 0x004, "psh": 0x008, "ack": 0x010, "urg": 0x020, "ece": 0x040,
+    "cwr": 0x080, "ns": 0x100,
+}
 
 CT_STATE_BITS: dict[str, int] = {
     "new": 0x01, "est": 0x02, "rel": 0x04, "rpl": 0x08, "inv": 0x10, "trk": 0x20, "snat": 0x40, "dnat": 0x80,
@@ -159,6 +164,7 @@ class Priority(IntEnum):
     STATE_STALE = 100
     STATE_STALE_REPLY = 200
     STATE_NEW = 250
+    STATE_NOT_SYN = 260
     STATE_ESTABLISHED = 300
     STATE_INVALID = 400
     FILTER_TOP = 60000

@@ -27,7 +27,7 @@ from ovsmgr.compiler.flows import (
     Resubmit,
     SetField,
 )
-from ovsmgr.compiler.pipeline import CT_STATE_BITS, CookieKind, Priority, cookie
+from ovsmgr.compiler.pipeline import CT_STATE_BITS, TCP_FLAG_BITS, CookieKind, Priority, cookie
 
 PROTO_NAMES = {
     (0x0800, None): "ip", (0x86DD, None): "ipv6", (0x0806, None): "arp",
@@ -43,10 +43,11 @@ NXM = {
 SET_FIELD_NAMES = {"dl_src": "eth_src", "dl_dst": "eth_dst"}
 _REST_ORDER = {name: i for i, name in enumerate((
     "in_port", "arp_spa", "arp_tpa", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "arp_op",
-    "tp_src", "tp_dst", "icmp_type", "icmp_code",
+    "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code",
 ))}
 """The order `ovs-ofctl dump-flows` prints fields in after the protocol shorthand and registers."""
 CT_FLAG_ORDER = sorted(CT_STATE_BITS.items(), key=lambda kv: kv[1])
+TCP_FLAG_ORDER = sorted(TCP_FLAG_BITS.items(), key=lambda kv: kv[1])
 
 
 def mac_text(value: int) -> str:
@@ -69,9 +70,13 @@ def _prefix_text(item: MatchItem, version: int) -> str:
     return f"{address}/{_ip_text(item.mask, version)}"
 
 
+def _flags_text(item: MatchItem, order: list[tuple[str, int]]) -> str:
+    mask = item.mask if item.mask is not None else sum(bit for _, bit in order)
+    return "".join(("+" if item.value & bit else "-") + name for name, bit in order if mask & bit)
+
+
 def _ct_state_text(item: MatchItem) -> str:
-    mask = item.mask if item.mask is not None else 0xFF
-    return "".join(("+" if item.value & bit else "-") + name for name, bit in CT_FLAG_ORDER if mask & bit)
+    return _flags_text(item, CT_FLAG_ORDER)
 
 
 def _item_text(item: MatchItem) -> str:
@@ -82,6 +87,8 @@ def _item_text(item: MatchItem) -> str:
         return f"{name}={_prefix_text(item, 6)}"
     if name == "ct_state":
         return f"ct_state={_ct_state_text(item)}"
+    if name == "tcp_flags":
+        return f"tcp_flags={_flags_text(item, TCP_FLAG_ORDER)}"
     if name.startswith("reg") or name in ("ct_mark", "dl_type"):
         masked = f"/{item.mask:#x}" if item.mask is not None else ""
         return f"{name}={item.value:#x}{masked}" if item.value or masked else f"{name}=0"

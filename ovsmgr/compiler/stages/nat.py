@@ -11,12 +11,31 @@ connections need `ct(nat)` without translating every packet.
 from __future__ import annotations
 
 from ovsmgr.compiler.flows import (
-    Action, Ct, Flow, GotoTable, Match, MatchItem, Move, NatSpec, Normal, Output, Resubmit, SetField,
+    Action,
+    Ct,
+    Flow,
+    GotoTable,
+    Match,
+    MatchItem,
+    Move,
+    NatSpec,
+    Normal,
+    Output,
+    Resubmit,
+    SetField,
 )
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.matchbuild import family, reg
 from ovsmgr.compiler.pipeline import (
-    CT_MARK_TRANSLATED, FLAG_REVALIDATE, FLAG_TRANSLATED, REG_FLAGS, REG_OUT_PORT, REG_RULE, CookieKind, Priority, Table,
+    CT_MARK_TRANSLATED,
+    FLAG_REVALIDATE,
+    FLAG_TRANSLATED,
+    REG_FLAGS,
+    REG_OUT_PORT,
+    REG_RULE,
+    CookieKind,
+    Priority,
+    Table,
     cookie,
 )
 from ovsmgr.compiler.stages.filter import _zone_match, expand_match, match_dimensions

@@ -10,6 +10,7 @@ from ovsmgr.compiler.pipeline import (
     REG_FLAGS,
     REG_OUT_PORT,
     REG_TO_ZONE,
+    TCP_FLAG_BITS,
     CookieKind,
     Priority,
     Table,
@@ -74,6 +75,8 @@ def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str])
         Flow(Table.STATE, Priority.STATE_INVALID, Match.of(ct_state("+trk+inv")),
              () if policy.invalid == "drop" else to_output, INFRA),
     ]
+    if policy.invalid == "drop":
+        flows.extend(_not_syn_flows())
     if not policy.cut_on_rule_removal:
         flows.append(Flow(Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk")), to_output, INFRA))
         return flows
@@ -90,3 +93,17 @@ def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str])
         Flow(Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk-rpl")), revalidate, INFRA),
     ]
     return flows
+
+
+def _not_syn_flows() -> list[Flow]:
+    """A TCP connection starts with a SYN: refuse mid-stream pickup like an invalid packet.
+
+    OVS conntrack calls a stray ACK +new (as Linux with nf_conntrack_tcp_loose=1 does);
+    a firewall that drops invalid traffic should not let it open a connection.
+    """
+    return [
+        Flow(Table.STATE, Priority.STATE_NOT_SYN,
+             Match.of(ct_state("+trk+new"), MatchItem("ct_mark", 0), MatchItem("nw_proto", 6),
+                      MatchItem("tcp_flags", 0, TCP_FLAG_BITS["syn"])) + family(version), (), INFRA)
+        for version in (4, 6)
+    ]
