@@ -24,10 +24,16 @@ for _module, _name in (
     ("ovsmgr.cli.generate", "generate"),
     ("ovsmgr.cli.lab", "lab"),
     ("ovsmgr.cli.lab_probe", "probe"),
+    ("ovsmgr.cli.lab_scenarios", "scenarios"),
     ("ovsmgr.cli.switch", "plan"),
     ("ovsmgr.cli.switch", "apply"),
     ("ovsmgr.cli.switch", "confirm"),
     ("ovsmgr.cli.switch", "status"),
+    ("ovsmgr.cli.controller", "controller"),
+    ("ovsmgr.cli.controller", "set_group"),
+    ("ovsmgr.cli.controller", "rule_group"),
+    ("ovsmgr.cli.controller", "reload"),
+    ("ovsmgr.cli.controller", "restore"),
 ):
     try:
         _mod = __import__(_module, fromlist=[_name])
@@ -35,7 +41,7 @@ for _module, _name in (
         if _exc.name != _module:
             raise
         continue
-    if _name != "probe":  # `lab probe` registers itself on the lab group
+    if _name not in ("probe", "scenarios"):  # `lab probe`, `lab scenarios` register on the lab group
         main.add_command(getattr(_mod, _name))
 
 __all__ = ["main", "policy_files"]

@@ -1,0 +1,77 @@
+"""The os-ken application: thin event handlers that call controller mode's own functions.
+
+Switch (dis)connections go to `Hooks.switch_state` (which reconciles the flows
+in a worker thread, never in os-ken's event thread); packet-ins to
+`Hooks.packet_in`, which answers with the frames to send; flow statistics are
+requested when metrics are scraped and handed to `Hooks.flow_stats`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.ofproto import ofproto_v1_3
+
+from ovsmgr.controller import ofchannel
+
+
+class Hooks(Protocol):
+    def attach(self, app: OvsmgrApp) -> None: ...
+
+    def switch_state(self, dpid: int, connected: bool) -> None: ...
+
+    def packet_in(self, userdata: bytes | None, metadata: bytes | None, frame: bytes) -> tuple[int, bytes] | None: ...
+
+    def flow_stats(self, dpid: int, totals: dict[int, list[int]]) -> None: ...
+
+
+class OvsmgrApp(app_manager.OSKenApp):
+    OFP_VERSIONS: ClassVar[list[int]] = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args: Any, ovsmgr_hooks: Hooks, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hooks = ovsmgr_hooks
+        self.datapaths: dict[int, Any] = {}
+        self.partial: dict[int, dict[int, list[int]]] = {}
+        self.hooks.attach(self)
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev: Any) -> None:
+        dp = ev.datapath
+        dpid: int | None = dp.id
+        if ev.state == MAIN_DISPATCHER and dpid is not None:
+            ofchannel.set_packet_in_format(dp)
+            self.datapaths[dpid] = dp
+            self.hooks.switch_state(dpid, True)
+        elif dpid is not None and self.datapaths.get(dpid) is dp:
+            del self.datapaths[dpid]
+            self.hooks.switch_state(dpid, False)
+
+    @set_ev_cls(ofp_event.EventNXTPacketIn2, MAIN_DISPATCHER)
+    def _packet_in(self, ev: Any) -> None:
+        msg = ev.msg
+        answer = self.hooks.packet_in(msg.userdata, msg.metadata, msg.data or b"")
+        if answer is not None:
+            port, frame = answer
+            ofchannel.packet_out(msg.datapath, port, frame)
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev: Any) -> None:
+        dpid = ev.msg.datapath.id
+        totals = self.partial.setdefault(dpid, {})
+        ofchannel.add_stats(totals, ev.msg.body)
+        if not ofchannel.more_parts(ev.msg):
+            self.hooks.flow_stats(dpid, self.partial.pop(dpid))
+
+    def request_stats(self, dpid: int) -> bool:
+        """Ask the switch for our flows' statistics (the reply goes to `Hooks.flow_stats`).
+        On demand (a metrics scrape), not polled: parsing 10,000 flows' statistics takes the
+        interpreter for long enough to delay runtime changes."""
+        dp = self.datapaths.get(dpid)
+        if dp is None:
+            return False
+        ofchannel.request_flow_stats(dp)
+        return True

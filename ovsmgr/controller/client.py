@@ -1,0 +1,82 @@
+"""The CLI's side of the controller API: find the running controller, call it with its token."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from ovsmgr.controller.paths import ControllerPaths, controllers_in
+
+
+class ApiError(Exception):
+    def __init__(self, message: str, status: int = 0, diagnostics: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.diagnostics = diagnostics or []
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+def find_controller(state_dir: Path, bridge: str | None) -> ControllerPaths:
+    """The controller of `bridge`, or the only one in `state_dir`."""
+    if bridge is None:
+        running = controllers_in(state_dir)
+        if len(running) != 1:
+            found = ", ".join(running) or "none"
+            raise ApiError(f"give --bridge: controllers in {state_dir}: {found}")
+        bridge = running[0]
+    paths = ControllerPaths(state_dir, bridge)
+    if paths.read_info() is None:
+        raise ApiError(f"no controller runs for {bridge} (no {paths.info})")
+    return paths
+
+
+class ApiClient:
+    def __init__(self, endpoint: str, token: str, timeout: float = 120) -> None:
+        self.endpoint = endpoint
+        self.token = token
+        self.timeout = timeout
+
+    @staticmethod
+    def for_paths(paths: ControllerPaths) -> ApiClient:
+        info = paths.read_info() or {}
+        try:
+            token = paths.token.read_text().strip()
+        except OSError as exc:
+            raise ApiError(f"cannot read the API token {paths.token}: {exc}") from exc
+        return ApiClient(str(info["api"]), token)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.endpoint.startswith("unix:"):
+            return _UnixConnection(self.endpoint.removeprefix("unix:"), self.timeout)
+        host, _, port = self.endpoint.rpartition(":")
+        return http.client.HTTPConnection(host.strip("[]"), int(port), timeout=self.timeout)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        conn = self._connection()
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            payload = json.loads(response.read() or b"null")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise ApiError(f"the controller API at {self.endpoint} did not answer: {exc}") from exc
+        finally:
+            conn.close()
+        if response.status >= 300:
+            raise ApiError(str(payload.get("error")), response.status, payload.get("diagnostics"))
+        return payload

@@ -1,0 +1,288 @@
+"""`ovsmgr controller`: one process that keeps one bridge in line.
+
+Threads: os-ken's (OpenFlow channel, event loop), the unix relay (lab
+switches), the API server, the metrics server, a worker that reconciles when
+the switch (re)connects, and a watcher that reloads when a policy file
+changes or SIGHUP arrives. Everything that changes the switch goes through
+`Engine` and its lock. SIGTERM/SIGINT stop the process and leave the switch
+as it is: fail_mode=secure keeps the flows enforcing until a controller
+comes back, which then only pushes what differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ovsmgr.compiler.pipeline import PacketInKind
+from ovsmgr.controller import packetin
+from ovsmgr.controller.api import ApiServer, routes
+from ovsmgr.controller.engine import Engine
+from ovsmgr.controller.metrics import Counters, conntrack_entries, registry_for
+from ovsmgr.controller.relay import UnixRelay
+from ovsmgr.controller.switchdb import ControllerDB
+from ovsmgr.policy import PolicyError
+from ovsmgr.southbound.target import SwitchTarget
+
+log = logging.getLogger("ovsmgr.controller")
+
+
+@dataclass(frozen=True)
+class Options:
+    files: list[str]
+    target: SwitchTarget
+    listen: str | None = None
+    """`tcp:HOST:PORT` or `unix:PATH`; default: a unix socket in the state dir for a lab, else tcp:127.0.0.1:6653."""
+    api: str | None = None
+    """`HOST:PORT` (loopback) or `unix:PATH`; default: `unix:` in the state dir."""
+    metrics: str | None = None
+    stats_interval: float = 5.0
+    log_rate: float = 10.0
+    log_burst: int = 20
+    match_log: str | None = None
+    watch_interval: float = 0.25
+
+
+class Controller:
+    """The hooks the os-ken app calls, and the process around the engine."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.stats_interval = options.stats_interval
+        self.engine = Engine(options.files, options.target)
+        self.counters = Counters()
+        self.stats: dict[int, list[int]] = {}
+        self.stats_at = -1e9
+        self.stats_ready = threading.Event()
+        self.app: Any = None
+        self.log_bucket = packetin.TokenBucket(options.log_rate, options.log_burst)
+        self.reject_bucket = packetin.TokenBucket(200.0, 400)
+        self.jobs: queue.Queue[tuple[int, bool]] = queue.Queue()
+        self.reload_now = threading.Event()
+        self.stop = threading.Event()
+        self.dpid: int | None = None
+        self.match_log: IO[str] = sys.stdout
+        self._closers: list[Any] = []
+
+    # --- hooks (called from os-ken threads; keep them short) ---------------------------------------
+    def switch_state(self, dpid: int, connected: bool) -> None:
+        self.jobs.put((dpid, connected))
+
+    def attach(self, app: Any) -> None:
+        self.app = app
+
+    def flow_stats(self, dpid: int, totals: dict[int, list[int]]) -> None:
+        if dpid == self.dpid:
+            self.stats = totals
+            self.stats_at = time.monotonic()
+            self.stats_ready.set()
+
+    def fresh_stats(self) -> dict[int, list[int]]:
+        """Flow statistics no older than `stats_interval` (asked for now if they are), for a scrape."""
+        if self.dpid is not None and time.monotonic() - self.stats_at > self.stats_interval:
+            self.stats_ready.clear()
+            if self.app is not None and self.app.request_stats(self.dpid):
+                self.stats_ready.wait(5.0)
+        return dict(self.stats)
+
+    def packet_in(self, userdata: bytes | None, metadata: bytes | None, frame: bytes) -> tuple[int, bytes] | None:
+        info = packetin.parse_userdata(userdata)
+        if info is None:
+            self.counters.packet_ins["unknown"] += 1
+            return None
+        name, action = self.engine.rule_info(info.rule_id)
+        in_port = packetin.in_port_of(metadata)
+        if info.kind is PacketInKind.LOG:
+            self.counters.packet_ins["log"] += 1
+            self._log_match(frame, name, action, in_port)
+            return None
+        self.counters.packet_ins["reject"] += 1
+        if in_port is None or not self.reject_bucket.allow():
+            self.counters.reject_suppressed += 1
+            return None
+        reply = packetin.reject_reply(frame)
+        if reply is None:
+            return None
+        self.counters.rejects_sent += 1
+        return in_port, reply
+
+    def _log_match(self, frame: bytes, name: str, action: str, in_port: int | None) -> None:
+        if not self.log_bucket.allow():
+            self.counters.log_suppressed += 1
+            return
+        record = packetin.log_record(frame, name, action, in_port, self.log_bucket.take_suppressed())
+        self.match_log.write(packetin.log_line(record) + "\n")
+        self.match_log.flush()
+        self.counters.log_lines += 1
+
+    # --- running ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Load, start everything, serve until SIGTERM/SIGINT. Raises on a policy that does not load."""
+        self.engine.load()
+        paths = self.engine.paths
+        if self.options.match_log:
+            self.match_log = open(self.options.match_log, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+        target = self._start_openflow(paths.of_socket)
+        self.engine.start(target)
+        with ControllerDB(self.options.target.db) as db:
+            self.dpid = db.datapath_id(self.engine.bridge)
+        api = self.options.api or f"unix:{paths.api_socket}"
+        server = ApiServer(api, paths.ensure_token(), routes(self.engine, self.describe))
+        server.start()
+        self._closers.append(server)
+        self._start_metrics()
+        paths.write_info({"pid": os.getpid(), "api": api, "listen": target, "metrics": self.options.metrics,
+                          "files": self.engine.files, "started_at": time.time()})
+        self._closers.append(lambda: paths.info.unlink(missing_ok=True))
+        for work in (self._worker, self._watcher):
+            threading.Thread(target=work, name=work.__name__, daemon=True).start()
+        self._install_signals()
+        log.info("controller for %s: listening on %s, API %s", self.engine.bridge, target, api)
+        while not self.stop.wait(0.5):
+            pass
+        self.close()
+        log.info("controller for %s stopped; the switch keeps its flows (fail_mode=secure)", self.engine.bridge)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)  # os-ken's threads are not daemons and have no stop; everything is saved by now
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                closer() if callable(closer) else closer.close()
+        if self.engine.recorder is not None:
+            self.engine.recorder.flush()
+
+    def _start_openflow(self, default_socket: Path) -> str:
+        """os-ken on TCP; with a unix listen target, a relay in front. Returns the switch's target."""
+        listen = self.options.listen or (f"unix:{default_socket}" if self.options.target.lab else "tcp:127.0.0.1:6653")
+        if listen.startswith("unix:"):
+            port = _free_port()
+            start_osken("127.0.0.1", port, self)
+            relay = UnixRelay(Path(listen.removeprefix("unix:")), port)
+            relay.start()
+            self._closers.append(relay)
+            return listen
+        host, _, port_text = listen.removeprefix("tcp:").rpartition(":")
+        start_osken(host or "127.0.0.1", int(port_text), self)
+        return f"tcp:{host or '127.0.0.1'}:{port_text}"
+
+    def _start_metrics(self) -> None:
+        if not self.options.metrics:
+            return
+        from prometheus_client import start_http_server
+
+        host, _, port = self.options.metrics.rpartition(":")
+        result = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry_for(self.metrics_snapshot))
+        if isinstance(result, tuple):
+            self._closers.append(result[0].shutdown)
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_now.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+
+    # --- background work ----------------------------------------------------------------------------
+    def _worker(self) -> None:
+        """Reconcile when our switch connects; note when it goes."""
+        while True:
+            dpid, connected = self.jobs.get()
+            if dpid != self.dpid:
+                log.warning("datapath %016x is not %s (%s); ignored", dpid, self.engine.bridge,
+                            f"{self.dpid:016x}" if self.dpid is not None else "unknown")
+                continue
+            self.engine.status.connected = connected
+            log.info("switch %s %s", self.engine.bridge, "connected" if connected else "disconnected")
+            if connected:
+                try:
+                    self.engine.reconcile()
+                except Exception:  # logged; the next connection or change tries again
+                    log.exception("reconcile of %s failed", self.engine.bridge)
+
+    def _watcher(self) -> None:
+        """Reload when a policy file changes (polled) or SIGHUP arrives."""
+        seen = _signature(self.engine.files)
+        while not self.stop.is_set():
+            triggered = self.reload_now.wait(self.options.watch_interval)
+            now = _signature(self.engine.files)
+            if not triggered and now == seen:
+                continue
+            self.reload_now.clear()
+            time.sleep(0.05)  # let an editor finish writing
+            seen = _signature(self.engine.files)
+            self._reload("SIGHUP" if triggered else "a policy file changed")
+
+    def _reload(self, why: str) -> None:
+        try:
+            result = self.engine.reload()
+        except PolicyError as exc:
+            log.error("reload (%s) refused, the old policy stays:\n%s", why,
+                      "\n".join(str(d) for d in exc.diagnostics))
+            return
+        except Exception as exc:  # ChangeError, OpenFlow, OVSDB: reported, old policy stays
+            log.error("reload (%s) failed, the old policy stays: %s", why, exc)
+            return
+        log.info("reloaded (%s): generation %d, %s", why, result.generation, result.counts)
+
+    # --- reports --------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        info = self.engine.describe()
+        info.update(pid=os.getpid(), listen=self.options.listen, api=self.options.api,
+                    packet_ins=dict(self.counters.packet_ins), log_suppressed=self.counters.log_suppressed)
+        return info
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        s = self.engine.status
+        policy = self.engine.policy
+        return {
+            "bridge": self.engine.bridge, "generation": s.generation, "applied_at": s.applied_at,
+            "last_change_seconds": s.last_change_seconds, "connected": s.connected,
+            "flows": len(self.engine.entries), "reload_failures": s.reload_failures,
+            "update_failures": s.update_failures, "counters": self.counters, "stats": self.fresh_stats(),
+            "names": self.engine.names, "zone": policy.ct_zone,
+            "conntrack": conntrack_entries(self.options.target.appctl(), policy.ct_zone),
+        }
+
+
+def _signature(files: list[str]) -> list[tuple[int, int, int] | None]:
+    out: list[tuple[int, int, int] | None] = []
+    for name in files:
+        try:
+            st = os.stat(name)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_osken(host: str, port: int, hooks: Controller) -> None:
+    """Start os-ken 4.x in this process (it has no manager command)."""
+    from os_ken import cfg
+    from os_ken.base import app_manager
+    from os_ken.controller import controller as _ofp_options  # registers --ofp-* before CONF parses
+
+    del _ofp_options
+
+    logging.getLogger("os_ken").setLevel(logging.WARNING)
+    cfg.CONF(args=["--ofp-tcp-listen-port", str(port), "--ofp-listen-host", host], project="os_ken")
+    manager = app_manager.AppManager.get_instance()
+    manager.load_apps(["ovsmgr.controller.app"])
+    contexts = manager.create_contexts()
+    manager.instantiate_apps(**contexts, ovsmgr_hooks=hooks)

@@ -1,0 +1,129 @@
+"""Run `ovsmgr controller` against a lab in tests, and probe streams through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ovsmgr.controller.client import ApiClient
+from ovsmgr.controller.paths import ControllerPaths
+from ovsmgr.southbound.lab import Lab
+
+OVSMGR = str(Path(sys.executable).parent / "ovsmgr")
+PROBE = [sys.executable, "-m", "ovsmgr.controller.probe"]
+STATS_FIELDS = ("cookie", "duration", "n_packets", "n_bytes", "idle_age", "hard_age")
+
+
+class RunningController:
+    def __init__(self, lab: Lab, files: list[Path], extra: list[str], workdir: Path) -> None:
+        self.lab = lab
+        self.files = files
+        self.extra = extra
+        self.stderr_path = workdir / "controller.log"
+        self.paths = ControllerPaths(lab.dir, "br0")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20) -> None:
+        argv = [OVSMGR, "controller", *map(str, self.files), "--db", self.lab.db_endpoint,
+                "--stats-interval", "0.5", *self.extra]
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        self.wait_connected(timeout)
+
+    def wait_connected(self, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, f"controller exited:\n{self.log()}"
+            info = self.paths.read_info()
+            if info is not None and info.get("pid") == self.proc.pid:
+                status = self.api().call("GET", "/v1/status")
+                if status["connected"]:
+                    return dict(status)
+            time.sleep(0.1)
+        raise AssertionError(f"controller did not connect in {timeout} s:\n{self.log()}")
+
+    def api(self) -> ApiClient:
+        return ApiClient.for_paths(self.paths)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([OVSMGR, *args, "--db", self.lab.db_endpoint], capture_output=True, text=True,
+                              timeout=60, check=False)
+        if check:
+            assert proc.returncode == 0, f"ovsmgr {' '.join(args)}: {proc.stdout}{proc.stderr}"
+        return proc
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+
+    def log(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path.exists() else ""
+
+
+@contextmanager
+def controller(lab: Lab, files: list[Path], workdir: Path, extra: list[str] | None = None) -> Iterator[RunningController]:
+    running = RunningController(lab, files, extra or [], workdir)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.kill(signal.SIGTERM)
+
+
+@contextmanager
+def probe_stream(lab: Lab, src: str, dst_port: str, address: str, port: int, duration: float,
+                 interval: float = 0.005) -> Iterator[list[dict[str, Any]]]:
+    """Datagrams from `src` (fresh source port each) to `address:port` in `dst_port`'s host; the
+    list yielded is filled with what arrived when the block ends."""
+    received: list[dict[str, Any]] = []
+    recv = lab.popen(dst_port, [*PROBE, "recv", str(port), "--duration", str(duration + 2)],
+                     stdout=subprocess.PIPE, text=True)
+    assert recv.stdout is not None
+    assert "listening" in recv.stdout.readline()
+    send = lab.popen(src, [*PROBE, "send", address, str(port), "--interval", str(interval),
+                           "--duration", str(duration)], stdout=subprocess.PIPE, text=True)
+    try:
+        yield received
+    finally:
+        send.wait(duration + 20)
+        out, _ = recv.communicate(timeout=duration + 20)  # it prints everything at the end
+        received += [json.loads(line) for line in out.splitlines() if '"seq"' in line]
+
+
+def flows_with_duration(lab: Lab) -> dict[str, float]:
+    """Our flows (table, priority, match) -> seconds they exist, from dump-flows."""
+    out: dict[str, float] = {}
+    for line in lab.ofctl(["dump-flows"]).splitlines():
+        if "cookie=0xf5a" not in line or "duration=" not in line:
+            continue
+        duration = float(line.split("duration=")[1].split("s,")[0])
+        fields = [p.strip() for p in line.split(" actions=")[0].split(",")]
+        key = ",".join(p for p in fields if p.split("=")[0].strip() not in ("cookie", "duration", "n_packets", "n_bytes", "idle_age", "hard_age"))
+        out[key] = duration
+    return out
+
+
+def restart_vswitchd(lab: Lab) -> None:
+    """Stop the lab's ovs-vswitchd and start a new one (flows are gone, OVSDB stays)."""
+    state_path = lab.dir / "lab.json"
+    state = json.loads(state_path.read_text())
+    old = int(state["pids"]["ovs-vswitchd"])
+    os.kill(old, signal.SIGTERM)
+    for _ in range(100):
+        if not Path(f"/proc/{old}").exists():
+            break
+        time.sleep(0.05)
+    pidfile = lab.dir / "ovs-vswitchd.pid"
+    lab.switch_exec(["ovs-vswitchd", lab.db_endpoint, f"--pidfile={pidfile}", "--detach", "--no-chdir",
+                     f"--log-file={lab.dir}/ovs-vswitchd.log", "-vconsole:off"], check=True, capture_output=True)
+    state["pids"]["ovs-vswitchd"] = int(pidfile.read_text().strip())
+    state_path.write_text(json.dumps(state, indent=2))

@@ -1,0 +1,227 @@
+"""Controller mode's engine without a switch: runtime changes give exactly the full compile's flows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ovsmgr.compiler import compile_policy
+from ovsmgr.compiler.incremental import IncrementalFlows
+from ovsmgr.controller.engine import Engine
+from ovsmgr.controller.policydata import resolve_data
+from ovsmgr.controller.runtime import ChangeError, load_changes
+from ovsmgr.plan import desired_entries
+from ovsmgr.policy import load_policy, load_policy_text
+from ovsmgr.policy.generate import generate_policy
+from ovsmgr.southbound.openflow import FlowEntry, parse_flow_line
+from ovsmgr.southbound.target import SwitchTarget
+
+ROOT = Path(__file__).resolve().parents[2]
+
+POLICY = """
+version: 1
+switch:
+  bridge: br0
+  datapath: netdev
+  ports: {inside: {ofport: 1}, outside: {ofport: 2}}
+  links: [[inside, outside]]
+zones:
+  inside: {ports: [inside]}
+  outside: {ports: [outside]}
+addresses:
+  blocklist: [203.0.113.0/24]
+  admins: [10.0.0.10, 10.0.0.11]
+  servers: [198.51.100.0/28, 198.51.100.64/28]
+  everyone: ["@admins", 10.0.0.0/24]
+firewall:
+  default: drop
+  rules:
+    - {name: blocked, from: inside, src: "@blocklist", action: drop, log: true}
+    - {name: admin-ssh, from: inside, src: "@admins", dst: "@servers", services: [tcp/22, tcp/2222], action: allow}
+    - {name: no-telnet, from: inside, services: [tcp/23], action: reject}
+    - {name: web, from: inside, src: "@everyone", services: [tcp/80, tcp/443], action: allow}
+    - {name: dns, from: inside, services: [udp/53], action: allow, stateful: false}
+    - {name: spare, from: outside, services: [tcp/25], action: allow, enabled: false}
+    - {name: inbound-web, from: outside, dst: "@servers", services: [tcp/80], action: allow}
+"""
+
+
+class FakeTable:
+    """A flow table that applies bundle lines the way OVS does (by table, priority, match)."""
+
+    def __init__(self) -> None:
+        self.flows: dict[tuple[int, int, str], FlowEntry] = {}
+        self.pushes: list[list[str]] = []
+
+    def dump(self, ours_only: bool = True) -> list[FlowEntry]:
+        return list(self.flows.values())
+
+    def push(self, lines: Sequence[str]) -> None:
+        self.pushes.append(list(lines))
+        for line in lines:
+            verb, _, rest = line.partition(" ")
+            if verb == "add":
+                entry = parse_flow_line(rest)
+                self.flows[entry.key] = entry
+            else:
+                head = rest.split(",", 3)
+                table, priority = int(head[1].split("=")[1]), int(head[2].split("=")[1])
+                match = head[3] if len(head) > 3 else ""
+                del self.flows[(table, priority, match)]
+
+
+def make_engine(tmp_path: Path, text: str = POLICY) -> tuple[Engine, FakeTable]:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    table = FakeTable()
+    engine = Engine([str(path)], SwitchTarget("unix:/nonexistent", None, tmp_path), lambda _: table, record=False)
+    engine.load()
+    engine.reconcile()
+    return engine, table
+
+
+def expected(engine: Engine) -> list[FlowEntry]:
+    return sorted(desired_entries(compile_policy(resolve_data(engine.data, "<check>"))))
+
+
+def assert_consistent(engine: Engine, table: FakeTable) -> None:
+    want = expected(engine)
+    assert sorted(engine.entries.values()) == want
+    assert sorted(table.flows.values()) == want
+
+
+@pytest.mark.parametrize("name", ["gateway", "microseg", "seed-firewall", "seed-nat"])
+def test_incremental_build_is_the_full_compile(name: str) -> None:
+    policy = load_policy([ROOT / "policies" / f"{name}.yaml"])
+    assert IncrementalFlows(policy).sorted_flows() == compile_policy(policy).flows
+
+
+OPS = st.sampled_from([
+    ("set", "blocklist", ["10.0.0.10"], []), ("set", "blocklist", [], ["203.0.113.0/24"]),
+    ("set", "admins", ["10.0.0.12"], []), ("set", "admins", [], ["10.0.0.10"]),
+    ("set", "servers", ["198.51.100.128/28", "2001:db8::/64"], []), ("set", "servers", [], ["198.51.100.0/28"]),
+    ("set", "admins", [], ["10.0.0.11", "10.0.0.10", "10.0.0.12"]),
+    ("add", {"name": "new-drop", "from": "inside", "src": "10.0.0.99", "action": "drop"}, "web", None),
+    ("add", {"name": "new-allow", "from": "inside", "services": ["tcp/8080"], "action": "allow"}, None, None),
+    ("add", {"name": "first", "from": "inside", "services": ["tcp/80"], "action": "drop"}, "blocked", None),
+    ("add", {"name": "after-dns", "from": "inside", "dst": "@servers", "action": "allow"}, None, "dns"),
+    ("remove", "web"), ("remove", "blocked"), ("remove", "new-drop"),
+    ("enable", "spare"), ("disable", "spare"), ("disable", "admin-ssh"), ("enable", "admin-ssh"),
+    ("disable", "blocked"),
+])
+
+
+def run_op(engine: Engine, op: tuple) -> None:  # type: ignore[type-arg]
+    kind = op[0]
+    if kind == "set":
+        engine.set_members(op[1], op[2], op[3])
+    elif kind == "add":
+        engine.add_rule(op[1], op[2], op[3])
+    elif kind == "remove":
+        engine.remove_rule(op[1])
+    else:
+        engine.set_rule_enabled(op[1], kind == "enable")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(OPS, min_size=1, max_size=6))
+def test_any_sequence_of_runtime_changes_gives_the_full_compile(tmp_path_factory, ops) -> None:  # type: ignore[no-untyped-def]
+    engine, table = make_engine(tmp_path_factory.mktemp("engine"))
+    for op in ops:
+        try:
+            run_op(engine, op)
+        except ChangeError as exc:
+            assert exc.status in (404, 409), exc  # removing what is gone, adding what exists
+        assert_consistent(engine, table)
+    reloaded = Engine(engine.files, engine.target, lambda _: table, record=False)
+    reloaded.load()
+    assert sorted(reloaded.entries.values()) == sorted(engine.entries.values())
+
+
+def test_a_set_change_pushes_only_the_flows_of_the_rules_using_the_set(tmp_path: Path) -> None:
+    engine, table = make_engine(tmp_path)
+    before = dict(table.flows)
+    result = engine.set_members("blocklist", ["192.0.2.7"], [])
+    assert result.rules_recompiled == 1 and result.counts == {"add": 1, "delete": 0, "change": 0}
+    assert table.pushes[-1] == [next(e for e in table.flows.values() if "nw_src=192.0.2.7" in e.match).add_line()]
+    assert {k: v for k, v in table.flows.items() if k in before} == before
+    engine.set_members("blocklist", [], ["192.0.2.7"])
+    assert table.flows == before
+
+
+def test_bad_changes_are_refused_with_4xx_and_change_nothing(tmp_path: Path) -> None:
+    engine, table = make_engine(tmp_path)
+    flows, pushes = dict(table.flows), len(table.pushes)
+    refused = [
+        (lambda: engine.set_members("blocklist", ["10.0.0.300"], []), 400, "10.0.0.300"),
+        (lambda: engine.set_members("nosuchset", ["10.0.0.1"], []), 404, "nosuchset"),
+        (lambda: engine.remove_rule("nosuchrule"), 404, "nosuchrule"),
+        (lambda: engine.add_rule({"name": "web", "from": "inside", "action": "drop"}, None, None), 409, "web"),
+        (lambda: engine.add_rule({"name": "x", "from": "nowhere", "action": "drop"}, None, None), 400, "nowhere"),
+        (lambda: engine.add_rule({"name": "y", "from": "inside", "action": "maybe"}, None, None), 400, "maybe"),
+        (lambda: engine.add_rule({"name": "z", "from": "inside", "action": "drop"}, "nosuch", None), 404, "nosuch"),
+        (lambda: engine.set_members("admins", ["2001:db8::1"], ["10.0.0.10", "10.0.0.11"]), 400, "IPv6"),
+    ]
+    for call, status, word in refused:
+        with pytest.raises(ChangeError) as info:
+            call()
+        assert info.value.status == status and word in str(info.value) + " ".join(info.value.diagnostics)
+    assert table.flows == flows and len(table.pushes) == pushes
+    assert engine.changes.empty and not (tmp_path / "ovsmgr-br0.runtime.json").exists()
+    assert engine.status.update_failures == len(refused)
+
+
+def test_nat_target_blocked_by_a_set_change_is_refused(tmp_path: Path) -> None:
+    engine, _ = make_engine(tmp_path, (ROOT / "policies" / "gateway.yaml").read_text())
+    with pytest.raises(ChangeError) as info:
+        engine.set_members("blocklist", ["200.200.200.200"], [])
+    assert info.value.status == 400 and "masquerade" in str(info.value)
+
+
+def test_runtime_changes_survive_a_restart_and_are_kept_apart_from_the_files(tmp_path: Path) -> None:
+    engine, table = make_engine(tmp_path)
+    engine.set_members("blocklist", ["192.0.2.7"], [])
+    engine.set_rule_enabled("spare", True)
+    engine.add_rule({"name": "late", "from": "outside", "services": ["udp/514"], "action": "drop"}, None, "spare")
+    saved = load_changes(tmp_path / "ovsmgr-br0.runtime.json")
+    assert saved.describe() == ["set blocklist + 192.0.2.7", "rule late added after spare", "rule spare enabled"]
+    restarted = Engine(engine.files, engine.target, lambda _: table, record=False)
+    restarted.load()
+    assert restarted.reconcile().empty
+    assert "192.0.2.7" in restarted.data["addresses"]["blocklist"]
+    assert (tmp_path / "policy.yaml").read_text() == POLICY
+
+
+def test_reload_refuses_a_broken_file_and_keeps_the_old_policy(tmp_path: Path) -> None:
+    from ovsmgr.policy import PolicyError
+
+    engine, table = make_engine(tmp_path)
+    flows = dict(table.flows)
+    (tmp_path / "policy.yaml").write_text(POLICY.replace("from: outside, services: [tcp/25]", "from: mars"))
+    with pytest.raises(PolicyError):
+        engine.reload()
+    assert table.flows == flows and engine.status.reload_failures == 1 and engine.status.last_error
+    (tmp_path / "policy.yaml").write_text(POLICY.replace("tcp/23", "tcp/24"))
+    result = engine.reload()
+    assert result.counts["add"] >= 1 and result.counts["delete"] >= 1
+    assert_consistent(engine, table)
+
+
+def test_an_update_in_a_large_policy_recompiles_only_the_changed_rule() -> None:
+    text = generate_policy(2000, "mixed").replace(
+        "firewall:\n  default: drop\n  rules:\n",
+        "addresses:\n  blocklist: [192.0.2.1]\nfirewall:\n  default: drop\n  rules:\n"
+        "    - {name: blocklist, from: inside, src: \"@blocklist\", action: drop}\n")
+    policy = load_policy_text(text, "big.yaml")
+    inc = IncrementalFlows(policy)
+    rules = list(policy.rules)
+    changed = load_policy_text(text.replace("[192.0.2.1]", "[192.0.2.1, 192.0.2.2]"), "big.yaml").rules[0]
+    pending = inc.prepare([changed, *rules[1:]], {"blocklist"})
+    assert pending.rules_recompiled == 1 and len(pending.changes.added) == 1
+    inc.commit(pending)
+    assert inc.sorted_flows() == compile_policy(load_policy_text(
+        text.replace("[192.0.2.1]", "[192.0.2.1, 192.0.2.2]"), "big.yaml")).flows
