@@ -30,7 +30,7 @@ from ovsmgr.sim.packet import ACK, SYN, Inner, Packet
 
 NEW, EST, REL, RPL, INV, TRK, SNAT, DNAT = (CT_STATE_BITS[n] for n in (
     "new", "est", "rel", "rpl", "inv", "trk", "snat", "dnat"))
-RST, FIN = 0x04, 0x01
+RST, FIN, PSH, URG = 0x04, 0x01, 0x08, 0x20
 
 _QUERIES = {PROTO_ICMP: {8: 0, 13: 14, 15: 16}, PROTO_ICMPV6: {128: 129}}
 _ERRORS = {PROTO_ICMP: frozenset({3, 4, 5, 11, 12}), PROTO_ICMPV6: frozenset({1, 2, 3, 4})}
@@ -228,6 +228,8 @@ def _is_icmp_error(packet: Packet) -> bool:
 
 def _existing(conntrack: Conntrack, packet: Packet, request: CtRequest, conn: Connection,
               reply: bool) -> CtResult:
+    if packet.nw_proto == PROTO_TCP and (why := invalid_tcp_flags(packet.tcp_flags or 0)):
+        return CtResult(conntrack, packet, TRK | INV, 0, (f"zone {request.zone}: {why}: +inv",))
     still_new = not reply and _still_new(conn, packet)
     state = TRK | (NEW if still_new else EST) | (RPL if reply else 0)
     events = [f"zone {request.zone}: {'reply of' if reply else 'packet of'} {conn.original.describe()}"]
@@ -248,19 +250,18 @@ def _existing(conntrack: Conntrack, packet: Packet, request: CtRequest, conn: Co
 
 
 def _still_new(conn: Connection, packet: Packet) -> bool:
-    """Whether an original-direction packet of a committed connection is +new, as OVS 3.x says.
+    """Whether an original-direction packet of a committed connection is +new, as OVS 3.1 says.
 
-    Userspace conntrack keeps a retransmitted SYN and ICMP requests +new until the
-    other side answers, and UDP and the rest for the second packet only (state
-    FIRST to MULTIPLE); everything else is +est.
+    Until the other side answers, userspace conntrack keeps a retransmitted SYN
+    +new (any other TCP segment is +est: the TCP state machine moved on), and
+    every ICMP request, UDP datagram and packet of other protocols +new (seen on
+    a real OVS 3.1 switch: the fourth unanswered UDP datagram is still +new).
     """
     if conn.seen_reply:
         return False
     if packet.nw_proto == PROTO_TCP:
         return (packet.tcp_flags or 0) & (SYN | ACK) == SYN
-    if packet.nw_proto in ICMP_PROTOS:
-        return True
-    return conn.originals == 0
+    return True
 
 
 def _related(conntrack: Conntrack, packet: Packet, request: CtRequest) -> CtResult:
@@ -307,13 +308,32 @@ def _new(conntrack: Conntrack, packet: Packet, request: CtRequest, key: ConnKey)
 
 
 def why_invalid_new(packet: Packet) -> str:
-    """Why a packet cannot start a connection ('' when it can)."""
+    """Why a packet cannot start a connection ('' when it can).
+
+    TCP as OVS conntrack's `tcp_valid_new` decides: flags no TCP stack sends are
+    invalid, and so is a SYN+ACK; anything else may start a connection, a segment
+    without SYN too (an ACK, RST or FIN+ACK: OVS picks connections up mid-stream,
+    as Linux does with nf_conntrack_tcp_loose), and is +new.
+    """
     if packet.nw_proto == PROTO_TCP:
         flags = packet.tcp_flags or 0
-        if flags & (SYN | ACK | RST) != SYN:
-            return "TCP packet without SYN (or with ACK/RST) for no known connection"
+        if why := invalid_tcp_flags(flags):
+            return why
+        if flags & SYN and flags & ACK:
+            return "a SYN+ACK for no known connection"
     if packet.nw_proto in ICMP_PROTOS and (packet.icmp_type or 0) not in _QUERIES[packet.nw_proto or 0]:
         return f"ICMP type {packet.icmp_type} cannot start a connection"
+    return ""
+
+
+def invalid_tcp_flags(flags: int) -> str:
+    """Why TCP flags are invalid in any state ('' when they are not), as OVS's `tcp_invalid_flags`."""
+    if flags & SYN and flags & (RST | FIN):
+        return "TCP SYN with RST or FIN"
+    if not flags & (SYN | ACK | RST):
+        return "TCP segment with none of SYN, ACK and RST"
+    if not flags & ACK and flags & (FIN | PSH | URG):
+        return "TCP FIN, PSH or URG without ACK"
     return ""
 
 

@@ -14,8 +14,6 @@ miss drops; more than MAX_TABLE_VISITS lookups are taken for a loop and drop.
 
 from __future__ import annotations
 
-from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -36,7 +34,14 @@ from ovsmgr.compiler.flows import (
     Resubmit,
     SetField,
 )
-from ovsmgr.compiler.pipeline import CookieKind, PacketInKind, Table, cookie, cookie_parts
+from ovsmgr.compiler.pipeline import (
+    CT_MARK_RULE_MASK,
+    CookieKind,
+    PacketInKind,
+    Table,
+    cookie,
+    cookie_parts,
+)
 from ovsmgr.sim.conntrack import (
     TRK,
     Conntrack,
@@ -143,11 +148,12 @@ class _Walk:
         hit = self.p.tables.lookup(table, state.read, learned)
         if hit is None:
             miss = "no flow matches: back to the resubmit" if resubmit else "no flow matches: drop"
-            self.steps.append(Step(table, None, None, None, None, (), (miss,), depth))
+            self.steps.append(Step(table, None, None, None, None, (), (miss,), depth,
+                                   packet=state.packet, metadata=dict(state.meta)))
             return
         if table == Table.FILTER:
             self.filter_flow = hit.flow
-        frame = _Frame(hit, table, depth, self.rule_of(hit.flow))
+        frame = _Frame(hit, table, depth, self.rule_of(hit.flow), state.packet, dict(state.meta))
         self.open(frame)
         goto = self.actions(hit.flow.actions, state, frame)
         self.close(frame)
@@ -337,6 +343,9 @@ class _Frame:
     table: int
     depth: int
     rule: str | None
+    packet: Packet
+    metadata: dict[str, int]
+    """The packet and metadata as the table looked the flow up."""
     index: int = 0
     events: list[str] = field(default_factory=list)
     continued: bool = False
@@ -344,4 +353,5 @@ class _Frame:
     def step(self) -> Step:
         flow = self.hit.flow
         return Step(self.table, flow.priority, self.rule, flow.cookie, flow.match, flow.actions,
-                    tuple(self.events), self.depth, self.hit.conjunction, self.continued)
+                    tuple(self.events), self.depth, self.hit.conjunction, self.continued,
+                    packet=self.packet, metadata=self.metadata)

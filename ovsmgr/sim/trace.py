@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ovsmgr.compiler.flows import (
@@ -55,6 +55,11 @@ class Step:
     conjunction: int | None = None
     continued: bool = False
     """The rest of a flow's actions, after a resubmit or recirculation returned."""
+    packet: Packet | None = field(default=None, compare=False)
+    """The packet as the table looked it up (before this flow's actions ran)."""
+    metadata: Mapping[str, int] | None = field(default=None, compare=False)
+    """Registers and ct fields at the lookup; with `packet`, what `ofproto/trace` needs to
+    trace from this table on (`ovsmgr.sim.ofproto_trace`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,8 @@ from ovsmgr.sim import Conversation, SimulatedSwitch
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 OUT = "tcp,nw_src=10.0.0.5,nw_dst=198.51.100.9,tp_dst=443"
-STRAY_ACK = "tcp,nw_src=198.51.100.9,nw_dst=10.0.0.5,tp_src=443,tp_dst=40000,tcp_flags=ack"
+STRAY = "tcp,nw_src=198.51.100.9,nw_dst=10.0.0.5,tp_src=443,tp_dst=40000,tcp_flags=syn|ack"
+"""A SYN+ACK for no connection: +inv (a lone ACK would be +new: OVS picks connections up mid-stream)."""
 
 
 def _conversation(name: str, *edits: tuple[str, str]) -> Conversation:
@@ -22,7 +23,7 @@ def _conversation(name: str, *edits: tuple[str, str]) -> Conversation:
 
 def test_invalid_allow_lets_strays_through() -> None:
     lenient = _conversation("seed-firewall.yaml", ("firewall:", "conntrack:\n  invalid: allow\nfirewall:"))
-    trace = lenient.send("outside", STRAY_ACK)
+    trace = lenient.send("outside", STRAY)
     assert (trace.verdict, trace.rule, trace.output) == ("allow", None, ("inside",))
 
 

@@ -60,12 +60,27 @@ def test_a_committed_connection_is_established_both_ways() -> None:
     assert reply.conntrack.connections[0].seen_reply
 
 
-@pytest.mark.parametrize("flags", ["ack", "syn|ack", "rst", "fin|ack"])
-def test_tcp_without_a_lone_syn_cannot_start_a_connection(flags: str) -> None:
+# What OVS 3.1 userspace conntrack said for a first packet with these flags (lab switch, ct_state
+# flows counting hits): tcp_valid_new refuses a SYN+ACK and flags no stack sends, nothing else.
+@pytest.mark.parametrize("flags", ["syn|ack", "syn|rst", "syn|fin", "fin", "psh", "none"])
+def test_tcp_that_cannot_start_a_connection_is_invalid(flags: str) -> None:
     stray = packet(f"tcp,nw_src=198.51.100.9,nw_dst=10.0.0.5,tp_src=443,tp_dst=40000,tcp_flags={flags}")
     result = run_ct(Conntrack(), stray, CtRequest(zone=1, commit=True))
     assert result.state == TRK | INV
     assert result.conntrack.connections == ()
+
+
+@pytest.mark.parametrize("flags", ["ack", "rst", "rst|ack", "fin|ack", "psh|ack"])
+def test_tcp_without_syn_is_picked_up_mid_stream_as_new(flags: str) -> None:
+    stray = packet(f"tcp,nw_src=198.51.100.9,nw_dst=10.0.0.5,tp_src=443,tp_dst=40000,tcp_flags={flags}")
+    result = run_ct(Conntrack(), stray, CtRequest(zone=1, commit=True))
+    assert result.state == TRK | NEW
+    assert len(result.conntrack.connections) == 1
+
+
+def test_invalid_tcp_flags_are_invalid_on_a_connection_too() -> None:
+    committed = commit()
+    assert run_ct(committed.conntrack, SYN.replace(tcp_flags=0x01), CtRequest(zone=1)).state == TRK | INV
 
 
 def test_icmp_echo_reply_matches_the_request_but_a_request_back_is_new() -> None:
@@ -168,7 +183,10 @@ def test_before_any_answer_some_packets_stay_new_as_in_ovs_userspace() -> None:
     udp = packet("udp,nw_src=10.0.0.5,nw_dst=198.51.100.9,tp_dst=53")
     second = run_ct(commit(udp, mark=3).conntrack, udp, CtRequest(zone=1))
     third = run_ct(second.conntrack, udp, CtRequest(zone=1))
-    assert (second.state, second.mark, third.state) == (TRK | NEW, 3, TRK | EST)
+    fourth = run_ct(third.conntrack, udp, CtRequest(zone=1))
+    assert (second.state, second.mark, third.state, fourth.state) == (TRK | NEW, 3, TRK | NEW, TRK | NEW)
+    answered = run_ct(fourth.conntrack, reply_of(udp), CtRequest(zone=1))
+    assert run_ct(answered.conntrack, udp, CtRequest(zone=1)).state == TRK | EST
     ping = packet("icmp,nw_src=10.0.0.5,nw_dst=198.51.100.9")
     answered = run_ct(commit(ping).conntrack, reply_of(ping), CtRequest(zone=1))
     assert run_ct(commit(ping).conntrack, ping, CtRequest(zone=1)).state == TRK | NEW

@@ -224,8 +224,10 @@ def test_seed_firewall_inside_opens_and_replies_pass() -> None:
 
 def test_seed_firewall_outside_cannot_open_and_strays_are_invalid() -> None:
     assert run(_seed_firewall(), "tcp,nw_src=198.51.100.9,nw_dst=10.0.0.5,tp_dst=22", "outside").verdict == "drop"
-    stray = run(_seed_firewall(), "tcp,nw_src=198.51.100.9,nw_dst=10.0.0.5,tp_dst=22,tcp_flags=ack", "outside")
+    stray = run(_seed_firewall(), "tcp,nw_src=198.51.100.9,nw_dst=10.0.0.5,tp_dst=22,tcp_flags=syn|ack", "outside")
     assert stray.ct_state & CT_STATE_BITS["inv"]
+    pickup = run(_seed_firewall(), "tcp,nw_src=198.51.100.9,nw_dst=10.0.0.5,tp_dst=22,tcp_flags=ack", "outside")
+    assert (pickup.ct_state & CT_STATE_BITS["new"], pickup.verdict) == (CT_STATE_BITS["new"], "drop")
 
 
 def test_ct_table_forks_the_rest_of_the_actions_run_untracked() -> None:
