@@ -1,47 +1,59 @@
-"""The `ovsmgr` command line."""
+"""The `ovsmgr` command line.
+
+Subcommands are imported when they run, not at start-up: `ovsmgr check` should
+not pay for os-ken, eventlet and ovsdbapp, which only the switch commands need.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from ovsmgr import __version__
-from ovsmgr.cli.common import policy_files
-from ovsmgr.cli.policy import check, schema
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("ovsmgr.cli.policy", "check"),
+    "schema": ("ovsmgr.cli.policy", "schema"),
+    "compile": ("ovsmgr.cli.compile", "compile_cmd"),
+    "trace": ("ovsmgr.cli.trace", "trace"),
+    "generate": ("ovsmgr.cli.generate", "generate"),
+    "lab": ("ovsmgr.cli.lab", "lab"),
+    "plan": ("ovsmgr.cli.switch", "plan"),
+    "apply": ("ovsmgr.cli.switch", "apply"),
+    "confirm": ("ovsmgr.cli.switch", "confirm"),
+    "status": ("ovsmgr.cli.switch", "status"),
+    "controller": ("ovsmgr.cli.controller", "controller"),
+    "set": ("ovsmgr.cli.controller", "set_group"),
+    "rule": ("ovsmgr.cli.controller", "rule_group"),
+    "reload": ("ovsmgr.cli.controller", "reload"),
+    "restore": ("ovsmgr.cli.controller", "restore"),
+    "bench": ("ovsmgr.cli.bench", "bench"),
+}
+LAB_EXTENSIONS = ("ovsmgr.cli.lab_probe", "ovsmgr.cli.lab_scenarios")
+"""Modules that add subcommands (`lab probe`, `lab scenarios`) to the lab group when imported."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, attr = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module_name), attr)
+        if cmd_name == "lab":
+            for extension in LAB_EXTENSIONS:
+                importlib.import_module(extension)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ovsmgr")
 def main() -> None:
     """Declarative stateful firewall and NAT for Open vSwitch."""
 
 
-main.add_command(check)
-main.add_command(schema)
-
-for _module, _name in (
-    ("ovsmgr.cli.compile", "compile_cmd"),
-    ("ovsmgr.cli.trace", "trace"),
-    ("ovsmgr.cli.generate", "generate"),
-    ("ovsmgr.cli.lab", "lab"),
-    ("ovsmgr.cli.lab_probe", "probe"),
-    ("ovsmgr.cli.lab_scenarios", "scenarios"),
-    ("ovsmgr.cli.switch", "plan"),
-    ("ovsmgr.cli.switch", "apply"),
-    ("ovsmgr.cli.switch", "confirm"),
-    ("ovsmgr.cli.switch", "status"),
-    ("ovsmgr.cli.controller", "controller"),
-    ("ovsmgr.cli.controller", "set_group"),
-    ("ovsmgr.cli.controller", "rule_group"),
-    ("ovsmgr.cli.controller", "reload"),
-    ("ovsmgr.cli.controller", "restore"),
-):
-    try:
-        _mod = __import__(_module, fromlist=[_name])
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
-            raise
-        continue
-    if _name not in ("probe", "scenarios"):  # `lab probe`, `lab scenarios` register on the lab group
-        main.add_command(getattr(_mod, _name))
-
-__all__ = ["main", "policy_files"]
+__all__ = ["main"]
