@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 from ovsmgr.compiler import CompiledPolicy
 from ovsmgr.compiler.pipeline import CookieKind, cookie_parts
-from ovsmgr.render.ofctl import flow_text
-from ovsmgr.southbound.openflow import FlowEntry, bundle_lines, parse_flow_line
+from ovsmgr.render.ofctl import actions_text, match_text
+from ovsmgr.southbound.openflow import FlowEntry, bundle_lines
 
 
 def desired_entries(compiled: CompiledPolicy) -> list[FlowEntry]:
-    return [parse_flow_line(flow_text(f)) for f in compiled.flows]
+    """The compiled flows as the switch will print them (rendered once, never re-parsed)."""
+    return [FlowEntry(int(f.table), f.priority, match_text(f.match), actions_text(f.actions), f.cookie)
+            for f in compiled.flows]
 
 
 def flows_digest(entries: Iterable[FlowEntry]) -> str:

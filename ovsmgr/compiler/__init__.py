@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ovsmgr.compiler.flows import Flow, FlowSet
@@ -22,8 +23,9 @@ class CompiledPolicy:
     rule_ids: dict[int, str]
     """Cookie low 32 bits -> rule name, to name the rule behind a flow read back from a switch."""
 
-    @property
+    @functools.cached_property
     def flows(self) -> list[Flow]:
+        """In deterministic order; sorted once (a FlowSet is not changed after compile)."""
         return self.flowset.sorted()
 
 

@@ -6,6 +6,7 @@ renumber every flow after it and a diff stays as small as the change.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK
@@ -16,6 +17,7 @@ def _hash32(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
+@functools.lru_cache(maxsize=None)
 def rule_id(name: str) -> int:
     """Low 32 bits of the cookie of every flow a rule makes; names are unique in a policy."""
     return _hash32(f"rule:{name}")
