@@ -13,16 +13,21 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ovsmgr.compiler import CompiledPolicy
 from ovsmgr.compiler.pipeline import cookie_parts
+from ovsmgr.lockout import Endpoint, LiveSwitchView, LockoutError, check_lockout
 from ovsmgr.plan import Plan, desired_entries, flows_digest, full_replacement, make_plan
+from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.southbound.openflow import FlowEntry, OfctlFlowTable, is_managed, parse_flow_line
 from ovsmgr.southbound.ovsdb import SwitchDB, set_zone_limit
 from ovsmgr.southbound.target import SwitchTarget
@@ -40,6 +45,7 @@ class ApplyResult:
     plan: Plan
     generation: int
     rollback_at: float | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def policy_digest(compiled: CompiledPolicy) -> str:
@@ -86,56 +92,110 @@ def plan_policy(compiled: CompiledPolicy, target: SwitchTarget) -> Plan:
 
 def apply_policy(
     compiled: CompiledPolicy, target: SwitchTarget, *, full: bool = False, confirm: float | None = None,
+    force: bool = False, mgmt: Sequence[Endpoint] = (),
 ) -> ApplyResult:
+    """Apply atomically; refuse (LockoutError) a policy that cuts the switch's own connections
+    unless `force`; if anything after the flow push fails, put the previous flows back."""
     policy = compiled.policy
     bridge = policy.bridge
     table = OfctlFlowTable(target.mgmt(bridge))
     with SwitchDB(target.db) as db:
         created = bridge not in db.bridges()
+        if not force:
+            cuts = check_lockout(compiled, LiveSwitchView(db, target, bridge, created), mgmt,
+                                 os.environ.get("SSH_CONNECTION"))
+            if cuts:
+                raise LockoutError(cuts)
         if created:
-            db.ensure_bridge(bridge, datapath_type=_datapath(policy.datapath, target), fail_mode="secure")
+            db.ensure_bridge(bridge, datapath_type=datapath_type(policy.datapath, target), fail_mode="secure")
         current = table.dump()
         desired = desired_entries(compiled)
         plan = full_replacement(current, desired) if full else make_plan(current, desired)
         try:
             table.push(plan.bundle())
-        except Exception:
-            if created:
-                db.delete_bridge(bridge)
+            warnings = ensure_switch_settings(db, compiled.policy, target)
+            state = read_state(target, bridge)
+            generation = int(state.get("generation", 0)) + 1
+            record = _record(compiled, desired, generation)
+            db.set_external_ids(bridge, {f"{EXT}-{k}": str(v) for k, v in record.items() if k not in ("flows", "rules")})
+        except Exception as exc:
+            _undo(db, table, bridge, created, current, exc)
             raise
-        _ensure_switch(db, compiled, target)
-        state = read_state(target, bridge)
-        generation = int(state.get("generation", 0)) + 1
-        record = _record(compiled, desired, generation)
-        db.set_external_ids(bridge, {f"{EXT}-{k}": str(v) for k, v in record.items() if k != "flows" and k != "rules"})
     _write_json(state_path(target, bridge), record)
     rollback_at = None
     if confirm is not None:
         rollback_at = _arm_rollback(target, bridge, current, state, confirm)
-    return ApplyResult(plan, generation, rollback_at)
+    return ApplyResult(plan, generation, rollback_at, tuple(warnings))
 
 
-def _datapath(policy_datapath: str, target: SwitchTarget) -> str:
+def _undo(db: SwitchDB, table: OfctlFlowTable, bridge: str, created: bool, previous: list[FlowEntry],
+          exc: Exception) -> None:
+    """After a failed apply: remove a bridge this apply created, else put the previous flows back
+    (the push may have gone through before OVSDB refused a port). Failing that too is said in `exc`."""
+    try:
+        if created:
+            db.delete_bridge(bridge)
+        else:
+            table.push(make_plan(table.dump(), previous).bundle())
+    except Exception as undo_exc:  # the original error is what the operator must see first
+        exc.add_note(f"restoring the previous flows of {bridge} failed too: {undo_exc}")
+    else:
+        exc.add_note(f"{bridge} was left as it was before this apply"
+                     + ("" if created else " (the previous flows are back)"))
+
+
+def datapath_type(policy_datapath: str, target: SwitchTarget) -> str:
     """A lab switch is userspace whatever the policy says (its DPDK lab too uses netdev bridges)."""
     if target.lab is not None or policy_datapath == "dpdk":
         return "netdev"
     return policy_datapath
 
 
-def _ensure_switch(db: SwitchDB, compiled: CompiledPolicy, target: SwitchTarget) -> None:
-    policy = compiled.policy
-    db.ensure_bridge(policy.bridge, datapath_type=_datapath(policy.datapath, target), fail_mode=policy.fail_mode)
+def ensure_switch_settings(db: SwitchDB, policy: ResolvedPolicy, target: SwitchTarget) -> list[str]:
+    """Bridge settings, ports and the conntrack zone limit; returns warnings for the operator.
+
+    Shared by apply and the controller, so both treat ports and limits the same way."""
+    db.ensure_bridge(policy.bridge, datapath_type=datapath_type(policy.datapath, target), fail_mode=policy.fail_mode)
     have = db.ofports(policy.bridge)
     for port in policy.ports.values():
         if port.interface is not None or port.type == "dpdk":
             options = {"dpdk-devargs": port.devargs} if port.devargs else None
-            db.ensure_port(policy.bridge, port.name, port.ofport, port.type or "", options)
+            # The OVSDB Port and Interface are named after the Linux interface OVS must open.
+            db.ensure_port(policy.bridge, port.interface or port.name, port.ofport, port.type or "", options)
         elif port.name in have and have[port.name] != port.ofport:
             raise ApplyError(f"port {port.name} is ofport {have[port.name]} on {policy.bridge}, "
                              f"the policy says {port.ofport}")
+    return _sync_zone_limit(target, policy.ct_zone, policy.max_connections)
+
+
+def _sync_zone_limit(target: SwitchTarget, zone: int, limit: int | None) -> list[str]:
+    """Set the zone's conntrack limit, or remove it when the policy no longer sets one."""
     appctl = target.appctl()
-    if policy.max_connections is not None and appctl is not None:
-        set_zone_limit(appctl, policy.ct_zone, policy.max_connections)
+    if appctl is None:
+        if limit is None:
+            return []
+        return [f"conntrack.max_connections {limit} is NOT enforced: ovs-vswitchd's control socket "
+                f"is not reachable from here (a remote --db), and OVS 3.1 has no OVSDB column for it"]
+    if limit is not None:
+        set_zone_limit(appctl, zone, limit)
+    elif zone_limit(appctl, zone) is not None:
+        _appctl(appctl, "dpctl/ct-del-limits", f"zone={zone}")
+    return []
+
+
+def zone_limit(appctl: str, zone: int) -> tuple[int, int] | None:
+    """(limit, count) of the zone's conntrack limit, or None when the zone has none of its own."""
+    found = re.search(rf"^zone={zone},limit=(\d+),count=(\d+)", _appctl(appctl, "dpctl/ct-get-limits",
+                                                                         f"zone={zone}"), re.M)
+    return (int(found[1]), int(found[2])) if found and int(found[1]) else None
+
+
+def _appctl(appctl: str, *args: str) -> str:
+    argv = ["ovs-appctl", "-t", appctl, *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise ApplyError(f"{' '.join(argv)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
 
 
 def _record(compiled: CompiledPolicy, desired: list[FlowEntry], generation: int) -> dict[str, Any]:
@@ -147,6 +207,7 @@ def _record(compiled: CompiledPolicy, desired: list[FlowEntry], generation: int)
         "applied-by": f"{getpass.getuser()}@{socket.gethostname()}",
         "sources": ",".join(compiled.policy.sources),
         "flow-count": len(desired),
+        "ct-zone": compiled.policy.ct_zone,
         "rules": {f"{k:#x}": v for k, v in compiled.rule_ids.items()},
         "flows": [e.add_line().removeprefix("add ") for e in desired],
     }
@@ -156,7 +217,6 @@ def _record(compiled: CompiledPolicy, desired: list[FlowEntry], generation: int)
 def _arm_rollback(target: SwitchTarget, bridge: str, previous: list[FlowEntry], previous_state: dict[str, Any],
                   seconds: float) -> float:
     """Keep the previous flows and start a watcher that restores them unless confirmed in time."""
-    import subprocess
     import sys
 
     deadline = time.time() + seconds
@@ -228,6 +288,8 @@ def switch_status(target: SwitchTarget, bridge: str) -> dict[str, Any]:
     applied = [parse_flow_line(line) for line in state.get("flows", [])]
     drift = make_plan(current, applied) if state else None
     pending = rollback_path(target, bridge).exists()
+    appctl = target.appctl()
+    zone = state.get("ct-zone")
     return {
         "bridge": bridge, "exists": True, "applied": bool(ext), "fail_mode": info["fail_mode"],
         "datapath_type": info["datapath_type"], "controllers": info["controllers"],
@@ -236,4 +298,15 @@ def switch_status(target: SwitchTarget, bridge: str) -> dict[str, Any]:
         "sources": ext.get("sources"), "digest": ext.get("digest"),
         "flows": len(current), "drifted": bool(drift and not drift.empty),
         "drift": drift.counts() if drift else None, "rollback_pending": pending,
+        "conntrack": conntrack_usage(appctl, int(zone)) if appctl and zone is not None else None,
     }
+
+
+def conntrack_usage(appctl: str, zone: int) -> dict[str, Any]:
+    """Connections in the zone and its limit: a full zone refuses new connections, and OVS 3.1
+    counts those refusals nowhere (docs/reliability.md), so `status` says when it is full."""
+    limit = zone_limit(appctl, zone)
+    stats = re.search(r"Total:\s*(\d+)", _appctl(appctl, "dpctl/ct-stats-show", f"zone={zone}"))
+    count = limit[1] if limit else int(stats[1]) if stats else 0
+    return {"zone": zone, "connections": count, "limit": limit[0] if limit else None,
+            "full": bool(limit and limit[1] >= limit[0])}

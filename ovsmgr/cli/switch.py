@@ -20,6 +20,7 @@ from ovsmgr.apply import (
 )
 from ovsmgr.cli.common import echo_json, fail, load_or_exit, output_option, policy_files
 from ovsmgr.compiler import compile_policy
+from ovsmgr.lockout import Endpoint, LockoutError
 from ovsmgr.plan import Plan, group_by_rule
 from ovsmgr.southbound.openflow import OpenFlowError
 from ovsmgr.southbound.ovsdb import OvsdbError
@@ -36,8 +37,8 @@ def target_options(func: F) -> F:
     def wrapper(*args: Any, db: str | None, lab_name: str | None, **kwargs: Any) -> Any:
         try:
             return func(*args, target=resolve_target(db, lab_name), **kwargs)
-        except (OvsdbError, OpenFlowError, ApplyError) as exc:
-            fail(str(exc))
+        except (OvsdbError, OpenFlowError, ApplyError, LockoutError) as exc:
+            fail("\n".join([str(exc), *getattr(exc, "__notes__", ())]))
     return wrapper  # type: ignore[return-value]
 
 
@@ -94,22 +95,39 @@ def plan(files: tuple[str, ...], output: str, verbose: bool, target: SwitchTarge
     sys.exit(0 if result.empty else 2)
 
 
+def _endpoints(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[Endpoint, ...]:
+    try:
+        return tuple(Endpoint.parse(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (write ADDR, ADDR:PORT or [IPV6]:PORT)") from None
+
+
 @click.command()
 @policy_files
 @output_option
 @click.option("--full", is_flag=True, help="Replace all of ovsmgr's flows, not just the difference (still one bundle).")
 @click.option("--confirm", "confirm_seconds", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
               help="Roll back by itself unless `ovsmgr confirm` comes within SECONDS.")
+@click.option("--mgmt", "mgmt", multiple=True, metavar="ADDR[:PORT]", callback=_endpoints,
+              help="The switch host's management address (port 22 by default): refuse a policy that "
+                   "would leave nothing able to reach it. Repeatable.")
+@click.option("--force", is_flag=True, help="Apply even if the policy would cut the switch's own "
+              "management, SSH or controller connections.")
 @click.option("-v", "--verbose", is_flag=True)
 @target_options
-def apply(files: tuple[str, ...], output: str, full: bool, confirm_seconds: float | None, verbose: bool,
-          target: SwitchTarget) -> None:
-    """Apply FILES to the switch atomically (one OpenFlow bundle) and print what changed."""
+def apply(files: tuple[str, ...], output: str, full: bool, confirm_seconds: float | None,
+          mgmt: tuple[Endpoint, ...], force: bool, verbose: bool, target: SwitchTarget) -> None:
+    """Apply FILES to the switch atomically (one OpenFlow bundle) and print what changed.
+
+    Refused, unless --force, when the policy would cut a connection the switch is managed
+    through: this SSH session, a --mgmt address, or the bridge's controllers."""
     compiled = compile_policy(load_or_exit(files))
     names = _names(target, compiled.policy.bridge, compiled.rule_ids)
     started = time.monotonic()
-    result = apply_policy(compiled, target, full=full, confirm=confirm_seconds)
+    result = apply_policy(compiled, target, full=full, confirm=confirm_seconds, force=force, mgmt=mgmt)
     elapsed = time.monotonic() - started
+    for warning in result.warnings:
+        click.echo(f"ovsmgr: warning: {warning}", err=True)
     if output == "json":
         echo_json({**_plan_json(result.plan, names), "generation": result.generation,
                    "seconds": round(elapsed, 3), "rollback_at": result.rollback_at})
@@ -138,6 +156,7 @@ def confirm(bridge: str, target: SwitchTarget) -> None:
 def status(bridge: str, output: str, target: SwitchTarget) -> None:
     """What is applied to BRIDGE, by whom and when, and whether it drifted."""
     info = switch_status(target, bridge)
+    info["controller"] = controller_status(target, bridge)
     if output == "json":
         echo_json(info)
         return
@@ -150,8 +169,47 @@ def status(bridge: str, output: str, target: SwitchTarget) -> None:
                f"from {info['sources']}")
     click.echo(f"  fail_mode {info['fail_mode']}, datapath {info['datapath_type']}, {info['flows']} ovsmgr flows, "
                f"controllers {info['controllers'] or 'none'}")
+    if info["conntrack"]:
+        ct = info["conntrack"]
+        limit = f" of {ct['limit']}" if ct["limit"] else " (no limit)"
+        full = ": FULL, new connections are refused" if ct["full"] else ""
+        click.echo(f"  conntrack zone {ct['zone']}: {ct['connections']}{limit} connections{full}")
     drift = info["drift"] or {}
     click.echo("  drifted: " + (f"yes ({drift['add']} missing, {drift['delete']} unexpected, "
                                  f"{drift['change']} changed)" if info["drifted"] else "no"))
     if info["rollback_pending"]:
         click.echo("  a rollback is pending: run `ovsmgr confirm` to keep this policy")
+    _print_controller(info["controller"])
+
+
+def controller_status(target: SwitchTarget, bridge: str) -> dict[str, Any] | None:
+    """The running controller's own report (None: no controller; `running: false`: it does not answer)."""
+    from ovsmgr.controller.client import ApiClient, ApiError
+    from ovsmgr.controller.paths import ControllerPaths
+
+    paths = ControllerPaths(target.state_dir, bridge)
+    info = paths.read_info()
+    if info is None:
+        return None
+    try:
+        return {"running": True, **ApiClient.for_paths(paths).call("GET", "/v1/status")}
+    except ApiError as exc:
+        return {"running": False, "pid": info.get("pid"), "error": str(exc)}
+
+
+def _print_controller(ctl: dict[str, Any] | None) -> None:
+    if ctl is None:
+        return
+    if not ctl["running"]:
+        click.echo(f"  controller (pid {ctl['pid']}) does not answer: {ctl['error']}")
+        return
+    click.echo(f"  controller pid {ctl['pid']}: switch {'connected' if ctl['connected'] else 'NOT connected'}, "
+               f"generation {ctl['generation']}, {ctl['rules']} rules, {ctl['reload_failures']} refused reloads")
+    for line in ctl["last_error"]:
+        click.echo(f"    last refused: {line}")
+    changes = ctl["runtime_changes"]
+    click.echo(f"  runtime changes (not in the files): {len(changes) or 'none'}")
+    for line in changes:
+        click.echo(f"    {line}")
+    for line in ctl["stale_changes"]:
+        click.echo(f"    left out (no longer applies): {line}")

@@ -46,6 +46,15 @@ MAX_POLICY_BYTES = 16 * 1024 * 1024
 """Larger files are refused before parsing so a stray multi-gigabyte file cannot exhaust memory."""
 MAX_DEPTH = 64
 """Policies nest a handful of levels; anything deeper is a mistake (or an attack on the stack)."""
+MAX_VALUES = 2_000_000
+"""Scalars, lists and mappings in one file. The largest generated policy that fits in
+MAX_POLICY_BYTES (91,072 rules) holds 637,536; a dense file (`[0,0,0,...]`) packs 8 million
+into 16 MiB, and each costs some hundred bytes of spans, so without this bound 16 MiB could
+take gigabytes of memory and minutes before any error is reported."""
+MAX_INT_DIGITS = 640
+"""Longer plain numbers are refused: Python raises ValueError converting more digits than
+`sys.get_int_max_str_digits()` (4,300 by default, 640 the lowest it can be set to); no field
+of a policy needs more than 5."""
 
 Path_ = tuple[str | int, ...]
 
@@ -136,6 +145,7 @@ class _Builder:
         self.parser = parser
         self.diag = collector
         self.source = SourceMap()
+        self.count = 0
 
     def _span(self, event: Event) -> Span:
         mark = event.start_mark
@@ -163,12 +173,18 @@ class _Builder:
             raise _Fatal(span, f'YAML alias "*{event.anchor}" is not allowed in policies: write the value out')
         if depth > MAX_DEPTH:
             raise _Fatal(span, f"values are nested more than {MAX_DEPTH} levels deep")
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise _Fatal(span, f"the file holds more than {MAX_VALUES} values")
         self.source.values[path] = span
         tag = getattr(event, "tag", None)
         if tag is not None:
             self.diag.error(span, f'explicit YAML tag "{_short_tag(tag)}" is not allowed: '
                                   "values are read as written (quote text, leave numbers plain)")
         if isinstance(event, ScalarEvent):
+            digits = len(event.value.lstrip("-"))
+            if digits > MAX_INT_DIGITS and event.implicit[0] and INT_RE.match(event.value):
+                raise _Fatal(span, f"a number of {digits} digits (at most {MAX_INT_DIGITS})")
             return _scalar(event)
         if isinstance(event, SequenceStartEvent):
             items: list[Any] = []
@@ -306,7 +322,8 @@ def load_text(text: str, file: str) -> Document:
 def load_file(path: str | Path) -> Document:
     name = str(path)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as stream:  # at most one byte more than allowed: /dev/zero, a FIFO
+            raw = stream.read(MAX_POLICY_BYTES + 1)  # or a huge file cannot exhaust memory
     except OSError as exc:
         raise PolicyError([_io_diag(name, f"cannot read the file: {exc.strerror or exc}")]) from None
     if len(raw) > MAX_POLICY_BYTES:
