@@ -95,7 +95,7 @@ def _item_text(item: MatchItem) -> str:
         return f"tcp_flags={_flags_text(item, TCP_FLAG_ORDER)}"
     if name.startswith("reg") or name in ("ct_mark", "dl_type"):
         masked = f"/{item.mask:#x}" if item.mask is not None else ""
-        return f"{name}={item.value:#x}{masked}" if item.value or masked else f"{name}=0"
+        return f"{name}={item.value:#x}{masked}" if item.value else f"{name}=0{masked}"
     if item.mask is not None:
         return f"{name}={item.value:#x}/{item.mask:#x}"
     return f"{name}={item.value}"

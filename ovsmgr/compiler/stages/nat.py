@@ -115,7 +115,12 @@ def compile_output(policy: ResolvedPolicy) -> list[Flow]:
     """Out by REG_OUT_PORT (NORMAL when 0); translated connections are translated first."""
     translated = MatchItem("ct_mark", CT_MARK_TRANSLATED, CT_MARK_TRANSLATED)
     flows = [Flow(Table.OUTPUT, Priority.DEFAULT, Match(), (), INFRA),
-             Flow(Table.OUTPUT_TRANSLATED, Priority.DEFAULT, Match(), (), INFRA)]
+             Flow(Table.OUTPUT_TRANSLATED, Priority.DEFAULT, Match(), (), INFRA),
+             # Every packet here belongs to a translated connection (bit 31). One without it
+             # is a translating commit conntrack refused (zone full): it must not leave
+             # untranslated, with its private address.
+             Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_UNTRANSLATED,
+                  Match.of(MatchItem("ct_mark", 0, CT_MARK_TRANSLATED)), (), INFRA)]
     for version in (4, 6):
         flows.append(Flow(
             Table.OUTPUT, Priority.OUTPUT_TRANSLATED_CONN, family(version) + Match.of(translated),
