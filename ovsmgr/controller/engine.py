@@ -145,9 +145,9 @@ class Engine:
     def start(self, controller_target: str | None) -> Plan:
         """Create/prepare the bridge, push the difference, point the bridge at us."""
         with self.lock:
-            prepare_bridge(self.target, self.policy, before_flows=True)
+            prepare_bridge(self.target, self.policy, before_flows=True, controller=controller_target)
             plan = self._reconcile_locked()
-            prepare_bridge(self.target, self.policy, before_flows=False, controller=controller_target)
+            prepare_bridge(self.target, self.policy, before_flows=False)
             return plan
 
     def reconcile(self) -> Plan:

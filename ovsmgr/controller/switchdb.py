@@ -16,8 +16,9 @@ from typing import Any
 from ovsdbapp.backend.ovs_idl import command as ovs_command
 from ovsdbapp.backend.ovs_idl import idlutils
 
+from ovsmgr.apply import datapath_type, ensure_switch_settings
 from ovsmgr.policy import ResolvedPolicy
-from ovsmgr.southbound.ovsdb import OvsdbError, SwitchDB, set_zone_limit
+from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
 
 log = logging.getLogger("ovsmgr.controller")
@@ -67,33 +68,23 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _datapath(policy: ResolvedPolicy, target: SwitchTarget) -> str:
-    """A lab switch is userspace whatever the policy says (as in apply)."""
-    if target.lab is not None or policy.datapath == "dpdk":
-        return "netdev"
-    return policy.datapath
-
-
 def prepare_bridge(target: SwitchTarget, policy: ResolvedPolicy, *, before_flows: bool,
                    controller: str | None = None) -> None:
-    """Before the first push: the bridge exists, secure. After it: ports, zone limit, controller."""
+    """Before the first push: the bridge exists, secure, pointed at us. After it: ports, zone limit.
+
+    The controller is set before the first push because OVS empties a bridge's flow table
+    when its first controller is added (or its last removed): set after, it would wipe the
+    flows just pushed and drop everything until the switch connected and we reconciled.
+    """
     bridge = policy.bridge
     with ControllerDB(target.db) as db:
         if before_flows:
-            db.ensure_bridge(bridge, datapath_type=_datapath(policy, target), fail_mode="secure")
+            db.ensure_bridge(bridge, datapath_type=datapath_type(policy.datapath, target), fail_mode="secure")
+            if controller is not None:
+                if db.get_controllers(bridge) != [controller]:
+                    log.info("pointing %s at %s", bridge, controller)
+                    db.set_controllers(bridge, [controller])
+                db.set_controller_options(bridge, CONTROLLER_OPTIONS)
             return
-        have = db.ofports(bridge)
-        for port in policy.ports.values():
-            if port.interface is not None or port.type == "dpdk":
-                options = {"dpdk-devargs": port.devargs} if port.devargs else None
-                db.ensure_port(bridge, port.name, port.ofport, port.type or "", options)
-            elif port.name in have and have[port.name] != port.ofport:
-                raise OvsdbError(f"port {port.name} is ofport {have[port.name]} on {bridge}, the policy says {port.ofport}")
-        appctl = target.appctl()
-        if policy.max_connections is not None and appctl is not None:
-            set_zone_limit(appctl, policy.ct_zone, policy.max_connections)
-        if controller is not None:
-            if db.get_controllers(bridge) != [controller]:
-                log.info("pointing %s at %s", bridge, controller)
-                db.set_controllers(bridge, [controller])
-            db.set_controller_options(bridge, CONTROLLER_OPTIONS)
+        for warning in ensure_switch_settings(db, policy, target):
+            log.warning("%s", warning)
