@@ -17,7 +17,7 @@ def _hash32(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rule_id(name: str) -> int:
     """Low 32 bits of the cookie of every flow a rule makes; names are unique in a policy."""
     return _hash32(f"rule:{name}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
 
 from ovsmgr.compiler.flows import (
     Action,
