@@ -168,8 +168,9 @@ class FlowError(ValueError):
 
 def _targets(actions: Iterable[Action]) -> Iterator[Table]:
     for action in actions:
-        if isinstance(action, GotoTable | Resubmit) or (isinstance(action, Ct) and action.table is not None):
-            yield action.table
+        target = action.table if isinstance(action, GotoTable | Resubmit | Ct) else None
+        if target is not None:
+            yield target
 
 
 def check_flow(flow: Flow) -> None:
