@@ -9,8 +9,11 @@ For generated policies of 10k and 100k rules (`generate_policy(N, "mixed")`):
   `render_flows(compiled)` written beforehand, onto an empty flow table.
 
 The two alternate (which goes first swaps every repetition) and the flow table is
-emptied with `ovs-ofctl del-flows` before each; the flow count is checked after
-each. Medians of 3 repetitions at 10k, 2 at 100k.
+emptied with `ovs-ofctl del-flows` before each, then left to settle untimed: OVS 3.1
+frees deleted flows in its RCU thread, at a cost quadratic in their number when they
+were loaded in the rendered file's order (55 s and more of CPU for 150k flows), and
+the next push would wait for it (see `Bench.clear` and benchmarks/README.md). The
+flow count is checked after each push. Medians of 3 repetitions at 10k, 2 at 100k.
 
 Incremental: 1% of the 10k policy's rules get a new port or source; starting each
 time from the old flows (raw-pushed), ovsmgr applies the new policy (compile +
@@ -22,12 +25,15 @@ Needs root: builds its own lab switch (`Lab`, netdev datapath) and takes it down
 
     sudo .venv/bin/python benchmarks/bench_apply.py
     sudo .venv/bin/python benchmarks/bench_apply.py --profile 100000   # cProfile one apply
+    sudo .venv/bin/python benchmarks/bench_apply.py --breakdown 100000 # time each apply step
+    sudo .venv/bin/python benchmarks/bench_apply.py --breakdown 10000 --incremental
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import os
 import pstats
@@ -59,7 +65,7 @@ CHANGED_FRACTION = 0.01
 @contextmanager
 def bench_lab() -> Iterator[Lab]:
     name = f"b{secrets.token_hex(3)}"
-    lab = Lab(name, tempfile.mkdtemp(prefix=f"ovsmgr-{name}-", dir="/tmp"))
+    lab = Lab(name, tempfile.mkdtemp(prefix=f"bench-apply-{name}-", dir="/run"))
     ports = [LabPort("inside", 1), LabPort("outside", 2)]
     try:
         lab.up(LabSpec("br0", "netdev", ports, name))
@@ -82,8 +88,35 @@ class Bench:
             raise RuntimeError(f"ovs-ofctl {args[0]}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def clear(self) -> None:
+    def clear(self) -> float:
+        """Empty the flow table and wait until ovs-vswitchd has digested it; returns the wait.
+
+        OVS 3.1 frees deleted rules in its RCU thread (``urcu``), at a cost that grows with
+        the square of their number when they were loaded in the rendered file's order (about
+        0.3 s of CPU for 15k flows, 6 s for 60k, 55 s and more for 150k); the next flow_mod
+        waits for it. Timing a push before that is done would
+        measure the previous deletion, so this waits until the thread's CPU time stops
+        growing for 2 s (less is not enough on a loaded machine, where the thread may
+        not get a CPU for a while).
+        """
         self.ofctl("del-flows", self.mgmt)
+        start = time.perf_counter()
+        last, still = self._urcu_cpu(), 0
+        while still < 8:
+            time.sleep(0.25)
+            now = self._urcu_cpu()
+            still = still + 1 if now == last else 0
+            last = now
+        return time.perf_counter() - start
+
+    def _urcu_cpu(self) -> int:
+        """CPU ticks used so far by ovs-vswitchd's RCU thread."""
+        pid = self.lab.status()["daemons"]["ovs-vswitchd"]["pid"]
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            if (task / "comm").read_text().startswith("urcu"):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                return int(fields[11]) + int(fields[12])  # utime + stime
+        raise RuntimeError("ovs-vswitchd has no urcu thread")
 
     def flow_count(self) -> int:
         found = re.search(r"flow_count=(\d+)", self.ofctl("dump-aggregate", self.mgmt))
@@ -125,20 +158,28 @@ def full_apply(bench: Bench, rules: int, repetitions: int, seed: int) -> str:
     e2e: list[float] = []
     apply_only: list[float] = []
     raw: list[float] = []
+    settle: dict[str, list[float]] = {"ovsmgr": [], "raw": []}
+    previous = None  # who pushed the flows the next clear deletes (None: another size's)
     for rep in range(repetitions):
-        steps: list[Callable[[], None]] = [
-            lambda: _record_pair(bench.ovsmgr_apply(policy), e2e, apply_only),
-            lambda: raw.append(bench.raw_push(flow_file)),
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("ovsmgr", lambda: _record_pair(bench.ovsmgr_apply(policy), e2e, apply_only)),
+            ("raw", lambda: raw.append(bench.raw_push(flow_file))),
         ]
-        for step in steps if rep % 2 == 0 else steps[::-1]:
-            bench.clear()
+        for pusher, step in steps if rep % 2 == 0 else steps[::-1]:
+            waited = bench.clear()
+            if previous:
+                settle[previous].append(waited)
             step()
+            previous = pusher
             assert bench.flow_count() == flows, f"{bench.flow_count()} flows, expected {flows}"
         print(f"  {rules} rep {rep}: ovsmgr {e2e[-1]:.2f} s (apply {apply_only[-1]:.2f}), "
-              f"raw {raw[-1]:.2f} s", file=sys.stderr, flush=True)
+              f"raw {raw[-1]:.2f} s; waits after del-flows of ovsmgr's / the raw file's flows: "
+              f"{[round(w, 1) for w in settle['ovsmgr']]} / {[round(w, 1) for w in settle['raw']]} s",
+              file=sys.stderr, flush=True)
+    digest = " | ".join(f"{median(settle[k]):.1f}" if settle[k] else "-" for k in ("ovsmgr", "raw"))
     return (f"| {rules:,} | {flows:,} | {load_s:.2f} | {median(e2e):.2f} | {median(apply_only):.2f} "
             f"| {median(raw):.2f} | {median(e2e) / median(raw):.1f}x "
-            f"| {median(apply_only) / median(raw):.1f}x | {repetitions} |")
+            f"| {median(apply_only) / median(raw):.1f}x | {repetitions} | {digest} |")
 
 
 def _record_pair(pair: tuple[float, float], e2e: list[float], apply_only: list[float]) -> None:
@@ -227,6 +268,108 @@ def profile_apply(bench: Bench, rules: int, seed: int, top: int) -> None:
         print(out.getvalue())
 
 
+BREAKDOWN = (
+    ("ovsmgr.apply", "SwitchDB.__init__", "OVSDB connect"),
+    ("ovsmgr.apply", "SwitchDB.bridges", "OVSDB bridges()"),
+    ("ovsmgr.apply", "check_lockout", "check_lockout (would it cut management access?)"),
+    ("ovsmgr.apply", "OfctlFlowTable.dump", "dump flows (ovs-ofctl dump-flows + parse)"),
+    ("ovsmgr.apply", "desired_entries", "desired_entries (compiled flows as FlowEntry)"),
+    ("ovsmgr.plan", "CompiledPolicy.flows", "  of which compiled.flows (FlowSet.sorted)"),
+    ("ovsmgr.plan", "flow_text", "  of which flow_text (render each flow)"),
+    ("ovsmgr.plan", "parse_flow_line", "  of which parse_flow_line (parse it back)"),
+    ("ovsmgr.plan", "match_text", "  of which match_text (render each match)"),
+    ("ovsmgr.plan", "actions_text", "  of which actions_text (render each action list)"),
+    ("ovsmgr.apply", "make_plan", "make_plan (diff)"),
+    ("ovsmgr.apply", "Plan.bundle", "Plan.bundle (sort + add_line/delete_line)"),
+    ("ovsmgr.apply", "OfctlFlowTable.push", "push (ovs-ofctl --bundle add-flows)"),
+    ("ovsmgr.apply", "_ensure_switch", "_ensure_switch (OVSDB ports, zone limit)"),
+    ("ovsmgr.apply", "ensure_switch_settings", "ensure_switch_settings (OVSDB ports, zone limit)"),
+    ("ovsmgr.apply", "_record", "_record (state for file and external_ids)"),
+    ("ovsmgr.apply", "policy_digest", "  of which policy_digest (model_dump_json + sha256)"),
+    ("ovsmgr.apply", "flows_digest", "  of which flows_digest (sort + sha256)"),
+    ("ovsmgr.apply", "SwitchDB.set_external_ids", "OVSDB set_external_ids"),
+    ("ovsmgr.apply", "_write_json", "write state file (json.dumps)"),
+    ("ovsmgr.apply", "SwitchDB.close", "OVSDB close"),
+)
+
+
+def _resolve(module: str, dotted: str) -> tuple[object, str]:
+    """(owner, attribute) of `Class.attr` reached through `module`, or of `module.func`."""
+    owner: object = sys.modules[module]
+    *path, attr = dotted.split(".")
+    for name in path:
+        owner = getattr(owner, name)
+    return owner, attr
+
+
+def breakdown_apply(bench: Bench, rules: int, seed: int, incremental: bool) -> None:
+    """Wall time of each step of one real `apply_policy` onto an empty flow table (or, with
+    `incremental`, onto the flows of the policy before 1% of its rules changed), by wrapping
+    the functions it calls with timers (no profiler overhead; nothing is changed)."""
+    import importlib
+
+    for module in {m for m, _, _ in BREAKDOWN}:
+        importlib.import_module(module)
+    text = generate_policy(rules, "mixed", seed)
+    bench.clear()
+    if incremental:
+        old = bench.write("old.flows", render_flows(compile_policy(load_policy_text(text, "old.yaml"))))
+        text = change_rules(text, CHANGED_FRACTION)[0]
+        bench.raw_push(old)
+    policy = load_policy_text(text, f"generated-{rules}.yaml")
+    spent: dict[str, float] = dict.fromkeys((label for _, _, label in BREAKDOWN), 0.0)
+    originals = []
+    for module, dotted, label in BREAKDOWN:
+        owner, attr = _resolve(module, dotted)
+        original = owner.__dict__.get(attr) if isinstance(owner, type) else getattr(owner, attr, None)
+        if original is None:  # this version of ovsmgr does not call it
+            del spent[label]
+            continue
+        originals.append((owner, attr, original))
+        setattr(owner, attr, _wrap(original, label, spent, owner, attr))
+    try:
+        start = time.perf_counter()
+        compiled = compile_policy(policy)
+        compiled_at = time.perf_counter()
+        apply_policy(compiled, bench.target)
+        end = time.perf_counter()
+    finally:
+        for owner, attr, original in reversed(originals):
+            setattr(owner, attr, original)
+    print(f"{rules:,} rules, {len(compiled.flowset):,} flows"
+          f"{', 1% of the rules changed' if incremental else ''}: compile {compiled_at - start:.2f} s, "
+          f"apply_policy {end - compiled_at:.2f} s\n")
+    print("| step of apply_policy | seconds |\n|---|---:|")
+    for label, seconds in spent.items():
+        print(f"| {label} | {seconds:.3f} |")
+    listed = sum(v for k, v in spent.items() if not k.startswith("  "))
+    print(f"| (not in a listed step) | {end - compiled_at - listed:.3f} |")
+
+
+def _wrap(original: object, label: str, spent: dict[str, float], owner: object, attr: str) -> object:
+    """`original` (function, property or cached_property) with a timer around its code."""
+    if isinstance(original, property):
+        assert original.fget is not None
+        return property(_timer(original.fget, label, spent))
+    if isinstance(original, functools.cached_property):
+        assert isinstance(owner, type)
+        cached = functools.cached_property(_timer(original.func, label, spent))
+        cached.__set_name__(owner, attr)
+        return cached
+    assert callable(original), original
+    return _timer(original, label, spent)
+
+
+def _timer(fn: Callable[..., object], label: str, spent: dict[str, float]) -> Callable[..., object]:
+    def timed(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[label] += time.perf_counter() - start
+    return timed
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(REPETITIONS))
@@ -234,6 +377,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profile", type=int, metavar="RULES",
                         help="only profile one compile + apply of RULES rules")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--breakdown", type=int, metavar="RULES",
+                        help="only time each step of one apply of RULES rules")
+    parser.add_argument("--incremental", action="store_true",
+                        help="with --breakdown: apply a 1%% change onto the unchanged policy's flows")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench_apply needs root (it builds a lab switch in network namespaces)")
@@ -242,11 +389,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.profile:
             profile_apply(bench, args.profile, args.seed, args.top)
             return
+        if args.breakdown:
+            breakdown_apply(bench, args.breakdown, args.seed, args.incremental)
+            return
         print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, load average before: "
               f"{os.getloadavg()[0]:.2f}\n")
         print("| rules | flows | load s (not in ovsmgr) | ovsmgr compile+apply s | ovsmgr apply s "
-              "| raw ofctl bundle s | ratio compile+apply / raw | ratio apply / raw | reps |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| raw ofctl bundle s | ratio compile+apply / raw | ratio apply / raw | reps "
+              "| untimed: OVS digesting del-flows of ovsmgr's flows s | of the raw file's flows s |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for rules in args.sizes:
             print(full_apply(bench, rules, REPETITIONS.get(rules, 2), args.seed), flush=True)
         print()

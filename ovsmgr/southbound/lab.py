@@ -16,6 +16,10 @@ OVS's run/db/log files and ``lab.json``, which records every namespace and
 daemon as soon as it exists, so ``down``/``status``/``exec`` work from another
 process and after a half-failed ``up``.
 
+ARP: ovsmgr's pipeline learns each host's MAC from the ARP it sends. ``up`` has
+every IPv4 host send a gratuitous ARP, but an empty secure bridge drops it: call
+``announce()`` again once a policy is applied.
+
 Controllers: OVS inside ``<name>-sw`` cannot reach a controller on the host's
 loopback, but the file system is shared between namespaces, so a controller on
 the host should listen on a unix socket such as ``<dir>/controller.sock`` and
@@ -50,11 +54,14 @@ from ovsmgr.southbound.lab_spec import (
 from ovsmgr.southbound.ovsdb import SwitchDB
 
 __all__ = [  # the spec half lives in lab_spec; these names are imported from here
-    "DPDK_VSWITCHD", "Datapath", "Lab", "LabError", "LabPort", "LabSpec", "lab_spec_from_policy",
-    "validate_spec",
+    "DPDK_HUGEPAGES_MB", "DPDK_VSWITCHD", "Datapath", "Lab", "LabError", "LabPort", "LabSpec",
+    "lab_spec_from_policy", "reserve_hugepages", "validate_spec",
 ]
 
 DPDK_VSWITCHD = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
+DPDK_HUGEPAGES_MB = 1024
+"""Free hugepages a DPDK lab wants: dpdk-socket-mem (512 MB) and OVS's port mempools
+(a two-port lab was seen holding 890 MB)."""
 SCHEMA_FILE = "/usr/share/openvswitch/vswitch.ovsschema"
 STATE_FILE = "lab.json"
 DAEMONS = ("ovs-vswitchd", "ovsdb-server")  # stop order: vswitchd first
@@ -80,14 +87,40 @@ def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
     return True
 
 
-def _arping_commands(ports: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    """(port, argv) of a gratuitous ARP (``arping -U``) from each IPv4 host of a lab."""
+def _meminfo_kb(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    raise LabError(f"no {field} in /proc/meminfo")
+
+
+def reserve_hugepages(megabytes: int = DPDK_HUGEPAGES_MB) -> None:
+    """Make `megabytes` of hugepages free, raising vm.nr_hugepages by what other DPDK
+    processes (another lab) hold; LabError if the kernel cannot provide them."""
+    nr = Path("/proc/sys/vm/nr_hugepages")
+    page_kb = _meminfo_kb("Hugepagesize")
+    short = -(-(megabytes * 1024 - _meminfo_kb("HugePages_Free") * page_kb) // page_kb)
+    if short > 0:
+        try:
+            nr.write_text(f"{int(nr.read_text()) + short}\n")
+        except OSError as exc:
+            raise LabError(f"cannot reserve hugepages ({nr}): {exc}") from exc
+    free_mb = _meminfo_kb("HugePages_Free") * page_kb // 1024
+    if free_mb < megabytes:
+        raise LabError(f"only {free_mb} MB of hugepages free (vm.nr_hugepages="
+                       f"{nr.read_text().strip()}), a DPDK lab needs {megabytes} MB: "
+                       "memory too small or too fragmented")
+
+
+def _arping_commands(ports: list[dict[str, Any]]) -> list[list[str]]:
+    """A gratuitous ARP (``arping -U``) from each IPv4 host of a lab (ports as in lab.json)."""
     commands = []
     for port in ports:
         iface = ipaddress.ip_interface(port["address"]) if port.get("address") else None
         if iface is not None and iface.version == 4:
-            commands.append((port["name"], ["ip", "netns", "exec", port["netns"], "arping", "-U",
-                                            "-c", "1", "-I", "eth0", str(iface.ip)]))
+            commands.append(["ip", "netns", "exec", port["netns"], "arping", "-U", "-c", "1",
+                             "-I", "eth0", str(iface.ip)])
     return commands
 
 
@@ -288,11 +321,9 @@ class Lab:
         return f"ovsmgr-{self.name}"
 
     def _prepare_hugepages(self) -> None:
-        """Reserve 512 hugepages and mount hugetlbfs; both are left in place by ``down``
-        because they are shared by every DPDK lab on the machine."""
-        nr = Path("/proc/sys/vm/nr_hugepages")
-        if int(nr.read_text()) < 512:
-            nr.write_text("512\n")
+        """Have DPDK_HUGEPAGES_MB of hugepages free and hugetlbfs mounted; both are left in
+        place by ``down`` because they are shared by every DPDK lab on the machine."""
+        reserve_hugepages()
         mounts = Path("/proc/mounts").read_text().split("\n")
         if not any(m.split()[1:3] == ["/dev/hugepages", "hugetlbfs"] for m in mounts if m):
             Path("/dev/hugepages").mkdir(exist_ok=True)
@@ -341,16 +372,16 @@ class Lab:
     def announce(self) -> None:
         """Make every IPv4 host send one gratuitous ARP; returns once they are sent.
 
-        The compiled pipeline learns IPv4 -> MAC bindings from ARP (table 55) to set
-        the destination MAC of DNAT'd and un-SNAT'd packets: a host that has sent no
-        ARP yet (a DNAT target nobody talked to) would get frames addressed to the
+        The compiled pipeline learns IPv4 -> MAC bindings from ARP (table MAC_BINDING)
+        to set the destination MAC of DNAT'd and un-SNAT'd packets: a host that has sent
+        no ARP yet (a DNAT target nobody talked to) would get frames addressed to the
         switch's MAC and ignore them. ``up`` announces too, but an empty secure
         bridge drops those frames, so run this after applying a policy.
         Takes about a second (arping's fixed interval); all hosts announce at once.
         """
         running = [(argv, subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT, text=True))
-                   for _, argv in _arping_commands(self._require_state()["ports"])]
+                   for argv in _arping_commands(self._require_state()["ports"])]
         errors = []
         for argv, proc in running:
             try:
@@ -366,7 +397,7 @@ class Lab:
     def _announce_in_background(self, ports: list[dict[str, Any]]) -> None:
         """``announce`` without the wait, for ``up``: arping is detached (sh -c '... &')
         so no child is left to reap, and ``down`` kills it if it still runs."""
-        for _, argv in _arping_commands(ports):
+        for argv in _arping_commands(ports):
             self._run(["sh", "-c", f"{shlex.join(argv)} </dev/null >/dev/null 2>&1 &"])
 
     # -- down / status -----------------------------------------------------------------------

@@ -7,11 +7,10 @@ and its ports are DPDK af_packet devices on the veth ends (see ovsmgr.southbound
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from ovsmgr.southbound.lab import DPDK_VSWITCHD, LabPort
+from ovsmgr.southbound.lab import DPDK_VSWITCHD, LabError, LabPort, reserve_hugepages
 
 from .switch import apply, compiled_file
 from .traffic import converse, ping, server
@@ -19,17 +18,6 @@ from .traffic import converse, ping, server
 pytestmark = pytest.mark.integration
 
 SEED_PORTS = (LabPort("inside", 1, "10.0.0.10/24"), LabPort("outside", 2, "198.51.100.9/24"))
-HUGEPAGES_WANTED = 512
-"""What the lab reserves (Lab._prepare_hugepages); DPDK takes dpdk-socket-mem=512 MB of them."""
-SOCKET_MEM_KB = 512 * 1024
-
-
-def _meminfo_kb(field: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name == field:
-            return int(value.split()[0])
-    return 0
 
 
 def _dpdk_skip_reason() -> str | None:
@@ -42,16 +30,10 @@ def _dpdk_skip_reason() -> str | None:
         return "the DPDK lab pins its PMD thread to CPU 1 (pmd-cpu-mask=0x2): needs 2 CPUs"
     if os.geteuid() != 0:
         return "DPDK labs need root"
-    nr = Path("/proc/sys/vm/nr_hugepages")
     try:
-        if int(nr.read_text()) < HUGEPAGES_WANTED:
-            nr.write_text(f"{HUGEPAGES_WANTED}\n")
-    except OSError as exc:
-        return f"cannot reserve hugepages ({nr}): {exc}"
-    free_kb = _meminfo_kb("HugePages_Free") * _meminfo_kb("Hugepagesize")
-    if free_kb < SOCKET_MEM_KB:
-        return (f"only {free_kb // 1024} MB of free hugepages, DPDK needs {SOCKET_MEM_KB // 1024} MB "
-                f"(nr_hugepages={nr.read_text().strip()}; memory too fragmented or too small)")
+        reserve_hugepages()
+    except LabError as exc:
+        return f"no hugepages for DPDK: {exc}"
     return None
 
 

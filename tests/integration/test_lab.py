@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ovsmgr.compiler.pipeline import Table
 from ovsmgr.southbound.lab import DPDK_VSWITCHD, Lab, LabError, LabPort, LabSpec
 from ovsmgr.southbound.ovsdb import DEFAULT_PROTOCOLS, OvsdbError, SwitchDB, set_zone_limit
 
@@ -141,15 +142,15 @@ def test_seed_firewall_allows_inside_out_and_blocks_outside_in(lab_factory, data
 
 
 def test_announce_teaches_the_pipeline_every_ipv4_host(lab_factory) -> None:
-    """After apply, ``announce`` makes the pipeline learn each IPv4 host's MAC (table 55),
-    which DNAT'd and un-SNAT'd packets need. (No check that table 55 starts empty: the
+    """After apply, ``announce`` makes the pipeline learn each IPv4 host's MAC (MAC_BINDING),
+    which DNAT'd and un-SNAT'd packets need. (No check that the table starts empty: the
     gratuitous ARPs ``up`` sends in the background may, rarely, arrive after the apply.)"""
     hosts = [LabPort("inside", 1, "10.0.0.10/24"), LabPort("outside", 2, "198.51.100.9/24"),
              LabPort("v6", 3, "fd00:1::10/64"), LabPort("bare", 4, None)]
     lab = lab_factory(hosts)
     apply(lab, compiled_file("seed-nat.yaml"))
     lab.announce()
-    learned = lab.ofctl(["dump-flows", "--no-stats", "table=55"])
+    learned = lab.ofctl(["dump-flows", "--no-stats", f"table={int(Table.MAC_BINDING)}"])
     for host in hosts[:2]:
         assert f"nw_dst={host.address.split('/')[0]} actions=set_field:{host.mac}->eth_dst" in learned
     assert learned.count("nw_dst=") == 2
