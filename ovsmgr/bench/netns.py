@@ -1,0 +1,216 @@
+"""Network namespaces for the bench: interface counters, pinned processes, clean-up.
+
+Counters are read from ``/proc/thread-self/net/dev`` after ``setns(2)`` into each
+namespace in turn, so a snapshot of the generator's and the sink's interfaces
+takes well under a millisecond: two ``ip netns exec`` calls would be tens of
+milliseconds apart, which at 100 kpps is thousands of packets of error in a
+zero-loss search.
+
+Every process the bench starts goes through `Processes`: each gets a session
+(and process group) of its own, because trafgen forks its senders and only a
+signal to the whole group stops them all; `stop_all` kills every group still
+running when a run ends or is interrupted (Ctrl-C does not reach them itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CLONE_NEWNET = 0x40000000
+GENERATOR_CPU = 0
+"""trafgen, the probes and iperf3 run here; the switch gets the other CPU (DPDK's PMD is pinned to
+CPU 1 by the lab, a netdev lab's ovs-vswitchd is moved there by the test bed)."""
+SWITCH_CPU = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class IfCounters:
+    rx_packets: int
+    rx_dropped: int
+    tx_packets: int
+    tx_dropped: int
+    rx_bytes: int
+    tx_bytes: int
+
+
+def parse_proc_net_dev(text: str) -> dict[str, IfCounters]:
+    """``/proc/net/dev`` -> counters per interface."""
+    out: dict[str, IfCounters] = {}
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        f = [int(x) for x in rest.split()]
+        out[name.strip()] = IfCounters(rx_packets=f[1], rx_dropped=f[3], tx_packets=f[9],
+                                       tx_dropped=f[11], rx_bytes=f[0], tx_bytes=f[8])
+    return out
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def read_counters(targets: Sequence[tuple[str, str]]) -> tuple[float, list[IfCounters]]:
+    """(monotonic time, counters) of each (namespace, interface), read back to back."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    fds = [os.open(f"/run/netns/{netns}", os.O_RDONLY) for netns, _ in targets]
+    texts = []
+    try:
+        stamp = time.monotonic()
+        for fd in fds:
+            _setns(fd)
+            with open("/proc/thread-self/net/dev") as f:
+                texts.append(f.read())
+    finally:
+        _setns(own)
+        for fd in (own, *fds):
+            os.close(fd)
+    out = []
+    for (netns, iface), text in zip(targets, texts, strict=True):
+        counters = parse_proc_net_dev(text)
+        if iface not in counters:
+            raise RuntimeError(f"no interface {iface} in namespace {netns}")
+        out.append(counters[iface])
+    return stamp, out
+
+
+def in_netns(netns: str, argv: Sequence[str], cpu: int | None = None) -> list[str]:
+    """argv run inside a namespace (and pinned to one CPU)."""
+    pinned = ["taskset", "-c", str(cpu), *argv] if cpu is not None else list(argv)
+    return ["ip", "netns", "exec", netns, *pinned]
+
+
+def run(argv: Sequence[str], timeout: float = 60, input: str | None = None) -> str:
+    """Run a setup command; RuntimeError with its stderr when it fails."""
+    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): "
+                           f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc.stdout
+
+
+class Processes:
+    """Background processes of a run; `stop_all` ends every one still running."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[str]] = []
+
+    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(list(argv), text=True, start_new_session=True, **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[str], sig: int = signal.SIGINT,
+             timeout: float = 5.0) -> tuple[str, str]:
+        """Signal a process's group (SIGINT lets trafgen print its totals), wait, return its output."""
+        if proc not in self._procs:
+            return "", ""  # already waited for
+        _signal_group(proc, sig)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            out, err = proc.communicate()
+        _signal_group(proc, signal.SIGKILL)  # forked children the leader left behind
+        if proc in self._procs:
+            self._procs.remove(proc)
+        return out or "", err or ""
+
+    def wait(self, proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return self.stop(proc, signal.SIGKILL)
+        if proc in self._procs:
+            self._procs.remove(proc)
+        return out or "", err or ""
+
+    def stop_all(self) -> None:
+        for proc in list(self._procs):
+            self.stop(proc, signal.SIGKILL, timeout=2.0)
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The next line a process writes to stdout, or '' after ``timeout`` s or at its exit
+    (a plain readline would wait forever for a process that never writes)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else ""
+
+
+def _signal_group(proc: subprocess.Popen[str], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+def delete_netns(name: str) -> None:
+    """Kill what runs in a namespace, then delete it (its veths go with it)."""
+    if not netns_exists(name):
+        return
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                          check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def pin_process_threads(pid: int, cpu: int) -> None:
+    """Move every thread of a process to one CPU (``taskset -a -p``)."""
+    run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)])
+
+
+def thread_cpu_ticks(pid: int, prefix: str = "") -> int:
+    """utime + stime (clock ticks) of a process's threads whose name starts with ``prefix``."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            if prefix and not (task / "comm").read_text().startswith(prefix):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def steal_ticks() -> list[int]:
+    """Clock ticks each CPU spent stolen by the hypervisor (the VM was not running)."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            out.append(int(line.split()[8]))
+    return out
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,229 @@
+"""The markdown summary of a results file: headline ratios against same-run baselines.
+
+Absolute rates on a shared two-core VM say more about the VM than about the
+pipeline, so every headline is a ratio to a baseline measured minutes apart on
+the same hosts (plain OVS forwarding, the same system with no rules, the
+smallest flow count, or a raw ``ovs-ofctl`` bundle); absolute figures follow in
+the tables. `TARGETS` are the issue's acceptance targets; `evaluate_targets`
+says met / missed / not measured and, when missed, shows the datapath
+statistics and profile the run recorded for the point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Point = Mapping[str, Any]
+NONE = "\u2013"  # an en dash: no value
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NONE
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        v = float(value)
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 10 ** -digits):
+            return f"{v:.3g}"
+        return f"{v:,.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(value)
+
+
+def _ratio(value: Any) -> str:
+    return f"{float(value):.2f}x" if isinstance(value, int | float) and value == value else NONE
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    threshold: float
+    select: Callable[[Point], bool]
+    figure: str = "ndr_pps"
+    higher_is_better: bool = True
+    """False for costs: the target is met when the ratio is at most 1/threshold."""
+
+    @property
+    def needed(self) -> str:
+        return f">= {self.threshold}x" if self.higher_is_better else f"<= {1 / self.threshold:.2f}x"
+
+    def met(self, ratio: Any) -> bool:
+        if not isinstance(ratio, int | float) or ratio != ratio:
+            return False
+        return ratio >= self.threshold if self.higher_is_better else ratio <= 1 / self.threshold
+
+
+def _is_rules_max(p: Point, measure: str = "ndr", rules: int = 5000) -> bool:
+    return (p["method"] == "rules" and p["params"].get("system") == "ovs"
+            and p["params"].get("measure") == measure and p["params"].get("rules") == rules
+            and bool(p.get("baseline")))
+
+
+def _firewall_vs_plain(p: Point, measure: str = "ndr") -> bool:
+    base = (p.get("baseline") or {}).get("params", {})
+    pipeline = str(p["params"].get("pipeline", ""))
+    return (p["params"].get("measure") == measure and base.get("pipeline") == "plain"
+            and (pipeline == "seed-firewall" or pipeline.startswith("ovsmgr ")))
+
+
+def _flows_100k(p: Point, measure: str = "ndr") -> bool:
+    base = (p.get("baseline") or {}).get("params", {})
+    return (p["method"] == "flows" and p["params"].get("measure") == measure
+            and p["params"].get("flows") == 100_000 and base.get("flows") == 100)
+
+
+def _cost(select: Callable[..., bool]) -> Callable[[Point], bool]:
+    return lambda p: select(p, "rate") and "pmd_cycles_per_packet" in (p.get("ratio") or {})
+
+
+COST = "pmd_cycles_per_packet"
+TARGETS = (
+    Target("ovsmgr NDR at 5,000 rules / at 0 rules", 0.9, _is_rules_max),
+    Target("stateful firewall NDR / plain forwarding", 0.7, _firewall_vs_plain),
+    Target("NDR with 100,000 connections / with 100", 0.8, _flows_100k),
+    Target("  the same from DPDK cycles/packet at a fixed rate: 5,000 rules / 0", 0.9,
+           _cost(_is_rules_max), COST, False),
+    Target("  the same from DPDK cycles/packet at a fixed rate: firewall / plain", 0.7,
+           _cost(_firewall_vs_plain), COST, False),
+    Target("  the same from DPDK cycles/packet at a fixed rate: 100,000 / 100", 0.8,
+           _cost(_flows_100k), COST, False),
+)
+
+
+def evaluate_targets(points: Sequence[Point]) -> list[dict[str, Any]]:
+    out = []
+    for target in TARGETS:
+        matches = [p for p in points if target.select(p)]
+        for p in matches:
+            ratio = (p.get("ratio") or {}).get(target.figure)
+            out.append({"target": target.name, "threshold": target.threshold, "needed": target.needed,
+                        "ratio": ratio, "status": "met" if target.met(ratio) else "missed", "point": p})
+        if not matches and target.higher_is_better:
+            out.append({"target": target.name, "threshold": target.threshold, "needed": target.needed,
+                        "ratio": None, "status": "not measured", "point": None})
+    return out
+
+
+def _describe(p: Point) -> str:
+    params = p["params"]
+    keys = ("pipeline", "rules", "rule_kind", "flows", "size", "datapath")
+    return ", ".join(f"{k}={params[k]}" for k in keys if k in params and params[k] is not None)
+
+
+def _why(p: Point) -> list[str]:
+    diag = p.get("diagnostics") or {}
+    lines = []
+    pmd = diag.get("pmd") or {}
+    if pmd:
+        shown = {k: pmd[k] for k in ("processing cycles per packet", "emc hits share",
+                                     "megaflow hits share", "miss with success upcall",
+                                     "packet recirculations") if k in pmd}
+        lines.append("datapath (subject): " + ", ".join(f"{k} {_num(v)}" for k, v in shown.items()))
+    if "megaflows" in diag:
+        lines.append(f"megaflows after the point: {diag['megaflows']}")
+    if "softnet_backlog_drops" in diag:
+        lines.append(f"softnet backlog drops: {diag['softnet_backlog_drops']}")
+    profile = diag.get("profile")
+    if isinstance(profile, list) and profile:
+        top = ", ".join(f"{e['symbol']} {e['percent']:.1f}%" for e in profile[:6])
+        lines.append(f"profile (ovs-vswitchd, top symbols): {top}")
+    trials = p["figures"].get("trials") or []
+    if trials:
+        lines.append("trials (offered kpps / loss / CPU share the switch got): " + ", ".join(
+            f"{(t.get('offered_pps') or 0) / 1000:.1f}/{_num(t.get('loss'))}/"
+            f"{_num(t.get('pmd_cpu_share', t.get('switch_cpu_share')))}" for t in trials))
+    return lines
+
+
+SWEEP_COLUMNS = ("offered_pps", "delivered_pps", "loss", "latency_p50_us", "latency_p99_us", "latency_max_us")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(r) + " |" for r in rows]]
+
+
+def _experiment_section(name: str, points: Sequence[Point]) -> list[str]:
+    method = points[0]["method"]
+    lines = [f"### {name} ({method})", ""]
+    if method == "sweep":
+        rows = []
+        for p in sorted(points, key=lambda q: (q["params"]["pipeline"], q["params"]["size"],
+                                               q["params"]["flows"], q["params"].get("rate_pps", 0))):
+            f, b = p["figures"], (p.get("baseline") or {}).get("figures", {})
+            rows.append([p["params"]["pipeline"], str(p["params"]["size"]), str(p["params"]["flows"]),
+                         *[_num(f.get(c)) for c in SWEEP_COLUMNS], _num(b.get("loss")),
+                         _num(b.get("latency_p99_us")), _ratio(p["ratio"].get("delivered_pps"))])
+        lines += _table(rows, ["pipeline", "bytes", "flows", "offered pps", "delivered pps", "loss",
+                               "p50 µs", "p99 µs", "max µs", "plain loss", "plain p99 µs",
+                               "delivered / plain"])
+        return [*lines, ""]
+    rows = []
+    for p in points:
+        head = p.get("headline") or "ndr_pps"
+        base = p.get("baseline") or {}
+        extra = []
+        for key in ("pmd_cycles_per_packet", "at_ndr_latency_p99_us", "rr_p50_us", "incremental_s"):
+            if key in p["figures"]:
+                extra.append(f"{key} {_num(p['figures'][key])}"
+                             + (f" ({_ratio(p['ratio'].get(key))})" if key in p.get("ratio", {}) else ""))
+        if p["figures"].get("generator_limited"):
+            extra.append("offered < requested: NDR is at least this")
+        rows.append([_describe(p), f"{head} {_num(p['figures'].get(head))}",
+                     f"{base.get('params', {}).get('pipeline', NONE)} "
+                     f"{_num(base.get('figures', {}).get(head))}" if base else NONE,
+                     _ratio((p.get("ratio") or {}).get(head)), "; ".join(extra)])
+    lines += _table(rows, ["point", "figure", "same-run baseline", "ratio", "also"])
+    return [*lines, ""]
+
+
+def render_report(data: Mapping[str, Any], plots: Sequence[Path] = (), base: Path | None = None) -> str:
+    points = data.get("points", [])
+    env = data.get("environment", {})
+    host, versions = env.get("host", {}), env.get("versions", {})
+    lines = [f"# ovsmgr bench: {data.get('name')}", ""]
+    if data.get("interrupted"):
+        lines += ["**Interrupted**: the run was stopped before it finished; these are the points it "
+                  "measured.", ""]
+    lines += [f"- command: `{' '.join(data.get('command') or [])}`",
+              f"- started {data.get('started')}, finished {data.get('finished')}",
+              f"- host: {host.get('cpus')} CPUs ({host.get('cpu_model')}), kernel {host.get('kernel')}, "
+              f"load average at start {_loads(host.get('load_average'))}, "
+              f"at end {_loads(host.get('load_average_end'))}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
+              "Every headline is a ratio to a baseline measured in the same run, on the same hosts, "
+              "alternating with the point (absolute rates are this machine's, not the pipeline's). "
+              "\"offered < requested\" marks an NDR found at the first, highest rate, where the "
+              "generator (one CPU) or the device's back-pressure kept the offered load below the "
+              "request: the device forwarded at least that much without loss.", ""]
+    failed = [e for e in data.get("experiments", []) if e.get("status") not in ("done", "running")]
+    for exp in failed:
+        lines += [f"- experiment **{exp['name']}**: {exp['status']}"
+                  + (f": {exp.get('error')}" if exp.get("error") else ""), ""]
+    verdicts = evaluate_targets(points)
+    lines += ["## Targets", ""]
+    rows = [[v["target"], v["needed"], _ratio(v["ratio"]), v["status"],
+             _describe(v["point"]) if v["point"] else NONE] for v in verdicts]
+    lines += [*_table(rows, ["target", "needed", "measured", "status", "point"]), ""]
+    for v in verdicts:
+        if v["status"] == "missed":
+            lines += [f"**Missed: {v['target']}** ({_describe(v['point'])}): {_ratio(v['ratio'])}", ""]
+            lines += [f"- {w}" for w in _why(v["point"])] + [""]
+    lines += ["## Results", ""]
+    names = list(dict.fromkeys(p["experiment"] for p in points))
+    for name in names:
+        lines += _experiment_section(name, [p for p in points if p["experiment"] == name])
+    if plots:
+        lines += ["## Plots", ""]
+        for path in plots:
+            rel = path.relative_to(base) if base and path.is_relative_to(base) else path
+            lines += [f"![{path.stem}]({rel})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _loads(values: Any) -> str:
+    return "/".join(f"{v:.2f}" for v in values) if isinstance(values, list) else NONE

@@ -1,0 +1,204 @@
+"""What a bench run measures: the experiments of a spec, their settings and defaults.
+
+A spec is YAML (read by `ovsmgr.bench.specfile` with the policy front end's strict
+loader, so a mistake is reported as ``file:line:column``)::
+
+    version: 1
+    name: seed004
+    datapath: dpdk          # netdev | dpdk: the OVS lab's datapath
+    duration: 2             # seconds measured per trial
+    warmup: 0.5             # seconds of load before counting starts
+    repetitions: 1          # each point (and its baseline) this many times, alternating
+    probe_rate: 500         # latency probe packets per second (0: no latency)
+    ndr: {loss: 0.001, steps: 6, low: 5kpps, high: 250kpps}
+    experiments:
+      - {name: fw-sweep, method: sweep, pipelines: [seed-firewall, seed-nat],
+         flows: [100, 10000], sizes: [64, 1518],
+         rates: {from: 20kpps, to: 180kpps, steps: 5}}
+
+Every top-level setting can be repeated inside an experiment to override it
+there. Rates are ``N``/``Npps``/``Nkpps``/``NMpps`` (packets per second) or
+``NMbit``/``NGbit`` (frame bits per second, frame size including the FCS, no
+inter-frame gap, as in the seed). Methods and what they take are in
+``METHOD_FIELDS``; pipelines are ``plain`` (OVS forwarding port to port),
+``seed-firewall``, ``seed-nat``, or a policy file (``*.yaml``); systems (method
+``rules``) are ``ovsmgr`` and the Linux baselines in ``LINUX_SYSTEMS``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from ovsmgr.policy.diagnostics import PolicyError
+
+Method = Literal["sweep", "ndr", "rules", "flows", "tcp", "cps", "control"]
+METHODS: tuple[Method, ...] = ("sweep", "ndr", "rules", "flows", "tcp", "cps", "control")
+LINUX_SYSTEMS = ("linux", "iptables", "iptables-nft", "ipset", "nftables")
+SYSTEMS = ("ovsmgr", *LINUX_SYSTEMS)
+RULE_KINDS = ("dport", "src", "mixed")
+SEED_PIPELINES = ("plain", "seed-firewall", "seed-nat")
+MEASURES = ("ndr", "tcp", "cps", "cost")
+COST_RATE = 50000.0
+"""pps of a ``cost`` measurement (one fixed-rate trial) when the experiment gives no rates."""
+MAX_FLOWS = 1_000_000
+FRAME_SIZES = range(64, 1519)
+
+COMMON_FIELDS = {"datapath", "duration", "warmup", "repetitions", "probe_rate", "ndr", "traffic",
+                 "dpdk_ring", "nice"}
+METHOD_FIELDS: dict[str, set[str]] = {
+    "sweep": {"pipelines", "baseline", "flows", "sizes", "rates", "policy_ports"},
+    "ndr": {"pipelines", "baseline", "flows", "sizes", "policy_ports"},
+    "flows": {"pipelines", "flows", "sizes", "establish", "measures", "rates"},
+    "rules": {"systems", "rule_kinds", "rules", "flows", "sizes", "measures", "rates"},
+    "tcp": {"pipelines", "baseline", "policy_ports"},
+    "cps": {"pipelines", "baseline", "sizes", "policy_ports"},
+    "control": {"rules", "rule_kinds"},
+}
+TOP_FIELDS = {"version", "name", "experiments", *COMMON_FIELDS}
+RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(pps|kpps|mpps|bit|kbit|mbit|gbit)?(?:/s)?\s*$",
+                     re.IGNORECASE)
+RATE_SCALE = {"pps": 1.0, "kpps": 1e3, "mpps": 1e6, "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+
+
+class SpecError(PolicyError):
+    """The spec is not valid; like a policy error, every problem with its file:line:column."""
+
+
+@dataclass(frozen=True, order=True)
+class Rate:
+    """A transmit rate in packets per second (``unit='pps'``) or frame bits per second."""
+
+    value: float
+    unit: Literal["pps", "bps"] = "pps"
+
+    def pps(self, frame_size: int) -> float:
+        return self.value if self.unit == "pps" else self.value / (frame_size * 8)
+
+    def __str__(self) -> str:
+        if self.unit == "bps":
+            return f"{self.value / 1e6:g}Mbit"
+        return f"{self.value / 1e3:g}kpps" if self.value >= 1000 else f"{self.value:g}pps"
+
+
+def parse_rate(text: str | int | float) -> Rate:
+    """``"10kpps"``, ``"500Mbit"``, ``"1.5Gbit/s"``, ``20000`` (pps) -> Rate; ValueError if not."""
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a rate")
+    if isinstance(text, int | float):
+        if text <= 0:
+            raise ValueError(f"rate {text} must be positive")
+        return Rate(float(text))
+    found = RATE_RE.match(text)
+    if not found:
+        raise ValueError(f"{text!r} is not a rate (like 20kpps, 150000pps or 500Mbit)")
+    unit = (found[2] or "pps").lower()
+    value = float(found[1]) * RATE_SCALE[unit]
+    if value <= 0:
+        raise ValueError(f"rate {text!r} must be positive")
+    return Rate(value, "pps" if unit.endswith("pps") else "bps")
+
+
+def rate_steps(start: Rate, stop: Rate, steps: int | None = None, step: Rate | None = None) -> list[Rate]:
+    """A linear sweep from start to stop inclusive, by a number of points or a step."""
+    if start.unit != stop.unit or (step is not None and step.unit != start.unit):
+        raise ValueError("a sweep's from, to and step must all be pps or all bit rates")
+    if stop.value < start.value:
+        raise ValueError("a sweep's 'to' must not be below its 'from'")
+    if step is not None:
+        count = int((stop.value - start.value) / step.value + 1e-9) + 1
+        return [Rate(start.value + i * step.value, start.unit) for i in range(count)]
+    count = steps or 2
+    if count < 2:
+        return [start]
+    width = (stop.value - start.value) / (count - 1)
+    return [Rate(start.value + i * width, start.unit) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class NdrSettings:
+    """RFC 2544 search: the highest rate whose loss is at most ``loss``, in ``steps`` rates;
+    a rate that fails is tried up to ``retries`` more times before it counts as failed (a
+    shared machine's other tenants cause losses the device under test did not)."""
+
+    loss: float = 0.001
+    steps: int = 6
+    low: Rate = Rate(5000.0)
+    high: Rate = Rate(250000.0)
+    retries: int = 1
+    min_cpu_share: float = 0.9
+    """A failed trial in which the DPDK PMD got less than this share of its CPU (other tenants
+    of the machine ran there) is repeated without using up ``retries``, up to
+    ``MAX_ATTEMPTS`` trials per rate."""
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The load's transport (``tcp`` load is bare ACK segments) and destination port (< 20000,
+    so the generated filler rules never match it)."""
+
+    proto: Literal["udp", "tcp"] = "udp"
+    dport: int = 9
+
+
+@dataclass(frozen=True)
+class Settings:
+    datapath: Literal["netdev", "dpdk"] = "netdev"
+    duration: float = 2.0
+    warmup: float = 0.5
+    repetitions: int = 1
+    probe_rate: int = 500
+    ndr: NdrSettings = NdrSettings()
+    traffic: Traffic = Traffic()
+    nice: int = -10
+    """Scheduling priority of the switch's forwarding threads and of trafgen (both the bench's
+    own processes): on a machine shared with other work they should get their CPUs."""
+    dpdk_ring: int = 4096
+    """Frames in each DPDK af_packet port's rings (``framecnt``; 0: DPDK's default of 512). A
+    deeper ring rides out the PMD being descheduled on a shared machine, as a NIC's would."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    method: Method
+    settings: Settings = Settings()
+    pipelines: tuple[str, ...] = ("seed-firewall",)
+    baseline: str | None = "plain"
+    systems: tuple[str, ...] = ("ovsmgr", "iptables", "ipset", "nftables")
+    rule_kinds: tuple[str, ...] = ("dport",)
+    rules: tuple[int, ...] = (0, 1000, 5000)
+    flows: tuple[int, ...] = (1000,)
+    sizes: tuple[int, ...] = (64,)
+    rates: tuple[Rate, ...] = ()
+    measures: tuple[str, ...] = ("ndr",)
+    establish: bool = False
+    policy_ports: tuple[str, str] | None = None
+    """(generator port, sink port) of a policy-file pipeline; default inside/outside or the
+    first two ports by ofport."""
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    name: str
+    experiments: tuple[Experiment, ...]
+    source: str = "<builtin>"
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def with_overrides(spec: BenchSpec, **overrides: Any) -> BenchSpec:
+    """Command-line flags (datapath, duration, warmup, repetitions) override every experiment."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return spec
+    return replace(spec, experiments=tuple(replace(e, settings=replace(e.settings, **given))
+                                           for e in spec.experiments))
+
+
+def only(spec: BenchSpec, names: tuple[str, ...]) -> BenchSpec:
+    unknown = sorted(set(names) - {e.name for e in spec.experiments})
+    if unknown:
+        have = ", ".join(e.name for e in spec.experiments)
+        raise ValueError(f"no experiment named {', '.join(unknown)} (have: {have})")
+    return replace(spec, experiments=tuple(e for e in spec.experiments if e.name in names))

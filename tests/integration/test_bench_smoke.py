@@ -1,0 +1,104 @@
+"""`ovsmgr bench run --smoke --out DIR` end to end: the harness works; speed is never judged.
+
+Runs the real thing (a netdev lab, a Linux router namespace, trafgen, the probes,
+iperf3, ovs-ofctl) for well under a minute and checks the shape of what it wrote:
+every point has its parameters, figures, same-run baseline and ratio; versions and
+host facts are recorded; the plots are PNG files; the report has the targets table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+TOOLS = ("ovs-vswitchd", "trafgen", "iperf3", "tc", "nft", "iptables-legacy", "ipset", "taskset")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    if os.geteuid() != 0:
+        pytest.skip("bench needs root")
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing {', '.join(missing)} (scripts/install)")
+    out = tmp_path_factory.mktemp("bench") / "smoke"
+    ovsmgr = [sys.executable, "-c", "import sys; from ovsmgr.cli import main; sys.exit(main())"]
+    proc = subprocess.run([*ovsmgr, "bench", "run", "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_every_point_has_parameters_figures_baseline_and_ratio(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    _, data = smoke_run
+    assert data["format"] == "ovsmgr-bench/1" and data["interrupted"] is False
+    assert {e["name"]: e["status"] for e in data["experiments"]} == {
+        "sweep": "done", "ndr": "done", "rules": "done", "control": "done"}
+    methods = {p["method"] for p in data["points"]}
+    assert methods == {"sweep", "ndr", "rules", "control"}
+    for point in data["points"]:
+        assert point["params"]["pipeline"] and point["figures"]
+        assert point["headline"] in point["figures"]
+        if point["baseline"] is None:
+            continue  # plain Linux forwarding is a reference of its own
+        assert point["baseline"]["params"]["pipeline"] and point["baseline"]["figures"]
+        assert point["headline"] in point["ratio"] or point["baseline"]["figures"][point["headline"]] == 0
+        for rep in point["repetitions"]:
+            assert {"figures", "baseline", "ratio"} <= set(rep)
+
+
+def test_the_measures_of_each_method_are_there(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    _, data = smoke_run
+    by_method = {p["method"]: p for p in data["points"]}
+    sweep = by_method["sweep"]["figures"]
+    for key in ("offered_pps", "delivered_pps", "loss", "latency_p50_us", "latency_p75_us",
+                "latency_p99_us", "latency_max_us", "probe_loss"):
+        assert key in sweep
+    assert "ndr_pps" in by_method["ndr"]["figures"] and by_method["ndr"]["figures"]["trials"]
+    assert by_method["ndr"]["baseline"]["params"]["pipeline"] == "plain"
+    tcp = [p for p in data["points"] if p["params"].get("measure") == "tcp"]
+    assert tcp and all({"tcp_gbps", "rr_tps", "rr_p50_us"} <= set(p["figures"]) for p in tcp)
+    systems = {p["params"]["system"] for p in data["points"] if p["method"] == "rules"}
+    assert systems == {"ovs", "iptables"}
+    control = by_method["control"]
+    assert {"compile_s", "apply_s", "incremental_s", "flows_per_s"} <= set(control["figures"])
+    assert control["baseline"]["params"]["pipeline"].startswith("ovs-ofctl")
+
+
+def test_versions_and_host_facts_are_recorded(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    _, data = smoke_run
+    versions = data["environment"]["versions"]
+    for tool in ("ovsmgr", "ovs-vswitchd", "trafgen", "iperf3", "python"):
+        assert versions.get(tool), tool
+    host = data["environment"]["host"]
+    assert host["cpus"] and host["kernel"] and "load_average" in host
+    assert data["spec"]["name"] == "smoke"
+
+
+def test_csv_plots_and_report(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    out, data = smoke_run
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == len(data["points"]) + 1 and "ratio_" in rows[0]
+    plots = sorted((out / "plots").glob("*.png"))
+    assert plots
+    for png in plots:
+        assert png.read_bytes()[:8] == PNG_MAGIC, png
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "stateful firewall NDR / plain forwarding" in report
+    assert "![" in report
+
+
+def test_nothing_is_left_behind(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                check=False).stdout.split()
+    ours = [n for n in namespaces if n.startswith("ob") and len(n.split("-")[0]) == 8]
+    assert not ours, f"bench namespaces left behind: {ours}"
