@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 POLICIES := $(wildcard policies/*.yaml)
 
-.PHONY: flows docs lint test unit integration
+.PHONY: flows docs lint test unit integration kernel-test
 
 flows: ## regenerate flows/NAME.flows from policies/NAME.yaml (golden files)
 	@for p in $(POLICIES); do n=$$(basename $$p .yaml); \
@@ -23,3 +23,6 @@ unit:
 
 integration:
 	$(PY) -m pytest tests/integration -q
+
+kernel-test: ## the real-traffic scenarios on the kernel datapath, in a QEMU guest (root; vagrant/README.md)
+	./vagrant/guest/kernel-test $(if $(KT_ONLY),--only $(KT_ONLY))

@@ -1,0 +1,334 @@
+"""A test bed on the system Open vSwitch of the kernel-test guest: one bridge on the kernel
+datapath (``datapath_type=system``) and one host namespace per port.
+
+This is an operator's machine, not the embedded lab: OVS runs as the system
+service (started by ``ovs-ctl``), ovsmgr talks to ``unix:/var/run/openvswitch/db.sock``
+and keeps its state in /var/lib/ovsmgr. Each host namespace has ``eth0`` (the lab's
+fixed MAC for its ofport, its address, an on-link default route, as in
+``ovsmgr.southbound.lab``); the other veth end, named after the policy port, is a
+port of the bridge in the guest's own namespace.
+
+Everything is slow under TCG (a process start costs about a second), so the bed
+starts few processes: ``ip -batch``, one shell per host namespace, one traffic
+server per service kept for the whole scenario, the stdlib-only traffic agent
+run with ``python -I -S``, and ``ovsmgr`` commands run in this process through
+click's runner (the same command code; ``ovsmgr_process`` runs the installed
+command where that is the point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ovsmgr.labprobe
+from ovsmgr.southbound.lab_spec import LabPort
+from ovsmgr.southbound.ovsdb import SwitchDB
+
+SYSTEM_DB = "unix:/var/run/openvswitch/db.sock"
+STATE_DIR = Path(os.environ.get("OVSMGR_STATE_DIR") or "/var/lib/ovsmgr")
+NETNS_PREFIX = "kt-"
+AGENT = [sys.executable, "-I", "-S", ovsmgr.labprobe.__file__]
+"""ovsmgr's traffic agent (stdlib only), without site-packages: starts in half the time."""
+TIMEOUT = 120.0
+SLOW = float(os.environ.get("KT_TRACE_SLOW", "0.5"))
+
+
+T = TypeVar("T")
+
+
+class BedError(AssertionError):
+    """A step of the bed or a check failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: str
+    output: str
+    """stdout and stderr, as a person would see them."""
+
+
+def trace(what: str, started: float) -> None:
+    """Slow steps go to stderr (the guest's console log, not the results): under TCG
+    everything is slow, and this says where the minutes went."""
+    seconds = time.monotonic() - started
+    if seconds >= SLOW:
+        print(f"kt-trace: {seconds:5.1f} s  {what[:160]}", file=sys.stderr, flush=True)
+
+
+def run(argv: Sequence[str], check: bool = True, timeout: float = TIMEOUT,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input,
+                          check=False)
+    trace(shlex.join(argv), started)
+    if check and proc.returncode != 0:
+        raise BedError(f"{shlex.join(argv)} exited {proc.returncode}: "
+                       f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc
+
+
+def netns_pids(netns: str) -> list[int]:
+    """Processes in a named namespace (what ``ip netns pids`` says, without a process)."""
+    try:
+        inode = os.stat(f"/run/netns/{netns}").st_ino
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    pids.append(int(entry))
+    return pids
+
+
+class Bed:
+    """``with Bed("br0", ports) as bed:`` builds the bridge and hosts and removes them after."""
+
+    def __init__(self, bridge: str, ports: Sequence[LabPort]):
+        self.bridge = bridge
+        self.ports = list(ports)
+        self.servers: dict[tuple[str, str, int], subprocess.Popen[str]] = {}
+        self._serving = threading.Lock()
+
+    # -- set-up and tear-down ---------------------------------------------------------------
+    def __enter__(self) -> Bed:
+        self.down(leftovers_only=True)  # what a failed scenario before may have left
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> None:
+        batch = []
+        for port in self.ports:
+            ns = self.netns(port.name)
+            batch += [f"netns add {ns}",
+                      f"link add {port.name} type veth peer name eth0 address {port.mac} netns {ns}"]
+        run(["ip", "-batch", "-"], input="\n".join(batch) + "\n")
+        for port in self.ports:
+            Path(f"/proc/sys/net/ipv6/conf/{port.name}/disable_ipv6").write_text("1\n")
+            # Needed on netdev only (docs/kernel-datapath.md); on the kernel datapath it must
+            # simply do no harm, so the bed does what the embedded lab does.
+            run(["ethtool", "-K", port.name, "tx", "off"])
+            run(["ip", "link", "set", "dev", port.name, "up"])
+            run(["ip", "netns", "exec", self.netns(port.name), "sh", "-ec", _host_script(port)])
+        with SwitchDB(SYSTEM_DB) as db:
+            db.ensure_bridge(self.bridge, datapath_type="system", fail_mode="secure")
+            for port in self.ports:
+                db.ensure_port(self.bridge, port.name, port.ofport)
+
+    def down(self, leftovers_only: bool = False) -> None:
+        """Stop the servers, remove the hosts, the bridge and ovsmgr's record of it; flush
+        the kernel's conntrack entries. ``leftovers_only``: only what is there (no commands
+        for a bridge that does not exist, the usual case before a scenario)."""
+        for proc in self.servers.values():
+            proc.kill()
+            proc.wait()
+        self.servers.clear()
+        batch = []
+        for port in self.ports:
+            ns = self.netns(port.name)
+            pids = netns_pids(ns)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if Path(f"/sys/class/net/{port.name}").exists():
+                batch.append(f"link del {port.name}")  # both veth ends, at once
+            if Path(f"/run/netns/{ns}").exists():
+                batch.append(f"netns del {ns}")
+        if batch:
+            run(["ip", "-batch", "-"], input="\n".join(batch) + "\n")
+        for path in STATE_DIR.glob(f"ovsmgr-{self.bridge}.*"):
+            path.unlink()
+        if leftovers_only and not Path(f"/sys/class/net/{self.bridge}").exists():
+            return  # a kernel-datapath bridge has an internal port of its name
+        run(["ovs-vsctl", "--timeout=30", "--if-exists", "del-br", self.bridge])
+        run(["ovs-appctl", "dpctl/flush-conntrack"], check=False)
+
+    @staticmethod
+    def netns(port: str) -> str:
+        return f"{NETNS_PREFIX}{port}"
+
+    # -- commands ---------------------------------------------------------------------------
+    def exec(self, port: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", TIMEOUT)
+        full = ["ip", "netns", "exec", self.netns(port), *argv]
+        started = time.monotonic()
+        proc = subprocess.run(full, check=False, **kwargs)
+        trace(shlex.join(full), started)
+        return proc
+
+    def popen(self, port: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        kwargs.setdefault("text", True)
+        return subprocess.Popen(["ip", "netns", "exec", self.netns(port), *argv], **kwargs)
+
+    def ovsmgr(self, *args: str, expect: int | None = 0) -> CommandResult:
+        """``ovsmgr ARGS --db <system socket>`` in this process (click's runner: the command's
+        own code, exit status and output); raises unless it exits ``expect`` (None: any)."""
+        from click.testing import CliRunner
+
+        from ovsmgr.cli import main
+
+        started = time.monotonic()
+        result = CliRunner().invoke(main, [*args, "--db", SYSTEM_DB])
+        trace(f"ovsmgr {' '.join(args)} (in process)", started)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise BedError(f"ovsmgr {' '.join(args)} raised {result.exception!r}:\n{result.output}")
+        found = CommandResult(result.exit_code, result.stdout, result.output)
+        _expect(found, args, expect)
+        return found
+
+    def ovsmgr_process(self, *args: str, expect: int | None = 0) -> CommandResult:
+        """The same through the installed ``ovsmgr`` command, as an operator runs it."""
+        argv = [str(Path(sys.executable).with_name("ovsmgr")), *args, "--db", SYSTEM_DB]
+        proc = run(argv, check=False, timeout=900)
+        found = CommandResult(proc.returncode, proc.stdout, proc.stdout + proc.stderr)
+        _expect(found, args, expect)
+        return found
+
+    def apply(self, policy: str | Path) -> dict[str, Any]:
+        """``ovsmgr apply POLICY -o json``: what changed, the generation, the seconds it took."""
+        return dict(json.loads(self.ovsmgr("apply", str(policy), "-o", "json").stdout))
+
+    def ofctl(self, *args: str) -> str:
+        return run(["ovs-ofctl", "-O", "OpenFlow15", args[0], self.bridge, *args[1:]]).stdout
+
+    def announce(self) -> None:
+        """A gratuitous ARP from every IPv4 host, as hosts send when they come up: the pipeline
+        learns the MACs it writes into translated packets from ARP."""
+        for port in self.ports:
+            iface = ipaddress.ip_interface(port.address) if port.address else None
+            if iface is not None and iface.version == 4:
+                self.exec(port.name, ["arping", "-U", "-c", "1", "-I", "eth0", str(iface.ip)])
+
+    def serve(self, port: str, proto: str, tport: int) -> None:
+        """A traffic server (``ovsmgr.labprobe serve``) on ``port``'s host, kept until ``down``:
+        it answers every connection or datagram with the peer address it saw."""
+        key = (port, proto, tport)
+        with self._serving:
+            if key in self.servers:
+                return
+            proc = self.popen(port, [*AGENT, "serve", proto, str(tport), "--timeout", "900"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.servers[key] = proc
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if "listening" not in line:
+                raise BedError(f"{proto}/{tport} server on {port} did not start: {line!r}")
+
+    # -- the kernel datapath ----------------------------------------------------------------
+    def assert_kernel_datapath(self) -> None:
+        """The bridge is on the kernel datapath and its ports are in ``system@ovs-system``."""
+        dtype = run(["ovs-vsctl", "get", "bridge", self.bridge, "datapath_type"]).stdout.strip()
+        if dtype.strip('"') != "system":
+            raise BedError(f"bridge {self.bridge} has datapath_type {dtype}, not system")
+        show = run(["ovs-appctl", "dpctl/show"]).stdout
+        block = re.search(r"^system@ovs-system:\n((?:[ \t].*\n?)*)", show, re.M)
+        if block is None:
+            raise BedError(f"no kernel datapath system@ovs-system in dpctl/show:\n{show}")
+        missing = [p.name for p in self.ports if not re.search(rf": {re.escape(p.name)}\b", block[1])]
+        if missing:
+            raise BedError(f"ports {missing} are not in system@ovs-system:\n{show}")
+
+    def conntrack_entries(self, needle: str) -> list[str]:
+        """Kernel conntrack entries (``dpctl/dump-conntrack``) whose text contains needle."""
+        return [line for line in run(["ovs-appctl", "dpctl/dump-conntrack"]).stdout.splitlines()
+                if needle in line]
+
+
+def _host_script(port: LabPort) -> str:
+    """What a host namespace needs, in one shell: no IPv6 chatter for IPv4 hosts (flow
+    counters stay the test's own), eth0 up with its address and an on-link default route."""
+    lines = ["echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad",
+             "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad",
+             "ethtool -K eth0 tx off"]
+    batch = ["link set lo up", "link set eth0 up"]
+    if port.address:
+        iface = ipaddress.ip_interface(port.address)
+        if iface.version == 4:
+            lines.append("echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6")
+            batch += [f"addr add {port.address} dev eth0", "route add 0.0.0.0/0 dev eth0"]
+        else:
+            batch += [f"addr add {port.address} dev eth0 nodad", "route add ::/0 dev eth0"]
+    lines.append("ip -batch - <<'EOF'\n" + "\n".join(batch) + "\nEOF")
+    return "\n".join(lines)
+
+
+def _expect(result: CommandResult, args: Sequence[str], expect: int | None) -> None:
+    if expect is not None and result.exit_code != expect:
+        raise BedError(f"ovsmgr {' '.join(args)} exited {result.exit_code}, expected {expect}:\n"
+                       f"{result.output.strip()[-3000:]}")
+
+
+# -- traffic ---------------------------------------------------------------------------------
+def concurrently(*calls: Callable[[], T]) -> list[T]:
+    """Run the calls at once and return their results in order: checks that wait for traffic
+    that must not come overlap their waits instead of adding them up."""
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        return [future.result() for future in [pool.submit(call) for call in calls]]
+
+
+def ping(bed: Bed, port: str, address: str, count: int = 1, deadline: float = 3) -> bool:
+    """True when ``count`` echo replies come back within ``deadline`` seconds."""
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), address]
+    return bed.exec(port, argv, timeout=deadline + 30).returncode == 0
+
+
+PASS_TIMEOUT = 5.0
+"""Seconds a client waits for an answer that should come (a first packet takes upcalls)."""
+BLOCK_TIMEOUT = 2.0
+"""Seconds a client waits for an answer that should not come; an answer that does comes within
+a second here (handshake through upcalls included), so this does not hide one."""
+
+
+def exchange(bed: Bed, src: str, dst: str, service: str, address: str, dial: int | None = None,
+             from_addr: str | None = None, timeout: float = PASS_TIMEOUT) -> dict[str, Any]:
+    """One request and answer of ``service`` (tcp/N, udp/N) from host ``src`` to the server on
+    host ``dst`` listening on N, dialled at ``address`` port ``dial`` (default N). ``ok``
+    says whether the answer came, ``seen_as``/``seen_port`` whom the server saw."""
+    proto, _, number = service.partition("/")
+    bed.serve(dst, proto, int(number))
+    return connect(bed, src, proto, address, dial or int(number), from_addr, timeout)
+
+
+def blocked(bed: Bed, src: str, dst: str, service: str, address: str, dial: int | None = None,
+            from_addr: str | None = None) -> bool:
+    """True when ``exchange`` gets no answer (the server is there: no answer means the switch)."""
+    return not exchange(bed, src, dst, service, address, dial, from_addr, BLOCK_TIMEOUT)["ok"]
+
+
+def connect(bed: Bed, src: str, proto: str, address: str, port: int, from_addr: str | None = None,
+            timeout: float = PASS_TIMEOUT) -> dict[str, Any]:
+    """The traffic agent's client: one message to ``address:port``, one answer expected."""
+    argv = [*AGENT, "connect", proto, address, str(port), "--timeout", str(timeout)]
+    if from_addr:
+        argv += ["--src", from_addr]
+    out = bed.exec(src, argv, timeout=timeout + 60)
+    lines = out.stdout.strip().splitlines()
+    if not lines:
+        raise BedError(f"the traffic agent printed nothing: {out.stderr.strip()}")
+    return dict(json.loads(lines[-1]))

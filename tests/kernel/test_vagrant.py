@@ -1,0 +1,109 @@
+"""The Vagrant set-up and the kernel-test runner, checked on the host (fast, no VM booted).
+
+`vagrant validate` checks the Vagrantfile as Vagrant reads it (with the libvirt
+provider, whose plugin Debian packages); the rest checks what Vagrant cannot:
+that the scripts it names exist and parse, that the data-link MACs the
+provisioning scripts look for agree with the guest's three-box scenario, and
+that the runner only reports success when every scenario passed.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.kernel import scenarios
+
+REPO = Path(__file__).resolve().parents[2]
+VAGRANT = REPO / "vagrant"
+SCRIPTS = sorted((VAGRANT / "provision").glob("*.sh"))
+
+
+def _runner() -> ModuleType:
+    path = VAGRANT / "guest" / "kernel-test"
+    loader = importlib.machinery.SourceFileLoader("kernel_test_runner", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (scripts/install)")
+def test_vagrant_validate() -> None:
+    env = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_DEFAULT_PROVIDER": "libvirt"}
+    proc = subprocess.run(["vagrant", "validate"], cwd=VAGRANT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "validated successfully" in proc.stdout
+
+
+def test_vagrantfile_names_three_machines_and_existing_scripts() -> None:
+    text = (VAGRANT / "Vagrantfile").read_text()
+    machines = re.findall(r'^\s+"(\w+)" => \{ mgmt:', text, re.M)
+    assert sorted(machines) == ["dut", "gen", "sink"]
+    named = set(re.findall(r'"([\w-]+\.sh)"', text))
+    assert named == {"packages.sh", "kernel-datapath.sh", "ovsmgr.sh", "dut.sh", "host.sh"}
+    for script in named:
+        assert (VAGRANT / "provision" / script).is_file(), script
+
+
+def test_data_link_macs_agree_with_the_guest_scenario() -> None:
+    """dut.sh and host.sh find NICs by MAC: the Vagrantfile and the three-box scenario (which runs
+    the same scripts in the guest) must give them the same ones."""
+    text = (VAGRANT / "Vagrantfile").read_text()
+    links = dict(re.findall(r'"(gen-dut|dut-sink)" => \{([^}]*)\}', text))
+    assert set(links) == {"gen-dut", "dut-sink"}
+    ends = {link: dict(re.findall(r'"(\w+)" => "([0-9a-f:]{17})"', body)) for link, body in links.items()}
+    assert ends["gen-dut"] == {"gen": scenarios.HOST_MACS["inside"], "dut": scenarios.DUT_MACS["inside"]}
+    assert ends["dut-sink"] == {"dut": scenarios.DUT_MACS["outside"], "sink": scenarios.HOST_MACS["outside"]}
+    assert f'"--address", "{scenarios.GEN}/16"' in text
+    assert f'"--address", "{scenarios.SINK}/16"' in text
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, VAGRANT / "guest" / "build-image"], ids=lambda p: p.name)
+def test_shell_scripts_parse(script: Path) -> None:
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_guest_init_parses_as_posix_sh() -> None:
+    proc = subprocess.run(["sh", "-n", str(VAGRANT / "guest" / "test-init")], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_packages_list_is_what_the_key_is_made_of() -> None:
+    out = subprocess.run(["bash", str(VAGRANT / "provision" / "packages.sh"), "--list"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert "openvswitch-switch" in out and "python3-venv" in out and "netsniff-ng" in out
+
+
+def test_verdict_needs_a_pass_for_every_expected_scenario() -> None:
+    verdict = _runner().verdict
+    expected = list(scenarios.SCENARIOS)
+    all_passed = [f"PASS {name} (1.0 s): fine" for name in expected]
+    assert verdict(all_passed, expected) == (len(expected), 0, [])
+    one_missing = all_passed[:-1]
+    passed, failed, problems = verdict(one_missing, expected)
+    assert (passed, failed) == (len(expected) - 1, 1)
+    assert problems == [f"{expected[-1]}: no result"]
+    one_failed = [*all_passed[:-1], f"FAIL {expected[-1]} (2.0 s): boom"]
+    assert verdict(one_failed, expected)[1] == 1
+    assert verdict([*all_passed, "FATAL ovs-ctl start"], expected)[2] == ["FATAL ovs-ctl start"]
+
+
+def test_scenario_list_is_what_the_runner_expects() -> None:
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "tests.kernel.scenarios",
+                           "--list"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == list(scenarios.SCENARIOS)
+    assert {"seed-firewall", "seed-nat", "gateway", "cut-on-rule-removal", "hitless-apply",
+            "drift"} <= set(scenarios.SCENARIOS)
