@@ -74,7 +74,7 @@ def test_nan_loss_never_passes() -> None:
 
 def test_a_failed_rate_is_retried_so_passing_interference_does_not_count() -> None:
     hiccups = iter([True, False] * 20)  # every other trial is hit by another tenant's burst
-    trial, asked = device(capacity=60_000, noise=lambda rate: 0.05 if next(hiccups) else 0.0)
+    trial, _asked = device(capacity=60_000, noise=lambda rate: 0.05 if next(hiccups) else 0.0)
     result = ndr_search(trial, NdrSettings(loss=0.0, steps=6, low=Rate(5000), high=Rate(100000),
                                            retries=1), 64)
     assert 0.95 * 60_000 <= result.ndr_pps <= 60_000
