@@ -31,6 +31,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  #
     if missing:
         pytest.skip(f"missing {', '.join(missing)} (scripts/install)")
     out = tmp_path_factory.mktemp("bench") / "smoke"
+    (out.parent / "namespaces-before").write_text("\n".join(_bench_namespaces()))
     ovsmgr = [sys.executable, "-c", "import sys; from ovsmgr.cli import main; sys.exit(main())"]
     proc = subprocess.run([*ovsmgr, "bench", "run", "--smoke", "--out", str(out)],
                           capture_output=True, text=True, timeout=240, check=False)
@@ -97,8 +98,14 @@ def test_csv_plots_and_report(smoke_run: tuple[Path, dict]) -> None:  # type: ig
     assert "![" in report
 
 
-def test_nothing_is_left_behind(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+def _bench_namespaces() -> list[str]:
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                 check=False).stdout.split()
-    ours = [n for n in namespaces if n.startswith("ob") and len(n.split("-")[0]) == 8]
+    return [n for n in namespaces if n.startswith("ob") and len(n.split("-")[0]) == 8]
+
+
+def test_nothing_is_left_behind(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    """Only this run's namespaces count: another bench (or one killed earlier) may have its own."""
+    before = set((smoke_run[0].parent / "namespaces-before").read_text().split())
+    ours = [n for n in _bench_namespaces() if n not in before]
     assert not ours, f"bench namespaces left behind: {ours}"
