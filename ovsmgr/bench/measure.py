@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -232,8 +233,14 @@ class Trials:
     def tcp(self) -> dict[str, Any]:
         """TCP throughput (one iperf3 stream) and request/response latency (100-byte requests,
         200-byte responses, one connection), each for ``duration`` seconds."""
-        figures: dict[str, Any] = dict(iperf3(self.procs, self.bed.sink.netns, self.bed.gen.netns,
-                                              self.bed.sink.ip, self.duration))
+        figures: dict[str, Any] = {}
+        for attempt in (1, 2):  # a stuck iperf3 (seen once in a hundred) gets one more chance
+            try:
+                figures = dict(iperf3(self.procs, self.bed.sink.netns, self.bed.gen.netns,
+                                      self.bed.sink.ip, self.duration))
+                break
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                figures = {"tcp_gbps": math.nan, "tcp_error": f"attempt {attempt}: {exc}"[:300]}
         server = self.procs.start(in_netns(self.bed.sink.netns, [*PY, "rr-server", str(RR_PORT),
                                                                  "--timeout", "15"], cpu=GENERATOR_CPU))
         try:

@@ -64,9 +64,10 @@ def plot_sweep(name: str, points: Sequence[Mapping[str, Any]], out: Path) -> lis
             for q in ("p50", "p75", "p99", "max"):
                 ax.plot(x, [_f(p, f"latency_{q}_us") for p in pts], marker="o", ms=3, color=COLORS[q],
                         label=q)
-            base = [_f(p, "latency_p99_us", baseline=True) for p in pts]
+            by_base = sorted(pts, key=lambda p: _f(p, "offered_pps", baseline=True))
+            bx = [_f(p, "offered_pps", baseline=True) / 1000 for p in by_base]
+            base = [_f(p, "latency_p99_us", baseline=True) for p in by_base]
             if any(v == v for v in base):
-                bx = [_f(p, "offered_pps", baseline=True) / 1000 for p in pts]
                 ax.plot(bx, base, ls="--", color="grey", label="p99, plain (same run)")
             ax.set_yscale("log")
             ax.set_xlabel("offered load (kpps)")
@@ -75,9 +76,9 @@ def plot_sweep(name: str, points: Sequence[Mapping[str, Any]], out: Path) -> lis
             loss_ax = ax.twinx()
             loss_ax.plot(x, [100 * _f(p, "loss") for p in pts], color="black", lw=1, marker="x",
                          ms=4, label="loss")
-            bloss = [100 * _f(p, "loss", baseline=True) for p in pts]
+            bloss = [100 * _f(p, "loss", baseline=True) for p in by_base]
             if any(v == v for v in bloss):
-                loss_ax.plot(x, bloss, color="black", lw=1, ls=":", label="loss, plain")
+                loss_ax.plot(bx, bloss, color="black", lw=1, ls=":", label="loss, plain")
             loss_ax.set_ylabel("loss (%)")
             loss_ax.set_ylim(bottom=0)
             handles = ax.get_legend_handles_labels()
@@ -128,8 +129,9 @@ def plot_flows(name: str, points: Sequence[Mapping[str, Any]], out: Path) -> lis
     for (pipeline, size), pts in sorted(_by(points, "pipeline", "size").items()):
         pts = sorted(pts, key=lambda p: p["params"]["flows"])
         first = pts[0].get("baseline") or {}
+        bases = sorted(_f(p, "ndr_pps", baseline=True) for p in pts)  # re-measured for every count
         xs = [first.get("params", {}).get("flows")] + [p["params"]["flows"] for p in pts]
-        ys = [_f(pts[0], "ndr_pps", baseline=True) / 1000] + [_f(p, "ndr_pps") / 1000 for p in pts]
+        ys = [bases[len(bases) // 2] / 1000] + [_f(p, "ndr_pps") / 1000 for p in pts]
         line = ax.plot(xs, ys, marker="o", label=f"{pipeline}, {size} B")
         for p in pts:
             ax.annotate(f"{p['ratio'].get('ndr_pps', float('nan')):.2f}x",
