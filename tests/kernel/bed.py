@@ -298,7 +298,7 @@ def ping(bed: Bed, port: str, address: str, count: int = 1, deadline: float = 3)
     return bed.exec(port, argv, timeout=deadline + 30).returncode == 0
 
 
-PASS_TIMEOUT = 5.0
+PASS_TIMEOUT = 10.0
 """Seconds a client waits for an answer that should come (a first packet takes upcalls)."""
 BLOCK_TIMEOUT = 2.0
 """Seconds a client waits for an answer that should not come; an answer that does comes within
