@@ -31,6 +31,7 @@ from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.southbound.openflow import FlowEntry, OfctlFlowTable, is_managed, parse_flow_line
 from ovsmgr.southbound.ovsdb import SwitchDB, set_zone_limit
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.statefile import atomic_write
 
 EXT = "ovsmgr"
 """Prefix of the Bridge external_ids keys ovsmgr writes."""
@@ -69,9 +70,7 @@ def read_state(target: SwitchTarget, bridge: str) -> dict[str, Any]:
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(value))
 
 
 def bridge_exists(target: SwitchTarget, bridge: str) -> bool:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ovsmgr import __version__
+from ovsmgr.statefile import atomic_write
 
 FORMAT = "ovsmgr-bench/1"
 HEADLINE = {"rate": "delivered_pps", "ndr": "ndr_pps", "tcp": "tcp_gbps", "cps": "cps",
@@ -201,9 +202,7 @@ class Results:
 
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(jsonable(self.data), indent=1))
-        tmp.replace(self.path)
+        atomic_write(self.path, json.dumps(jsonable(self.data), indent=1))
 
 
 def _now() -> str:

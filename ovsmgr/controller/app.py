@@ -1,5 +1,8 @@
 """The os-ken application: thin event handlers that call controller mode's own functions.
 
+A connection `Hooks.switch_allowed` does not accept (with a `unix:` listen
+target, anything that did not come through the relay) is closed as soon as
+os-ken sees it, before the handshake, and nothing it sends reaches the hooks.
 Switch (dis)connections go to `Hooks.switch_state` (which reconciles the flows
 in a worker thread, never in os-ken's event thread); packet-ins to
 `Hooks.packet_in`, which answers with the frames to send; flow statistics are
@@ -8,18 +11,28 @@ requested when metrics are scraped and handed to `Hooks.flow_stats`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar, Protocol
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
-from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.controller.handler import (
+    DEAD_DISPATCHER,
+    HANDSHAKE_DISPATCHER,
+    MAIN_DISPATCHER,
+    set_ev_cls,
+)
 from os_ken.ofproto import ofproto_v1_3
 
 from ovsmgr.controller import ofchannel
 
+log = logging.getLogger("ovsmgr.controller")
+
 
 class Hooks(Protocol):
     def attach(self, app: OvsmgrApp) -> None: ...
+
+    def switch_allowed(self, address: Any) -> bool: ...
 
     def switch_state(self, dpid: int, connected: bool) -> None: ...
 
@@ -38,10 +51,15 @@ class OvsmgrApp(app_manager.OSKenApp):
         self.partial: dict[int, dict[int, list[int]]] = {}
         self.hooks.attach(self)
 
-    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    @set_ev_cls(ofp_event.EventOFPStateChange, [HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev: Any) -> None:
         dp = ev.datapath
         dpid: int | None = dp.id
+        if ev.state != DEAD_DISPATCHER and not self.hooks.switch_allowed(dp.address):
+            if ev.state == HANDSHAKE_DISPATCHER:
+                log.warning("OpenFlow connection from %s refused: not through the controller's relay", dp.address)
+            ofchannel.refuse(dp)
+            return
         if ev.state == MAIN_DISPATCHER and dpid is not None:
             ofchannel.set_packet_in_format(dp)
             self.datapaths[dpid] = dp
@@ -53,6 +71,8 @@ class OvsmgrApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventNXTPacketIn2, MAIN_DISPATCHER)
     def _packet_in(self, ev: Any) -> None:
         msg = ev.msg
+        if not self._ours(msg.datapath):
+            return
         answer = self.hooks.packet_in(msg.userdata, msg.metadata, msg.data or b"")
         if answer is not None:
             port, frame = answer
@@ -60,11 +80,18 @@ class OvsmgrApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev: Any) -> None:
+        if not self._ours(ev.msg.datapath):
+            return
         dpid = ev.msg.datapath.id
         totals = self.partial.setdefault(dpid, {})
         ofchannel.add_stats(totals, ev.msg.body)
         if not ofchannel.more_parts(ev.msg):
             self.hooks.flow_stats(dpid, self.partial.pop(dpid))
+
+    def _ours(self, dp: Any) -> bool:
+        """A message from a connection that is the registered one for its datapath id (not one
+        refused, or replaced by a newer connection)."""
+        return dp.id is not None and self.datapaths.get(dp.id) is dp
 
     def request_stats(self, dpid: int) -> bool:
         """Ask the switch for our flows' statistics (the reply goes to `Hooks.flow_stats`).

@@ -7,6 +7,8 @@ OpenFlow channel carries connection events, packet-ins with their answers
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +16,14 @@ from ovsmgr.compiler.pipeline import COOKIE_MAGIC, COOKIE_MASK
 
 PACKET_IN_FORMAT_NXT_PACKET_IN2 = 2
 """NXPIF_NXT_PACKET_IN2: the packet-in format that carries the controller action's userdata."""
+
+
+def refuse(datapath: Any) -> None:
+    """Close a connection that is not from our switch: os-ken marks it dead (no more events for it)
+    and its socket is shut both ways, so its reader ends at once."""
+    datapath.close()
+    with contextlib.suppress(OSError, AttributeError):
+        datapath.socket.shutdown(socket.SHUT_RDWR)
 
 
 def set_packet_in_format(datapath: Any) -> None:

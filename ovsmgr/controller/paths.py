@@ -6,16 +6,21 @@
 - `ovsmgr-BRIDGE.token`: the API token, mode 0600 (root only), read by the CLI;
 - `ovsmgr-BRIDGE.api.sock`: the API's unix socket, mode 0600, unless `--api HOST:PORT`;
 - `ovsmgr-BRIDGE.of.sock`: the OpenFlow listener for `--listen unix:` (a lab's default).
+
+Every file is written by `ovsmgr.statefile.atomic_write` (a fresh temporary file,
+fsync, rename; a symbolic link in place of a file is refused), and the token is
+read only if it is a regular file private to its owner, never through a link.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ovsmgr.statefile import atomic_write, read_private
 
 
 @dataclass(frozen=True)
@@ -63,25 +68,16 @@ class ControllerPaths:
             return None
 
     def write_info(self, info: dict[str, Any]) -> None:
-        tmp = self.info.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=1))
-        tmp.replace(self.info)
+        atomic_write(self.info, json.dumps(info, indent=1))
 
     def ensure_token(self) -> str:
-        """The API token: kept across restarts, created (0600) when missing or not private."""
-        try:
-            if self.token.stat().st_mode & 0o077 == 0:
-                text = self.token.read_text().strip()
-                if text:
-                    return text
-        except FileNotFoundError:
-            pass
+        """The API token: kept across restarts, created (0600) when missing or not private.
+        A token that is a symbolic link is never read; writing over it is refused (`StateFileError`)."""
+        text = (read_private(self.token) or "").strip()
+        if text:
+            return text
         value = secrets.token_urlsafe(32)
-        tmp = self.token.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value + "\n")
-        tmp.replace(self.token)
+        atomic_write(self.token, value + "\n", mode=0o600)
         return value
 
 

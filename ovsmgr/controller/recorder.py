@@ -27,6 +27,7 @@ from ovsmgr.plan import flows_digest
 from ovsmgr.southbound.openflow import FlowEntry
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.statefile import atomic_write
 
 log = logging.getLogger("ovsmgr.controller")
 QUIET = 0.5
@@ -108,9 +109,7 @@ class Recorder:
             "rules": {f"{k:#x}": v for k, v in snap.names.items()},
             "flows": [e.add_line().removeprefix("add ") for e in sorted(snap.entries)],
         }
-        tmp = self.paths.applied.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(self.paths.applied)
+        atomic_write(self.paths.applied, json.dumps(record))
         ids = {f"{EXT}-{k}": str(v) for k, v in record.items() if k not in ("flows", "rules")}
         with SwitchDB(self.target.db) as db:
             db.set_external_ids(self.paths.bridge, ids)

@@ -72,6 +72,7 @@ class Controller:
         self.stop = threading.Event()
         self.dpid: int | None = None
         self.match_log: IO[str] = sys.stdout
+        self.relay: UnixRelay | None = None
         self._closers: list[Any] = []
 
     # --- hooks (called from os-ken threads; keep them short) ---------------------------------------
@@ -80,6 +81,10 @@ class Controller:
 
     def attach(self, app: Any) -> None:
         self.app = app
+
+    def switch_allowed(self, address: Any) -> bool:
+        """Behind a relay, os-ken's port is internal: only the relay's own connections are switches."""
+        return self.relay is None or self.relay.is_relayed(address)
 
     def flow_stats(self, dpid: int, totals: dict[int, list[int]]) -> None:
         if dpid == self.dpid:
@@ -168,10 +173,10 @@ class Controller:
         listen = self.options.listen or (f"unix:{default_socket}" if self.options.target.lab else "tcp:127.0.0.1:6653")
         if listen.startswith("unix:"):
             port = _free_port()
+            self.relay = UnixRelay(Path(listen.removeprefix("unix:")), port)  # before os-ken takes connections
+            self._closers.append(self.relay)
             start_osken("127.0.0.1", port, self)
-            relay = UnixRelay(Path(listen.removeprefix("unix:")), port)
-            relay.start()
-            self._closers.append(relay)
+            self.relay.start()
             return listen
         host, _, port_text = listen.removeprefix("tcp:").rpartition(":")
         start_osken(host or "127.0.0.1", int(port_text), self)

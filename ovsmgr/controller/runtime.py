@@ -15,13 +15,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ovsmgr.policy.ir import IPNetwork
 from ovsmgr.policy.terms import TermError, parse_prefix
+from ovsmgr.statefile import atomic_write
 
 VERSION = 1
 
@@ -213,9 +213,4 @@ def load_changes(path: Path) -> RuntimeChanges:
 
 def save_changes(path: Path, changes: RuntimeChanges) -> None:
     """Write atomically (rename) and durably (fsync): an acknowledged change survives a crash."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(changes.to_json(), handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    atomic_write(path, json.dumps(changes.to_json(), indent=1))

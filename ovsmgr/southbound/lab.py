@@ -52,6 +52,7 @@ from ovsmgr.southbound.lab_spec import (
     validate_spec,
 )
 from ovsmgr.southbound.ovsdb import SwitchDB
+from ovsmgr.statefile import atomic_write
 
 __all__ = [  # the spec half lives in lab_spec; these names are imported from here
     "DPDK_HUGEPAGES_MB", "DPDK_VSWITCHD", "Datapath", "Lab", "LabError", "LabPort", "LabSpec",
@@ -158,9 +159,7 @@ class Lab:
             raise LabError(f"lab {self.name}: unreadable {self._state_path()}: {exc}") from exc
 
     def _save(self, state: dict[str, Any]) -> None:
-        tmp = self._state_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self._state_path())
+        atomic_write(self._state_path(), json.dumps(state, indent=2))
 
     def _ovs_env(self) -> dict[str, str]:
         """OVS finds its sockets through these; without them it looks in /var/run/openvswitch."""
