@@ -1,12 +1,22 @@
-"""A test bed on the system Open vSwitch of the kernel-test guest: one bridge on the kernel
-datapath (``datapath_type=system``) and one host namespace per port.
+"""A test bed on one Open vSwitch: one bridge and one host namespace per port.
 
-This is an operator's machine, not the embedded lab: OVS runs as the system
-service (started by ``ovs-ctl``), ovsmgr talks to ``unix:/var/run/openvswitch/db.sock``
-and keeps its state in /var/lib/ovsmgr. Each host namespace has ``eth0`` (the lab's
-fixed MAC for its ofport, its address, an on-link default route, as in
+The switch is chosen by the environment (``KT_DATAPATH``); the bed is the same on each:
+
+- ``system`` (the kernel-test guest): the system Open vSwitch, started by ``ovs-ctl``,
+  bridges on the kernel datapath (``datapath_type=system``); ovsmgr talks to
+  ``unix:/var/run/openvswitch/db.sock`` and keeps its state in /var/lib/ovsmgr, as on an
+  operator's machine.
+- ``netdev`` (any host, ``tests/kernel/netdev.py``): a private ovsdb-server and
+  ovs-vswitchd in a network namespace of their own, found through ``OVS_RUNDIR``;
+  bridges on the userspace datapath; state in ``OVSMGR_STATE_DIR``. The suite runs
+  inside that namespace, so everything below is the same as in the guest.
+- ``dpdk``: the same with the DPDK build of ovs-vswitchd; every port the bed adds is a
+  DPDK af_packet device on its veth (``v-PORT`` on the switch's side), as in the lab.
+
+Each host namespace (``KT_NETNS_PREFIX`` + port name) has ``eth0`` (the lab's fixed
+MAC for its ofport, its address, an on-link default route, as in
 ``ovsmgr.southbound.lab``); the other veth end, named after the policy port, is a
-port of the bridge in the guest's own namespace.
+port of the bridge in the switch's namespace.
 
 Everything is slow under TCG (a process start costs about a second), so the bed
 starts few processes: ``ip -batch``, one shell per host namespace, one traffic
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -32,6 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,9 +51,22 @@ import ovsmgr.labprobe
 from ovsmgr.southbound.lab_spec import LabPort
 from ovsmgr.southbound.ovsdb import SwitchDB
 
-SYSTEM_DB = "unix:/var/run/openvswitch/db.sock"
+DATAPATH = os.environ.get("KT_DATAPATH") or "system"
+"""system (the kernel datapath: the kernel-test guest), netdev (the userspace datapath) or
+dpdk (the userspace datapath with DPDK ports); the last two from tests/kernel/netdev.py."""
+if DATAPATH not in ("system", "netdev", "dpdk"):
+    raise SystemExit(f"KT_DATAPATH={DATAPATH!r}: system, netdev or dpdk")
+BRIDGE_TYPE = "system" if DATAPATH == "system" else "netdev"
+"""The bridges' ``datapath_type``: DPDK is the userspace datapath with ports of type dpdk."""
+DPIF = f"{BRIDGE_TYPE}@ovs-{BRIDGE_TYPE}"
+"""The datapath as ``dpctl/show`` names it: one per network namespace (system) or per
+ovs-vswitchd (netdev), shared by every bridge of that type."""
+_DPDK_DEVICES = itertools.count(1)
+"""DPDK af_packet device numbers (``net_af_packetN``): unique in the ovs-vswitchd's life."""
+DB = f"unix:{os.environ.get('OVS_RUNDIR') or '/var/run/openvswitch'}/db.sock"
+"""The switch's OVSDB, as ovs-vsctl finds it by default (``OVS_RUNDIR``)."""
 STATE_DIR = Path(os.environ.get("OVSMGR_STATE_DIR") or "/var/lib/ovsmgr")
-NETNS_PREFIX = "kt-"
+NETNS_PREFIX = os.environ.get("KT_NETNS_PREFIX") or "kt-"
 AGENT = [sys.executable, "-I", "-S", ovsmgr.labprobe.__file__]
 """ovsmgr's traffic agent (stdlib only), without site-packages: starts in half the time."""
 TIMEOUT = 120.0
@@ -72,10 +97,10 @@ def trace(what: str, started: float) -> None:
 
 
 def run(argv: Sequence[str], check: bool = True, timeout: float = TIMEOUT,
-        input: str | None = None) -> subprocess.CompletedProcess[str]:
+        input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input,
-                          check=False)
+                          env=env, check=False)
     trace(shlex.join(argv), started)
     if check and proc.returncode != 0:
         raise BedError(f"{shlex.join(argv)} exited {proc.returncode}: "
@@ -104,7 +129,7 @@ class Bed:
     def __init__(self, bridge: str, ports: Sequence[LabPort]):
         self.bridge = bridge
         self.ports = list(ports)
-        self.servers: dict[tuple[str, str, int], subprocess.Popen[str]] = {}
+        self.servers: dict[tuple[str, object], subprocess.Popen[str]] = {}
         self._serving = threading.Lock()
 
     # -- set-up and tear-down ---------------------------------------------------------------
@@ -120,52 +145,63 @@ class Bed:
     def __exit__(self, *exc: object) -> None:
         self.down()
 
+    def switch_iface(self, port: LabPort) -> str:
+        """The veth end on the switch's side: named after the policy's port, or ``v-PORT`` on
+        dpdk, where the OVS port of that name is a DPDK af_packet device on it (as in the lab)."""
+        return f"v-{port.name}" if DATAPATH == "dpdk" else port.name
+
     def up(self) -> None:
         batch = []
         for port in self.ports:
             ns = self.netns(port.name)
-            batch += [f"netns add {ns}",
-                      f"link add {port.name} type veth peer name eth0 address {port.mac} netns {ns}"]
+            batch += [f"netns add {ns}", f"link add {self.switch_iface(port)} type veth peer name "
+                      f"eth0 address {port.mac} netns {ns}"]
         run(["ip", "-batch", "-"], input="\n".join(batch) + "\n")
         for port in self.ports:
-            Path(f"/proc/sys/net/ipv6/conf/{port.name}/disable_ipv6").write_text("1\n")
-            # Needed on netdev only (docs/kernel-datapath.md); on the kernel datapath it must
-            # simply do no harm, so the bed does what the embedded lab does.
-            run(["ethtool", "-K", port.name, "tx", "off"])
-            run(["ip", "link", "set", "dev", port.name, "up"])
+            iface = self.switch_iface(port)
+            Path(f"/proc/sys/net/ipv6/conf/{iface}/disable_ipv6").write_text("1\n")
+            # Needed on the userspace datapath only (docs/datapaths.md); on the kernel datapath
+            # it must simply do no harm, so the bed does what the embedded lab does.
+            run(["ethtool", "-K", iface, "tx", "off"])
+            run(["ip", "link", "set", "dev", iface, "up"])
             run(["ip", "netns", "exec", self.netns(port.name), "sh", "-ec", _host_script(port)])
-        with SwitchDB(SYSTEM_DB) as db:
-            db.ensure_bridge(self.bridge, datapath_type="system", fail_mode="secure")
+        with SwitchDB(DB) as db:
+            db.ensure_bridge(self.bridge, datapath_type=BRIDGE_TYPE, fail_mode="secure")
             for port in self.ports:
-                db.ensure_port(self.bridge, port.name, port.ofport)
+                if DATAPATH == "dpdk":
+                    devargs = f"net_af_packet{next(_DPDK_DEVICES)},iface={self.switch_iface(port)}"
+                    db.ensure_port(self.bridge, port.name, port.ofport, "dpdk", {"dpdk-devargs": devargs})
+                else:
+                    db.ensure_port(self.bridge, port.name, port.ofport)
 
     def down(self, leftovers_only: bool = False) -> None:
-        """Stop the servers, remove the hosts, the bridge and ovsmgr's record of it; flush
-        the kernel's conntrack entries. ``leftovers_only``: only what is there (no commands
-        for a bridge that does not exist, the usual case before a scenario)."""
+        """Stop the servers, remove the bridge, its conntrack entries, the hosts and ovsmgr's
+        record of the bridge. ``leftovers_only``: only what is there (no commands for a bridge
+        that does not exist, the usual case before a scenario)."""
         for proc in self.servers.values():
             proc.kill()
             proc.wait()
         self.servers.clear()
-        batch = []
         for port in self.ports:
-            ns = self.netns(port.name)
-            pids = netns_pids(ns)
-            for pid in pids:
+            for pid in netns_pids(self.netns(port.name)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            if Path(f"/sys/class/net/{port.name}").exists():
-                batch.append(f"link del {port.name}")  # both veth ends, at once
-            if Path(f"/run/netns/{ns}").exists():
-                batch.append(f"netns del {ns}")
+        # The bridge first: a DPDK port must let go of its veth before the veth goes.
+        if not leftovers_only or Path(f"/sys/class/net/{self.bridge}").exists():
+            # (a bridge has an internal port of its name: a tap device on netdev)
+            run(["ovs-vsctl", "--timeout=30", "--if-exists", "del-br", self.bridge])
+            run(["ovs-appctl", "dpctl/flush-conntrack"], check=False)
+        batch = []
+        for port in self.ports:
+            for iface in dict.fromkeys((port.name, self.switch_iface(port))):
+                if Path(f"/sys/class/net/{iface}").exists():
+                    batch.append(f"link del {iface}")  # both veth ends, at once
+            if Path(f"/run/netns/{self.netns(port.name)}").exists():
+                batch.append(f"netns del {self.netns(port.name)}")
         if batch:
             run(["ip", "-batch", "-"], input="\n".join(batch) + "\n")
         for path in STATE_DIR.glob(f"ovsmgr-{self.bridge}.*"):
             path.unlink()
-        if leftovers_only and not Path(f"/sys/class/net/{self.bridge}").exists():
-            return  # a kernel-datapath bridge has an internal port of its name
-        run(["ovs-vsctl", "--timeout=30", "--if-exists", "del-br", self.bridge])
-        run(["ovs-appctl", "dpctl/flush-conntrack"], check=False)
 
     @staticmethod
     def netns(port: str) -> str:
@@ -187,14 +223,14 @@ class Bed:
         return subprocess.Popen(["ip", "netns", "exec", self.netns(port), *argv], **kwargs)
 
     def ovsmgr(self, *args: str, expect: int | None = 0) -> CommandResult:
-        """``ovsmgr ARGS --db <system socket>`` in this process (click's runner: the command's
+        """``ovsmgr ARGS --db <the switch's socket>`` in this process (click's runner: the command's
         own code, exit status and output); raises unless it exits ``expect`` (None: any)."""
         from click.testing import CliRunner
 
         from ovsmgr.cli import main
 
         started = time.monotonic()
-        result = CliRunner().invoke(main, [*args, "--db", SYSTEM_DB])
+        result = CliRunner().invoke(main, [*args, "--db", DB])
         trace(f"ovsmgr {' '.join(args)} (in process)", started)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise BedError(f"ovsmgr {' '.join(args)} raised {result.exception!r}:\n{result.output}")
@@ -204,7 +240,7 @@ class Bed:
 
     def ovsmgr_process(self, *args: str, expect: int | None = 0) -> CommandResult:
         """The same through the installed ``ovsmgr`` command, as an operator runs it."""
-        argv = [str(Path(sys.executable).with_name("ovsmgr")), *args, "--db", SYSTEM_DB]
+        argv = [str(Path(sys.executable).with_name("ovsmgr")), *args, "--db", DB]
         proc = run(argv, check=False, timeout=900)
         found = CommandResult(proc.returncode, proc.stdout, proc.stdout + proc.stderr)
         _expect(found, args, expect)
@@ -217,47 +253,66 @@ class Bed:
     def ofctl(self, *args: str) -> str:
         return run(["ovs-ofctl", "-O", "OpenFlow15", args[0], self.bridge, *args[1:]]).stdout
 
-    def announce(self) -> None:
+    def announce(self, extra: dict[str, list[str]] | None = None) -> None:
         """A gratuitous ARP from every IPv4 host, as hosts send when they come up: the pipeline
-        learns the MACs it writes into translated packets from ARP."""
+        learns the MACs it writes into translated packets from ARP. ``extra``: more addresses
+        a host has (port name -> addresses), announced too."""
+        calls = []
         for port in self.ports:
             iface = ipaddress.ip_interface(port.address) if port.address else None
-            if iface is not None and iface.version == 4:
-                self.exec(port.name, ["arping", "-U", "-c", "1", "-I", "eth0", str(iface.ip)])
+            addresses = [str(iface.ip)] if iface is not None and iface.version == 4 else []
+            addresses += (extra or {}).get(port.name, [])
+            if addresses:  # arping -U takes a second; all of them at once
+                script = "".join(f"arping -q -U -c 1 -I eth0 {a} & " for a in addresses) + "wait"
+                calls.append(partial(self.exec, port.name, ["sh", "-c", script]))
+        concurrently(*calls)
 
     def serve(self, port: str, proto: str, tport: int) -> None:
         """A traffic server (``ovsmgr.labprobe serve``) on ``port``'s host, kept until ``down``:
         it answers every connection or datagram with the peer address it saw."""
-        key = (port, proto, tport)
+        self.server(port, [*AGENT, "serve", proto, str(tport), "--timeout", "900"], (proto, tport))
+
+    def server(self, port: str, argv: Sequence[str], key: object = None) -> subprocess.Popen[str]:
+        """Start a server (``argv``, printing a line with ``listening`` once it is ready) on
+        ``port``'s host, once per ``key``; it runs until ``down``."""
+        full_key = (port, key if key is not None else tuple(argv))
         with self._serving:
-            if key in self.servers:
-                return
-            proc = self.popen(port, [*AGENT, "serve", proto, str(tport), "--timeout", "900"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            self.servers[key] = proc
+            if full_key in self.servers:
+                return self.servers[full_key]
+            proc = self.popen(port, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.servers[full_key] = proc
             assert proc.stdout is not None
             line = proc.stdout.readline()
             if "listening" not in line:
-                raise BedError(f"{proto}/{tport} server on {port} did not start: {line!r}")
+                raise BedError(f"server {shlex.join(argv)} on {port} did not start: {line!r}")
+            return proc
 
-    # -- the kernel datapath ----------------------------------------------------------------
-    def assert_kernel_datapath(self) -> None:
-        """The bridge is on the kernel datapath and its ports are in ``system@ovs-system``."""
+    # -- the datapath ------------------------------------------------------------------------
+    def assert_datapath(self) -> str:
+        """The bridge is on this run's datapath and its ports are in it (``dpctl/show``);
+        returns what that shows: ``system@ovs-system``, ``netdev@ovs-netdev``, or
+        ``netdev@ovs-netdev, DPDK ports`` when every port is a DPDK device."""
         dtype = run(["ovs-vsctl", "get", "bridge", self.bridge, "datapath_type"]).stdout.strip()
-        if dtype.strip('"') != "system":
-            raise BedError(f"bridge {self.bridge} has datapath_type {dtype}, not system")
+        if dtype.strip('"') != BRIDGE_TYPE:
+            raise BedError(f"bridge {self.bridge} has datapath_type {dtype}, not {BRIDGE_TYPE}")
         show = run(["ovs-appctl", "dpctl/show"]).stdout
-        block = re.search(r"^system@ovs-system:\n((?:[ \t].*\n?)*)", show, re.M)
+        block = re.search(rf"^{re.escape(DPIF)}:\n((?:[ \t].*\n?)*)", show, re.M)
         if block is None:
-            raise BedError(f"no kernel datapath system@ovs-system in dpctl/show:\n{show}")
-        missing = [p.name for p in self.ports if not re.search(rf": {re.escape(p.name)}\b", block[1])]
+            raise BedError(f"no datapath {DPIF} in dpctl/show:\n{show}")
+        lines = {p.name: re.search(rf"^\s*port \d+: {re.escape(p.name)}\b.*$", block[1], re.M)
+                 for p in self.ports}
+        missing = [name for name, line in lines.items() if line is None]
         if missing:
-            raise BedError(f"ports {missing} are not in system@ovs-system:\n{show}")
+            raise BedError(f"ports {missing} are not in {DPIF}:\n{show}")
+        if all("(dpdk" in line[0] for line in lines.values() if line):
+            return f"{DPIF}, DPDK ports"
+        return DPIF
 
-    def conntrack_entries(self, needle: str) -> list[str]:
-        """Kernel conntrack entries (``dpctl/dump-conntrack``) whose text contains needle."""
-        return [line for line in run(["ovs-appctl", "dpctl/dump-conntrack"]).stdout.splitlines()
-                if needle in line]
+    def conntrack_entries(self, needle: str = "", zone: int | None = None) -> list[str]:
+        """The datapath's conntrack entries (``dpctl/dump-conntrack``: the kernel's table on
+        system, ovs-vswitchd's own on netdev) whose text contains needle, of one zone."""
+        argv = ["ovs-appctl", "dpctl/dump-conntrack", *([f"zone={zone}"] if zone is not None else [])]
+        return [line for line in run(argv).stdout.splitlines() if needle in line]
 
 
 def _host_script(port: LabPort) -> str:

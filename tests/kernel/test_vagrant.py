@@ -20,7 +20,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.kernel import scenarios
+from tests.kernel import expected, scenarios
 
 REPO = Path(__file__).resolve().parents[2]
 VAGRANT = REPO / "vagrant"
@@ -107,3 +107,56 @@ def test_scenario_list_is_what_the_runner_expects() -> None:
     assert proc.stdout.split() == list(scenarios.SCENARIOS)
     assert {"seed-firewall", "seed-nat", "gateway", "cut-on-rule-removal", "hitless-apply",
             "drift"} <= set(scenarios.SCENARIOS)
+
+
+def test_every_scenario_has_its_row_in_the_expected_table() -> None:
+    assert list(expected.EXPECTED) == list(scenarios.SCENARIOS)
+    for name, facts in expected.EXPECTED.items():
+        assert facts, f"{name} reports no facts"
+    assert {"fragments", "nat-ports", "zone-limit"} <= set(expected.scenarios_with_differences())
+
+
+def test_compare_finds_every_kind_of_disagreement() -> None:
+    name = "zone-limit"
+    seen = expected.expected_facts(name, "system")
+    assert expected.compare(name, "system", seen) == []
+    assert expected.compare(name, "netdev", seen) != []  # the kernel's facts are not netdev's
+    missing = dict(seen)
+    missing.pop(next(iter(missing)))
+    assert expected.compare(name, "system", missing)[0].endswith("not observed")
+    assert expected.compare(name, "system", {**seen, "x": 1})[0].endswith("is not in the table")
+    assert expected.expected_facts("fragments", "dpdk")["dpctl/ipf-get-status"] == "answers"
+
+
+def test_datapaths_doc_has_the_result_table_and_explains_every_difference() -> None:
+    """docs/datapaths.md shows tests/kernel/expected.py as it is, and has a section for every
+    difference the table points to."""
+    doc = (REPO / "docs" / "datapaths.md").read_text()
+    assert expected.markdown_table() in doc, "regenerate the table: python -m tests.kernel.expected"
+    headings = set(re.findall(r"^#+ (.+)$", doc, re.M))
+    for name, what, differs in expected.differences():
+        assert differs.doc in headings, f"{name}: {what}: no section '{differs.doc}' in datapaths.md"
+        assert f"`{name}`" in doc.split(f"# {differs.doc}", 1)[1].split("\n#", 1)[0], (
+            f"the section '{differs.doc}' does not name the scenario {name}")
+
+
+def test_fragprobe_fragments_reassemble_to_the_datagram() -> None:
+    import struct
+
+    from tests.kernel import fragprobe
+
+    payload = bytes(range(256)) * 12  # 3,072 bytes
+    datagram = fragprobe._udp("10.0.0.10", "198.51.100.9", 40000, 7000, payload)
+    pseudo = bytes([10, 0, 0, 10, 198, 51, 100, 9, 0, 17]) + struct.pack("!H", len(datagram))
+    assert fragprobe._checksum(pseudo + datagram) == 0  # a valid UDP checksum sums to zero
+    pieces = [(off, datagram[off:off + fragprobe.FRAGMENT])
+              for off in range(0, len(datagram), fragprobe.FRAGMENT)]
+    rebuilt = bytearray(len(datagram))
+    for index, (off, chunk) in enumerate(pieces):
+        more = index < len(pieces) - 1
+        packet = fragprobe._fragment("10.0.0.10", "198.51.100.9", 77, off, chunk, more)
+        assert len(packet) <= 1500 and fragprobe._checksum(packet[:20]) == 0
+        flags_offset = struct.unpack("!H", packet[6:8])[0]
+        assert bool(flags_offset & 0x2000) == more and (flags_offset & 0x1FFF) * 8 == off
+        rebuilt[off:off + len(chunk)] = packet[20:]
+    assert bytes(rebuilt) == datagram
