@@ -9,7 +9,10 @@ with fake devices.
 task and the subject tasks measured right after it, on the same test bed. The
 runner measures a group's baseline and subjects back to back, once per
 repetition (in reverse order every other repetition, ABBA), so each ratio
-compares measurements taken seconds apart.
+compares measurements taken seconds apart. An ``updates`` group's baseline and
+subject run the same pipeline (with the bench's blocklist); the subject's NDR is
+searched while runtime changes are applied (`Task.update_rate`, see
+`ovsmgr.bench.updates`).
 """
 
 from __future__ import annotations
@@ -105,6 +108,9 @@ class Task:
     size: int = 64
     rate: Rate | None = None
     establish: bool = False
+    update_rate: float = 0.0
+    """Runtime changes per second applied through the controller's engine while measuring."""
+    update_kind: str = "mixed"
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"system": self.config.system if self.config.system != "ovs" else "ovs",
@@ -117,6 +123,11 @@ class Task:
             out.update(rate=str(self.rate), rate_pps=round(self.rate.pps(self.size), 1))
         if self.establish:
             out["established"] = True
+        if self.config.blocklist is not None:
+            rate = self.update_rate
+            out["update_rate"] = int(rate) if float(rate).is_integer() else rate
+            if self.update_rate:
+                out["update_kind"] = self.update_kind
         return out
 
 
@@ -125,7 +136,7 @@ class Group:
     baseline: Task | None
     subjects: tuple[Task, ...]
     role: str = "pipeline"
-    """What varies between baseline and subjects: pipeline, rules, flows."""
+    """What varies between baseline and subjects: pipeline, rules, flows, updates."""
 
 
 def pipeline_config(pipeline: str) -> Config:
@@ -204,4 +215,14 @@ def plan_experiment(exp: Experiment) -> list[Group]:
         return groups
     if exp.method == "rules":
         return _rules_groups(exp)
+    if exp.method == "updates":
+        generator = exp.policy_ports[0] if exp.policy_ports else ""
+        groups = []
+        for p in exp.pipelines:
+            for f in exp.flows:
+                for s in exp.sizes:
+                    base = Task(Config("ovs", p, blocklist=generator), "ndr", flows=f, size=s)
+                    subject = replace(base, update_rate=exp.update_rate, update_kind=exp.update_kind)
+                    groups.append(Group(base, (subject,), "updates"))
+        return groups
     return []  # control: no traffic, see `control`

@@ -8,7 +8,9 @@
 - flows: NDR against flow count (log scale) relative to the smallest count;
 - ndr, tcp, cps: bars of the pipelines next to their baseline;
 - control: apply and incremental update time against rule count, ovsmgr against
-  a raw ``ovs-ofctl --bundle``.
+  a raw ``ovs-ofctl --bundle``;
+- updates: NDR without and with runtime changes, and the changes per second
+  requested and applied, with their latency.
 """
 
 from __future__ import annotations
@@ -187,6 +189,39 @@ def plot_control(name: str, points: Sequence[Mapping[str, Any]], out: Path) -> l
     return [_save(fig, out / f"{name}-control.png")]
 
 
+def plot_updates(name: str, points: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.9 * len(points) + 2.6))
+    labels = [f"{p['params']['pipeline']}\n{p['params'].get('flows')} flows, {p['params'].get('size')} B"
+              for p in points]
+    ys = list(range(len(points)))
+    left.barh([y - 0.2 for y in ys], [_f(p, "ndr_pps", baseline=True) / 1000 for p in points], 0.4,
+              color="grey", label="no updates")
+    left.barh([y + 0.2 for y in ys], [_f(p, "ndr_pps") / 1000 for p in points], 0.4, color="#1f77b4",
+              label="with updates")
+    for y, p in zip(ys, points, strict=True):
+        ratio = (p.get("ratio") or {}).get("ndr_pps")
+        if isinstance(ratio, int | float):
+            left.annotate(f"{ratio:.2f}x", (_f(p, "ndr_pps") / 1000, y + 0.2), fontsize=8, va="center")
+    left.set_yticks(ys, labels, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel("NDR (kpps)")
+    left.legend(fontsize=7)
+    right.barh([y - 0.2 for y in ys], [_f(p, "update_rate") for p in points], 0.4, color="grey",
+               label="changes/s requested")
+    right.barh([y + 0.2 for y in ys], [_f(p, "updates_per_s") for p in points], 0.4, color="#d95f02",
+               label="changes/s applied")
+    for y, p in zip(ys, points, strict=True):
+        right.annotate(f"p50 {_f(p, 'update_latency_p50_ms'):.0f} ms, p99 {_f(p, 'update_latency_p99_ms'):.0f} ms",
+                       (_f(p, "updates_per_s"), y + 0.2), fontsize=8, va="center")
+    right.set_yticks(ys, [""] * len(ys))
+    right.invert_yaxis()
+    right.set_xlabel("runtime changes per second (controller engine)")
+    right.legend(fontsize=7)
+    fig.suptitle("NDR while runtime changes are applied, against the same pipeline without", fontsize=10)
+    return [_save(fig, out / f"{name}-updates.png")]
+
+
 def write_plots(data: Mapping[str, Any], out: Path) -> list[Path]:
     """Every plot the results allow; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -216,4 +251,6 @@ def write_plots(data: Mapping[str, Any], out: Path) -> list[Path]:
             paths += plot_bars(name, points, out, ["cps"], ["new connections per second"])
         elif method == "control":
             paths += plot_control(name, points, out)
+        elif method == "updates":
+            paths += plot_updates(name, points, out)
     return paths

@@ -30,6 +30,7 @@ from ovsmgr.bench.netns import Processes
 from ovsmgr.bench.results import Results, jsonable, point_record
 from ovsmgr.bench.spec import BenchSpec, Experiment
 from ovsmgr.bench.testbed import OvsTestbed, Testbed
+from ovsmgr.bench.updates import Updater
 
 PRIME_ABOVE = 5000
 """Flow counts above this are primed (each flow sent once) after every pipeline change."""
@@ -189,6 +190,8 @@ class Runner:
                 diagnostics: dict[str, Any] | None) -> dict[str, Any]:
         """Configure the bed for the task and measure it once."""
         label = f"{exp.name}: {task.config.label} {task.measure}"
+        if task.update_rate:
+            label += f" with {task.update_rate:g} updates/s"
         self.status(label)
         info = bed.configure(task.config)
         s = exp.settings
@@ -199,13 +202,22 @@ class Runner:
                                                 or load.proto == "tcp"):
             self.status(f"{label}: opening {task.flows} flows")
             trials.prime(load, task.establish)
+        updater: Updater | None = None
         with ExitStack() as stack:
             if diagnostics is not None:
                 bed.begin_point()
                 if self.profile and isinstance(bed, OvsTestbed):
                     stack.enter_context(profiled(self.procs, bed.vswitchd_pid(),
                                                  self.workdir / "perf.data", diagnostics))
-            figures = self._measure(task, trials, load, s, label, bed)
+            if task.update_rate:
+                if not isinstance(bed, OvsTestbed):
+                    raise ValueError("runtime updates need an OVS test bed")
+                self.status(f"{label}: controller engine up, one cycle of changes checked on the switch")
+                updater = stack.enter_context(Updater(bed, task.config, task.update_rate,
+                                                      task.update_kind, self.workdir))
+            figures = self._measure(task, trials, load, s, label, bed, updater)
+        if updater is not None:
+            figures.update(updater.figures())
         if diagnostics is not None:
             diagnostics.update(bed.diagnostics())
             diagnostics["configure"] = info
@@ -214,7 +226,7 @@ class Runner:
         return figures
 
     def _measure(self, task: Task, trials: Trials, load: Load, s: Any, label: str,
-                 bed: Testbed) -> dict[str, Any]:
+                 bed: Testbed, updater: Updater | None = None) -> dict[str, Any]:
         if task.measure == "tcp":
             return trials.tcp()
         if task.measure == "rate":
@@ -225,7 +237,12 @@ class Runner:
             self.status(f"{label}: trial at {pps / 1000:.1f} kpps")
             if task.measure == "cps":
                 bed.clear_state()  # every trial starts from an empty connection table
-            return trials.rate(load, pps)
+            if updater is None:
+                return trials.rate(load, pps)
+            mark = updater.progress()
+            figures = trials.rate(load, pps)
+            figures["updates_per_s"] = updater.rate_between(mark, updater.progress())
+            return figures
 
         result = ndr_search(trial, s.ndr, task.size)
         key = "cps" if task.measure == "cps" else "ndr_pps"
@@ -242,7 +259,8 @@ class Runner:
         figures["trials"] = [{k: t.get(k) for k in ("requested_pps", "offered_pps", "delivered_pps",
                                                      "loss", "latency_p99_us", "passed", "attempt",
                                                      "starved", "pmd_cpu_share", "switch_cpu_share",
-                                                     "steal_ms_cpu1")}
+                                                     "steal_ms_cpu1", "updates_per_s")
+                              if k in t or k != "updates_per_s"}
                              for t in result.trials]
         return figures
 

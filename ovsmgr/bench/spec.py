@@ -22,7 +22,10 @@ there. Rates are ``N``/``Npps``/``Nkpps``/``NMpps`` (packets per second) or
 inter-frame gap, as in the seed). Methods and what they take are in
 ``METHOD_FIELDS``; pipelines are ``plain`` (OVS forwarding port to port),
 ``seed-firewall``, ``seed-nat``, or a policy file (``*.yaml``); systems (method
-``rules``) are ``ovsmgr`` and the Linux baselines in ``LINUX_SYSTEMS``.
+``rules``) are ``ovsmgr`` and the Linux baselines in ``LINUX_SYSTEMS``. Method
+``updates`` measures the NDR of a pipeline while ``update_rate`` runtime changes
+per second (``update_kind``: address-set members, rules enabled and disabled, or
+both in turn) go through the controller's engine (`ovsmgr.bench.updates`).
 """
 
 from __future__ import annotations
@@ -33,13 +36,19 @@ from typing import Any, Literal
 
 from ovsmgr.policy.diagnostics import PolicyError
 
-Method = Literal["sweep", "ndr", "rules", "flows", "tcp", "cps", "control"]
-METHODS: tuple[Method, ...] = ("sweep", "ndr", "rules", "flows", "tcp", "cps", "control")
+Method = Literal["sweep", "ndr", "rules", "flows", "tcp", "cps", "control", "updates"]
+METHODS: tuple[Method, ...] = ("sweep", "ndr", "rules", "flows", "tcp", "cps", "control", "updates")
 LINUX_SYSTEMS = ("linux", "iptables", "iptables-nft", "ipset", "nftables")
 SYSTEMS = ("ovsmgr", *LINUX_SYSTEMS)
 RULE_KINDS = ("dport", "src", "mixed")
 SEED_PIPELINES = ("plain", "seed-firewall", "seed-nat")
 MEASURES = ("ndr", "tcp", "cps", "cost")
+UPDATE_KINDS = ("set", "rule", "mixed")
+"""What the ``updates`` method changes: a member of the blocklist address set added and removed
+(``set``), the blocklist rule disabled and enabled (``rule``), or the four steps in turn."""
+MAX_UPDATE_RATE = 10000.0
+KEPT_UP = 0.95
+"""The ``updates`` method's updater kept up when it applied at least this share of the rate."""
 COST_RATE = 50000.0
 """pps of a ``cost`` measurement (one fixed-rate trial) when the experiment gives no rates."""
 MAX_FLOWS = 1_000_000
@@ -55,6 +64,7 @@ METHOD_FIELDS: dict[str, set[str]] = {
     "tcp": {"pipelines", "baseline", "policy_ports"},
     "cps": {"pipelines", "baseline", "sizes", "policy_ports"},
     "control": {"rules", "rule_kinds"},
+    "updates": {"pipelines", "flows", "sizes", "policy_ports", "update_rate", "update_kind"},
 }
 TOP_FIELDS = {"version", "name", "experiments", *COMMON_FIELDS}
 RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(pps|kpps|mpps|bit|kbit|mbit|gbit)?(?:/s)?\s*$",
@@ -177,6 +187,10 @@ class Experiment:
     policy_ports: tuple[str, str] | None = None
     """(generator port, sink port) of a policy-file pipeline; default inside/outside or the
     first two ports by ofport."""
+    update_rate: float = 100.0
+    """Method ``updates``: runtime changes per second applied during the subject's NDR search."""
+    update_kind: str = "mixed"
+    """Method ``updates``: one of `UPDATE_KINDS`."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from ovsmgr.bench.spec import (
     COMMON_FIELDS,
     FRAME_SIZES,
     MAX_FLOWS,
+    MAX_UPDATE_RATE,
     MEASURES,
     METHOD_FIELDS,
     METHODS,
@@ -22,6 +23,7 @@ from ovsmgr.bench.spec import (
     SEED_PIPELINES,
     SYSTEMS,
     TOP_FIELDS,
+    UPDATE_KINDS,
     BenchSpec,
     Experiment,
     NdrSettings,
@@ -226,6 +228,14 @@ def _experiment(r: _Reader, i: int, value: Any, base: Settings, base_dir: Path) 
         fields["rates"] = _rates(r, (*path, "rates"), data["rates"])
     if "establish" in data:
         fields["establish"] = bool(data["establish"])
+    if "update_rate" in data and (rate := r.number((*path, "update_rate"), data["update_rate"], 0.1,
+                                                   MAX_UPDATE_RATE)) is not None:
+        fields["update_rate"] = float(rate)
+    if "update_kind" in data:
+        if data["update_kind"] in UPDATE_KINDS:
+            fields["update_kind"] = data["update_kind"]
+        else:
+            r.error((*path, "update_kind"), f"update_kind must be one of {', '.join(UPDATE_KINDS)}")
     if "policy_ports" in data:
         ports = data["policy_ports"]
         if isinstance(ports, list) and len(ports) == 2 and all(isinstance(p, str) for p in ports):
@@ -235,6 +245,8 @@ def _experiment(r: _Reader, i: int, value: Any, base: Settings, base_dir: Path) 
     exp = replace(exp, **fields)
     if method == "sweep" and not exp.rates:
         r.error(path, "a sweep needs rates (a list, or {from, to, steps|step})")
+    if method == "updates" and "plain" in exp.pipelines:
+        r.error((*path, "pipelines"), "plain forwarding has no firewall to change: updates need a policy")
     return exp
 
 
@@ -295,6 +307,8 @@ experiments:
   - {name: rules, method: rules, systems: [ovsmgr, iptables], rule_kinds: [dport],
      rules: [0, 50], flows: [10], measures: [ndr, tcp], traffic: {proto: tcp}}
   - {name: control, method: control, rules: [20], rule_kinds: [dport]}
+  - {name: updates, method: updates, pipelines: [seed-firewall], flows: [10], sizes: [64],
+     update_rate: 100}
 """
 
 

@@ -3,13 +3,15 @@
 Both have a generator host and a sink host in namespaces of their own; load
 frames leave the generator addressed to `Testbed.next_hop_mac`. A `Config` is
 what the device under test runs: an OVS pipeline (plain port-to-port
-forwarding, a seed policy, a policy file, or a generated policy of N rules) or
-a Linux netfilter set-up. `configure` switches between them in place, so a
+forwarding, a seed policy, a policy file, or a generated policy of N rules, each
+optionally with the bench's blocklist, see `with_blocklist`) or a Linux
+netfilter set-up. `configure` switches between them in place, so a
 point and its baseline are measured on the same hosts minutes apart at most.
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 import secrets
@@ -26,6 +28,7 @@ from ovsmgr.bench.netns import SWITCH_CPU, cpu_count, pin_process_threads, run
 from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import Kind, generate_policy
+from ovsmgr.policy.loader import load_file
 from ovsmgr.southbound.lab import Lab, LabPort, LabSpec, lab_spec_from_policy
 from ovsmgr.southbound.target import SwitchTarget
 
@@ -34,6 +37,10 @@ BENCH_COOKIE = 0xBE0C
 """Cookie of the plain-forwarding flows the bench adds on top of a policy (ovsmgr ignores them)."""
 PLAIN_PRIORITY = 65535
 DEFAULT_PORTS = (LabPort("inside", 1, "10.1.0.2/16"), LabPort("outside", 2, "10.2.0.2/16"))
+BLOCKLIST = "bench-blocklist"
+"""Name of the address set and of the drop rule `with_blocklist` adds to a pipeline."""
+BLOCKLIST_MEMBERS = ("203.0.113.1",)
+"""The set's members in the policy (TEST-NET-3: no load, probe or NAT address is in it)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,9 @@ class Config:
     pipeline: str = "plain"
     rules: int = 0
     rule_kind: str = "dport"
+    blocklist: str | None = None
+    """The pipeline with the bench's blocklist added (`with_blocklist`) for the zone of this
+    generator port ("": the test bed's default generator port); None: the pipeline as it is."""
 
     @property
     def testbed(self) -> Literal["ovs", "linux"]:
@@ -74,7 +84,8 @@ class Config:
         if self.system == "ovs" and self.pipeline == "generated":
             return f"ovsmgr {self.rule_kind} x{self.rules}"
         if self.system == "ovs":
-            return Path(self.pipeline).stem if self.pipeline.endswith((".yaml", ".yml")) else self.pipeline
+            name = Path(self.pipeline).stem if self.pipeline.endswith((".yaml", ".yml")) else self.pipeline
+            return f"{name}+blocklist" if self.blocklist is not None else name
         if self.system == "linux":
             return "linux"
         return f"{self.system} {self.rule_kind} x{self.rules}"
@@ -110,11 +121,55 @@ def seed_policy_path(name: str) -> Path:
     return path
 
 
+def pipeline_data(pipeline: str) -> dict[str, Any]:
+    """The policy data (as in its YAML file) of a seed pipeline or a policy file."""
+    path = seed_policy_path(pipeline) if pipeline in ("seed-firewall", "seed-nat") else Path(pipeline)
+    return cast(dict[str, Any], copy.deepcopy(load_file(path).data))
+
+
+def with_blocklist(data: dict[str, Any], generator_port: str = "") -> dict[str, Any]:
+    """The policy plus an address set `BLOCKLIST` (members `BLOCKLIST_MEMBERS`) and, first in the
+    firewall, a rule of that name dropping traffic from the generator port's zone to the set.
+    The load (to the sink's address) is tested against the rule and never matches it; the
+    ``updates`` method changes the set and the rule while the load runs. The generator port
+    defaults as in `lab_ports_for`: ``inside`` when the policy has it, else the lowest ofport."""
+    out = copy.deepcopy(data)
+    ports: dict[str, Any] = out.get("switch", {}).get("ports", {})
+    if not generator_port:
+        generator_port = "inside" if {"inside", "outside"} <= set(ports) else min(
+            ports, key=lambda name: int((ports[name] or {}).get("ofport", 1 << 30)), default="")
+    zones: dict[str, Any] = out.get("zones") or {}
+    zone = next((name for name, z in zones.items() if generator_port in ((z or {}).get("ports") or [])), None)
+    if zone is None:
+        raise ValueError(f"no zone holds the generator port {generator_port!r}: the blocklist rule "
+                         "needs the zone the load enters from")
+    if BLOCKLIST in (out.get("addresses") or {}):
+        raise ValueError(f"the policy already has an address set named {BLOCKLIST!r}")
+    out["addresses"] = {**(out.get("addresses") or {}), BLOCKLIST: list(BLOCKLIST_MEMBERS)}
+    firewall = out.setdefault("firewall", {})
+    firewall["rules"] = [{"name": BLOCKLIST, "from": zone, "dst": f"@{BLOCKLIST}", "action": "drop"},
+                         *(firewall.get("rules") or [])]
+    return out
+
+
+def policy_text(config: Config) -> str:
+    """The YAML of an OVS pipeline with the bench's blocklist (what its controller would load)."""
+    import yaml
+
+    if config.blocklist is None:
+        raise ValueError(f"{config.label} is a pipeline without the blocklist")
+    return str(yaml.safe_dump(with_blocklist(pipeline_data(config.pipeline), config.blocklist),
+                              sort_keys=False))
+
+
 @cache
-def _compiled(pipeline: str, rules: int, kind: str) -> tuple[CompiledPolicy, float]:
+def _compiled(pipeline: str, rules: int, kind: str, blocklist: str | None = None) -> tuple[CompiledPolicy, float]:
     """(compiled policy, seconds to load and compile), cached for the run."""
     start = time.perf_counter()
-    if pipeline == "generated":
+    if blocklist is not None:
+        config = Config("ovs", pipeline, rules, kind, blocklist)
+        policy = load_policy_text(policy_text(config), f"{config.label}.yaml")
+    elif pipeline == "generated":
         policy = load_policy_text(generate_policy(rules, cast(Kind, kind)), f"generated-{kind}-{rules}.yaml")
     elif pipeline in ("seed-firewall", "seed-nat"):
         policy = load_policy([seed_policy_path(pipeline)])
@@ -125,7 +180,7 @@ def _compiled(pipeline: str, rules: int, kind: str) -> tuple[CompiledPolicy, flo
 
 
 def compiled_for(config: Config) -> tuple[CompiledPolicy, float]:
-    return _compiled(config.pipeline, config.rules, config.rule_kind)
+    return _compiled(config.pipeline, config.rules, config.rule_kind, config.blocklist)
 
 
 def lab_ports_for(policy_file: str | None, datapath: str, name: str,

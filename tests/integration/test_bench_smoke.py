@@ -8,6 +8,7 @@ host facts are recorded; the plots are PNG files; the report has the targets tab
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -43,9 +44,9 @@ def test_every_point_has_parameters_figures_baseline_and_ratio(smoke_run: tuple[
     _, data = smoke_run
     assert data["format"] == "ovsmgr-bench/1" and data["interrupted"] is False
     assert {e["name"]: e["status"] for e in data["experiments"]} == {
-        "sweep": "done", "ndr": "done", "rules": "done", "control": "done"}
+        "sweep": "done", "ndr": "done", "rules": "done", "control": "done", "updates": "done"}
     methods = {p["method"] for p in data["points"]}
-    assert methods == {"sweep", "ndr", "rules", "control"}
+    assert methods == {"sweep", "ndr", "rules", "control", "updates"}
     for point in data["points"]:
         assert point["params"]["pipeline"] and point["figures"]
         assert point["headline"] in point["figures"]
@@ -75,6 +76,28 @@ def test_the_measures_of_each_method_are_there(smoke_run: tuple[Path, dict]) -> 
     assert control["baseline"]["params"]["pipeline"].startswith("ovs-ofctl")
 
 
+def test_updates_were_applied_on_the_switch_while_the_load_ran(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    """The figures are there and the changes reached the switch; how fast is never judged."""
+    _, data = smoke_run
+    point = next(p for p in data["points"] if p["method"] == "updates")
+    assert point["params"]["pipeline"] == "seed-firewall+blocklist" and point["params"]["update_rate"] == 100
+    assert point["baseline"]["params"]["update_rate"] == 0
+    assert "ndr_pps" in point["baseline"]["figures"] and "ndr_pps" in point["figures"]
+    f = point["figures"]
+    for key in ("updates_requested", "updates_applied", "updates_failed", "updates_per_s",
+                "update_latency_p50_ms", "update_latency_p99_ms", "updates_kept_up", "update_flow_mods"):
+        assert key in f, key
+    assert f["updates_applied"] > 0 and f["updates_failed"] == 0
+    assert f["update_flow_mods"] >= f["updates_applied"]  # every change moved at least one flow
+    cycle = f["verified_cycle"]
+    assert cycle["steps"] == ["add", "remove", "disable", "enable"]
+    counts = cycle["switch_flows"]
+    assert counts[0] == counts[-1] and all(a != b for a, b in itertools.pairwise(counts))
+    assert f["switch_agrees"] is True and f["reconcile_flow_mods"] == 0
+    assert all("updates_per_s" in t for t in f["trials"])
+    assert not any("updates_per_s" in t for t in point["baseline"]["figures"].get("trials", []))
+
+
 def test_versions_and_host_facts_are_recorded(smoke_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
     _, data = smoke_run
     versions = data["environment"]["versions"]
@@ -95,6 +118,8 @@ def test_csv_plots_and_report(smoke_run: tuple[Path, dict]) -> None:  # type: ig
         assert png.read_bytes()[:8] == PNG_MAGIC, png
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "stateful firewall NDR / plain forwarding" in report
+    assert "NDR with 100 updates/s / without updates" in report
+    assert (out / "plots" / "updates-updates.png").exists()
     assert "![" in report
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,27 @@ from ovsmgr.bench.netns import IfCounters, parse_proc_net_dev
 from ovsmgr.bench.runner import ordered_groups
 from ovsmgr.bench.spec import NdrSettings, Rate
 from ovsmgr.bench.specfile import parse_spec
+from ovsmgr.bench.testbed import (
+    BLOCKLIST,
+    BLOCKLIST_MEMBERS,
+    Config,
+    pipeline_data,
+    policy_text,
+    with_blocklist,
+)
 from ovsmgr.bench.traffic import Endpoints, flow_layout, shaper_command, trafgen_config
+from ovsmgr.bench.updates import (
+    RUNTIME_MEMBER,
+    UpdateLog,
+    change_size,
+    run_updates,
+    update_figures,
+    update_steps,
+)
+from ovsmgr.controller.engine import ChangeResult, Engine
+from ovsmgr.policy import load_policy_text
+from ovsmgr.southbound.openflow import FlowEntry, parse_flow_line
+from ovsmgr.southbound.target import SwitchTarget
 
 
 def device(capacity: float, generator_max: float = 1e9, noise: Callable[[float], float] = lambda r: 0.0
@@ -245,3 +267,139 @@ def test_trials_where_the_pmd_was_starved_do_not_use_up_the_retries() -> None:
     result = ndr_search(trial, NdrSettings(loss=0.0, steps=6, low=Rate(5000), high=Rate(100000), retries=0), 64)
     assert 45_000 <= result.ndr_pps <= 50_000
     assert sum(t["starved"] for t in result.trials) == 2 * sum(not t["starved"] for t in result.trials)
+
+
+# -- control and data at once: the updates method ------------------------------------------------
+UPDATES_SPEC = """
+experiments:
+  - {name: updates, method: updates, pipelines: [seed-firewall, seed-nat], flows: [100, 1000],
+     update_rate: 50, update_kind: set}
+"""
+
+
+def test_update_groups_measure_the_same_pipeline_without_and_with_changes() -> None:
+    groups = plan_experiment(parse_spec(UPDATES_SPEC).experiments[0])
+    assert len(groups) == 2 * 2 and {g.role for g in groups} == {"updates"}
+    for group in groups:
+        assert group.baseline is not None and len(group.subjects) == 1
+        subject = group.subjects[0]
+        assert group.baseline.config == subject.config and subject.config.blocklist == ""
+        assert (group.baseline.measure, subject.measure) == ("ndr", "ndr")
+        assert (group.baseline.flows, group.baseline.size) == (subject.flows, subject.size)
+        assert group.baseline.update_rate == 0 and subject.update_rate == 50
+        assert group.baseline.params()["update_rate"] == 0
+        assert subject.params()["update_rate"] == 50 and subject.params()["update_kind"] == "set"
+        assert subject.params()["pipeline"].endswith("+blocklist")
+    ports = parse_spec("experiments:\n  - {method: updates, policy_ports: [lan0, wan0]}\n").experiments[0]
+    assert plan_experiment(ports)[0].subjects[0].config.blocklist == "lan0"
+
+
+def test_the_blocklist_is_a_set_and_a_first_rule_the_load_never_matches() -> None:
+    data = with_blocklist(pipeline_data("seed-nat"))
+    assert data["addresses"][BLOCKLIST] == list(BLOCKLIST_MEMBERS)
+    first = data["firewall"]["rules"][0]
+    assert first == {"name": BLOCKLIST, "from": "inside", "dst": f"@{BLOCKLIST}", "action": "drop"}
+    assert data["firewall"]["rules"][1]["name"] == "inside-out"
+    blocked = [ipaddress.ip_network(m) for m in (*BLOCKLIST_MEMBERS, RUNTIME_MEMBER)]
+    for address in ("10.2.0.2", "10.1.0.2", "200.200.200.200"):  # sink, generator, the seed's SNAT
+        assert not any(ipaddress.ip_address(address) in net for net in blocked)
+    config = Config("ovs", "seed-firewall", blocklist="")
+    policy = load_policy_text(policy_text(config), "x.yaml")  # valid, and one rule more
+    assert [r.name for r in policy.rules][:2] == [BLOCKLIST, "inside-out"]
+    assert config.label == "seed-firewall+blocklist"
+    assert with_blocklist(pipeline_data("seed-firewall"), "outside")["firewall"]["rules"][0]["from"] == "outside"
+    with pytest.raises(ValueError, match="no zone holds"):
+        with_blocklist(pipeline_data("seed-firewall"), "nowhere")
+
+
+class Table:
+    """A flow table that takes bundles as OVS does, keyed by table, priority and match."""
+
+    def __init__(self) -> None:
+        self.flows: dict[tuple[int, int, str], FlowEntry] = {}
+
+    def dump(self, ours_only: bool = True) -> list[FlowEntry]:
+        return list(self.flows.values())
+
+    def push(self, lines: Sequence[str]) -> None:
+        for line in lines:
+            verb, _, rest = line.partition(" ")
+            if verb == "add":
+                entry = parse_flow_line(rest)
+                self.flows[entry.key] = entry
+            else:
+                head = rest.split(",", 3)
+                key = (int(head[1].split("=")[1]), int(head[2].split("=")[1]), head[3] if len(head) > 3 else "")
+                del self.flows[key]
+
+
+@pytest.mark.parametrize("kind", ["set", "rule", "mixed"])
+def test_every_update_changes_flows_and_a_cycle_comes_back(tmp_path: Path, kind: str) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(policy_text(Config("ovs", "seed-firewall", blocklist="")))
+    table = Table()
+    engine = Engine([str(policy)], SwitchTarget("unix:/nonexistent", tmp_path, tmp_path),
+                    table_factory=lambda mgmt: table, record=False)
+    engine.load()
+    engine.reconcile()
+    start = dict(table.flows)
+    for cycle in range(2):
+        for step in update_steps(kind):
+            before, generation = dict(table.flows), engine.status.generation
+            assert change_size(step.apply(engine), generation) > 0
+            assert table.flows != before, step
+        assert table.flows == start, cycle  # the policy is the file's again
+    with pytest.raises(ValueError, match="reached no flow"):
+        change_size(ChangeResult(3, {"add": 0, "change": 0, "delete": 0}, 0, 0.0), 3)
+    with pytest.raises(ValueError):
+        update_steps("everything")
+
+
+class FakeClock:
+    """Time that passes only when the update loop waits or a change takes time."""
+
+    def __init__(self, run_for: float) -> None:
+        self.now, self.end = 0.0, run_for
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, timeout: float) -> bool:
+        self.now += timeout
+        return self.now >= self.end
+
+
+def _loop(rate: float, seconds: float, change_s: float, fail_every: int = 0) -> dict[str, Any]:
+    clock = FakeClock(seconds)
+
+    def step(i: int) -> int:
+        clock.now += change_s
+        if fail_every and i % fail_every == fail_every - 1:
+            raise RuntimeError("ovs-ofctl refused")
+        return 1
+
+    log = UpdateLog(rate)
+    run_updates(step, log, clock.wait, clock)
+    return update_figures(log)
+
+
+def test_an_updater_faster_than_the_rate_keeps_the_schedule() -> None:
+    f = _loop(rate=100, seconds=10, change_s=0.004)
+    assert f["updates_requested"] == 1001 and f["updates_applied"] == pytest.approx(1000, abs=2)
+    assert f["updates_per_s"] == pytest.approx(100, rel=0.01) and f["updates_kept_up"] is True
+    assert f["update_latency_p50_ms"] == pytest.approx(4) and f["update_lag_max_ms"] == pytest.approx(4)
+    assert f["updates_failed"] == 0 and f["update_flow_mods"] == f["updates_applied"]
+
+
+def test_a_slow_updater_falls_behind_and_says_so() -> None:
+    f = _loop(rate=100, seconds=10, change_s=0.025)  # 25 ms a change: 40/s at most, serially
+    assert f["updates_per_s"] == pytest.approx(40, rel=0.02) and f["updates_kept_up"] is False
+    assert f["updates_requested"] == 1001 and f["update_lag_max_ms"] > 5000
+    assert f["update_latency_p99_ms"] == pytest.approx(25)
+
+
+def test_failed_updates_are_counted_and_reported() -> None:
+    f = _loop(rate=10, seconds=10, change_s=0.001, fail_every=4)
+    assert f["updates_failed"] == 25 and f["updates_applied"] == 75
+    assert f["updates_kept_up"] is False and "ovs-ofctl refused" in f["update_errors"][0]
+    assert len(f["update_errors"]) == 5

@@ -10,7 +10,7 @@ import pytest
 
 from ovsmgr.bench.diagnostics import parse_perf_report
 from ovsmgr.bench.plots import write_plots
-from ovsmgr.bench.report import evaluate_targets, render_report
+from ovsmgr.bench.report import NONE, evaluate_targets, render_report
 from ovsmgr.bench.results import (
     FORMAT,
     jsonable,
@@ -183,3 +183,43 @@ def test_every_method_gets_its_plot(tmp_path: Path) -> None:
     text = render_report(data)
     assert "| NDR with 100,000 connections / with 100 | >= 0.8x | 0.90x | met |" in text
     assert "apply_s 1 | ovs-ofctl --bundle add-flows 0.2 | 5.00x" in text
+
+
+def updates_point(ndr: float, base_ndr: float, **updates: Any) -> dict[str, Any]:
+    figures = {"ndr_pps": ndr, "update_rate": 100.0, "update_kind": "mixed", "updates_per_s": 99.0,
+               "updates_applied": 3000, "updates_failed": 0, "update_latency_p50_ms": 6.0,
+               "update_latency_p99_ms": 9.0, "update_lag_max_ms": 12.0, "updates_kept_up": True,
+               "vswitchd_other_cpu_share": 0.1, "trials": [{"offered_pps": ndr, "loss": 0, "updates_per_s": 99}]}
+    figures.update(updates)
+    params = {"pipeline": "seed-firewall+blocklist", "measure": "ndr", "flows": 1000, "size": 64}
+    return point_record("updates", "updates", {**params, "update_rate": 100.0, "update_kind": "mixed"},
+                        [figures], {**params, "update_rate": 0.0}, [{"ndr_pps": base_ndr}], "ndr")
+
+
+def test_the_updates_target_needs_the_ratio_and_the_rate_really_applied() -> None:
+    target = "NDR with 100 updates/s / without updates"
+
+    def verdict(point: dict[str, Any]) -> dict[str, Any]:
+        return next(v for v in evaluate_targets([point]) if v["target"] == target)
+
+    assert verdict(updates_point(95.0, 100.0))["status"] == "met"
+    assert verdict(updates_point(80.0, 100.0))["status"] == "missed"
+    slow = verdict(updates_point(99.0, 100.0, updates_per_s=38.5, updates_kept_up=False))
+    assert slow["status"] == "missed" and "applied 38.5 changes/s of 100 requested" in slow["reason"]
+    failing = verdict(updates_point(99.0, 100.0, updates_failed=3))
+    assert failing["status"] == "missed" and failing["reason"] == "3 changes failed"
+    assert next(v for v in evaluate_targets(POINTS) if v["target"] == target)["status"] == "not measured"
+    # another rate is measured and shown, but it is not the target's point
+    other = updates_point(95.0, 100.0)
+    other["params"]["update_rate"] = 50.0
+    assert verdict(other)["status"] == "not measured"
+
+
+def test_the_report_and_plot_show_updates_next_to_the_ndr(tmp_path: Path) -> None:
+    data = results([updates_point(90.0, 100.0), updates_point(99.0, 100.0, updates_per_s=38.5)])
+    text = render_report(data)
+    assert "| NDR with 100 updates/s / without updates | >= 0.9x, at >= 95 applied/s | 0.90x | met |" in text
+    assert f"| seed-firewall+blocklist | 1000 | 64 | 100 | 90 | 0.90x | {NONE} / {NONE} | 100 (mixed) | 99 | 3,000 | 0 |" in text
+    assert "update_rate=100.0" in text and "applied 38.5 changes/s of 100 requested" in text
+    assert "updates: 38.5/s applied of 100/s requested" in text  # under the missed target
+    assert {p.name for p in write_plots(data, tmp_path)} == {"updates-updates.png"}

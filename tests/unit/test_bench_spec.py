@@ -127,7 +127,7 @@ def test_smoke_shrinks_any_spec_to_seconds() -> None:
 
 def test_the_example_specs_parse() -> None:
     names = {path.stem: load_spec(path) for path in BENCH.glob("*.yaml")}
-    assert {"seed004", "rules", "flows", "control", "smoke"} <= set(names)
+    assert {"seed004", "rules", "flows", "control", "smoke", "updates"} <= set(names)
     assert names["smoke"].experiments == smoke_spec().experiments
 
 
@@ -138,3 +138,36 @@ def test_flags_make_a_spec_for_ones_own_policy(tmp_path: Path) -> None:
     exp = spec.experiments[0]
     assert spec.name == "p" and exp.method == "sweep" and exp.baseline == "plain"
     assert exp.pipelines == (str(policy),) and exp.sizes == (64, 1518) and len(exp.rates) == 2
+
+
+def test_updates_experiments_take_a_rate_and_a_kind() -> None:
+    exp = parse_spec("experiments:\n  - {name: u, method: updates}\n").experiments[0]
+    assert (exp.update_rate, exp.update_kind, exp.pipelines) == (100.0, "mixed", ("seed-firewall",))
+    assert exp.flows == (1000,) and exp.sizes == (64,)
+    exp = parse_spec("experiments:\n  - {method: updates, update_rate: 250, update_kind: rule, "
+                     "flows: [100, 10000], sizes: [64, 1518]}\n").experiments[0]
+    assert (exp.update_rate, exp.update_kind, exp.flows, exp.sizes) == (250.0, "rule", (100, 10000), (64, 1518))
+    with pytest.raises(SpecError) as caught:
+        parse_spec("""\
+experiments:
+  - {method: updates, update_rate: 0, update_kind: all}
+  - {method: updates, baseline: plain}
+  - {method: ndr, update_rate: 100}
+  - {method: updates, pipelines: [seed-nat, plain]}
+""", "u.yaml")
+    messages = [str(d) for d in caught.value.diagnostics]
+    assert any(m.startswith("u.yaml:2:") and "number in 0.1..10000" in m for m in messages)
+    assert any("update_kind must be one of set, rule, mixed" in m for m in messages)
+    assert any(m.startswith("u.yaml:3:") and "unknown key 'baseline'" in m for m in messages)
+    assert any(m.startswith("u.yaml:4:") and "unknown key 'update_rate'" in m for m in messages)
+    assert any(m.startswith("u.yaml:5:") and "plain forwarding has no firewall" in m for m in messages)
+
+
+def test_the_updates_spec_runs_on_dpdk_and_the_smoke_run_has_a_tiny_one() -> None:
+    spec = load_spec(BENCH / "updates.yaml")
+    exp = spec.experiments[0]
+    assert exp.method == "updates" and exp.settings.datapath == "dpdk" and exp.update_rate == 100
+    smoke = [e for e in smoke_spec().experiments if e.method == "updates"]
+    assert len(smoke) == 1 and smoke[0].flows == (10,) and smoke[0].settings.datapath == "netdev"
+    shrunk = shrink_for_smoke(spec).experiments[0]
+    assert shrunk.update_rate == exp.update_rate and shrunk.settings.duration < 1

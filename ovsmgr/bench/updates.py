@@ -1,0 +1,288 @@
+"""Control and data at once: runtime changes applied through the controller's engine while the
+load runs (the ``updates`` method).
+
+A group of the method is one pipeline with the bench's blocklist (`testbed.with_blocklist`:
+an address set and, first in the firewall, a rule dropping traffic from the generator's zone
+to it; the load is tested against the rule and never matches it). Its baseline is the NDR of
+that pipeline; its subject is the NDR of the same pipeline while an `Updater` applies
+``update_rate`` changes per second. The changes alternate so that the policy comes back to
+the file's after every cycle (`update_steps`): a member (`RUNTIME_MEMBER`) added to the set and
+removed again (``set``), the rule disabled and enabled again (``rule``), or the four in turn
+(``mixed``). Each one changes flows on the switch.
+
+**The controller runs in the bench's process.** The updater drives an
+`ovsmgr.controller.engine.Engine` (the object ``ovsmgr controller`` keeps, whose methods the
+API's ``POST /v1/sets/NAME/add``, ``/remove``, ``/v1/rules/NAME/enable`` and ``/disable``
+call) on the test bed's `SwitchTarget`: the same incremental compile, the same atomic
+``ovs-ofctl --bundle`` push, the same runtime-changes file written (fsync'd) before a change
+counts, the same background recorder. It is not a separate ``ovsmgr controller`` process,
+because that process takes the bridge over (a controller connection, ``fail_mode=secure``,
+which empties the flow table when it is first set; its own state file), which the bench's
+in-place pipeline switching and its plain-forwarding baseline flows would then fight with, and
+because os-ken's start-up costs seconds per point. What this leaves out is the API's HTTP
+round trip on a unix socket (well under a millisecond of the tens a change takes) and the
+process boundary: the updater thread is unpinned and runs at the default priority, as the
+controller would, so its CPU time competes with trafgen and the switch just as the
+controller's would.
+
+The updater keeps an open-loop schedule: change ``i`` is due ``i / update_rate`` seconds
+after it starts. A change that finishes late makes the next one start at once (never two at
+a time: the engine serialises changes under one lock anyway), so when one change takes longer
+than ``1 / update_rate`` the updater falls behind and the figures say so (``updates_per_s``
+below ``update_rate``, ``updates_kept_up: false``) rather than dropping changes. A change
+counts as applied only when the engine pushed a non-empty bundle and its generation moved;
+before the load starts one full cycle is checked on the switch itself (its flow table read
+back after each step), and after the run the switch's table is compared with the engine's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from ovsmgr.bench.measure import percentile
+from ovsmgr.bench.netns import thread_cpu_ticks
+from ovsmgr.bench.spec import KEPT_UP
+from ovsmgr.bench.testbed import BLOCKLIST, Config, OvsTestbed, policy_text
+from ovsmgr.southbound.openflow import OfctlFlowTable
+
+if TYPE_CHECKING:  # imported when an updater starts: the rest of the bench needs no controller code
+    from ovsmgr.controller.engine import ChangeResult, Engine
+
+RUNTIME_MEMBER = "203.0.113.2"
+"""The member the updater adds and removes (TEST-NET-3, like the set's own)."""
+MAX_ERRORS = 5
+"""Error messages kept per run (all failures are counted)."""
+
+Action = Literal["add", "remove", "disable", "enable"]
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+
+    def apply(self, engine: Engine) -> ChangeResult:
+        """Make the change through the engine (as the API does); returns its ChangeResult."""
+        if self.action == "add":
+            return engine.set_members(BLOCKLIST, [RUNTIME_MEMBER], [])
+        if self.action == "remove":
+            return engine.set_members(BLOCKLIST, [], [RUNTIME_MEMBER])
+        return engine.set_rule_enabled(BLOCKLIST, self.action == "enable")
+
+
+def update_steps(kind: str) -> tuple[Step, ...]:
+    """One cycle of changes; after a whole cycle the policy is the file's again."""
+    sets = (Step("add"), Step("remove"))
+    rules = (Step("disable"), Step("enable"))
+    if kind == "set":
+        return sets
+    if kind == "rule":
+        return rules
+    if kind == "mixed":
+        return (*sets, *rules)
+    raise ValueError(f"unknown update kind {kind!r}")
+
+
+@dataclass
+class UpdateLog:
+    """What the update loop did; `update_figures` turns it into results."""
+
+    rate: float
+    started: float = math.nan
+    stopped: float = math.nan
+    latencies: list[float] = field(default_factory=list)
+    """Seconds each applied change took (the engine call: compile, push, persist)."""
+    lags: list[float] = field(default_factory=list)
+    """Seconds from each applied change's due time to its completion."""
+    applied: int = 0
+    failed: int = 0
+    flow_mods: int = 0
+    errors: list[str] = field(default_factory=list)
+    cpu_s: float = 0.0
+    """CPU time of the updater thread (the engine's Python side; not ovs-ofctl's)."""
+
+
+def change_size(result: ChangeResult, generation_before: int) -> int:
+    """Flows the change added, changed and removed; ValueError when it did not reach the switch
+    (nothing pushed, or the engine's generation did not move)."""
+    mods = sum(int(v) for v in (result.counts or {}).values())
+    if mods <= 0 or result.generation <= generation_before:
+        raise ValueError(f"the change reached no flow (changes {result.counts}, generation "
+                         f"{generation_before} -> {result.generation})")
+    return mods
+
+
+def run_updates(step: Callable[[int], int], log: UpdateLog, stop: Callable[[float], bool],
+                clock: Callable[[], float] = time.monotonic) -> None:
+    """Apply change ``i`` (``step(i)`` returns the flows it changed, or raises) when it is due,
+    ``i / log.rate`` s after the start, until ``stop(timeout)`` (which waits up to ``timeout``
+    seconds) says to stop. Late changes run back to back, one at a time."""
+    period = 1.0 / log.rate
+    cpu = time.thread_time()
+    start = log.started = clock()
+    i = 0
+    while True:
+        due = start + i * period
+        if stop(max(0.0, due - clock())):
+            break
+        began = clock()
+        try:
+            mods = step(i)
+        except Exception as exc:  # counted and reported; the next change still comes
+            log.failed += 1
+            if len(log.errors) < MAX_ERRORS:
+                log.errors.append(f"change {i}: {type(exc).__name__}: {exc}"[:300])
+        else:
+            done = clock()
+            log.applied += 1
+            log.flow_mods += mods
+            log.latencies.append(done - began)
+            log.lags.append(done - due)
+        i += 1
+    log.stopped = clock()
+    log.cpu_s = time.thread_time() - cpu
+
+
+def update_figures(log: UpdateLog) -> dict[str, Any]:
+    """Requested, applied and achieved changes, their latency, and whether the updater kept up."""
+    elapsed = log.stopped - log.started
+    if not elapsed > 0:
+        return {"update_rate": log.rate, "updates_applied": 0, "updates_failed": log.failed}
+    latencies = sorted(v * 1000 for v in log.latencies)
+    achieved = log.applied / elapsed
+    figures: dict[str, Any] = {
+        "update_rate": log.rate,
+        "updates_requested": int(elapsed * log.rate) + 1,
+        "updates_applied": log.applied,
+        "updates_failed": log.failed,
+        "updates_per_s": round(achieved, 2),
+        "updates_kept_up": achieved >= KEPT_UP * log.rate and log.failed == 0,
+        "update_latency_p50_ms": round(percentile(latencies, 50), 2),
+        "update_latency_p99_ms": round(percentile(latencies, 99), 2),
+        "update_latency_max_ms": round(latencies[-1], 2) if latencies else math.nan,
+        "update_lag_max_ms": round(max(log.lags) * 1000, 1) if log.lags else math.nan,
+        "update_flow_mods": log.flow_mods,
+        "updates_window_s": round(elapsed, 3),
+        "updater_cpu_s": round(log.cpu_s, 3),
+    }
+    if log.errors:
+        figures["update_errors"] = list(log.errors)
+    return figures
+
+
+class Updater:
+    """The engine on a test bed's switch and the thread applying changes (a context manager).
+
+    Entering builds the engine from the pipeline's YAML (the same policy the bed applied),
+    reconciles it with the switch, checks one cycle on the switch, then starts the thread;
+    leaving stops it and checks the switch against the engine. `figures` is the result.
+    """
+
+    def __init__(self, bed: OvsTestbed, config: Config, rate: float, kind: str, workdir: Path) -> None:
+        self.bed, self.config, self.rate, self.kind, self.workdir = bed, config, rate, kind, workdir
+        self.steps = update_steps(kind)
+        self.log = UpdateLog(rate)
+        self.checks: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._engine: Engine | None = None
+        self._vswitchd: tuple[int, int] | None = None
+
+    # -- the engine ----------------------------------------------------------------------------
+    def _build_engine(self) -> Engine:
+        from ovsmgr.controller.engine import Engine
+        from ovsmgr.controller.paths import ControllerPaths
+
+        policy = self.workdir / f"{self.config.label}.yaml"
+        policy.write_text(policy_text(self.config))
+        ControllerPaths(self.bed.target.state_dir, self.bed.bridge).runtime.unlink(missing_ok=True)
+        engine = Engine([str(policy)], self.bed.target)
+        engine.load()
+        plan = engine.reconcile()  # the bed applied the same policy: normally nothing to push
+        self.checks["reconcile_flow_mods"] = sum(plan.counts().values())
+        return engine
+
+    def _table(self) -> OfctlFlowTable:
+        return OfctlFlowTable(f"unix:{self.bed.lab.mgmt_socket(self.bed.bridge)}")
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "the updater has not started"
+        return self._engine
+
+    def _agrees(self) -> bool:
+        from ovsmgr.plan import make_plan
+
+        return make_plan(self._table().dump(), self.engine.entries.values()).empty
+
+    def _verify_cycle(self) -> None:
+        """Each step of one cycle, with the switch's table read back after it: it must differ
+        from the one before and equal the engine's. Untimed, before the load starts."""
+        table = self._table()
+        before = {e.add_line() for e in table.dump()}
+        counts = [len(before)]
+        for step in self.steps:
+            generation = self.engine.status.generation
+            change_size(step.apply(self.engine), generation)
+            after = {e.add_line() for e in table.dump()}
+            if after == before:
+                raise RuntimeError(f"{step.action}: the switch's flow table did not change")
+            if not self._agrees():
+                raise RuntimeError(f"{step.action}: the switch's flow table is not the engine's")
+            counts.append(len(after))
+            before = after
+        self.checks["verified_cycle"] = {"steps": [s.action for s in self.steps], "switch_flows": counts}
+
+    # -- running ---------------------------------------------------------------------------------
+    def _step(self, i: int) -> int:
+        generation = self.engine.status.generation
+        return change_size(self.steps[i % len(self.steps)].apply(self.engine), generation)
+
+    def _run(self) -> None:
+        run_updates(self._step, self.log, self._stop.wait)
+
+    def __enter__(self) -> Updater:
+        self._engine = self._build_engine()
+        self._verify_cycle()
+        pid = self.bed.vswitchd_pid()
+        self._vswitchd = (pid, thread_cpu_ticks(pid) - thread_cpu_ticks(pid, "pmd"))
+        self._thread = threading.Thread(target=self._run, name="ovsmgr-bench-updates", daemon=True)
+        self._thread.start()
+        return self
+
+    def progress(self) -> tuple[float, int]:
+        """(now, changes applied so far): two of these give the rate in between (a trial's)."""
+        return time.monotonic(), self.log.applied
+
+    @staticmethod
+    def rate_between(a: tuple[float, int], b: tuple[float, int]) -> float:
+        return round((b[1] - a[1]) / (b[0] - a[0]), 2) if b[0] > a[0] else math.nan
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        if self._vswitchd is not None:
+            pid, ticks = self._vswitchd
+            other = thread_cpu_ticks(pid) - thread_cpu_ticks(pid, "pmd") - ticks
+            elapsed = self.log.stopped - self.log.started
+            if elapsed > 0:
+                self.checks["vswitchd_other_cpu_share"] = round(other / os.sysconf("SC_CLK_TCK") / elapsed, 3)
+        if self._engine is not None and kind is None:
+            self.checks["switch_agrees"] = self._agrees()
+            if self._engine.recorder is not None:
+                self._engine.recorder.flush()  # its state file write is done before the next point
+
+    def figures(self) -> dict[str, Any]:
+        out = update_figures(self.log)
+        out["update_kind"] = self.kind
+        out.update(self.checks)
+        return out
