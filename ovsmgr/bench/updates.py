@@ -26,11 +26,15 @@ controller would, so its CPU time competes with trafgen and the switch just as t
 controller's would.
 
 The updater keeps an open-loop schedule: change ``i`` is due ``i / update_rate`` seconds
-after it starts. A change that finishes late makes the next one start at once (never two at
-a time: the engine serialises changes under one lock anyway), so when one change takes longer
-than ``1 / update_rate`` the updater falls behind and the figures say so (``updates_per_s``
-below ``update_rate``, ``updates_kept_up: false``) rather than dropping changes. A change
-counts as applied only when the engine pushed a non-empty bundle and its generation moved;
+after it starts, and is queued then without waiting for the ones before (in order, as
+independent API clients would send them; at most 64 unanswered). The engine commits what is
+queued in groups: one push and one write of the runtime-changes file per group, so a change's
+latency is its wait for the group in progress plus its own group's commit. When the engine
+cannot keep up, the queue (and then the updater) falls behind and the figures say so
+(``updates_per_s`` below ``update_rate``, ``updates_kept_up: false``) rather than dropping
+changes. A change counts as applied only when it changed flows and the engine's generation
+moved (a group whose changes cancel out, such as an add and its remove, is a generation with
+nothing to push);
 before the load starts one full cycle is checked on the switch itself (its flow table read
 back after each step), and after the run the switch's table is compared with the engine's.
 """
@@ -54,7 +58,7 @@ from ovsmgr.bench.testbed import BLOCKLIST, Config, OvsTestbed, policy_text
 from ovsmgr.southbound.openflow import OfctlFlowTable
 
 if TYPE_CHECKING:  # imported when an updater starts: the rest of the bench needs no controller code
-    from ovsmgr.controller.engine import ChangeResult, Engine
+    from ovsmgr.controller.engine import ChangeResult, Engine, Ticket
 
 RUNTIME_MEMBER = "203.0.113.2"
 """The member the updater adds and removes (TEST-NET-3, like the set's own)."""
@@ -70,11 +74,15 @@ class Step:
 
     def apply(self, engine: Engine) -> ChangeResult:
         """Make the change through the engine (as the API does); returns its ChangeResult."""
+        return self.queue(engine).wait()
+
+    def queue(self, engine: Engine) -> Ticket:
+        """Queue the change (in order, as concurrent API clients would); ``wait()`` answers."""
         if self.action == "add":
-            return engine.set_members(BLOCKLIST, [RUNTIME_MEMBER], [])
+            return engine.queue("set_members", BLOCKLIST, [RUNTIME_MEMBER], [])
         if self.action == "remove":
-            return engine.set_members(BLOCKLIST, [], [RUNTIME_MEMBER])
-        return engine.set_rule_enabled(BLOCKLIST, self.action == "enable")
+            return engine.queue("set_members", BLOCKLIST, [], [RUNTIME_MEMBER])
+        return engine.queue("set_rule_enabled", BLOCKLIST, self.action == "enable")
 
 
 def update_steps(kind: str) -> tuple[Step, ...]:
@@ -119,33 +127,70 @@ def change_size(result: ChangeResult, generation_before: int) -> int:
     return mods
 
 
-def run_updates(step: Callable[[int], int], log: UpdateLog, stop: Callable[[float], bool],
-                clock: Callable[[], float] = time.monotonic) -> None:
-    """Apply change ``i`` (``step(i)`` returns the flows it changed, or raises) when it is due,
-    ``i / log.rate`` s after the start, until ``stop(timeout)`` (which waits up to ``timeout``
-    seconds) says to stop. Late changes run back to back, one at a time."""
+ChangeStep = Callable[[int], "int | Callable[[], int]"]
+"""Change ``i``: made at once (returns the flows it changed) or queued (returns a callable that
+waits for it and returns them); raises when refused."""
+
+
+def run_updates(step: ChangeStep, log: UpdateLog, stop: Callable[[float], bool],
+                clock: Callable[[], float] = time.monotonic, in_flight: int = 64) -> None:
+    """Make change ``i`` when it is due, ``i / log.rate`` s after the start, until
+    ``stop(timeout)`` (which waits up to ``timeout`` seconds) says to stop. A change made at once
+    holds the loop (late changes then run back to back); a queued change is waited for on
+    another thread, so the next one is submitted on time, in order, as independent API clients
+    would, with at most ``in_flight`` unanswered (then the loop waits: it falls behind)."""
     period = 1.0 / log.rate
     cpu = time.thread_time()
     start = log.started = clock()
+    guard = threading.Lock()
+    slots = threading.BoundedSemaphore(in_flight)
+    waiters: list[threading.Thread] = []
+
+    def failed(i: int, exc: Exception) -> None:
+        with guard:
+            log.failed += 1
+            if len(log.errors) < MAX_ERRORS:
+                log.errors.append(f"change {i}: {type(exc).__name__}: {exc}"[:300])
+
+    def finished(mods: int, began: float, due: float) -> None:
+        done = clock()
+        with guard:
+            log.applied += 1
+            log.flow_mods += mods
+            log.latencies.append(done - began)
+            log.lags.append(done - due)
+
+    def await_change(i: int, wait: Callable[[], int], began: float, due: float) -> None:
+        try:
+            finished(wait(), began, due)
+        except Exception as exc:
+            failed(i, exc)
+        finally:
+            slots.release()
+
     i = 0
     while True:
         due = start + i * period
         if stop(max(0.0, due - clock())):
             break
+        slots.acquire()
         began = clock()
         try:
-            mods = step(i)
+            made = step(i)
         except Exception as exc:  # counted and reported; the next change still comes
-            log.failed += 1
-            if len(log.errors) < MAX_ERRORS:
-                log.errors.append(f"change {i}: {type(exc).__name__}: {exc}"[:300])
+            slots.release()
+            failed(i, exc)
         else:
-            done = clock()
-            log.applied += 1
-            log.flow_mods += mods
-            log.latencies.append(done - began)
-            log.lags.append(done - due)
+            if callable(made):
+                waiter = threading.Thread(target=await_change, args=(i, made, began, due), daemon=True)
+                waiter.start()
+                waiters = [w for w in waiters if w.is_alive()] + [waiter]
+            else:
+                slots.release()
+                finished(made, began, due)
         i += 1
+    for waiter in waiters:
+        waiter.join(60)
     log.stopped = clock()
     log.cpu_s = time.thread_time() - cpu
 
@@ -241,9 +286,10 @@ class Updater:
         self.checks["verified_cycle"] = {"steps": [s.action for s in self.steps], "switch_flows": counts}
 
     # -- running ---------------------------------------------------------------------------------
-    def _step(self, i: int) -> int:
+    def _step(self, i: int) -> Callable[[], int]:
         generation = self.engine.status.generation
-        return change_size(self.steps[i % len(self.steps)].apply(self.engine), generation)
+        ticket = self.steps[i % len(self.steps)].queue(self.engine)
+        return lambda: change_size(ticket.wait(), generation)
 
     def _run(self) -> None:
         run_updates(self._step, self.log, self._stop.wait)

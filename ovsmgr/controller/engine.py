@@ -2,9 +2,19 @@
 
 One lock serialises everything that changes the switch. Each change follows
 apply's promise: compute first, then push one atomic bundle, and only when the
-switch took it make the change current in memory and on disk. The switch is
+switch took it make the change current on disk and answer. The switch is
 diffed against in memory (`IncrementalFlows` + rendered entries), never
 dumped, except by `reconcile`, which runs when the switch (re)connects.
+
+Runtime changes are committed in groups: a change is queued, and one committer
+thread takes every change waiting, computes them one after the other in
+memory (each one validated on its own: a refused change is answered alone and
+leaves no trace), then pushes the net difference of the whole group in one
+bundle and writes the runtime-changes file once. Every change of a group is
+answered only after that; if the push or the write fails, the whole group is
+refused and the engine is rebuilt from the changes before it, which is what
+the switch still has. Under a steady stream of changes this costs one push and
+one fsync per group instead of per change (one change alone is a group of one).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +101,10 @@ class Engine:
         self.on_generation: list[Callable[[int], None]] = []
         self.names: dict[int, str] = {}
         """Cookie rule id -> rule name, for every rule this controller ever had (late packet-ins, stats)."""
+        self._queue: deque[Ticket] = deque()
+        self._queued = threading.Condition()
+        self._committer: threading.Thread | None = None
+        self._batch: _Batch | None = None
 
     # --- building -------------------------------------------------------------------------------
     def load(self) -> None:
@@ -165,14 +180,17 @@ class Engine:
         return plan
 
     def _push(self, plan: Plan) -> None:
-        self.table.push(plan.bundle())
+        """One bundle, and a new generation (also for a group of changes that cancelled out:
+        the policy changed and came back, and its callers are told it is on the switch)."""
+        if not plan.empty:
+            self.table.push(plan.bundle())
         self.status.generation += 1
         self.status.applied_at = time.time()
         for hook in self.on_generation:
             hook(self.status.generation)
 
     def _record(self) -> None:
-        if self.recorder is not None:
+        if self.recorder is not None and self._batch is None:  # a group records once, pushed
             self.recorder.submit(self.status.generation, list(self.entries.values()), self.data, self.files,
                                  self.inc.rule_names(), self.changes)
 
@@ -198,7 +216,31 @@ class Engine:
 
     # --- runtime updates --------------------------------------------------------------------------
     def set_members(self, name: str, add: list[str], remove: list[str]) -> ChangeResult:
-        with self.lock, self._counting():
+        """Add and remove members of an address set (queued, committed with its group)."""
+        return self.submit(lambda: self._set_members(name, add, remove)).wait()
+
+    def add_rule(self, rule: dict[str, Any], before: str | None, after: str | None) -> ChangeResult:
+        return self.submit(lambda: self._add_rule(rule, before, after)).wait()
+
+    def remove_rule(self, name: str) -> ChangeResult:
+        return self.submit(lambda: self._remove_rule(name)).wait()
+
+    def set_rule_enabled(self, name: str, enabled: bool) -> ChangeResult:
+        return self.submit(lambda: self._set_rule_enabled(name, enabled)).wait()
+
+    def queue(self, change: str, *args: Any) -> Ticket:
+        """The asynchronous form of `set_members`, `add_rule`, `remove_rule` and
+        `set_rule_enabled` (``change`` names one): queued in call order, answered by the
+        ticket's ``wait()``. Many callers at once (API clients, the bench's updater) share
+        groups, and so pushes."""
+        methods: dict[str, Callable[..., ChangeResult]] = {
+            "set_members": self._set_members, "add_rule": self._add_rule,
+            "remove_rule": self._remove_rule, "set_rule_enabled": self._set_rule_enabled}
+        method = methods[change]
+        return self.submit(lambda: method(*args))
+
+    def _set_members(self, name: str, add: list[str], remove: list[str]) -> ChangeResult:
+        with self._counting():
             file_sets = self.file_data.get("addresses", {})
             if name not in self.data.get("addresses", {}):
                 raise ChangeError(f"no address set {name!r}", 404)
@@ -207,8 +249,8 @@ class Engine:
             affected = self.refs.rules_using(data, name)
             return self._update(changes, data, affected, extra_sets=[name])
 
-    def add_rule(self, rule: dict[str, Any], before: str | None, after: str | None) -> ChangeResult:
-        with self.lock, self._counting():
+    def _add_rule(self, rule: dict[str, Any], before: str | None, after: str | None) -> ChangeResult:
+        with self._counting():
             name = rule.get("name") if isinstance(rule, dict) else None
             if not isinstance(name, str):
                 raise ChangeError("a rule needs a name")
@@ -221,15 +263,15 @@ class Engine:
             data, _ = changes.apply_to(self.file_data)
             return self._update(changes, data, {name}, structural=True)
 
-    def remove_rule(self, name: str) -> ChangeResult:
-        with self.lock, self._counting():
+    def _remove_rule(self, name: str) -> ChangeResult:
+        with self._counting():
             self._require_rule(name)
             changes = self.changes.remove_rule(name)
             data, _ = changes.apply_to(self.file_data)
             return self._update(changes, data, {name} & self._fw_names(), structural=True)
 
-    def set_rule_enabled(self, name: str, enabled: bool) -> ChangeResult:
-        with self.lock, self._counting():
+    def _set_rule_enabled(self, name: str, enabled: bool) -> ChangeResult:
+        with self._counting():
             self._require_rule(name)
             changes = self.changes.set_enabled(name, enabled)
             data, _ = changes.apply_to(self.file_data)
@@ -285,9 +327,14 @@ class Engine:
             log.info("full recompile: %s", exc)
             return self._full_update(changes, data, started)
         plan = self._plan(pending.changes)
-        if not plan.empty:
-            self._push(plan)
-        self._persist(changes, plan)
+        if self._batch is not None:
+            changed = pending.changes
+            self._batch.touch(self.entries, (f.key for f in changed.added), (f.key for f in changed.removed),
+                              (new.key for _, new in changed.changed))
+        else:
+            if not plan.empty:
+                self._push(plan)
+            self._persist(changes, plan)
         self.inc.commit(pending)
         self._apply_entries(pending.changes)
         self.names.update({rule_id(n): n for n in affected})
@@ -311,9 +358,12 @@ class Engine:
         inc = IncrementalFlows(policy)
         entries = {key: entry_of(flow) for key, flow in inc.flows.items()}
         plan = make_plan(self.entries.values(), entries.values())
-        if not plan.empty:
-            self._push(plan)
-        self._persist(changes, plan)
+        if self._batch is not None:
+            self._batch.touch(self.entries, entries, self.entries)
+        else:
+            if not plan.empty:
+                self._push(plan)
+            self._persist(changes, plan)
         self.inc, self.entries = inc, entries
         self.names.update(inc.rule_names())
         self._adopt_data(changes, data)
@@ -356,6 +406,78 @@ class Engine:
         self.status.last_change_seconds = seconds
         return ChangeResult(self.status.generation, counts, recompiled, seconds)
 
+    # --- group commit ---------------------------------------------------------------------------
+    def submit(self, change: Callable[[], ChangeResult]) -> Ticket:
+        """Queue a runtime change (one of the private `_set_members`... calls); the ticket's
+        `wait()` gives its result once its group is on the switch and on disk. Changes are
+        committed in the order they were submitted."""
+        ticket = Ticket(change, time.monotonic())
+        with self._queued:
+            self._queue.append(ticket)
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_forever, name="ovsmgr-commit",
+                                                   daemon=True)
+                self._committer.start()
+            self._queued.notify()
+        return ticket
+
+    def _commit_forever(self) -> None:
+        while True:
+            with self._queued:
+                while not self._queue:
+                    self._queued.wait()
+            with self.lock:  # what queued up while a reload or the last group held it joins in
+                with self._queued:
+                    group = list(self._queue)
+                    self._queue.clear()
+                self._commit_group(group)
+
+    def _commit_group(self, group: list[Ticket]) -> None:
+        """Compute every change of the group in memory, then push the net difference once and
+        write the runtime changes once; answer each change only then."""
+        old_changes, generation = self.changes, self.status.generation
+        self._batch = batch = _Batch()
+        done: list[tuple[Ticket, ChangeResult]] = []
+        try:
+            for ticket in group:
+                try:
+                    done.append((ticket, ticket.change()))
+                except Exception as exc:  # refused alone: it changed nothing in memory
+                    ticket.fail(exc)
+        finally:
+            self._batch = None
+        if not done:
+            return
+        plan = make_plan([e for e in batch.before.values() if e is not None],
+                         [self.entries[k] for k in batch.before if k in self.entries])
+        try:
+            self._push(plan)  # an empty plan contacts no switch but is a new generation
+            self._persist(self.changes, plan)
+        except Exception as exc:
+            self.status.update_failures += len(done)
+            log.error("a group of %d runtime changes was refused: %s", len(done), exc)
+            self.status.generation = max(self.status.generation, generation)
+            with contextlib.suppress(Exception):
+                self._rebuild(old_changes)
+            error = exc if isinstance(exc, ChangeError) else ChangeError(
+                f"the switch refused the change: {exc}", 502)
+            for ticket, _ in done:
+                ticket.fail(error)
+            return
+        self._record()
+        finished = time.monotonic()
+        self.status.last_change_seconds = finished - group[0].submitted
+        for ticket, result in done:
+            ticket.succeed(ChangeResult(self.status.generation, result.counts, result.rules_recompiled,
+                                        finished - ticket.submitted))
+
+    def _rebuild(self, changes: RuntimeChanges) -> None:
+        """Back to `changes` in memory (what the switch still has after a refused group)."""
+        file_policy = policydata.resolve_data(self.file_data, "<policy files>")
+        self._adopt(self._build(changes, (file_policy, self.file_data)))
+        self.changes = changes
+        self._record()
+
     # --- reading ------------------------------------------------------------------------------------
     def rule_info(self, rid: int) -> tuple[str, str]:
         """Name and action of the rule behind a cookie or packet-in (no lock: a read of dicts)."""
@@ -384,6 +506,49 @@ class Engine:
             chosen = [name] if name is not None else sorted(sets)
             return {n: {"members": sets[n], "runtime": self.changes.sets[n].__dict__ if n in self.changes.sets else None}
                     for n in chosen}
+
+
+class Ticket:
+    """One queued runtime change and, once its group is committed, its answer."""
+
+    def __init__(self, change: Callable[[], ChangeResult], submitted: float) -> None:
+        self.change = change
+        self.submitted = submitted
+        self._done = threading.Event()
+        self._result: ChangeResult | None = None
+        self._error: BaseException | None = None
+
+    def succeed(self, result: ChangeResult) -> None:
+        self._result = result
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> ChangeResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError("the change is still queued")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+@dataclass
+class _Batch:
+    """The flows a group of changes touched, as they were before the group (None: absent)."""
+
+    before: dict[FlowKey, FlowEntry | None] = field(default_factory=dict)
+
+    def touch(self, entries: dict[FlowKey, FlowEntry], *keys: Any) -> None:
+        for group in keys:
+            for key in group:
+                if key not in self.before:
+                    self.before[key] = entries.get(key)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import ipaddress
 import itertools
 import math
 import re
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -403,3 +404,32 @@ def test_failed_updates_are_counted_and_reported() -> None:
     assert f["updates_failed"] == 25 and f["updates_applied"] == 75
     assert f["updates_kept_up"] is False and "ovs-ofctl refused" in f["update_errors"][0]
     assert len(f["update_errors"]) == 5
+
+
+def test_queued_changes_are_submitted_on_schedule_without_waiting_for_answers() -> None:
+    """With a queueing engine the loop submits change i at its due time, in order, while the
+    answers to earlier ones are still outstanding; every answer is counted once it comes."""
+    clock = FakeClock(1.0)
+    answer = threading.Event()
+    submitted: list[tuple[int, float]] = []
+
+    def stop(timeout: float) -> bool:
+        done = clock.wait(timeout)
+        if done:
+            answer.set()  # the engine answers everything only after the last submission
+        return done
+
+    def step(i: int) -> Callable[[], int]:
+        submitted.append((i, clock.now))
+
+        def wait() -> int:
+            assert answer.wait(10)
+            return 2
+        return wait
+
+    log = UpdateLog(50)
+    run_updates(step, log, stop, clock)
+    f = update_figures(log)
+    assert [i for i, _ in submitted] == list(range(len(submitted))) and len(submitted) == 50
+    assert all(at == pytest.approx(i / 50) for i, at in submitted)  # none held up by an answer
+    assert f["updates_applied"] == 50 and f["updates_failed"] == 0 and f["update_flow_mods"] == 100

@@ -225,3 +225,76 @@ def test_an_update_in_a_large_policy_recompiles_only_the_changed_rule() -> None:
     inc.commit(pending)
     assert inc.sorted_flows() == compile_policy(load_policy_text(
         text.replace("[192.0.2.1]", "[192.0.2.1, 192.0.2.2]"), "big.yaml")).flows
+
+
+def _queued_together(engine: Engine, calls: Sequence[tuple[str, tuple[object, ...]]]) -> list[object]:
+    """Submit every call while the committer waits for the engine's lock, so they form one
+    group; returns each call's result or the exception it raised."""
+    with engine.lock:
+        tickets = [engine.submit(lambda m=method, a=args: getattr(engine, m)(*a)) for method, args in calls]
+    out: list[object] = []
+    for ticket in tickets:
+        try:
+            out.append(ticket.wait(30))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def test_changes_queued_together_are_one_push_one_write_and_the_full_compile(tmp_path: Path,
+                                                                             monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import ovsmgr.controller.engine as engine_module
+
+    engine, table = make_engine(tmp_path)
+    writes: list[object] = []
+    real_save = engine_module.save_changes
+    monkeypatch.setattr(engine_module, "save_changes", lambda path, changes: (writes.append(changes),
+                                                                              real_save(path, changes)))
+    pushes, generation = len(table.pushes), engine.status.generation
+    results = _queued_together(engine, [
+        ("_set_members", ("blocklist", ["192.0.2.7"], [])),
+        ("_set_members", ("blocklist", ["10.0.0.300"], [])),  # refused alone
+        ("_set_rule_enabled", ("spare", True)),
+        ("_set_members", ("admins", ["10.0.0.12"], [])),
+        ("_add_rule", ({"name": "late", "from": "outside", "services": ["udp/514"], "action": "drop"},
+                       None, "spare")),
+    ])
+    assert isinstance(results[1], ChangeError) and results[1].status == 400
+    good = [r for i, r in enumerate(results) if i != 1]
+    assert {r.generation for r in good} == {generation + 1}  # type: ignore[attr-defined]
+    assert len(table.pushes) == pushes + 1 and len(writes) == 1
+    assert_consistent(engine, table)
+    assert load_changes(tmp_path / "ovsmgr-br0.runtime.json").describe() == [
+        "set admins + 10.0.0.12", "set blocklist + 192.0.2.7", "rule late added after spare", "rule spare enabled"]
+    assert engine.status.update_failures == 1
+
+
+def test_a_group_that_cancels_out_pushes_nothing_but_answers_every_change(tmp_path: Path) -> None:
+    engine, table = make_engine(tmp_path)
+    flows, pushes = dict(table.flows), len(table.pushes)
+    results = _queued_together(engine, [("_set_members", ("blocklist", ["192.0.2.7"], [])),
+                                        ("_set_members", ("blocklist", [], ["192.0.2.7"]))])
+    assert all(not isinstance(r, Exception) for r in results)
+    assert [r.counts["add"] for r in results] == [1, 0]  # type: ignore[attr-defined]
+    assert table.flows == flows and len(table.pushes) == pushes
+    assert_consistent(engine, table)
+
+
+def test_a_refused_push_refuses_the_whole_group_and_the_engine_is_what_the_switch_has(tmp_path: Path) -> None:
+    engine, table = make_engine(tmp_path)
+    flows, entries = dict(table.flows), dict(engine.entries)
+    real_push = table.push
+
+    def refuse(lines: Sequence[str]) -> None:
+        raise RuntimeError("OFPBFC_MSG_FAILED")
+
+    table.push = refuse  # type: ignore[method-assign]
+    results = _queued_together(engine, [("_set_members", ("blocklist", ["192.0.2.7"], [])),
+                                        ("_set_rule_enabled", ("spare", True))])
+    assert all(isinstance(r, ChangeError) and r.status == 502 for r in results)
+    assert table.flows == flows and engine.entries == entries and engine.changes.empty
+    assert not (tmp_path / "ovsmgr-br0.runtime.json").exists()
+    assert engine.status.update_failures == 2
+    table.push = real_push  # type: ignore[method-assign]
+    engine.set_members("blocklist", ["192.0.2.7"], [])  # the next change goes through as usual
+    assert_consistent(engine, table)
