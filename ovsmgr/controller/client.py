@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ovsmgr.controller.paths import ControllerPaths, controllers_in
+from ovsmgr.statefile import read_private
 
 
 class ApiError(Exception):
@@ -54,10 +55,13 @@ class ApiClient:
     def for_paths(paths: ControllerPaths) -> ApiClient:
         info = paths.read_info() or {}
         try:
-            token = paths.token.read_text().strip()
+            text = read_private(paths.token)
         except OSError as exc:
             raise ApiError(f"cannot read the API token {paths.token}: {exc}") from exc
-        return ApiClient(str(info["api"]), token)
+        if not text or not text.strip():  # missing, a link, not private, or empty: not a token
+            raise ApiError(f"no usable API token in {paths.token} (it must be a regular file only "
+                           "its owner can read; is the controller running?)")
+        return ApiClient(str(info["api"]), text.strip())
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.endpoint.startswith("unix:"):

@@ -207,3 +207,24 @@ def test_token_and_state_writers_do_not_share_a_temp_file(tmp_path: Path) -> Non
     assert json.loads(paths.applied.read_text()) == {"generation": 299}
     assert stat.S_IMODE(paths.token.stat().st_mode) == 0o600 and len(paths.token.read_text().strip()) > 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ovsmgr-br0.json", "ovsmgr-br0.token"]
+
+
+def test_the_cli_refuses_a_token_that_is_a_link_or_readable_by_others(tmp_path: Path) -> None:
+    from ovsmgr.controller.client import ApiClient, ApiError
+    from ovsmgr.controller.paths import ControllerPaths
+
+    paths = ControllerPaths(tmp_path, "br0")
+    paths.write_info({"api": "unix:/nonexistent"})
+    secret = tmp_path / "elsewhere"
+    secret.write_text("stolen\n")
+    secret.chmod(0o600)
+    paths.token.symlink_to(secret)
+    with pytest.raises(ApiError, match="no usable API token"):
+        ApiClient.for_paths(paths)
+    paths.token.unlink()
+    paths.token.write_text("tok\n")
+    paths.token.chmod(0o644)
+    with pytest.raises(ApiError, match="no usable API token"):
+        ApiClient.for_paths(paths)
+    paths.token.chmod(0o600)
+    assert ApiClient.for_paths(paths).token == "tok"
