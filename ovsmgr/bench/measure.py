@@ -33,6 +33,8 @@ from ovsmgr.bench.netns import (
     IfCounters,
     Processes,
     in_netns,
+    is_remote,
+    python_for,
     read_counters,
     read_line,
     steal_ticks,
@@ -53,8 +55,16 @@ PROBE_PORT = 7000
 PROBE_SPORT = 7001
 RR_PORT = 7002
 PY = [sys.executable, "-m", "ovsmgr.bench.probe"]
+
+
+def agent(netns: str) -> list[str]:
+    """``python -m ovsmgr.bench.probe`` with the host's Python (a remote host's ovsmgr venv)."""
+    return [python_for(netns), *PY[1:]]
+
+
 PRIME_PPS = 20000.0
 """Rate of the priming packets: slow enough for any pipeline to set up every connection."""
+REMOTE_PROBE_SLACK = 2.0
 GENERATOR_LIMIT = 0.97
 """A trial whose offered load is below this share of the requested rate hit the generator's limit."""
 
@@ -217,16 +227,21 @@ class Trials:
 
     def _probe_receiver(self) -> Any:
         receiver = self.procs.start(in_netns(self.bed.sink.netns, [
-            *PY, "recv", str(PROBE_PORT), "--timeout", f"{self.warmup + self.duration + 15:g}"],
+            *agent(self.bed.sink.netns), "recv", str(PROBE_PORT), "--timeout", f"{self.warmup + self.duration + 15:g}"],
             cpu=GENERATOR_CPU))
         return receiver
+
+    def _slack(self) -> float:
+        """Seconds the probe stream runs past warm-up and window: the load's set-up and the
+        counter reads take ssh sessions (each a round trip or more) on ``ssh:`` hosts."""
+        return REMOTE_PROBE_SLACK if is_remote(self.bed.gen.netns) or is_remote(self.bed.sink.netns) else 0.3
 
     def _probe_sender(self, frame_size: int) -> Any:
         """The probe stream starts before the load and runs past the measurement window."""
         sender = self.procs.start(in_netns(self.bed.gen.netns, [
-            *PY, "send", self.bed.gen.iface, self.bed.gen.mac, self.bed.next_hop_mac,
+            *agent(self.bed.gen.netns), "send", self.bed.gen.iface, self.bed.gen.mac, self.bed.next_hop_mac,
             self.bed.gen.ip, self.bed.sink.ip, str(PROBE_PORT), "--rate", str(self.probe_rate),
-            "--duration", f"{self.warmup + self.duration + 0.3:g}", "--size", str(frame_size),
+            "--duration", f"{self.warmup + self.duration + self._slack():g}", "--size", str(frame_size),
             "--sport", str(PROBE_SPORT)], cpu=GENERATOR_CPU))
         return sender
 
@@ -241,12 +256,12 @@ class Trials:
                 break
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                 figures = {"tcp_gbps": math.nan, "tcp_error": f"attempt {attempt}: {exc}"[:300]}
-        server = self.procs.start(in_netns(self.bed.sink.netns, [*PY, "rr-server", str(RR_PORT),
+        server = self.procs.start(in_netns(self.bed.sink.netns, [*agent(self.bed.sink.netns), "rr-server", str(RR_PORT),
                                                                  "--timeout", "15"], cpu=GENERATOR_CPU))
         try:
             _wait_ready(server)
             client = self.procs.start(in_netns(self.bed.gen.netns, [
-                *PY, "rr-client", self.bed.sink.ip, str(RR_PORT), "--duration", f"{self.duration:g}"],
+                *agent(self.bed.gen.netns), "rr-client", self.bed.sink.ip, str(RR_PORT), "--duration", f"{self.duration:g}"],
                 cpu=GENERATOR_CPU))
             result = _json_tail(self.procs.wait(client, self.duration + 20)[0])
         finally:

@@ -10,6 +10,14 @@ Every process the bench starts goes through `Processes`: each gets a session
 (and process group) of its own, because trafgen forks its senders and only a
 signal to the whole group stops them all; `stop_all` kills every group still
 running when a run ends or is interrupted (Ctrl-C does not reach them itself).
+
+A host may also be another machine: a ``Host.netns`` of ``ssh:NAME`` (`REMOTE`) runs its
+commands through ``ssh -F CONFIG -o BatchMode=yes NAME`` (`SshTransport`, set once per run
+with `use_ssh`). A background process there runs under a watchdog (`_watched`) that
+ends its process group when the ssh session's stdin closes, so stopping (or killing) the
+local ssh client stops the remote process too; counters are ``/proc/net/dev`` read over
+ssh, one session per host started at once (milliseconds apart, not microseconds: a remote
+trial needs seconds of measurement, not fractions of one).
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ import contextlib
 import ctypes
 import os
 import select
+import shlex
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +44,70 @@ CPU 1 by the lab, a netdev lab's ovs-vswitchd is moved there by the test bed).""
 SWITCH_CPU = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+REMOTE = "ssh:"
+"""``Host.netns`` prefix of a host reached over ssh: ``ssh:gen`` is the ssh host ``gen``."""
+REMOTE_PYTHON = "/opt/ovsmgr/venv/bin/python"
+"""The Python with ovsmgr on the Vagrant VMs (vagrant/provision/ovsmgr.sh)."""
+
+
+@dataclass
+class SshTransport:
+    """How commands reach ``ssh:`` hosts; ``sessions`` counts the ssh commands made per host."""
+
+    config: str | None = None
+    python: str = REMOTE_PYTHON
+    sessions: dict[str, int] = field(default_factory=dict)
+    _pushed: dict[tuple[str, str], str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def argv(self, host: str, command: str) -> list[str]:
+        with self._lock:
+            self.sessions[host] = self.sessions.get(host, 0) + 1
+        config = ["-F", self.config] if self.config else []
+        return ["ssh", *config, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-T", host, command]
+
+
+ssh = SshTransport()
+
+
+def use_ssh(config: str | None = None, python: str | None = None) -> SshTransport:
+    """Set (and return) the run's ssh transport: the ssh config file, the remote Python."""
+    global ssh
+    ssh = SshTransport(config, python or REMOTE_PYTHON)
+    return ssh
+
+
+def is_remote(netns: str) -> bool:
+    return netns.startswith(REMOTE)
+
+
+def python_for(netns: str) -> str:
+    """The Python that runs the bench's agents (``python -m ovsmgr.bench.probe``) on a host."""
+    return ssh.python if is_remote(netns) else sys.executable
+
+
+def push_file(netns: str, path: str | Path) -> None:
+    """Copy a file the bench wrote for a host to the same path there (remote hosts only;
+    skipped when that content was already sent)."""
+    if not is_remote(netns):
+        return
+    text = Path(path).read_text()
+    key = (netns, str(path))
+    if ssh._pushed.get(key) == text:
+        return
+    remote = shlex.quote(str(path))
+    run(in_netns(netns, ["sh", "-c", f"mkdir -p $(dirname {remote}) && cat > {remote}"]), input=text)
+    ssh._pushed[key] = text
+
+
+def _watched(command: str) -> str:
+    """A remote command in a session of its own, ended (TERM, then KILL) when the ssh session's
+    stdin closes: without a terminal, sshd leaves a command running when its client goes."""
+    return (f"exec 3<&0; setsid {command} </dev/null 3<&- & p=$!; "
+            "{ cat <&3 >/dev/null; kill -TERM -$p; sleep 2; kill -KILL -$p; } >/dev/null 2>&1 & w=$!; "
+            "exec 3<&-; "
+            "wait $p; rc=$?; kill $w 2>/dev/null; exit $rc")
 
 
 @dataclass(frozen=True)
@@ -65,20 +140,35 @@ def _setns(fd: int) -> None:
 
 
 def read_counters(targets: Sequence[tuple[str, str]]) -> tuple[float, list[IfCounters]]:
-    """(monotonic time, counters) of each (namespace, interface), read back to back."""
+    """(monotonic time, counters) of each (namespace, interface), read back to back
+    (``ssh:`` hosts over ssh, all at once; the time is then the middle of those reads)."""
+    remote = {netns: subprocess.Popen(in_netns(netns, ["cat", "/proc/net/dev"]), text=True,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
+              for netns, _ in targets if is_remote(netns)}
+    sent = time.monotonic()
+    local = [netns for netns, _ in targets if not is_remote(netns)]
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    fds = [os.open(f"/run/netns/{netns}", os.O_RDONLY) for netns, _ in targets]
-    texts = []
+    fds = [os.open(f"/run/netns/{netns}", os.O_RDONLY) for netns in local]
+    read: dict[str, str] = {}
     try:
         stamp = time.monotonic()
-        for fd in fds:
+        for netns, fd in zip(local, fds, strict=True):
             _setns(fd)
             with open("/proc/thread-self/net/dev") as f:
-                texts.append(f.read())
+                read[netns] = f.read()
     finally:
         _setns(own)
         for fd in (own, *fds):
             os.close(fd)
+    for netns, proc in remote.items():
+        out_text, err = proc.communicate(timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"counters of {netns}: {err.strip()[-500:]}")
+        read[netns] = out_text
+    if remote:
+        stamp = (sent + time.monotonic()) / 2 if not local else stamp
+    texts = [read[netns] for netns, _ in targets]
     out = []
     for (netns, iface), text in zip(targets, texts, strict=True):
         counters = parse_proc_net_dev(text)
@@ -91,13 +181,20 @@ def read_counters(targets: Sequence[tuple[str, str]]) -> tuple[float, list[IfCou
 def in_netns(netns: str, argv: Sequence[str], cpu: int | None = None) -> list[str]:
     """argv run inside a namespace (and pinned to one CPU)."""
     pinned = ["taskset", "-c", str(cpu), *argv] if cpu is not None else list(argv)
+    if is_remote(netns):
+        return ssh.argv(netns[len(REMOTE):], shlex.join(pinned))
     return ["ip", "netns", "exec", netns, *pinned]
+
+
+def _is_ssh(argv: Sequence[str]) -> bool:
+    return len(argv) > 2 and argv[0] == "ssh" and "BatchMode=yes" in argv
 
 
 def run(argv: Sequence[str], timeout: float = 60, input: str | None = None) -> str:
     """Run a setup command; RuntimeError with its stderr when it fails."""
-    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    stdin: dict[str, Any] = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False,
+                          **stdin)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
@@ -111,6 +208,9 @@ class Processes:
         self._procs: list[subprocess.Popen[str]] = []
 
     def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        if _is_ssh(argv):  # the remote end runs while this stdin stays open (`_watched`)
+            argv = [*argv[:-1], _watched(argv[-1])]
+            kwargs["stdin"] = subprocess.PIPE
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
@@ -123,6 +223,13 @@ class Processes:
         """Signal a process's group (SIGINT lets trafgen print its totals), wait, return its output."""
         if proc not in self._procs:
             return "", ""  # already waited for
+        if proc.stdin is not None and proc.poll() is None:
+            try:  # an ssh session: closing its stdin ends the remote command (`_watched`)
+                out, err = proc.communicate(timeout=timeout)
+                self._procs.remove(proc)
+                return out or "", err or ""
+            except subprocess.TimeoutExpired:
+                pass
         _signal_group(proc, sig)
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -135,10 +242,16 @@ class Processes:
         return out or "", err or ""
 
     def wait(self, proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+        """Its output once it exits by itself (or, after ``timeout`` s, once it is killed)."""
+        pipe, proc.stdin = proc.stdin, None  # an ssh session's open stdin keeps it running
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.stdin = pipe
             return self.stop(proc, signal.SIGKILL)
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
         if proc in self._procs:
             self._procs.remove(proc)
         return out or "", err or ""

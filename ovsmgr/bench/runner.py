@@ -29,7 +29,7 @@ from ovsmgr.bench.netfilter import LinuxRouter
 from ovsmgr.bench.netns import Processes
 from ovsmgr.bench.results import Results, jsonable, point_record
 from ovsmgr.bench.spec import BenchSpec, Experiment
-from ovsmgr.bench.testbed import OvsTestbed, Testbed
+from ovsmgr.bench.testbed import Host, OvsTestbed, SystemSwitch, SystemTestbed, Testbed, host_from
 from ovsmgr.bench.updates import Updater
 
 PRIME_ABOVE = 5000
@@ -41,6 +41,10 @@ Status = Callable[[str], None]
 
 class Interrupted(KeyboardInterrupt):
     pass
+
+
+class Refused(ValueError):
+    """A test bed that cannot run a group at all (retrying will not help)."""
 
 
 @contextmanager
@@ -73,8 +77,9 @@ def ordered_groups(exp: Experiment) -> list[tuple[tuple[str, ...], Group]]:
 
 class Runner:
     def __init__(self, spec: BenchSpec, out_dir: Path, command: list[str], profile: bool = False,
-                 status: Status | None = None, advance: Callable[[int], None] | None = None):
-        self.spec, self.out_dir, self.profile = spec, out_dir, profile
+                 status: Status | None = None, advance: Callable[[int], None] | None = None,
+                 system: SystemSwitch | None = None):
+        self.spec, self.out_dir, self.profile, self.system = spec, out_dir, profile, system
         self.status = status or (lambda _: None)
         self.advance = advance or (lambda _: None)
         self.procs = Processes()
@@ -82,6 +87,7 @@ class Runner:
         self.results = Results(out_dir, spec.name, jsonable(spec.raw) or {"name": spec.name}, command)
         self.bed: Testbed | None = None
         self.bed_key: tuple[str, ...] | None = None
+        self._hosts: tuple[Host, Host] | None = None
 
     # -- test beds ------------------------------------------------------------------------------
     def testbed(self, key: tuple[str, ...]) -> Testbed:
@@ -93,6 +99,8 @@ class Runner:
             try:
                 self.bed = self._new_testbed(key)
                 break
+            except Refused:
+                raise
             except Exception as exc:
                 # a DPDK lab fails while another one holds the machine's hugepages: wait and retry
                 if attempt == TESTBED_ATTEMPTS:
@@ -104,11 +112,23 @@ class Runner:
         return self.bed
 
     def _new_testbed(self, key: tuple[str, ...]) -> Testbed:
+        if self.system is not None:
+            return self._system_testbed(key)
         if key[0] == "linux":
             return LinuxRouter(self.workdir)
         ports = (key[4], key[5]) if len(key) > 5 else None
         ring, nice = (int(v) for v in key[2].split("/"))
         return OvsTestbed(key[1], key[3] or None, ports, dpdk_ring=ring, nice=nice)
+
+    def _system_testbed(self, key: tuple[str, ...]) -> Testbed:
+        """The running OVS of ``--switch system`` with the hosts of ``--hosts``."""
+        assert self.system is not None
+        if key[0] == "linux":
+            raise Refused("Linux-netfilter baselines need the embedded lab's Linux router: "
+                             f"--switch system benches {self.system.bridge} (an Open vSwitch) only")
+        if self._hosts is None:
+            self._hosts = (host_from(self.system.gen), host_from(self.system.sink))
+        return SystemTestbed(*self._hosts, self.system.bridge, self.system.db, self.system.ports)
 
     def close_testbed(self) -> None:
         bed, self.bed, self.bed_key = self.bed, None, None
@@ -180,8 +200,8 @@ class Runner:
                 diag = diagnostics[index] if rep == exp.settings.repetitions - 1 else None
                 subject_runs[index].append(self.measure(exp, bed, group.subjects[index], diag))
         for task, runs, diag in zip(group.subjects, subject_runs, diagnostics, strict=True):
-            params = {**task.params(), "datapath": exp.settings.datapath if task.config.testbed == "ovs"
-                      else "linux", "repetitions": exp.settings.repetitions}
+            params = {**task.params(), "datapath": getattr(bed, "datapath", exp.settings.datapath)
+                      if task.config.testbed == "ovs" else "linux", "repetitions": exp.settings.repetitions}
             base_params = group.baseline.params() if group.baseline else None
             self.results.add_point(point_record(exp.name, exp.method, params, runs, base_params,
                                                 base_runs, task.measure, diag))
@@ -266,6 +286,9 @@ class Runner:
 
     # -- control plane --------------------------------------------------------------------------
     def run_control(self, exp: Experiment) -> None:
+        if self.system is not None:
+            raise Refused("the control-plane method measures a fresh embedded lab each time; "
+                             "it does not run with --switch system")
         bed = self.testbed(("ovs", "netdev", f"0/{exp.settings.nice}", ""))
         assert isinstance(bed, OvsTestbed)
         bench = ControlBench(bed)
@@ -289,8 +312,9 @@ class Runner:
 
 def run_spec(spec: BenchSpec, out_dir: Path, command: list[str], profile: bool = False,
              status: Status | None = None, advance: Callable[[int], None] | None = None,
-             on_total: Callable[[int], None] | None = None) -> dict[str, Any]:
-    runner = Runner(spec, out_dir, command, profile, status, advance)
+             on_total: Callable[[int], None] | None = None,
+             system: SystemSwitch | None = None) -> dict[str, Any]:
+    runner = Runner(spec, out_dir, command, profile, status, advance, system)
     if on_total:
         on_total(runner.total_steps())
     return runner.run()

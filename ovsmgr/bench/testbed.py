@@ -16,6 +16,7 @@ import ipaddress
 import re
 import secrets
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,13 +25,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 from ovsmgr.apply import apply_policy
-from ovsmgr.bench.netns import SWITCH_CPU, cpu_count, pin_process_threads, run
+from ovsmgr.bench.netns import REMOTE, SWITCH_CPU, cpu_count, in_netns, pin_process_threads, run
 from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import Kind, generate_policy
 from ovsmgr.policy.loader import load_file
 from ovsmgr.southbound.lab import Lab, LabPort, LabSpec, lab_spec_from_policy
-from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.southbound.target import SYSTEM_DB, SwitchTarget, resolve_target
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 BENCH_COOKIE = 0xBE0C
@@ -220,7 +221,7 @@ def renice_threads(pid: int, prefix: str, nice: int) -> None:
 def drop_load_at_host(host: Host, port: int = 9) -> None:
     """Hosts drop the load (and its replies) as it arrives, after their interface counted it:
     no ICMP port unreachable or TCP RST goes back through the device under test."""
-    run(["ip", "netns", "exec", host.netns, "nft", "-f", "-"],
+    run(in_netns(host.netns, ["nft", "-f", "-"]),
         input=LOAD_PORT_DROP.format(iface=host.iface, port=port))
 
 
@@ -387,3 +388,176 @@ def parse_pmd_stats(text: str) -> dict[str, float]:
             passes = received + totals.get("packet recirculations", 0.0)
             totals[f"{hit} share"] = round(totals.get(hit, 0.0) / passes, 4) if passes else 0.0
     return totals
+
+
+def host_from(spec: str, default_iface: str = "data0") -> Host:
+    """A host named on the command line: ``ssh:NAME[:IFACE]`` (over ssh, see `netns.REMOTE`) or
+    ``NETNS[:IFACE]`` (a local namespace). Its address and MAC are read from the interface."""
+    import json
+
+    remote = spec.startswith(REMOTE)
+    name, _, iface = spec.removeprefix(REMOTE).partition(":")
+    if not name:
+        raise ValueError(f"host {spec!r}: expected ssh:NAME[:IFACE] or NETNS[:IFACE]")
+    netns = f"{REMOTE}{name}" if remote else name
+    iface = iface or default_iface
+    try:
+        links = json.loads(run(in_netns(netns, ["ip", "-j", "addr", "show", "dev", iface])) or "[]")
+    except RuntimeError as exc:
+        raise RuntimeError(f"host {spec}: cannot read interface {iface}: {exc}") from None
+    addrs = [a for link in links for a in link.get("addr_info", []) if a.get("family") == "inet"]
+    if not links or not addrs:
+        raise RuntimeError(f"host {spec}: interface {iface} has no IPv4 address")
+    return Host(netns, iface, f"{addrs[0]['local']}/{addrs[0]['prefixlen']}", links[0]["address"])
+
+
+@dataclass(frozen=True)
+class SystemSwitch:
+    """``--switch system``: bench this running OVS bridge with these hosts (`host_from` specs)."""
+
+    gen: str
+    sink: str
+    bridge: str = "br0"
+    db: str = SYSTEM_DB
+    ports: tuple[str, str] = ("inside", "outside")
+
+
+class SystemTestbed:
+    """An Open vSwitch that already runs (the Vagrant dut's system OVS, `target.SYSTEM_DB`) with
+    a generator and a sink host of its own (usually other machines, ``ssh:NAME``).
+
+    Pipelines are applied by ovsmgr to ``bridge`` as ``ovsmgr apply`` would (its state in the
+    target's state directory); plain forwarding is the lab bed's pair of priority-65535 flows
+    between the two ports. Only OVS pipelines: a Linux-netfilter baseline needs the lab's Linux
+    router (`netfilter.LinuxRouter`) and is refused. The switch keeps the last pipeline applied.
+    """
+
+    kind = "ovs"
+
+    def __init__(self, gen: Host, sink: Host, bridge: str = "br0", db: str = SYSTEM_DB,
+                 ports: tuple[str, str] = ("inside", "outside")) -> None:
+        self.gen, self.sink, self.db = gen, sink, db
+        self.spec_bridge = bridge
+        self.target = resolve_target(db)
+        self.gen_port, self.sink_port = ports
+        self.gen_ofport, self.sink_ofport = (self._ofport(p) for p in ports)
+        self.datapath = self._vsctl(["get", "Bridge", bridge, "datapath_type"]).strip().strip('"') or "system"
+        self.next_hop_mac, self.reply_mac = sink.mac, gen.mac
+        self.current: Config | None = None
+        self.nat_address: str | None = None
+        self.warnings: list[str] = []
+        for host in (gen, sink):
+            if _has_bench_table(host):  # left by a run that was killed
+                run(in_netns(host.netns, ["nft", "delete", "table", "netdev", "ovsmgr_bench"]))
+            try:
+                drop_load_at_host(host)
+            except RuntimeError as exc:  # no nftables there: the hosts answer the load (ICMP, RST)
+                self.warnings.append(f"{host.netns}: load not dropped at the host: {str(exc)[-200:]}")
+
+    @property
+    def bridge(self) -> str:
+        return self.spec_bridge
+
+    def _vsctl(self, args: list[str]) -> str:
+        return run(["ovs-vsctl", f"--db={self.db}", *args])
+
+    def _ofport(self, port: str) -> int:
+        try:
+            ofport = int(self._vsctl(["get", "Interface", port, "ofport"]).strip())
+        except (RuntimeError, ValueError) as exc:
+            raise RuntimeError(f"bridge {self.spec_bridge}: no port {port} with an ofport ({exc})") from None
+        if ofport < 1:
+            raise RuntimeError(f"bridge {self.spec_bridge}: port {port} has no ofport yet ({ofport})")
+        return ofport
+
+    def ofctl(self, args: list[str], input: str | None = None) -> str:
+        return run(["ovs-ofctl", "-O", "OpenFlow15", args[0], self.target.mgmt(self.spec_bridge),
+                    *args[1:]], input=input)
+
+    def appctl(self, args: list[str]) -> str:
+        ctl = self.target.appctl()
+        return run(["ovs-appctl", *(["-t", ctl] if ctl else []), *args])
+
+    def configure(self, config: Config) -> dict[str, Any]:
+        if config.testbed != "ovs":
+            raise ValueError(f"{config.label}: the {self.spec_bridge} test bed is an Open vSwitch; "
+                             "Linux-netfilter baselines need the embedded lab (drop --switch system)")
+        info: dict[str, Any] = {}
+        start = time.perf_counter()
+        self.nat_address = None
+        if config.pipeline == "plain":
+            self._plain(True)
+        else:
+            compiled, compile_s = compiled_for(config)
+            self._plain(False)
+            applied = time.perf_counter()
+            result = apply_policy(compiled, self.target)
+            info.update(compile_s=round(compile_s, 4), apply_s=round(time.perf_counter() - applied, 4),
+                        flows=len(compiled.flowset), changed=sum(result.plan.counts().values()))
+            snat = [r for r in compiled.policy.nat if r.kind == "snat"]
+            self.nat_address = str(snat[0].translate_lo) if snat else None
+            if compiled.policy.nat:
+                self._announce()
+        self.clear_state()
+        self.current = config
+        info["configure_s"] = round(time.perf_counter() - start, 4)
+        return info
+
+    def _announce(self) -> None:
+        """A gratuitous ARP from each host: the NAT pipeline learns MAC bindings from ARP."""
+        for host in (self.gen, self.sink):
+            run(in_netns(host.netns, ["arping", "-U", "-c", "1", "-I", host.iface, host.ip]))
+
+    def _plain(self, on: bool) -> None:
+        self.ofctl(["del-flows", f"cookie={BENCH_COOKIE:#x}/-1"])
+        if on:
+            flows = "".join(
+                f"cookie={BENCH_COOKIE:#x},table=0,priority={PLAIN_PRIORITY},in_port={a} actions=output:{b}\n"
+                for a, b in ((self.gen_ofport, self.sink_ofport), (self.sink_ofport, self.gen_ofport)))
+            self.ofctl(["add-flows", "-"], input=flows)
+
+    def clear_state(self) -> None:
+        self.appctl(["dpctl/flush-conntrack"])
+
+    def begin_point(self) -> None:
+        pass
+
+    def datapath_counters(self) -> dict[str, float]:
+        return {}
+
+    def diagnostics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"datapath": self.datapath}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        for key, args in (("conntrack", ["dpctl/ct-stats-show"]), ("upcalls", ["upcall/show"])):
+            try:
+                out[key] = self.appctl(args)
+            except Exception as exc:  # diagnostics must never fail a measurement
+                out[key] = f"unavailable: {exc}"
+        return out
+
+    def vswitchd_pid(self) -> int:
+        if self.target.rundir is None:
+            raise RuntimeError(f"{self.db}: no run directory, so no ovs-vswitchd pid")
+        return int((self.target.rundir / "ovs-vswitchd.pid").read_text().strip())
+
+    def switch_threads(self) -> tuple[int, str] | None:
+        """ovs-vswitchd forwards on a userspace (netdev) bridge; the kernel does on a system one."""
+        if self.datapath != "netdev":
+            return None
+        try:
+            return self.vswitchd_pid(), ""
+        except (OSError, ValueError, RuntimeError):
+            return None
+
+    def close(self) -> None:
+        self._plain(False)
+        for host in (self.gen, self.sink):
+            subprocess.run(in_netns(host.netns, ["nft", "delete", "table", "netdev", "ovsmgr_bench"]),
+                           stdin=subprocess.DEVNULL, capture_output=True, check=False)
+
+
+def _has_bench_table(host: Host) -> bool:
+    probe = subprocess.run(in_netns(host.netns, ["nft", "list", "table", "netdev", "ovsmgr_bench"]),
+                           stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    return probe.returncode == 0

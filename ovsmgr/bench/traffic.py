@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from ovsmgr.bench.netns import GENERATOR_CPU, Processes, in_netns, run
+from ovsmgr.bench.netns import GENERATOR_CPU, Processes, in_netns, push_file, run
 
 MAX_PORTS = 64000
 FIRST_SPORT = 1024
@@ -152,6 +152,7 @@ def trafgen_argv(netns: str, iface: str, config_path: str, pps: float, nice: int
 
 def start_trafgen(procs: Processes, netns: str, iface: str, config_path: str,
                   pps: float, nice: int = 0) -> subprocess.Popen[str]:
+    push_file(netns, config_path)
     proc = procs.start(trafgen_argv(netns, iface, config_path, pps, nice))
     time.sleep(0.05)
     if proc.poll() is not None:
@@ -175,12 +176,12 @@ def shaper_command(iface: str, pps: float, frame_size: int) -> list[str]:
 @contextmanager
 def shaped(netns: str, iface: str, pps: float, frame_size: int) -> Iterator[None]:
     """The generator's interface paced at ``pps`` for the duration of the block."""
-    run(["ip", "netns", "exec", netns, *shaper_command(iface, pps, frame_size)])
+    run(in_netns(netns, shaper_command(iface, pps, frame_size)))
     try:
         yield
     finally:
-        subprocess.run(["ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", iface, "root"],
-                       capture_output=True, check=False)
+        subprocess.run(in_netns(netns, ["tc", "qdisc", "del", "dev", iface, "root"]),
+                       stdin=subprocess.DEVNULL, capture_output=True, check=False)
 
 
 def send_for(procs: Processes, netns: str, iface: str, config_path: str, pps: float,
@@ -203,7 +204,7 @@ def iperf3(procs: Processes, server_ns: str, client_ns: str, server_ip: str, sec
         client = subprocess.run(
             in_netns(client_ns, ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(max(1, round(seconds))),
                                  "-J", "--connect-timeout", "3000"], cpu=GENERATOR_CPU),
-            capture_output=True, text=True, timeout=seconds + 30, check=False)
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=seconds + 30, check=False)
     finally:
         procs.stop(server)
     data = json.loads(client.stdout or "{}")
@@ -218,8 +219,9 @@ def _wait_listening(server: subprocess.Popen[str], netns: str, port: int, timeou
     """Until a TCP socket listens on ``port`` in ``netns`` (iperf3 buffers what it prints)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and server.poll() is None:
-        listening = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Hltn", f"sport = :{port}"],
-                                   capture_output=True, text=True, check=False).stdout
+        listening = subprocess.run(in_netns(netns, ["ss", "-Hltn", f"sport = :{port}"]),
+                                   stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                   check=False).stdout
         if listening.strip():
             return
         time.sleep(0.05)

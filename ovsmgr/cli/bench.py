@@ -48,10 +48,16 @@ def _csv(kind: type, value: str | None) -> tuple[Any, ...]:
         raise click.BadParameter(str(exc)) from None
 
 
-def _check_machine() -> None:
+SYSTEM_TOOLS = {"ovs-vsctl": "openvswitch-switch", "ovs-ofctl": "openvswitch-switch",
+                "ovs-appctl": "openvswitch-switch", "ip": "iproute2"}
+"""What ``--switch system`` needs here (the load's tools run on the hosts)."""
+
+
+def _check_machine(system: bool = False, ssh: bool = False) -> None:
     if os.geteuid() != 0:
         fail("bench needs root (network namespaces, ovs-vswitchd, tc)")
-    missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
+    tools = {**SYSTEM_TOOLS, **({"ssh": "openssh-client"} if ssh else {})} if system else TOOLS
+    missing = sorted({pkg for tool, pkg in tools.items() if shutil.which(tool) is None})
     if missing:
         fail(f"missing tools; install them with: apt-get install -y {' '.join(missing)} "
              "(or run scripts/install)")
@@ -101,12 +107,31 @@ def _spec(spec_file: str | None, smoke: bool, policy: str | None, method: str | 
               "like 20kpps,500Mbit.")
 @click.option("--profile", is_flag=True, help="perf-record ovs-vswitchd during each point "
               "(top symbols in the results' diagnostics).")
+@click.option("--switch", "switch", type=click.Choice(["lab", "system"]), default="lab", show_default=True,
+              help="lab: an embedded lab per test bed; system: the Open vSwitch already running here "
+              "(--bridge, --db), with the hosts of --hosts (OVS pipelines only).")
+@click.option("--bridge", default="br0", show_default=True, help="--switch system: the bridge; its ports "
+              "inside and outside (by name, as the policies name them) face gen and sink.")
+@click.option("--db", default=None, metavar="unix:PATH",
+              help="--switch system: OVSDB of the switch [default: the system OVS's].")
+@click.option("--hosts", default=None, metavar="gen=SPEC,sink=SPEC",
+              help="--switch system: the generator and sink hosts, each ssh:NAME[:IFACE] (over ssh, "
+              "interface data0 by default) or NETNS[:IFACE] (a local namespace).")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), default=None,
+              help="ssh -F file for ssh: hosts (e.g. /root/.ssh/config.ovsmgr on the Vagrant dut).")
+@click.option("--remote-python", default=None, metavar="PATH",
+              help="Python with ovsmgr on ssh: hosts, for the probe agents [default: /opt/ovsmgr/venv/bin/python].")
 def run_cmd(spec_file: str | None, smoke: bool, out_dir: Path | None, only_names: tuple[str, ...],
             datapath: str | None, duration: float | None, warmup: float | None,
             repetitions: int | None, policy: str | None, method: str | None, flows: str | None,
-            sizes: str | None, rates: str | None, profile: bool) -> None:
+            sizes: str | None, rates: str | None, profile: bool, switch: str, bridge: str,
+            db: str | None, hosts: str | None, ssh_config: str | None, remote_python: str | None) -> None:
     """Run the experiments of SPEC (or --smoke, or --policy); Ctrl-C stops and keeps what was measured."""
+    from ovsmgr.bench.netns import use_ssh
     from ovsmgr.bench.runner import run_spec
+
+    system = _system_switch(switch, bridge, db, hosts)
+    use_ssh(ssh_config, remote_python)
 
     spec = _spec(spec_file, smoke, policy, method, flows, sizes, rates)
     if only_names:
@@ -116,7 +141,7 @@ def run_cmd(spec_file: str | None, smoke: bool, out_dir: Path | None, only_names
             raise click.BadParameter(str(exc), param_hint="--only") from None
     spec = with_overrides(spec, datapath=datapath, duration=duration, warmup=warmup,
                           repetitions=repetitions)
-    _check_machine()
+    _check_machine(system is not None, "ssh:" in (hosts or ""))
     out = out_dir or Path("bench-results") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}", style="cyan"), BarColumn(),
@@ -127,10 +152,24 @@ def run_cmd(spec_file: str | None, smoke: bool, out_dir: Path | None, only_names
             spec, out, ["ovsmgr", *sys.argv[1:]], profile,
             status=lambda text: progress.update(task, description=text[:90]),
             advance=lambda n: progress.advance(task, n),
-            on_total=lambda n: progress.update(task, total=n))
+            on_total=lambda n: progress.update(task, total=n), system=system)
     _finish(data, out, console)
     if data.get("interrupted"):
         sys.exit(130)
+
+
+def _system_switch(switch: str, bridge: str, db: str | None, hosts: str | None) -> Any:
+    from ovsmgr.bench.testbed import SystemSwitch
+    from ovsmgr.southbound.target import SYSTEM_DB
+
+    if switch != "system":
+        if hosts or db:
+            raise click.UsageError("--hosts and --db go with --switch system")
+        return None
+    pairs = dict(item.split("=", 1) for item in (hosts or "").split(",") if "=" in item)
+    if set(pairs) != {"gen", "sink"}:
+        raise click.BadParameter("give both hosts, e.g. gen=ssh:gen,sink=ssh:sink", param_hint="--hosts")
+    return SystemSwitch(pairs["gen"], pairs["sink"], bridge, db or SYSTEM_DB)
 
 
 def _finish(data: dict[str, Any], out: Path, console: Console) -> None:

@@ -11,7 +11,7 @@ PACKAGES=(
   openvswitch-switch          # ovsdb-server, ovs-vswitchd, ovs-vsctl/-ofctl/-appctl, ovs-ctl
   iproute2 kmod procps ethtool
   iputils-ping iputils-arping netcat-openbsd conntrack tcpdump hping3
-  netsniff-ng iperf3          # trafgen and iperf3: the bench's load
+  netsniff-ng iperf3 nftables # trafgen, iperf3, and nft for the drop rules on gen and sink
   python3 python3-venv        # ovsmgr's virtual environment (/opt/ovsmgr/venv)
   openssh-client ca-certificates
 )
