@@ -184,6 +184,35 @@ def compiled_for(config: Config) -> tuple[CompiledPolicy, float]:
     return _compiled(config.pipeline, config.rules, config.rule_kind, config.blocklist)
 
 
+
+class _PipelineSwitch(Protocol):
+    target: SwitchTarget
+    nat_address: str | None
+
+    def _plain(self, on: bool) -> None: ...
+
+
+def switch_pipeline(bed: _PipelineSwitch, config: Config) -> tuple[dict[str, Any], bool]:
+    """Put ``config``'s OVS pipeline on ``bed``'s switch: plain forwarding sits on top of
+    whatever policy is applied (its flows at priority 65535 with the bench's cookie); a policy is
+    applied by ovsmgr itself, as a difference against the one before. Sets ``bed.nat_address``;
+    returns what it cost and whether the pipeline translates (its hosts must then announce
+    themselves: the NAT pipeline learns MAC bindings from ARP)."""
+    info: dict[str, Any] = {}
+    bed.nat_address = None
+    if config.pipeline == "plain":
+        bed._plain(True)
+        return info, False
+    compiled, compile_s = compiled_for(config)
+    bed._plain(False)
+    applied = time.perf_counter()
+    result = apply_policy(compiled, bed.target)
+    info.update(compile_s=round(compile_s, 4), apply_s=round(time.perf_counter() - applied, 4),
+                flows=len(compiled.flowset), changed=sum(result.plan.counts().values()))
+    snat = [r for r in compiled.policy.nat if r.kind == "snat"]
+    bed.nat_address = str(snat[0].translate_lo) if snat else None
+    return info, bool(compiled.policy.nat)
+
 def lab_ports_for(policy_file: str | None, datapath: str, name: str,
                   ports: tuple[str, str] | None) -> tuple[LabSpec, str, str]:
     """The lab for a pipeline: the default two-port layout, or a policy file's own ports.
@@ -290,23 +319,11 @@ class OvsTestbed:
         """Switch pipelines: plain forwarding sits on top of whatever policy is applied (its
         flows at priority 65535 with the bench's cookie); a policy is applied by ovsmgr itself,
         as a difference against the one before."""
-        info: dict[str, Any] = {}
         start = time.perf_counter()
-        self.nat_address = None
-        if config.pipeline == "plain":
-            self._plain(True)
-        else:
-            compiled, compile_s = compiled_for(config)
-            self._plain(False)
-            applied = time.perf_counter()
-            result = apply_policy(compiled, self.target)
-            info.update(compile_s=round(compile_s, 4), apply_s=round(time.perf_counter() - applied, 4),
-                        flows=len(compiled.flowset), changed=sum(result.plan.counts().values()))
-            snat = [r for r in compiled.policy.nat if r.kind == "snat"]
-            self.nat_address = str(snat[0].translate_lo) if snat else None
-            if compiled.policy.nat and not self.announced:
-                self.lab.announce()  # the NAT pipeline learns MAC bindings from ARP
-                self.announced = True
+        info, nat = switch_pipeline(self, config)
+        if nat and not self.announced:
+            self.lab.announce()  # the NAT pipeline learns MAC bindings from ARP
+            self.announced = True
         self.clear_state()
         self.current = config
         info["configure_s"] = round(time.perf_counter() - start, 4)
@@ -482,22 +499,10 @@ class SystemTestbed:
         if config.testbed != "ovs":
             raise ValueError(f"{config.label}: the {self.spec_bridge} test bed is an Open vSwitch; "
                              "Linux-netfilter baselines need the embedded lab (drop --switch system)")
-        info: dict[str, Any] = {}
         start = time.perf_counter()
-        self.nat_address = None
-        if config.pipeline == "plain":
-            self._plain(True)
-        else:
-            compiled, compile_s = compiled_for(config)
-            self._plain(False)
-            applied = time.perf_counter()
-            result = apply_policy(compiled, self.target)
-            info.update(compile_s=round(compile_s, 4), apply_s=round(time.perf_counter() - applied, 4),
-                        flows=len(compiled.flowset), changed=sum(result.plan.counts().values()))
-            snat = [r for r in compiled.policy.nat if r.kind == "snat"]
-            self.nat_address = str(snat[0].translate_lo) if snat else None
-            if compiled.policy.nat:
-                self._announce()
+        info, nat = switch_pipeline(self, config)
+        if nat:
+            self._announce()
         self.clear_state()
         self.current = config
         info["configure_s"] = round(time.perf_counter() - start, 4)

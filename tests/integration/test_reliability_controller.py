@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ovsmgr.soak import SOAK_POLICY, SOAK_PORTS, SoakConfig, run_soak
-from ovsmgr.southbound.lab import Lab, LabPort
+from ovsmgr.southbound.lab import Lab
 
 from .controller_helpers import controller, probe_stream
 from .traffic import converse, ping, server
@@ -34,27 +34,8 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 
-PORTS = (LabPort("inside", 1, "10.0.0.10/24"), LabPort("outside", 2, "198.51.100.9/24"))
+PORTS, POLICY = SOAK_PORTS, SOAK_POLICY  # the soak's two-port firewall: blocklist, a reject, allow out
 INSIDE, OUTSIDE = "10.0.0.10", "198.51.100.9"
-POLICY = """
-version: 1
-switch:
-  bridge: br0
-  datapath: netdev
-  ports: {inside: {ofport: 1}, outside: {ofport: 2}}
-  links: [[inside, outside]]
-zones:
-  inside: {ports: [inside]}
-  outside: {ports: [outside]}
-addresses:
-  blocklist: [203.0.113.0/24]
-firewall:
-  default: drop
-  rules:
-    - {name: blocked, from: inside, src: "@blocklist", action: drop}
-    - {name: no-ssh, from: inside, services: [tcp/22], action: reject}
-    - {name: allow-out, from: inside, action: allow}
-"""
 PROBE_SECONDS = 5
 """OVS's effective inactivity probe: ovsmgr asks for 5000 ms, the smallest value OVS 3.1 honours."""
 FAIL_OPEN_PRIORITY = 0xF0F0F0
