@@ -7,7 +7,7 @@ import itertools
 import math
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,8 @@ from ovsmgr.bench.updates import (
 )
 from ovsmgr.controller.engine import ChangeResult, Engine
 from ovsmgr.policy import load_policy_text
-from ovsmgr.southbound.openflow import FlowEntry, parse_flow_line
 from ovsmgr.southbound.target import SwitchTarget
+from tests.unit.test_controller_engine import FakeTable
 
 
 def device(capacity: float, generator_max: float = 1e9, noise: Callable[[float], float] = lambda r: 0.0
@@ -313,32 +313,11 @@ def test_the_blocklist_is_a_set_and_a_first_rule_the_load_never_matches() -> Non
         with_blocklist(pipeline_data("seed-firewall"), "nowhere")
 
 
-class Table:
-    """A flow table that takes bundles as OVS does, keyed by table, priority and match."""
-
-    def __init__(self) -> None:
-        self.flows: dict[tuple[int, int, str], FlowEntry] = {}
-
-    def dump(self, ours_only: bool = True) -> list[FlowEntry]:
-        return list(self.flows.values())
-
-    def push(self, lines: Sequence[str]) -> None:
-        for line in lines:
-            verb, _, rest = line.partition(" ")
-            if verb == "add":
-                entry = parse_flow_line(rest)
-                self.flows[entry.key] = entry
-            else:
-                head = rest.split(",", 3)
-                key = (int(head[1].split("=")[1]), int(head[2].split("=")[1]), head[3] if len(head) > 3 else "")
-                del self.flows[key]
-
-
 @pytest.mark.parametrize("kind", ["set", "rule", "mixed"])
 def test_every_update_changes_flows_and_a_cycle_comes_back(tmp_path: Path, kind: str) -> None:
     policy = tmp_path / "p.yaml"
     policy.write_text(policy_text(Config("ovs", "seed-firewall", blocklist="")))
-    table = Table()
+    table = FakeTable()
     engine = Engine([str(policy)], SwitchTarget("unix:/nonexistent", tmp_path, tmp_path),
                     table_factory=lambda mgmt: table, record=False)
     engine.load()
