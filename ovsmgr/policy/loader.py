@@ -80,8 +80,12 @@ class PurePythonParser(Reader, Scanner, Parser):
         Parser.__init__(self)
 
 
+def _uses_libyaml() -> bool:
+    return _CParser is not None and USE_LIBYAML
+
+
 def _new_parser(text: str) -> _EventParser:
-    if _CParser is not None and USE_LIBYAML:
+    if _uses_libyaml():
         return _CParser(text)  # type: ignore[return-value]
     return PurePythonParser(text)
 
@@ -172,7 +176,7 @@ class _Builder:
         if isinstance(event, AliasEvent):
             raise _Fatal(span, f'YAML alias "*{event.anchor}" is not allowed in policies: write the value out')
         if depth > MAX_DEPTH:
-            raise _Fatal(span, f"values are nested more than {MAX_DEPTH} levels deep")
+            raise _Fatal(span, _too_deep_message())
         self.count += 1
         if self.count > MAX_VALUES:
             raise _Fatal(span, f"the file holds more than {MAX_VALUES} values")
@@ -283,6 +287,36 @@ def _syntax_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     return "YAML syntax: " + (", ".join(parts) or "invalid YAML")
 
 
+def _too_deep_for_libyaml(text: str, file: str, exc: yaml.MarkedYAMLError) -> _Fatal | None:
+    """ovsmgr's own nesting refusal, where libyaml refused the nesting first.
+
+    libyaml scans ahead of the events it hands out, and newer copies of it refuse deep
+    nesting themselves (PyYAML 6.0.4's: more than 1,000 levels), so such a file fails in
+    libyaml, with libyaml's words, before MAX_DEPTH is ever checked. Its words are not an
+    interface: when the text up to where libyaml stopped could be nested deeper than
+    MAX_DEPTH (more unclosed brackets, or a line indented further), that text is read again
+    with PyYAML's own parser, which has no such limit, and ovsmgr's check decides.
+    """
+    mark = exc.problem_mark
+    if not _uses_libyaml() or mark is None:
+        return None
+    head = text[: mark.index]
+    unclosed = head.count("[") + head.count("{") - head.count("]") - head.count("}")
+    if unclosed <= MAX_DEPTH and mark.column <= MAX_DEPTH:
+        return None
+    try:
+        _Builder(file, PurePythonParser(head), Collector()).document()
+    except _Fatal as fatal:
+        return fatal if fatal.message == _too_deep_message() else None
+    except (yaml.YAMLError, RecursionError):
+        return None
+    return None
+
+
+def _too_deep_message() -> str:
+    return f"values are nested more than {MAX_DEPTH} levels deep"
+
+
 def load_text(text: str, file: str) -> Document:
     """Parse one policy document.
 
@@ -303,6 +337,10 @@ def load_text(text: str, file: str) -> Document:
         diag.error(exc.span, exc.message)
         raise PolicyError(diag.items) from None
     except yaml.MarkedYAMLError as exc:
+        too_deep = _too_deep_for_libyaml(text, file, exc)
+        if too_deep is not None:
+            diag.error(too_deep.span, too_deep.message)
+            raise PolicyError(diag.items) from None
         mark = exc.problem_mark or exc.context_mark
         span = Span(file, mark.line + 1, mark.column + 1) if mark else Span(file, 1, 1)
         diag.error(span, _syntax_message(exc, text))

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ovsmgr.policy import PolicyError, loader
 from ovsmgr.policy.diagnostics import Span
@@ -180,9 +181,40 @@ def test_control_characters_are_refused_with_their_place(parser: bool) -> None:
     ]
 
 
-def test_deep_nesting_is_refused_without_exhausting_the_stack(parser: bool) -> None:
-    [message] = problems("[" * 5000)
-    assert "nested more than" in message
+TOO_DEEP = f"values are nested more than {loader.MAX_DEPTH} levels deep"
+
+
+@pytest.mark.parametrize(("text", "place"), [
+    ("[" * 5000, "1:66"),                      # unclosed, libyaml's own limit within reach
+    ("[" * 1500 + "]" * 1500, "1:66"),         # valid YAML, deeper than libyaml allows
+    ("[" * 200 + "]" * 200, "1:66"),           # valid YAML that libyaml accepts
+    ("[\n" * 1200, "66:1"),                    # one bracket a line
+    ("v: " + "{a: " * 1200, "1:260"),          # mappings
+])
+def test_deep_nesting_is_refused_without_exhausting_the_stack(parser: bool, text: str,
+                                                              place: str) -> None:
+    """Both parsers give ovsmgr's refusal at the first value too deep, whatever depth
+    libyaml itself would still accept (PyYAML 6.0.4's copy refuses more than 1,000)."""
+    assert problems(text) == [f"{place}: {TOO_DEEP}"]
+
+
+def test_deep_nesting_is_ours_whatever_libyaml_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A libyaml that refuses the nesting itself, in words of its own, still gives
+    ovsmgr's diagnostic; its other errors stay YAML syntax errors."""
+
+    class RefusingParser:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def get_event(self) -> None:
+            index = self.text.index("x") if "x" in self.text else 0
+            mark = yaml.Mark("t.yaml", index, 0, index, None, None)
+            raise yaml.scanner.ScannerError("while scanning", mark, "some new wording", mark)
+
+    monkeypatch.setattr(loader, "_CParser", RefusingParser)
+    monkeypatch.setattr(loader, "USE_LIBYAML", True)
+    assert problems("[" * 100 + "x") == [f"1:66: {TOO_DEEP}"]
+    assert problems("[" * 10 + "x") == ["1:11: YAML syntax: some new wording"]
 
 
 def test_a_byte_order_mark_is_fine(parser: bool) -> None:
