@@ -49,13 +49,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ovsmgr.apply import apply_policy
 from ovsmgr.compiler import CompiledPolicy, compile_policy
+from ovsmgr.lab.ovs import Lab, LabPort, LabSpec
 from ovsmgr.policy import ResolvedPolicy, load_policy_text
 from ovsmgr.policy.generate import generate_policy
 from ovsmgr.render.text import render_flows
-from ovsmgr.southbound.lab import Lab, LabPort, LabSpec
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.apply import apply_policy
 
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow15"]
 REPETITIONS = {10_000: 3, 100_000: 2}
@@ -269,27 +269,27 @@ def profile_apply(bench: Bench, rules: int, seed: int, top: int) -> None:
 
 
 BREAKDOWN = (
-    ("ovsmgr.apply", "SwitchDB.__init__", "OVSDB connect"),
-    ("ovsmgr.apply", "SwitchDB.bridges", "OVSDB bridges()"),
-    ("ovsmgr.apply", "check_lockout", "check_lockout (would it cut management access?)"),
-    ("ovsmgr.apply", "OfctlFlowTable.dump", "dump flows (ovs-ofctl dump-flows + parse)"),
-    ("ovsmgr.apply", "desired_entries", "desired_entries (compiled flows as FlowEntry)"),
-    ("ovsmgr.plan", "CompiledPolicy.flows", "  of which compiled.flows (FlowSet.sorted)"),
-    ("ovsmgr.plan", "flow_text", "  of which flow_text (render each flow)"),
-    ("ovsmgr.plan", "parse_flow_line", "  of which parse_flow_line (parse it back)"),
-    ("ovsmgr.plan", "match_text", "  of which match_text (render each match)"),
-    ("ovsmgr.plan", "actions_text", "  of which actions_text (render each action list)"),
-    ("ovsmgr.apply", "make_plan", "make_plan (diff)"),
-    ("ovsmgr.apply", "Plan.bundle", "Plan.bundle (sort + add_line/delete_line)"),
-    ("ovsmgr.apply", "OfctlFlowTable.push", "push (ovs-ofctl --bundle add-flows)"),
-    ("ovsmgr.apply", "_ensure_switch", "_ensure_switch (OVSDB ports, zone limit)"),
-    ("ovsmgr.apply", "ensure_switch_settings", "ensure_switch_settings (OVSDB ports, zone limit)"),
-    ("ovsmgr.apply", "_record", "_record (state for file and external_ids)"),
-    ("ovsmgr.apply", "policy_digest", "  of which policy_digest (model_dump_json + sha256)"),
-    ("ovsmgr.apply", "flows_digest", "  of which flows_digest (sort + sha256)"),
-    ("ovsmgr.apply", "SwitchDB.set_external_ids", "OVSDB set_external_ids"),
-    ("ovsmgr.apply", "_write_json", "write state file (json.dumps)"),
-    ("ovsmgr.apply", "SwitchDB.close", "OVSDB close"),
+    ("ovsmgr.switch.apply", "SwitchDB.__init__", "OVSDB connect"),
+    ("ovsmgr.switch.apply", "SwitchDB.bridges", "OVSDB bridges()"),
+    ("ovsmgr.switch.apply", "check_lockout", "check_lockout (would it cut management access?)"),
+    ("ovsmgr.switch.apply", "OfctlFlowTable.dump", "dump flows (ovs-ofctl dump-flows + parse)"),
+    ("ovsmgr.switch.apply", "desired_entries", "desired_entries (compiled flows as FlowEntry)"),
+    ("ovsmgr.switch.plan", "CompiledPolicy.flows", "  of which compiled.flows (FlowSet.sorted)"),
+    ("ovsmgr.switch.plan", "flow_text", "  of which flow_text (render each flow)"),
+    ("ovsmgr.switch.plan", "parse_flow_line", "  of which parse_flow_line (parse it back)"),
+    ("ovsmgr.switch.plan", "match_text", "  of which match_text (render each match)"),
+    ("ovsmgr.switch.plan", "actions_text", "  of which actions_text (render each action list)"),
+    ("ovsmgr.switch.apply", "make_plan", "make_plan (diff)"),
+    ("ovsmgr.switch.apply", "Plan.bundle", "Plan.bundle (sort + add_line/delete_line)"),
+    ("ovsmgr.switch.apply", "OfctlFlowTable.push", "push (ovs-ofctl --bundle add-flows)"),
+    ("ovsmgr.switch.apply", "_ensure_switch", "_ensure_switch (OVSDB ports, zone limit)"),
+    ("ovsmgr.switch.apply", "ensure_switch_settings", "ensure_switch_settings (OVSDB ports, zone limit)"),
+    ("ovsmgr.switch.apply", "_record", "_record (state for file and external_ids)"),
+    ("ovsmgr.switch.apply", "policy_digest", "  of which policy_digest (model_dump_json + sha256)"),
+    ("ovsmgr.switch.apply", "flows_digest", "  of which flows_digest (sort + sha256)"),
+    ("ovsmgr.switch.apply", "SwitchDB.set_external_ids", "OVSDB set_external_ids"),
+    ("ovsmgr.switch.apply", "_write_json", "write state file (json.dumps)"),
+    ("ovsmgr.switch.apply", "SwitchDB.close", "OVSDB close"),
 )
 
 

@@ -4,7 +4,7 @@ For policies of 100 and 10,000 rules (`generate_policy(N, "mixed")` with a
 `blocklist` drop rule on top, referencing an address set), a controller runs
 against a lab switch while a probe stream crosses it: UDP datagrams from the
 inside host to the outside host every 0.5 ms, each from its own source port, so
-each is a new connection the firewall judges (see `ovsmgr.controller.probe`).
+each is a new connection the firewall judges (see `tests.support.probe`).
 Then, repeatedly, the probe's source address is added to the blocklist through
 the API, and removed again:
 
@@ -39,11 +39,11 @@ from typing import Any
 
 from ovsmgr.controller.client import ApiClient
 from ovsmgr.controller.paths import ControllerPaths
+from ovsmgr.lab.ovs import Lab, LabPort, LabSpec
 from ovsmgr.policy.generate import generate_policy
-from ovsmgr.southbound.lab import Lab, LabPort, LabSpec
 
 OVSMGR = str(Path(sys.executable).parent / "ovsmgr")
-PROBE = [sys.executable, "-m", "ovsmgr.controller.probe"]
+PROBE = [sys.executable, "-m", "tests.support.probe"]
 INSIDE, OUTSIDE = "10.0.0.10", "198.51.100.9"
 INTERVAL = 0.0005
 SETTLE = 0.3

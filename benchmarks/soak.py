@@ -1,7 +1,7 @@
 """A soak run of controller mode: steady traffic and runtime updates for N minutes, memory sampled.
 
 Builds its own lab switch (two hosts, `inside` and `outside`) and a controller
-running `ovsmgr.soak.SOAK_POLICY`, runs `ovsmgr.soak.run_soak` (see its
+running `tests.support.soak.SOAK_POLICY`, runs `tests.support.soak.run_soak` (see its
 docstring for what is sent, changed, sampled and checked), takes everything
 down and prints the result as JSON. Exit 0 when every check held, 1 otherwise
 (the lab's logs are then kept, and their directory printed). Needs root.
@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from ovsmgr.soak import SoakConfig, run_soak, soak_lab
+from tests.support.soak import SoakConfig, run_soak, soak_lab
 
 
 def main() -> int:

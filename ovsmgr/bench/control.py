@@ -25,13 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from ovsmgr.apply import apply_policy
 from ovsmgr.bench.testbed import OvsTestbed
 from ovsmgr.compiler import CompiledPolicy, compile_policy
-from ovsmgr.plan import desired_entries, make_plan
 from ovsmgr.policy import load_policy_text
 from ovsmgr.policy.generate import Kind, generate_policy
 from ovsmgr.render.text import render_flows
+from ovsmgr.switch.apply import apply_policy
+from ovsmgr.switch.plan import desired_entries, make_plan
 
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow15"]
 

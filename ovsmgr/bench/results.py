@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ovsmgr import __version__
-from ovsmgr.statefile import atomic_write
+from ovsmgr.switch.statefile import atomic_write
 
 FORMAT = "ovsmgr-bench/1"
 HEADLINE = {"rate": "delivered_pps", "ndr": "ndr_pps", "tcp": "tcp_gbps", "cps": "cps",

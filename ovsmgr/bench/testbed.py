@@ -24,14 +24,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
-from ovsmgr.apply import apply_policy
 from ovsmgr.bench.netns import REMOTE, SWITCH_CPU, cpu_count, in_netns, pin_process_threads, run
 from ovsmgr.compiler import CompiledPolicy, compile_policy
+from ovsmgr.lab.ovs import Lab, LabPort, LabSpec, lab_spec_from_policy
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import Kind, generate_policy
 from ovsmgr.policy.loader import load_file
-from ovsmgr.southbound.lab import Lab, LabPort, LabSpec, lab_spec_from_policy
 from ovsmgr.southbound.target import SYSTEM_DB, SwitchTarget, resolve_target
+from ovsmgr.switch.apply import apply_policy
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 BENCH_COOKIE = 0xBE0C
@@ -255,7 +255,7 @@ def drop_load_at_host(host: Host, port: int = 9) -> None:
 
 
 class OvsTestbed:
-    """An embedded OVS lab (`ovsmgr.southbound.lab`) with a generator and a sink host."""
+    """An embedded OVS lab (`ovsmgr.lab.ovs`) with a generator and a sink host."""
 
     kind = "ovs"
 

@@ -263,7 +263,7 @@ class Updater:
         return self._engine
 
     def _agrees(self) -> bool:
-        from ovsmgr.plan import make_plan
+        from ovsmgr.switch.plan import make_plan
 
         return make_plan(self._table().dump(), self.engine.entries.values()).empty
 

@@ -14,11 +14,11 @@ import click
 from ovsmgr.cli.common import echo_json, fail, output_option, policy_files, print_diagnostics
 from ovsmgr.cli.switch import target_options
 from ovsmgr.controller.client import ApiClient, ApiError, find_controller
-from ovsmgr.controller.restore import RestoreError, restore_applied
 from ovsmgr.controller.runtime import ChangeError
 from ovsmgr.policy import PolicyError
 from ovsmgr.policy.loader import load_text
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.restore import RestoreError, restore_applied
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ovsmgr.cli.common import echo_json, fail, load_or_exit, output_option
-from ovsmgr.southbound.lab import Datapath, Lab, LabError, lab_spec_from_policy
+from ovsmgr.lab.ovs import Datapath, Lab, LabError, lab_spec_from_policy
 
 name_option = click.option(
     "--name", default="ovsmgr", show_default=True,

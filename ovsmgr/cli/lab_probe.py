@@ -11,9 +11,9 @@ import click
 
 from ovsmgr.cli.common import echo_json, fail, output_option
 from ovsmgr.cli.lab import lab, name_option
-from ovsmgr.southbound.lab import Lab, LabError
+from ovsmgr.lab.ovs import Lab, LabError
 
-PROBE = [sys.executable, "-m", "ovsmgr.labprobe"]
+PROBE = [sys.executable, "-m", "ovsmgr.lab.probe"]
 
 
 def _host_address(lab_: Lab, port: str) -> str:

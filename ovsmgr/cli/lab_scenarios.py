@@ -10,9 +10,9 @@ import click
 
 from ovsmgr.cli.common import fail
 from ovsmgr.cli.lab import lab
+from ovsmgr.lab.ovs import LabError
 from ovsmgr.policy import PolicyError
 from ovsmgr.sim.scenarios import ScenarioError
-from ovsmgr.southbound.lab import LabError
 
 DROP_WAIT = 0.4
 """`labscenarios.Timing.drop_wait`; the runner is imported only when the command runs, so that
@@ -40,8 +40,8 @@ def scenarios(tables: Sequence[str], datapath: str, names: Sequence[str], failur
     """
     if os.geteuid() != 0:
         fail("lab scenarios needs root (network namespaces, ovs-vswitchd, packet sockets)")
-    from ovsmgr.labcompare import format_table, summary
-    from ovsmgr.labscenarios import Timing, run_table
+    from ovsmgr.lab.compare import format_table, summary
+    from ovsmgr.lab.scenarios import Timing, run_table
 
     failed = False
     for path in tables:

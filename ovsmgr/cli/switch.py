@@ -10,7 +10,12 @@ from typing import Any, TypeVar
 
 import click
 
-from ovsmgr.apply import (
+from ovsmgr.cli.common import echo_json, fail, load_or_exit, output_option, policy_files
+from ovsmgr.compiler import compile_policy
+from ovsmgr.southbound.openflow import OpenFlowError
+from ovsmgr.southbound.ovsdb import OvsdbError
+from ovsmgr.southbound.target import SwitchTarget, resolve_target
+from ovsmgr.switch.apply import (
     ApplyError,
     apply_policy,
     confirm_apply,
@@ -18,13 +23,8 @@ from ovsmgr.apply import (
     read_state,
     switch_status,
 )
-from ovsmgr.cli.common import echo_json, fail, load_or_exit, output_option, policy_files
-from ovsmgr.compiler import compile_policy
-from ovsmgr.lockout import Endpoint, LockoutError
-from ovsmgr.plan import Plan, group_by_rule
-from ovsmgr.southbound.openflow import OpenFlowError
-from ovsmgr.southbound.ovsdb import OvsdbError
-from ovsmgr.southbound.target import SwitchTarget, resolve_target
+from ovsmgr.switch.lockout import Endpoint, LockoutError
+from ovsmgr.switch.plan import Plan, group_by_rule
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -37,7 +37,7 @@ What a request must look like (anything else is refused with a JSON
   `[A-Za-z_][A-Za-z0-9_.-]{0,62}`): `/`, `..`, NUL, control characters and
   long names answer 400 before the engine sees them. Names never become file
   names: the only files the controller writes are its fixed state files
-  (`ovsmgr.controller.paths`), through `ovsmgr.statefile.atomic_write`.
+  (`ovsmgr.controller.paths`), through `ovsmgr.switch.statefile.atomic_write`.
 """
 
 from __future__ import annotations

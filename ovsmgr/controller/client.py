@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ovsmgr.controller.paths import ControllerPaths, controllers_in
-from ovsmgr.statefile import read_private
+from ovsmgr.switch.statefile import read_private
 
 
 class ApiError(Exception):

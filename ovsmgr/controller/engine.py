@@ -36,11 +36,11 @@ from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.recorder import Recorder
 from ovsmgr.controller.runtime import ChangeError, RuntimeChanges, load_changes, save_changes
 from ovsmgr.controller.switchdb import prepare_bridge
-from ovsmgr.plan import Plan, make_plan
 from ovsmgr.policy import PolicyError, ResolvedPolicy
 from ovsmgr.render.ofctl import flow_text
 from ovsmgr.southbound.openflow import FlowEntry, FlowTable, OfctlFlowTable, parse_flow_line
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.plan import Plan, make_plan
 
 log = logging.getLogger("ovsmgr.controller")
 

@@ -7,7 +7,7 @@
 - `ovsmgr-BRIDGE.api.sock`: the API's unix socket, mode 0600, unless `--api HOST:PORT`;
 - `ovsmgr-BRIDGE.of.sock`: the OpenFlow listener for `--listen unix:` (a lab's default).
 
-Every file is written by `ovsmgr.statefile.atomic_write` (a fresh temporary file,
+Every file is written by `ovsmgr.switch.statefile.atomic_write` (a fresh temporary file,
 fsync, rename; a symbolic link in place of a file is refused), and the token is
 read only if it is a regular file private to its owner, never through a link.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovsmgr.statefile import atomic_write, read_private
+from ovsmgr.switch.statefile import atomic_write, read_private
 
 
 @dataclass(frozen=True)

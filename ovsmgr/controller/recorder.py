@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ovsmgr.apply import EXT
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.runtime import RuntimeChanges
-from ovsmgr.plan import flows_digest
 from ovsmgr.southbound.openflow import FlowEntry
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
-from ovsmgr.statefile import atomic_write
+from ovsmgr.switch.apply import EXT
+from ovsmgr.switch.plan import flows_digest
+from ovsmgr.switch.statefile import atomic_write
 
 log = logging.getLogger("ovsmgr.controller")
 QUIET = 0.5

@@ -21,7 +21,7 @@ from typing import Any
 
 from ovsmgr.policy.ir import IPNetwork
 from ovsmgr.policy.terms import TermError, parse_prefix
-from ovsmgr.statefile import atomic_write
+from ovsmgr.switch.statefile import atomic_write
 
 VERSION = 1
 

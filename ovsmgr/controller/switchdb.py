@@ -16,10 +16,10 @@ from typing import Any
 from ovsdbapp.backend.ovs_idl import command as ovs_command
 from ovsdbapp.backend.ovs_idl import idlutils
 
-from ovsmgr.apply import datapath_type, ensure_switch_settings
 from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.apply import datapath_type, ensure_switch_settings
 
 log = logging.getLogger("ovsmgr.controller")
 

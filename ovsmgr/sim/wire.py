@@ -1,6 +1,6 @@
 """Simulator packets as Ethernet frames, and frames read back as packets.
 
-The lab scenario runner (`ovsmgr.labscenarios`) sends a step's packet as a real
+The lab scenario runner (`ovsmgr.lab.scenarios`) sends a step's packet as a real
 frame into a lab switch and reads what the other hosts receive; this module is
 the pure half of that: `encode(packet, extras)` gives the bytes, `decode(frame)`
 the `Packet` again (with the ICMP error's quoted packet as `Inner`).

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ovsmgr.southbound.lab import Datapath, Lab, LabError, LabPort, LabSpec
+from ovsmgr.lab.ovs import Datapath, Lab, LabError, LabPort, LabSpec
 
 TOOLS = ("ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-ofctl", "ovs-appctl", "ip",
          "ethtool", "sysctl")

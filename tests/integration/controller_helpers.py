@@ -15,10 +15,10 @@ from typing import Any
 
 from ovsmgr.controller.client import ApiClient
 from ovsmgr.controller.paths import ControllerPaths
-from ovsmgr.southbound.lab import Lab
+from ovsmgr.lab.ovs import Lab
 
 OVSMGR = str(Path(sys.executable).parent / "ovsmgr")
-PROBE = [sys.executable, "-m", "ovsmgr.controller.probe"]
+PROBE = [sys.executable, "-m", "tests.support.probe"]
 STATS_FIELDS = ("cookie", "duration", "n_packets", "n_bytes", "idle_age", "hard_age")
 
 

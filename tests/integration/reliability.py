@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ovsmgr.southbound.lab import Lab
+from ovsmgr.lab.ovs import Lab
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 MORE_FRAGMENTS = 0x2000

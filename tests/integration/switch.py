@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ovsmgr.apply import ApplyResult, apply_policy
 from ovsmgr.compiler import CompiledPolicy, compile_policy
+from ovsmgr.lab.ovs import Lab
 from ovsmgr.policy import load_policy, load_policy_text
-from ovsmgr.southbound.lab import Lab
 from ovsmgr.southbound.openflow import OfctlFlowTable
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.apply import ApplyResult, apply_policy
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from ovsmgr.cli import main
 from ovsmgr.compiler.flows import Ct, Flow, Match
 from ovsmgr.compiler.pipeline import CookieKind, Table, cookie
-from ovsmgr.southbound.lab import LabPort
+from ovsmgr.lab.ovs import LabPort
 from ovsmgr.southbound.openflow import OpenFlowError
 
 from .switch import POLICIES, apply, compiled_file, compiled_text, flow_table, target_of

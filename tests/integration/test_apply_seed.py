@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from ovsmgr.southbound.lab import LabPort
+from ovsmgr.lab.ovs import LabPort
 
 from .switch import apply, compiled_file, counter
 from .traffic import converse, ping, server

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from ovsmgr.bench.testbed import DEFAULT_PORTS
-from ovsmgr.southbound.lab import Lab, LabSpec
+from ovsmgr.lab.ovs import Lab, LabSpec
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ovsmgr.southbound.lab import LabPort
+from ovsmgr.lab.ovs import LabPort
 
 from .controller_helpers import controller, flows_with_duration, probe_stream, restart_vswitchd
 from .traffic import converse, ping, server

@@ -1,7 +1,7 @@
 """The seed firewall and NAT applied by ovsmgr on the DPDK datapath, with real packets.
 
 The same checks as test_apply_seed.py, but the lab's ovs-vswitchd is the DPDK build
-and its ports are DPDK af_packet devices on the veth ends (see ovsmgr.southbound.lab).
+and its ports are DPDK af_packet devices on the veth ends (see ovsmgr.lab.ovs).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from ovsmgr.southbound.lab import DPDK_VSWITCHD, LabError, LabPort, reserve_hugepages
+from ovsmgr.lab.ovs import DPDK_VSWITCHD, LabError, LabPort, reserve_hugepages
 
 from .switch import apply, compiled_file
 from .traffic import converse, ping, server

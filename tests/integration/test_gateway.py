@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ovsmgr.cli.lab_probe import probe_once
-from ovsmgr.southbound.lab import LabPort
+from ovsmgr.lab.ovs import LabPort
 
 from .switch import apply, compiled_file
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from ovsmgr.southbound.lab import DPDK_VSWITCHD, LabError, reserve_hugepages
+from ovsmgr.lab.ovs import DPDK_VSWITCHD, LabError, reserve_hugepages
 from tests.kernel.expected import expected_facts, scenarios_with_differences
 from tests.kernel.scenarios import SCENARIOS
 

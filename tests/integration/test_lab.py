@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ovsmgr.compiler.pipeline import Table
-from ovsmgr.southbound.lab import DPDK_VSWITCHD, Lab, LabError, LabPort, LabSpec
+from ovsmgr.lab.ovs import DPDK_VSWITCHD, Lab, LabError, LabPort, LabSpec
 from ovsmgr.southbound.ovsdb import DEFAULT_PROTOCOLS, OvsdbError, SwitchDB, set_zone_limit
 
 from .switch import apply, compiled_file

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ovsmgr.apply import read_state, switch_status
 from ovsmgr.cli import main
+from ovsmgr.lab.ovs import Lab, LabPort
 from ovsmgr.policy.generate import generate_policy
-from ovsmgr.southbound.lab import Lab, LabPort
 from ovsmgr.southbound.ovsdb import OvsdbError, SwitchDB
+from ovsmgr.switch.apply import read_state, switch_status
 
 from .switch import apply, compiled_text, flow_table, target_of
 from .traffic import PY, converse, ping, server

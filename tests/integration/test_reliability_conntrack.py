@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from ovsmgr.cli import main
-from ovsmgr.southbound.lab import Lab, LabPort
+from ovsmgr.lab.ovs import Lab, LabPort
 
 from .reliability import capture, flow_counts, grew, vswitchd_rss_kib, zone_limits
 from .switch import apply, compiled_text

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ovsmgr.soak import SOAK_POLICY, SOAK_PORTS, SoakConfig, run_soak
-from ovsmgr.southbound.lab import Lab
+from ovsmgr.lab.ovs import Lab
+from tests.support.soak import SOAK_POLICY, SOAK_PORTS, SoakConfig, run_soak
 
 from .controller_helpers import controller, probe_stream
 from .traffic import converse, ping, server
@@ -123,7 +123,7 @@ def test_controller_unreachable_past_three_inactivity_probes_keeps_the_bridge_se
 
 
 def test_soak_steady_traffic_and_updates_loses_nothing_and_memory_stays_flat(lab_factory, tmp_path):
-    """One minute of `ovsmgr.soak` (benchmarks/soak.py runs it for longer): see its docstring."""
+    """One minute of `tests.support.soak` (benchmarks/soak.py runs it for longer): see its docstring."""
     lab = lab_factory(SOAK_PORTS)
     policy = tmp_path / "soak.yaml"
     policy.write_text(SOAK_POLICY)

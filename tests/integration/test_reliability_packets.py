@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ovsmgr.southbound.lab import Lab, LabPort
+from ovsmgr.lab.ovs import Lab, LabPort
 
 from .reliability import (
     ACK,

@@ -2,7 +2,7 @@
 
 One lab per table, its hosts those of the table's `hosts:`; the table's policy is
 applied, then every scenario runs from an empty conntrack, each step's packet
-sent as a real frame from the in-port host (`ovsmgr.labscenarios`). A step
+sent as a real frame from the in-port host (`ovsmgr.lab.scenarios`). A step
 fails when the real switch and the simulator differ (verdict, output ports,
 fields as delivered, deciding rule), or when either differs from the table;
 scenarios with a `known_issue` may differ from the table, never from each other.
@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from ovsmgr.cli import main
 from ovsmgr.compiler import compile_policy
-from ovsmgr.labcompare import format_table
-from ovsmgr.labscenarios import ScenarioLab, Timing, add_host_addresses, lab_ports
+from ovsmgr.lab.compare import format_table
+from ovsmgr.lab.scenarios import ScenarioLab, Timing, add_host_addresses, lab_ports
 from ovsmgr.policy import load_policy
 from ovsmgr.sim.scenarios import load_table
 

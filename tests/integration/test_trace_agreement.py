@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from ovsmgr.compiler import compile_policy
-from ovsmgr.labscenarios import ScenarioLab, TcpBook, add_host_addresses, datapath_ports, lab_ports
-from ovsmgr.labtaps import HostTaps, guarded_hosts
+from ovsmgr.lab.ovs import Lab
+from ovsmgr.lab.scenarios import ScenarioLab, TcpBook, add_host_addresses, datapath_ports, lab_ports
+from ovsmgr.lab.taps import HostTaps, guarded_hosts
 from ovsmgr.policy import load_policy
 from ovsmgr.sim.conntrack import Conntrack, CtRequest, format_ct_state, run_ct
 from ovsmgr.sim.ofproto_trace import compare_walks, sim_passes, trace_request
@@ -32,7 +33,6 @@ from ovsmgr.sim.packet import Packet, parse_packet, reply_of
 from ovsmgr.sim.scenarios import load_table, run_scenario
 from ovsmgr.sim.session import ICMP_ERROR, REPLY
 from ovsmgr.sim.wire import Frame, WireExtras, encode
-from ovsmgr.southbound.lab import Lab
 
 from .switch import apply
 

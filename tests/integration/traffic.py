@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ovsmgr.southbound.lab import Lab
+from ovsmgr.lab.ovs import Lab
 
-PY = [sys.executable, "-m", "ovsmgr.labprobe"]
+PY = [sys.executable, "-m", "ovsmgr.lab.probe"]
 
 
 @contextmanager

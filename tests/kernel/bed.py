@@ -15,7 +15,7 @@ The switch is chosen by the environment (``KT_DATAPATH``); the bed is the same o
 
 Each host namespace (``KT_NETNS_PREFIX`` + port name) has ``eth0`` (the lab's fixed
 MAC for its ofport, its address, an on-link default route, as in
-``ovsmgr.southbound.lab``); the other veth end, named after the policy port, is a
+``ovsmgr.lab.ovs``); the other veth end, named after the policy port, is a
 port of the bridge in the switch's namespace.
 
 Everything is slow under TCG (a process start costs about a second), so the bed
@@ -47,8 +47,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import ovsmgr.labprobe
-from ovsmgr.southbound.lab_spec import LabPort
+import ovsmgr.lab.probe
+from ovsmgr.lab.spec import LabPort
 from ovsmgr.southbound.ovsdb import SwitchDB
 
 DATAPATH = os.environ.get("KT_DATAPATH") or "system"
@@ -67,7 +67,7 @@ DB = f"unix:{os.environ.get('OVS_RUNDIR') or '/var/run/openvswitch'}/db.sock"
 """The switch's OVSDB, as ovs-vsctl finds it by default (``OVS_RUNDIR``)."""
 STATE_DIR = Path(os.environ.get("OVSMGR_STATE_DIR") or "/var/lib/ovsmgr")
 NETNS_PREFIX = os.environ.get("KT_NETNS_PREFIX") or "kt-"
-AGENT = [sys.executable, "-I", "-S", ovsmgr.labprobe.__file__]
+AGENT = [sys.executable, "-I", "-S", ovsmgr.lab.probe.__file__]
 """ovsmgr's traffic agent (stdlib only), without site-packages: starts in half the time."""
 TIMEOUT = 120.0
 SLOW = float(os.environ.get("KT_TRACE_SLOW", "0.5"))
@@ -268,7 +268,7 @@ class Bed:
         concurrently(*calls)
 
     def serve(self, port: str, proto: str, tport: int) -> None:
-        """A traffic server (``ovsmgr.labprobe serve``) on ``port``'s host, kept until ``down``:
+        """A traffic server (``ovsmgr.lab.probe serve``) on ``port``'s host, kept until ``down``:
         it answers every connection or datagram with the peer address it saw."""
         self.server(port, [*AGENT, "serve", proto, str(tport), "--timeout", "900"], (proto, tport))
 

@@ -14,7 +14,7 @@ scenario runs Vagrant's provisioning scripts, which write there).
 one PMD thread on CPU 1), and the bed makes every port a DPDK af_packet device on its
 veth: the userspace datapath with DPDK's packet I/O.
 
-This is what ``ovsmgr.southbound.lab`` does for a lab, without the lab's fixed set of
+This is what ``ovsmgr.lab.ovs`` does for a lab, without the lab's fixed set of
 ports: each scenario builds its own bridge and hosts (``tests/kernel/bed.py``).
 """
 
@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ovsmgr.southbound.lab import DPDK_VSWITCHD, reserve_hugepages
+from ovsmgr.lab.ovs import DPDK_VSWITCHD, reserve_hugepages
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ class PrivateSwitch:
             self._daemon("ovs-vswitchd", [f"unix:{self.dir}/db.sock"])
 
     def _prepare_dpdk(self) -> None:
-        """Hugepages and DPDK's settings, as the DPDK lab has them (ovsmgr.southbound.lab)."""
+        """Hugepages and DPDK's settings, as the DPDK lab has them (ovsmgr.lab.ovs)."""
         reserve_hugepages()
         mounts = Path("/proc/mounts").read_text().splitlines()
         if not any(m.split()[1:3] == ["/dev/hugepages", "hugetlbfs"] for m in mounts if m):

@@ -14,11 +14,11 @@ from ovsmgr.compiler.incremental import IncrementalFlows
 from ovsmgr.controller.engine import Engine
 from ovsmgr.controller.policydata import resolve_data
 from ovsmgr.controller.runtime import ChangeError, load_changes
-from ovsmgr.plan import desired_entries
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import generate_policy
 from ovsmgr.southbound.openflow import FlowEntry, parse_flow_line
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.plan import desired_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ovsmgr.cli.lab import lab as lab_group
-from ovsmgr.southbound.lab import (
+from ovsmgr.lab.ovs import (
     Lab,
     LabError,
     LabPort,

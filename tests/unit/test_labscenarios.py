@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 
 from ovsmgr.compiler import compile_policy
-from ovsmgr.labcompare import (
+from ovsmgr.lab.compare import (
     Arrival,
     Observation,
     StepReport,
@@ -15,7 +15,7 @@ from ovsmgr.labcompare import (
     compare_step,
     format_table,
 )
-from ovsmgr.labscenarios import (
+from ovsmgr.lab.scenarios import (
     _FLOW_STATS,
     LabAddressing,
     TcpBook,

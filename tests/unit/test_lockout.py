@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from ovsmgr.cli import main
 from ovsmgr.compiler import CompiledPolicy, compile_policy
-from ovsmgr.lockout import Endpoint, LockoutError, check_lockout, lifelines
 from ovsmgr.policy import load_policy_text
 from ovsmgr.policy.ir import IPAddress
+from ovsmgr.switch.lockout import Endpoint, LockoutError, check_lockout, lifelines
 
 SWITCH, ADMIN, OTHER_ADMIN = "192.0.2.1", "192.0.2.50", "192.0.2.60"
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from ovsmgr import apply
+from ovsmgr.switch import apply
 from ovsmgr.bench.results import Results
 from ovsmgr.controller import recorder as recorder_module
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.recorder import Recorder, Snapshot
 from ovsmgr.controller.runtime import RuntimeChanges, save_changes
-from ovsmgr.southbound.lab import Lab
+from ovsmgr.lab.ovs import Lab
 from ovsmgr.southbound.target import SwitchTarget
-from ovsmgr.statefile import StateFileError, atomic_write, read_private
+from ovsmgr.switch.statefile import StateFileError, atomic_write, read_private
 
 
 def tree(root: Path) -> dict[str, tuple[str, str]]:

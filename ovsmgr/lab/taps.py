@@ -1,7 +1,7 @@
 """Raw frames in and out of lab hosts: a packet socket on each host's eth0, and a guard
 that keeps the hosts' kernels quiet.
 
-The scenario runner (`ovsmgr.labscenarios`) must put exact packets on the wire
+The scenario runner (`ovsmgr.lab.scenarios`) must put exact packets on the wire
 (a SYN+ACK out of the blue, an ICMP error quoting a translated packet) and see
 exactly what reaches each host. So it does not use the hosts' IP stacks at all:
 
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from ovsmgr.southbound.lab import Lab, LabError
+from ovsmgr.lab.ovs import Lab, LabError
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4

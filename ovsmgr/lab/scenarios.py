@@ -2,7 +2,7 @@
 
 For a table, `ScenarioLab` takes a lab whose hosts are the table's (`lab_spec_for`,
 `prepare_lab` apply the policy and give hosts all their addresses), mutes the
-hosts' kernels and taps their eth0 (`ovsmgr.labtaps`), and runs every scenario
+hosts' kernels and taps their eth0 (`ovsmgr.lab.taps`), and runs every scenario
 twice: in the simulator (`run_scenario`) and for real. For real, each scenario
 starts with an empty conntrack (`dpctl/flush-conntrack`) and every host
 announcing its IPv4 addresses with a gratuitous ARP (the frame `arping -U`
@@ -44,20 +44,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovsmgr.apply import apply_policy
 from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK, CookieKind, Table, cookie_parts
-from ovsmgr.labcompare import Arrival, Observation, StepReport, TableReport, compare_step
-from ovsmgr.labhosts import LabAddressing, TcpBook
-from ovsmgr.labtaps import HostTaps, Received, guarded_hosts
+from ovsmgr.lab.compare import Arrival, Observation, StepReport, TableReport, compare_step
+from ovsmgr.lab.hosts import LabAddressing, TcpBook
+from ovsmgr.lab.ovs import Datapath, Lab, LabPort, LabSpec
+from ovsmgr.lab.taps import HostTaps, Received, guarded_hosts
 from ovsmgr.policy import ResolvedPolicy, load_policy
 from ovsmgr.sim.fields import DL_TYPE_ARP, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
 from ovsmgr.sim.packet import BROADCAST_MAC, Packet, PacketSpecError, icmp_error_for, reply_of
 from ovsmgr.sim.scenarios import Scenario, ScenarioStep, ScenarioTable, load_table, run_scenario
 from ovsmgr.sim.session import ICMP_ERROR, REPLY, SimulatedSwitch
 from ovsmgr.sim.wire import WireExtras, decode, encode
-from ovsmgr.southbound.lab import Datapath, Lab, LabPort, LabSpec
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.apply import apply_policy
 
 FIRST_IDENT = 0x1000
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ovsmgr.apply import state_path
-from ovsmgr.plan import Plan, make_plan
 from ovsmgr.southbound.openflow import FlowTable, OfctlFlowTable, parse_flow_line
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.apply import state_path
+from ovsmgr.switch.plan import Plan, make_plan
 
 
 class RestoreError(Exception):

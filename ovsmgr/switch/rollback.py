@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ovsmgr.apply import run_rollback
+from ovsmgr.switch.apply import run_rollback
 
 
 def main(path_text: str) -> int:

@@ -7,8 +7,8 @@ the CLOCK_MONOTONIC time it was sent. `recv` prints one JSON line per datagram
 with the time it arrived, when its duration is over. CLOCK_MONOTONIC is one clock for the whole machine,
 network namespaces included, so a test compares these times with its own.
 
-    ip netns exec LAB-outside python -m ovsmgr.controller.probe recv 9000 --duration 10
-    ip netns exec LAB-inside  python -m ovsmgr.controller.probe send 198.51.100.9 9000 --interval 0.001
+    ip netns exec LAB-outside python -m tests.support.probe recv 9000 --duration 10
+    ip netns exec LAB-inside  python -m tests.support.probe send 198.51.100.9 9000 --interval 0.001
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def recv(port: int, duration: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ovsmgr.controller.probe")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("send")
     s.add_argument("address")

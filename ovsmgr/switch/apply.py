@@ -25,13 +25,13 @@ from typing import Any
 
 from ovsmgr.compiler import CompiledPolicy
 from ovsmgr.compiler.pipeline import cookie_parts
-from ovsmgr.lockout import Endpoint, LiveSwitchView, LockoutError, check_lockout
-from ovsmgr.plan import Plan, desired_entries, flows_digest, full_replacement, make_plan
 from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.southbound.openflow import FlowEntry, OfctlFlowTable, is_managed, parse_flow_line
 from ovsmgr.southbound.ovsdb import SwitchDB, set_zone_limit
 from ovsmgr.southbound.target import SwitchTarget
-from ovsmgr.statefile import atomic_write
+from ovsmgr.switch.lockout import Endpoint, LiveSwitchView, LockoutError, check_lockout
+from ovsmgr.switch.plan import Plan, desired_entries, flows_digest, full_replacement, make_plan
+from ovsmgr.switch.statefile import atomic_write
 
 EXT = "ovsmgr"
 """Prefix of the Bridge external_ids keys ovsmgr writes."""
@@ -226,7 +226,7 @@ def _arm_rollback(target: SwitchTarget, bridge: str, previous: list[FlowEntry], 
         "flows": [e.add_line().removeprefix("add ") for e in previous], "state": previous_state,
     })
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ovsmgr.rollback", str(path)], start_new_session=True,
+        [sys.executable, "-m", "ovsmgr.switch.rollback", str(path)], start_new_session=True,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     data = json.loads(path.read_text())

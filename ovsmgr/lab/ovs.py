@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ovsmgr.southbound.lab_spec import (
+from ovsmgr.lab.spec import (
     Datapath,
     LabError,
     LabPort,
@@ -52,7 +52,7 @@ from ovsmgr.southbound.lab_spec import (
     validate_spec,
 )
 from ovsmgr.southbound.ovsdb import SwitchDB
-from ovsmgr.statefile import atomic_write
+from ovsmgr.switch.statefile import atomic_write
 
 __all__ = [  # the spec half lives in lab_spec; these names are imported from here
     "DPDK_HUGEPAGES_MB", "DPDK_VSWITCHD", "Datapath", "Lab", "LabError", "LabPort", "LabSpec",

@@ -1,6 +1,6 @@
 """A tiny traffic agent for lab hosts: a server that tells each client what it saw, and a client.
 
-Run inside a host namespace (`ovsmgr lab exec PORT -- python -m ovsmgr.labprobe ...`).
+Run inside a host namespace (`ovsmgr lab exec PORT -- python -m ovsmgr.lab.probe ...`).
 The server's answer carries the peer address it saw, so a test on the client
 side learns how the switch translated the connection (SNAT, DNAT) without
 capturing packets. Everything is bounded by timeouts: it never hangs a test.
@@ -113,7 +113,7 @@ def session(address: str, port: int, timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ovsmgr.labprobe")
+    parser = argparse.ArgumentParser(prog="python -m ovsmgr.lab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("proto", choices=["tcp", "udp"])

@@ -1,4 +1,4 @@
-"""What a lab host puts on the wire, for the scenario runner (`ovsmgr.labscenarios`).
+"""What a lab host puts on the wire, for the scenario runner (`ovsmgr.lab.scenarios`).
 
 `LabAddressing` gives a frame the MACs a real host would: its own as source; as
 destination the MAC of the host that owns the destination address, or the
@@ -14,12 +14,12 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ovsmgr.labcompare import SnatRange
+from ovsmgr.lab.compare import SnatRange
+from ovsmgr.lab.ovs import LabPort
 from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.sim.fields import DL_TYPE_ARP
 from ovsmgr.sim.packet import BROADCAST_MAC, Packet
 from ovsmgr.sim.wire import Frame
-from ovsmgr.southbound.lab import LabPort
 
 SYN, FIN, ACK = 0x02, 0x01, 0x10
 

@@ -5,7 +5,7 @@ time (a minute in CI, as long as wanted by hand) and checks, at the end:
 
 - a UDP probe stream on an allowed path (one datagram every `probe_interval`,
   each from a fresh source port, so each a new connection the firewall judges;
-  `ovsmgr.controller.probe`), counted at the receiver: loss at most
+  `tests.support.probe`), counted at the receiver: loss at most
   `loss_tolerance`;
 - new TCP connections on an allowed path, one every `tcp_interval`, each a
   full request and answer: none refused, none timed out;
@@ -32,7 +32,7 @@ default; the one-minute CI run measures through it, within the 8 MiB margin.
 
 `soak_lab` builds a lab switch and starts a controller for a standalone run
 (`benchmarks/soak.py`); the integration test brings its own. `python -m
-ovsmgr.soak tcp-client` is the TCP client, run inside a lab host.
+tests.support.soak tcp-client` is the TCP client, run inside a lab host.
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ from typing import Any
 
 from ovsmgr.controller.client import ApiClient, ApiError
 from ovsmgr.controller.paths import ControllerPaths
-from ovsmgr.southbound.lab import Lab, LabPort, LabSpec
+from ovsmgr.lab.ovs import Lab, LabPort, LabSpec
 from ovsmgr.southbound.target import SwitchTarget
 
 OVSMGR = str(Path(sys.executable).parent / "ovsmgr")
-PROBE = [sys.executable, "-m", "ovsmgr.controller.probe"]
-LABPROBE = [sys.executable, "-m", "ovsmgr.labprobe"]
-TCP_CLIENT = [sys.executable, "-m", "ovsmgr.soak", "tcp-client"]
+PROBE = [sys.executable, "-m", "tests.support.probe"]
+LABPROBE = [sys.executable, "-m", "ovsmgr.lab.probe"]
+TCP_CLIENT = [sys.executable, "-m", "tests.support.soak", "tcp-client"]
 MIB = 1024
 
 SOAK_POLICY = """\
@@ -432,9 +432,9 @@ def _memory_summary(samples: list[Sample], config: SoakConfig, failures: list[st
 def _flow_check(lab: Lab, files: Sequence[str | os.PathLike[str]], config: SoakConfig, api: ApiClient,
                 failures: list[str]) -> dict[str, Any]:
     """With the churn undone: the files' compile needs no change, and `status` sees no drift."""
-    from ovsmgr.apply import plan_policy, switch_status
     from ovsmgr.compiler import compile_policy
     from ovsmgr.policy import load_policy
+    from ovsmgr.switch.apply import plan_policy, switch_status
 
     target = SwitchTarget(lab.db_endpoint, lab.dir, lab.dir, lab=lab.name)
     plan = plan_policy(compile_policy(load_policy([Path(f) for f in files])), target)
@@ -561,7 +561,7 @@ def tcp_client(address: str, port: int, interval: float, duration: float, timeou
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ovsmgr.soak")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.soak")
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("tcp-client", help="new TCP connections at a steady rate; a JSON summary at the end")
     c.add_argument("address")

@@ -4,7 +4,7 @@
 it) per policy port; `validate_spec` refuses a spec whose names or addresses
 would make a setup command fail half way; `lab_spec_from_policy` picks host
 addresses from a policy's zones. Pure: no I/O, so it is tested without root.
-`ovsmgr.southbound.lab` re-exports all of it.
+`ovsmgr.lab.ovs` re-exports all of it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 what, the rule read back from the switch); `compare_step` sets it against the
 simulator's `Trace` and the table's `Expectation`; `format_table` prints the
 result, one block per step: sent, expected, simulator, real, and every
-difference. Pure: the lab runner (`ovsmgr.labscenarios`) does the I/O.
+difference. Pure: the lab runner (`ovsmgr.lab.scenarios`) does the I/O.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Test and benchmark harness: code that drives ovsmgr, never shipped in its wheel."""
