@@ -15,6 +15,7 @@ from ovsmgr.compiler import compile_policy
 from ovsmgr.southbound.openflow import OpenFlowError
 from ovsmgr.southbound.ovsdb import OvsdbError
 from ovsmgr.southbound.target import SwitchTarget, resolve_target
+from ovsmgr.southbound.tools import OvsToolError
 from ovsmgr.switch.apply import (
     ApplyError,
     apply_policy,
@@ -37,7 +38,7 @@ def target_options(func: F) -> F:
     def wrapper(*args: Any, db: str | None, lab_name: str | None, **kwargs: Any) -> Any:
         try:
             return func(*args, target=resolve_target(db, lab_name), **kwargs)
-        except (OvsdbError, OpenFlowError, ApplyError, LockoutError) as exc:
+        except (OvsdbError, OpenFlowError, OvsToolError, ApplyError, LockoutError) as exc:
             fail("\n".join([str(exc), *getattr(exc, "__notes__", ())]))
     return wrapper  # type: ignore[return-value]
 

@@ -2,15 +2,13 @@
 
 Per-rule packet and byte counters come from OpenFlow flow statistics (polled
 by the app) mapped back through cookies to rule names; conntrack entries of the
-policy's zone from `ovs-appctl dpctl/ct-stats-show` (OpenFlow has no conntrack
+policy's zone from ovs-vswitchd's `dpctl/ct-stats-show` (OpenFlow has no conntrack
 statistics). A flow replaced by an update starts counting from zero again,
 which Prometheus' rate() treats as a counter reset.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +18,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from ovsmgr.compiler.pipeline import CookieKind, cookie_parts
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE
-
-_TOTAL = re.compile(r"Total:\s*(\d+)")
+from ovsmgr.southbound.conntrack import OvsToolError, zone_connections
 
 
 @dataclass
@@ -35,14 +32,14 @@ class Counters:
     reject_suppressed: int = 0
 
 
-def conntrack_entries(appctl: str | None, zone: int) -> int | None:
+def conntrack_entries(ctl: str | None, zone: int) -> int | None:
     """Connections in `zone` of a userspace datapath, or None when they cannot be read."""
-    if appctl is None:
+    if ctl is None:
         return None
-    proc = subprocess.run(["ovs-appctl", "-t", appctl, "dpctl/ct-stats-show", f"zone={zone}"],
-                          capture_output=True, text=True, timeout=10, check=False)
-    found = _TOTAL.search(proc.stdout) if proc.returncode == 0 else None
-    return int(found[1]) if found else None
+    try:
+        return zone_connections(ctl, zone)
+    except OvsToolError:
+        return None
 
 
 def rule_totals(stats: dict[int, list[int]], names: dict[int, str]) -> dict[tuple[str, str], list[int]]:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ovsdbapp.backend.ovs_idl import command as ovs_command
-from ovsdbapp.backend.ovs_idl import idlutils
-
 from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.southbound.ovsdb import SwitchDB
+from ovsmgr.southbound.ovslib import idlutils, ovs_command
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.apply import datapath_type, ensure_switch_settings
 

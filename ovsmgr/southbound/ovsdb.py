@@ -17,26 +17,20 @@ Two ovsdbapp traits shape this module:
 from __future__ import annotations
 
 import os
-import subprocess
-import warnings
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-with warnings.catch_warnings():
-    # ovs.poller warns on import whenever eventlet is installed (os-ken pulls it in);
-    # ovsmgr does not use eventlet, so the warning only confuses CLI users.
-    warnings.filterwarnings("ignore", message="\\s*Eventlet is deprecated")
-    # ovs.poller imports eventlet, whose resolver imports dnspython's DNSSEC algorithms;
-    # dnspython names cryptography's DSA key classes at class level, and cryptography
-    # deprecates DSA: 8 warning lines per command about code ovsmgr never runs (it does no
-    # DNS). Only that warning, only from that module, only while these imports run.
-    warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"dns\.dnssecalgs\.dsa")
-    from ovs import jsonrpc, stream
-    from ovsdbapp.backend.ovs_idl import command as ovs_command
-    from ovsdbapp.backend.ovs_idl import connection, idlutils, transaction
-    from ovsdbapp.schema.open_vswitch import commands as vs_commands
-    from ovsdbapp.schema.open_vswitch import impl_idl
+from ovsmgr.southbound.ovslib import (
+    connection,
+    idlutils,
+    impl_idl,
+    jsonrpc,
+    ovs_command,
+    stream,
+    transaction,
+    vs_commands,
+)
 
 DEFAULT_PROTOCOLS: tuple[str, ...] = ("OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15")
 SCHEMA = "Open_vSwitch"
@@ -320,17 +314,3 @@ def _scalar(value: Any, default: Any) -> Any:
     if isinstance(value, list):
         return value[0] if value else default
     return value
-
-
-def set_zone_limit(appctl_target: str, zone: int, limit: int) -> None:
-    """Limit the conntrack entries of one zone in a userspace datapath.
-
-    OVS 3.1 has no OVSDB column for zone limits (3.3 adds one), so this goes
-    through ``ovs-appctl dpctl/ct-set-limits`` on the running ovs-vswitchd.
-    """
-    argv = ["ovs-appctl", "-t", appctl_target, "dpctl/ct-set-limits", f"zone={zone},limit={limit}"]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise OvsdbError(
-            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
-        )

@@ -13,7 +13,6 @@ import getpass
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -26,8 +25,9 @@ from typing import Any
 from ovsmgr.compiler import CompiledPolicy
 from ovsmgr.compiler.pipeline import cookie_parts
 from ovsmgr.policy import ResolvedPolicy
+from ovsmgr.southbound.conntrack import set_zone_limit, zone_usage
 from ovsmgr.southbound.openflow import FlowEntry, OfctlFlowTable, is_managed, parse_flow_line
-from ovsmgr.southbound.ovsdb import SwitchDB, set_zone_limit
+from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.lockout import Endpoint, LiveSwitchView, LockoutError, check_lockout
 from ovsmgr.switch.plan import Plan, desired_entries, flows_digest, full_replacement, make_plan
@@ -169,32 +169,14 @@ def ensure_switch_settings(db: SwitchDB, policy: ResolvedPolicy, target: SwitchT
 
 def _sync_zone_limit(target: SwitchTarget, zone: int, limit: int | None) -> list[str]:
     """Set the zone's conntrack limit, or remove it when the policy no longer sets one."""
-    appctl = target.appctl()
-    if appctl is None:
+    ctl = target.appctl()
+    if ctl is None:
         if limit is None:
             return []
         return [f"conntrack.max_connections {limit} is NOT enforced: ovs-vswitchd's control socket "
                 f"is not reachable from here (a remote --db), and OVS 3.1 has no OVSDB column for it"]
-    if limit is not None:
-        set_zone_limit(appctl, zone, limit)
-    elif zone_limit(appctl, zone) is not None:
-        _appctl(appctl, "dpctl/ct-del-limits", f"zone={zone}")
+    set_zone_limit(ctl, zone, limit)
     return []
-
-
-def zone_limit(appctl: str, zone: int) -> tuple[int, int] | None:
-    """(limit, count) of the zone's conntrack limit, or None when the zone has none of its own."""
-    found = re.search(rf"^zone={zone},limit=(\d+),count=(\d+)", _appctl(appctl, "dpctl/ct-get-limits",
-                                                                         f"zone={zone}"), re.M)
-    return (int(found[1]), int(found[2])) if found and int(found[1]) else None
-
-
-def _appctl(appctl: str, *args: str) -> str:
-    argv = ["ovs-appctl", "-t", appctl, *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        raise ApplyError(f"{' '.join(argv)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
 
 
 def _record(compiled: CompiledPolicy, desired: list[FlowEntry], generation: int) -> dict[str, Any]:
@@ -297,15 +279,5 @@ def switch_status(target: SwitchTarget, bridge: str) -> dict[str, Any]:
         "sources": ext.get("sources"), "digest": ext.get("digest"),
         "flows": len(current), "drifted": bool(drift and not drift.empty),
         "drift": drift.counts() if drift else None, "rollback_pending": pending,
-        "conntrack": conntrack_usage(appctl, int(zone)) if appctl and zone is not None else None,
+        "conntrack": zone_usage(appctl, int(zone)).to_json() if appctl and zone is not None else None,
     }
-
-
-def conntrack_usage(appctl: str, zone: int) -> dict[str, Any]:
-    """Connections in the zone and its limit: a full zone refuses new connections, and OVS 3.1
-    counts those refusals nowhere (docs/reliability.md), so `status` says when it is full."""
-    limit = zone_limit(appctl, zone)
-    stats = re.search(r"Total:\s*(\d+)", _appctl(appctl, "dpctl/ct-stats-show", f"zone={zone}"))
-    count = limit[1] if limit else int(stats[1]) if stats else 0
-    return {"zone": zone, "connections": count, "limit": limit[0] if limit else None,
-            "full": bool(limit and limit[1] >= limit[0])}

@@ -14,7 +14,9 @@ import pytest
 
 from ovsmgr.compiler.pipeline import Table
 from ovsmgr.lab.ovs import DPDK_VSWITCHD, Lab, LabError, LabPort, LabSpec
-from ovsmgr.southbound.ovsdb import DEFAULT_PROTOCOLS, OvsdbError, SwitchDB, set_zone_limit
+from ovsmgr.southbound.conntrack import set_zone_limit
+from ovsmgr.southbound.ovsdb import DEFAULT_PROTOCOLS, OvsdbError, SwitchDB
+from ovsmgr.southbound.tools import OvsToolError
 
 from .switch import apply, compiled_file
 
@@ -194,7 +196,7 @@ def test_switchdb_on_the_lab_bridge(lab_factory) -> None:
 
     set_zone_limit(status["appctl"], 5, 100)
     assert "zone=5,limit=100" in lab.appctl(["dpctl/ct-get-limits", "zone=5"])
-    with pytest.raises(OvsdbError, match="ct-set-limits"):
+    with pytest.raises(OvsToolError, match="ct-set-limits"):
         set_zone_limit(f"{lab.dir}/no-such.ctl", 5, 100)
 
 
