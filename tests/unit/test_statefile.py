@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from ovsmgr.switch import apply
 from ovsmgr.bench.results import Results
 from ovsmgr.controller import recorder as recorder_module
 from ovsmgr.controller.paths import ControllerPaths
@@ -20,6 +19,7 @@ from ovsmgr.controller.recorder import Recorder, Snapshot
 from ovsmgr.controller.runtime import RuntimeChanges, save_changes
 from ovsmgr.lab.ovs import Lab
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch import apply
 from ovsmgr.switch.statefile import StateFileError, atomic_write, read_private
 
 
