@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 POLICIES := $(wildcard policies/*.yaml)
 
-.PHONY: flows docs lint test unit integration kernel-test
+.PHONY: flows docs lint test unit integration kernel-test lock
 
 flows: ## regenerate flows/NAME.flows from policies/NAME.yaml (golden files)
 	@for p in $(POLICIES); do n=$$(basename $$p .yaml); \
@@ -26,3 +26,6 @@ integration:
 
 kernel-test: ## the real-traffic scenarios on the kernel datapath, in a QEMU guest (root; vagrant/README.md)
 	./vagrant/guest/kernel-test $(if $(KT_ONLY),--only $(KT_ONLY))
+
+lock: ## refresh requirements.lock from pyproject.toml's ranges, on purpose (scripts/lock; PyPI)
+	./scripts/lock
