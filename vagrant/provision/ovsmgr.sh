@@ -4,8 +4,11 @@
 # userspace lab; these machines have the kernel datapath).
 #
 #   OVSMGR_SRC        the repository (default /vagrant, the synced folder)
-#   OVSMGR_WHEELHOUSE install offline from these wheels (ovsmgr and its
-#                     dependencies): the kernel-test image has no network
+#   OVSMGR_WHEELHOUSE install offline from these wheels: vagrant/guest/kernel-test fetched the
+#                     run-time part of requirements.lock into it (hashes checked then) and
+#                     pins.txt names their versions; the kernel-test image has no network
+#
+# Either way the versions are requirements.lock's, the ones scripts/install gives the host.
 set -euo pipefail
 
 SRC=${OVSMGR_SRC:-/vagrant}
@@ -13,12 +16,21 @@ VENV=/opt/ovsmgr/venv
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 if [ -n "${OVSMGR_WHEELHOUSE:-}" ]; then
-  "$VENV/bin/python" -m pip install -q --no-index --find-links "$OVSMGR_WHEELHOUSE" ovsmgr
+  "$VENV/bin/python" -m pip install -q --no-index --find-links "$OVSMGR_WHEELHOUSE" --no-deps \
+    -r "$OVSMGR_WHEELHOUSE/pins.txt"
+  "$VENV/bin/python" -m pip install -q --no-index --find-links "$OVSMGR_WHEELHOUSE" --no-deps ovsmgr
 else
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # The whole lock with its hashes, pip and setuptools first (ovsmgr is built with them).
+  installer=$(mktemp)
+  python3 "$SRC/scripts/lockfile" --lock "$SRC/requirements.lock" part pip setuptools > "$installer"
+  "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r "$installer"
+  rm -f "$installer"
+  "$VENV/bin/python" -m pip install -q --require-hashes --no-deps --no-build-isolation \
+    -r "$SRC/requirements.lock"
   # A copy, not an editable install: the synced folder may be rsync'd anew under it.
-  "$VENV/bin/python" -m pip install -q --upgrade "$SRC"
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --upgrade "$SRC"
 fi
+"$VENV/bin/python" -m pip check >/dev/null  # nothing ovsmgr needs is missing
 ln -sf "$VENV/bin/ovsmgr" /usr/local/bin/ovsmgr
 
 mkdir -p /etc/ovsmgr
