@@ -46,7 +46,7 @@ from typing import Any
 
 from ovsmgr.compiler import compile_policy
 from ovsmgr.policy import load_policy
-from ovsmgr.southbound.lab_spec import LabPort
+from ovsmgr.lab.spec import LabPort
 from tests.kernel.bed import (
     AGENT,
     BLOCK_TIMEOUT,
