@@ -18,6 +18,7 @@ ranges as `ovsmgr generate`: TCP ports 20000-65535, sources in 100.64.0.0/10):
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import random
 import secrets
@@ -25,8 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ovsmgr.bench.netns import SWITCH_CPU, cpu_count, delete_netns, run
+from ovsmgr.bench.netns import SWITCH_CPU, cpu_count, run
 from ovsmgr.bench.testbed import Config, Host, drop_load_at_host
+from ovsmgr.lab import netns
+from ovsmgr.lab.spec import LabError
 from ovsmgr.policy.generate import FILLER_PORTS, FILLER_SOURCES
 
 GEN_ADDR, RT_GEN_ADDR = "10.1.0.2/16", "10.1.0.1/16"
@@ -131,9 +134,7 @@ class LinuxRouter:
 
     def _build(self) -> None:
         for ns in (self.gen_ns, self.rt_ns, self.sink_ns):
-            run(["ip", "netns", "add", ns])
-            self.namespaces.append(ns)
-            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            netns.add(ns, lambda ns=ns: self.namespaces.append(ns))  # type: ignore[misc]
             for key in ("all", "default"):
                 run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"])
         for host_ns, rt_if, host_addr, rt_addr in ((self.gen_ns, "r-gen", GEN_ADDR, RT_GEN_ADDR),
@@ -208,7 +209,8 @@ class LinuxRouter:
 
     def close(self) -> None:
         for ns in reversed(self.namespaces):
-            delete_netns(ns)
+            with contextlib.suppress(LabError):  # what a namespace still holds goes with the run
+                netns.delete(ns)
         self.namespaces.clear()
 
 

@@ -23,7 +23,6 @@ trial needs seconds of measurement, not fractions of one).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import shlex
@@ -37,13 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CLONE_NEWNET = 0x40000000
+from ovsmgr.lab import netns as lab_netns
+
 GENERATOR_CPU = 0
 """trafgen, the probes and iperf3 run here; the switch gets the other CPU (DPDK's PMD is pinned to
 CPU 1 by the lab, a netdev lab's ovs-vswitchd is moved there by the test bed)."""
 SWITCH_CPU = 1
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 REMOTE = "ssh:"
 """``Host.netns`` prefix of a host reached over ssh: ``ssh:gen`` is the ssh host ``gen``."""
@@ -133,12 +131,6 @@ def parse_proc_net_dev(text: str) -> dict[str, IfCounters]:
     return out
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 def read_counters(targets: Sequence[tuple[str, str]]) -> tuple[float, list[IfCounters]]:
     """(monotonic time, counters) of each (namespace, interface), read back to back
     (``ssh:`` hosts over ssh, all at once; the time is then the middle of those reads)."""
@@ -154,11 +146,11 @@ def read_counters(targets: Sequence[tuple[str, str]]) -> tuple[float, list[IfCou
     try:
         stamp = time.monotonic()
         for netns, fd in zip(local, fds, strict=True):
-            _setns(fd)
+            lab_netns.setns(fd, netns)
             with open("/proc/thread-self/net/dev") as f:
                 read[netns] = f.read()
     finally:
-        _setns(own)
+        lab_netns.setns(own, "the thread's own namespace")
         for fd in (own, *fds):
             os.close(fd)
     for netns, proc in remote.items():
@@ -272,25 +264,6 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 def _signal_group(proc: subprocess.Popen[str], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-
-
-def netns_exists(name: str) -> bool:
-    return os.path.exists(f"/run/netns/{name}")
-
-
-def delete_netns(name: str) -> None:
-    """Kill what runs in a namespace, then delete it (its veths go with it)."""
-    if not netns_exists(name):
-        return
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
-                          check=False).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def pin_process_threads(pid: int, cpu: int) -> None:

@@ -6,8 +6,8 @@ The scenario runner (`ovsmgr.lab.scenarios`) must put exact packets on the wire
 exactly what reaches each host. So it does not use the hosts' IP stacks at all:
 
 - `HostTaps` opens one AF_PACKET socket per host, created inside the host's
-  network namespace (a thread may enter a namespace with setns(2); the socket
-  stays in the namespace it was made in), and sends and receives frames on it.
+  network namespace (`ovsmgr.lab.netns.entered`: the thread enters it with setns(2);
+  the socket stays in the namespace it was made in), and sends and receives frames on it.
   A packet socket sees every frame the veth delivers, also frames addressed to
   another MAC, which the host's IP stack would ignore.
 - `guard_hosts` loads an nftables table into each host namespace that drops all
@@ -20,8 +20,6 @@ exactly what reaches each host. So it does not use the hosts' IP stacks at all:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import select
 import socket
 import subprocess
@@ -29,21 +27,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from ovsmgr.lab import netns
 from ovsmgr.lab.ovs import Lab, LabError
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 PACKET_IGNORE_OUTGOING = 23
 SOL_PACKET = 263
-CLONE_NEWNET = 0x40000000
 GUARD_TABLE = "ovsmgr_scenarios"
 GUARD_RULES = f"""table inet {GUARD_TABLE} {{
     chain ingress {{ type filter hook prerouting priority -500; policy drop; }}
     chain egress {{ type filter hook output priority -500; policy drop; }}
 }}
 """
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -55,31 +51,14 @@ class Received:
     at: float
 
 
-def packet_socket_in(netns: str, iface: str = "eth0") -> socket.socket:
-    """An AF_PACKET socket bound to `iface` inside network namespace `netns` (root only)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            _setns(target, netns)
-            try:
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-                sock.bind((iface, ETH_P_ALL))
-            finally:
-                _setns(own, "the runner's own namespace")
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+def packet_socket_in(netns_name: str, iface: str = "eth0") -> socket.socket:
+    """An AF_PACKET socket bound to `iface` inside network namespace `netns_name` (root only)."""
+    with netns.entered(netns_name):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sock.bind((iface, ETH_P_ALL))
     with contextlib.suppress(OSError):  # Linux >= 4.20: the kernel skips our own frames
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
     return sock
-
-
-def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise LabError(f"cannot enter network namespace {what}: {os.strerror(errno)}")
 
 
 class HostTaps:
