@@ -1,5 +1,8 @@
 """An embedded lab switch: one OVS and one namespace per host, for machines with no OVS service.
 
+The switch is an `ovsmgr.lab.instance.OvsInstance` in the lab's switch namespace;
+this module adds the bridge, the hosts and the record of it all (``lab.json``).
+
 Layout (``name`` is a prefix, so parallel labs do not clash)::
 
     netns <name>-sw      ovsdb-server + ovs-vswitchd, bridge (datapath_type=netdev),
@@ -29,20 +32,19 @@ actively to ``unix:PATH`` targets), e.g. with ``SwitchDB.set_controllers``.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ovsmgr.lab import netns
+from ovsmgr.lab.instance import DAEMONS, OvsInstance
 from ovsmgr.lab.spec import (
     Datapath,
     LabError,
@@ -54,64 +56,13 @@ from ovsmgr.lab.spec import (
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.switch.statefile import atomic_write
 
-__all__ = [  # the spec half lives in lab_spec; these names are imported from here
-    "DPDK_HUGEPAGES_MB", "DPDK_VSWITCHD", "Datapath", "Lab", "LabError", "LabPort", "LabSpec",
-    "lab_spec_from_policy", "reserve_hugepages", "validate_spec",
+__all__ = [  # the spec half lives in lab.spec; these names are imported from here
+    "Datapath", "Lab", "LabError", "LabPort", "LabSpec", "lab_spec_from_policy", "validate_spec",
 ]
 
-DPDK_VSWITCHD = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
-DPDK_HUGEPAGES_MB = 1024
-"""Free hugepages a DPDK lab wants: dpdk-socket-mem (512 MB) and OVS's port mempools
-(a two-port lab was seen holding 890 MB)."""
-SCHEMA_FILE = "/usr/share/openvswitch/vswitch.ovsschema"
 STATE_FILE = "lab.json"
-DAEMONS = ("ovs-vswitchd", "ovsdb-server")  # stop order: vswitchd first
 COMMAND_TIMEOUT = 60.0
 LAB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(_pid_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _meminfo_kb(field: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name == field:
-            return int(value.split()[0])
-    raise LabError(f"no {field} in /proc/meminfo")
-
-
-def reserve_hugepages(megabytes: int = DPDK_HUGEPAGES_MB) -> None:
-    """Make `megabytes` of hugepages free, raising vm.nr_hugepages by what other DPDK
-    processes (another lab) hold; LabError if the kernel cannot provide them."""
-    nr = Path("/proc/sys/vm/nr_hugepages")
-    page_kb = _meminfo_kb("Hugepagesize")
-    short = -(-(megabytes * 1024 - _meminfo_kb("HugePages_Free") * page_kb) // page_kb)
-    if short > 0:
-        try:
-            nr.write_text(f"{int(nr.read_text()) + short}\n")
-        except OSError as exc:
-            raise LabError(f"cannot reserve hugepages ({nr}): {exc}") from exc
-    free_mb = _meminfo_kb("HugePages_Free") * page_kb // 1024
-    if free_mb < megabytes:
-        raise LabError(f"only {free_mb} MB of hugepages free (vm.nr_hugepages="
-                       f"{nr.read_text().strip()}), a DPDK lab needs {megabytes} MB: "
-                       "memory too small or too fragmented")
 
 
 def _arping_commands(ports: list[dict[str, Any]]) -> list[list[str]]:
@@ -161,28 +112,23 @@ class Lab:
     def _save(self, state: dict[str, Any]) -> None:
         atomic_write(self._state_path(), json.dumps(state, indent=2))
 
-    def _ovs_env(self) -> dict[str, str]:
-        """OVS finds its sockets through these; without them it looks in /var/run/openvswitch."""
-        d = str(self.dir)
-        return {**os.environ, "OVS_RUNDIR": d, "OVS_LOGDIR": d, "OVS_DBDIR": d,
-                "OVS_SYSCONFDIR": d}
+    def _switch(self, state: dict[str, Any]) -> OvsInstance:
+        """The lab's OVS as ``state`` records it; every change it makes is recorded at once."""
+        ovs = OvsInstance(self.dir, self.switch_netns, state.get("datapath") or "netdev",
+                          dpdk_prefix=f"ovsmgr-{self.name}")
+        ovs.pids = {d: int(p) for d, p in state.get("pids", {}).items()}
+        ovs.netns_created = self.switch_netns in state.get("namespaces", [])
+
+        def record() -> None:
+            state["pids"] = dict(ovs.pids)
+            namespaces = [n for n in state.get("namespaces", []) if n != self.switch_netns]
+            state["namespaces"] = [self.switch_netns, *namespaces] if ovs.netns_created else namespaces
+            self._save(state)
+
+        ovs.on_change = record
+        return ovs
 
     # -- running commands --------------------------------------------------------------------
-    def _run(self, argv: Sequence[str], netns: str | None = None, ovs_env: bool = False,
-             input: str | None = None) -> str:
-        """Run a setup command, raising LabError with its stderr when it fails."""
-        full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
-        try:
-            proc = subprocess.run(full, input=input, capture_output=True, text=True,
-                                  timeout=COMMAND_TIMEOUT, check=False,
-                                  env=self._ovs_env() if ovs_env else None)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise LabError(f"{shlex.join(full)}: {exc}") from exc
-        if proc.returncode != 0:
-            raise LabError(f"{shlex.join(full)} failed ({proc.returncode}): "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}")
-        return proc.stdout
-
     def exec(self, port: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command in a port's host namespace; kwargs go to subprocess.run."""
         return subprocess.run(["ip", "netns", "exec", self._host_netns(port), *argv], **kwargs)
@@ -193,7 +139,7 @@ class Lab:
 
     def switch_exec(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command in the switch namespace with OVS_RUNDIR etc. set (ovs-ofctl, -appctl)."""
-        kwargs.setdefault("env", self._ovs_env())
+        kwargs.setdefault("env", self._switch({}).env())
         return subprocess.run(["ip", "netns", "exec", self.switch_netns, *argv], **kwargs)
 
     def ofctl(self, args: Sequence[str], input: str | None = None) -> str:
@@ -203,16 +149,30 @@ class Lab:
         """
         if not args:
             raise LabError("ofctl needs a command, e.g. ['dump-flows']")
-        target = f"unix:{self.mgmt_socket(self._require_state()['bridge'])}"
-        argv = ["ovs-ofctl", "-O", "OpenFlow15", args[0], target, *args[1:]]
-        return self._run(argv, netns=self.switch_netns, ovs_env=True, input=input)
+        state = self._require_state()
+        argv = ["ovs-ofctl", "-O", "OpenFlow15", args[0], f"unix:{self.mgmt_socket(state['bridge'])}",
+                *args[1:]]
+        return netns.run(argv, netns=self.switch_netns, env=self._switch(state).env(), input=input)
 
     def appctl(self, args: Sequence[str]) -> str:
-        """``ovs-appctl -t <ovs-vswitchd ctl socket> ARGS...``."""
-        target = self.status()["appctl"]
+        """What ``ovs-appctl -t <ovs-vswitchd ctl socket> ARGS...`` prints (without forking it)."""
+        from ovsmgr.southbound.tools import OvsToolError, appctl
+
+        target = self._switch(self._load()).appctl_target()
         if target is None:
             raise LabError(f"lab {self.name}: ovs-vswitchd is not running")
-        return self._run(["ovs-appctl", "-t", target, *args], ovs_env=True)
+        try:
+            return appctl(target, args[0], *args[1:], timeout=COMMAND_TIMEOUT)
+        except OvsToolError as exc:
+            raise LabError(str(exc)) from exc
+
+    def restart_vswitchd(self) -> None:
+        """Stop ovs-vswitchd and start a new one: its flows are gone, the database stays."""
+        ovs = self._switch(self._require_state())
+        errors = ovs.stop_daemon("ovs-vswitchd")
+        if errors:
+            raise LabError(f"lab {self.name}: " + "; ".join(errors))
+        ovs.start_vswitchd()
 
     def _host_netns(self, port: str) -> str:
         for p in self._require_state()["ports"]:
@@ -240,9 +200,12 @@ class Lab:
                                  "namespaces": [], "pids": {}, "ports": []}
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "conf.db").unlink(missing_ok=True)
             self._save(state)
-            self._build(spec, state)
+            self._switch(state).start()
+            with SwitchDB(self.db_endpoint) as db:
+                db.ensure_bridge(spec.bridge, datapath_type="netdev", fail_mode="secure")
+                for port in spec.ports:
+                    self._add_port(db, spec, port, state)
             self._announce_in_background(state["ports"])
         except Exception as exc:
             self._undo_failed_up(exc)
@@ -253,23 +216,6 @@ class Lab:
         self._save(state)
         return self.status()
 
-    def _build(self, spec: LabSpec, state: dict[str, Any]) -> None:
-        self._add_netns(self.switch_netns, state)
-        self._run(["ovsdb-tool", "create", f"{self.dir}/conf.db", SCHEMA_FILE])
-        self._start_daemon("ovsdb-server", [
-            "ovsdb-server", f"--remote=punix:{self.dir}/db.sock", f"{self.dir}/conf.db"], state)
-        with SwitchDB(self.db_endpoint) as db:
-            db.init_system(self._dpdk_config() if spec.datapath == "dpdk" else {})
-            binary = "ovs-vswitchd"
-            if spec.datapath == "dpdk":
-                self._prepare_hugepages()
-                binary = DPDK_VSWITCHD
-            self._start_daemon("ovs-vswitchd", [binary, self.db_endpoint], state)
-            self._link_dpdk_ctl(binary, state["pids"]["ovs-vswitchd"])
-            db.ensure_bridge(spec.bridge, datapath_type="netdev", fail_mode="secure")
-            for port in spec.ports:
-                self._add_port(db, spec, port, state)
-
     def _undo_failed_up(self, exc: Exception) -> NoReturn:
         try:
             self.down()
@@ -279,69 +225,31 @@ class Lab:
         raise LabError(f"lab {self.name}: up failed: {exc}") from exc
 
     def _check_tools(self, datapath: Datapath) -> None:
-        tools = ["ip", "ethtool", "sysctl", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd"]
-        missing = [t for t in tools if shutil.which(t) is None]
+        missing = OvsInstance(self.dir, self.switch_netns, datapath).missing_tools()
+        missing += [t for t in ("ethtool", "sysctl") if shutil.which(t) is None]
         if shutil.which("arping") is None:
             missing.append("arping (apt-get install -y iputils-arping)")
-        if datapath == "dpdk" and not os.access(DPDK_VSWITCHD, os.X_OK):
-            missing.append(f"{DPDK_VSWITCHD} (apt-get install -y openvswitch-switch-dpdk dpdk)")
         if missing:
             raise LabError(f"lab {self.name}: missing tools: {', '.join(missing)}")
-
-    def _add_netns(self, netns: str, state: dict[str, Any]) -> None:
-        """Create a namespace and record it; one that already exists is not ours to delete."""
-        self._run(["ip", "netns", "add", netns])
-        state["namespaces"].append(netns)
-        self._save(state)
-        self._run(["ip", "-n", netns, "link", "set", "lo", "up"])
-
-    def _start_daemon(self, daemon: str, argv: list[str], state: dict[str, Any]) -> None:
-        pidfile = self.dir / f"{daemon}.pid"
-        pidfile.unlink(missing_ok=True)
-        common = [f"--pidfile={pidfile}", "--detach", "--no-chdir",
-                  f"--log-file={self.dir}/{daemon}.log", "-vconsole:off"]
-        self._run([*argv, *common], netns=self.switch_netns, ovs_env=True)
-        state["pids"][daemon] = int(pidfile.read_text().strip())
-        self._save(state)
-
-    def _link_dpdk_ctl(self, binary: str, pid: int) -> None:
-        """The DPDK build names its control socket ovs-vswitchd-dpdk.PID.ctl; link the usual
-        name to it so ``ovs-appctl -t ovs-vswitchd`` and ``status()['appctl']`` work alike."""
-        program = Path(binary).name
-        if program != "ovs-vswitchd":
-            (self.dir / f"ovs-vswitchd.{pid}.ctl").symlink_to(self.dir / f"{program}.{pid}.ctl")
-
-    def _dpdk_config(self) -> dict[str, str]:
-        """DPDK with no NICs; --file-prefix keeps parallel DPDK labs' runtime files apart."""
-        return {"dpdk-init": "true", "dpdk-socket-mem": "512", "pmd-cpu-mask": "0x2",
-                "dpdk-extra": f"--no-pci --file-prefix={self._dpdk_prefix()}"}
-
-    def _dpdk_prefix(self) -> str:
-        return f"ovsmgr-{self.name}"
-
-    def _prepare_hugepages(self) -> None:
-        """Have DPDK_HUGEPAGES_MB of hugepages free and hugetlbfs mounted; both are left in
-        place by ``down`` because they are shared by every DPDK lab on the machine."""
-        reserve_hugepages()
-        mounts = Path("/proc/mounts").read_text().split("\n")
-        if not any(m.split()[1:3] == ["/dev/hugepages", "hugetlbfs"] for m in mounts if m):
-            Path("/dev/hugepages").mkdir(exist_ok=True)
-            self._run(["mount", "-t", "hugetlbfs", "nodev", "/dev/hugepages"])
 
     def _add_port(self, db: SwitchDB, spec: LabSpec, port: LabPort,
                   state: dict[str, Any]) -> None:
         host_ns = f"{self.name}-{port.name}"
         sw_if = f"v-{port.name}" if spec.datapath == "dpdk" else port.name
-        self._add_netns(host_ns, state)
+
+        def created() -> None:  # recorded at once: one that already existed is not ours to delete
+            state["namespaces"].append(host_ns)
+            self._save(state)
+
+        netns.add(host_ns, created)
         for key in ("all", "default"):
-            self._run(["sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"], netns=host_ns)
-        self._run(["ip", "-n", host_ns, "link", "add", "eth0", "address", port.mac,
+            netns.run(["sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"], netns=host_ns)
+        netns.run(["ip", "-n", host_ns, "link", "add", "eth0", "address", port.mac,
                    "type", "veth", "peer", "name", sw_if, "netns", self.switch_netns])
-        self._run(["sysctl", "-qw", f"net/ipv6/conf/{sw_if}/disable_ipv6=1"],
-                  netns=self.switch_netns)
-        for netns, dev in ((host_ns, "eth0"), (self.switch_netns, sw_if)):
-            self._run(["ethtool", "-K", dev, "tx", "off"], netns=netns)
-            self._run(["ip", "-n", netns, "link", "set", "dev", dev, "up"])
+        netns.run(["sysctl", "-qw", f"net/ipv6/conf/{sw_if}/disable_ipv6=1"], netns=self.switch_netns)
+        for ns, dev in ((host_ns, "eth0"), (self.switch_netns, sw_if)):
+            netns.run(["ethtool", "-K", dev, "tx", "off"], netns=ns)
+            netns.run(["ip", "-n", ns, "link", "set", "dev", dev, "up"])
         if spec.datapath == "dpdk":
             options = {"dpdk-devargs": f"net_af_packet{port.ofport},iface={sw_if}"}
             iface_type = "dpdk"
@@ -363,9 +271,9 @@ class Lab:
         family = "-6" if iface.version == 6 else "-4"
         extra = ["nodad"] if iface.version == 6 else []
         if iface.version == 4:  # no IPv6 router/neighbour chatter in flow counters
-            self._run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"], netns=host_ns)
-        self._run(["ip", "-n", host_ns, family, "addr", "add", address, "dev", "eth0", *extra])
-        self._run(["ip", "-n", host_ns, family, "route", "add", "default", "dev", "eth0"])
+            netns.run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"], netns=host_ns)
+        netns.run(["ip", "-n", host_ns, family, "addr", "add", address, "dev", "eth0", *extra])
+        netns.run(["ip", "-n", host_ns, family, "route", "add", "default", "dev", "eth0"])
 
     # -- gratuitous ARP ----------------------------------------------------------------------
     def announce(self) -> None:
@@ -397,7 +305,7 @@ class Lab:
         """``announce`` without the wait, for ``up``: arping is detached (sh -c '... &')
         so no child is left to reap, and ``down`` kills it if it still runs."""
         for argv in _arping_commands(ports):
-            self._run(["sh", "-c", f"{shlex.join(argv)} </dev/null >/dev/null 2>&1 &"])
+            netns.run(["sh", "-c", f"{shlex.join(argv)} </dev/null >/dev/null 2>&1 &"])
 
     # -- down / status -----------------------------------------------------------------------
     def down(self) -> None:
@@ -407,63 +315,27 @@ class Lab:
         the failures are raised together at the end. Logs are kept in ``dir``.
         """
         state = self._load()
-        errors: list[str] = []
-        for daemon in DAEMONS:
-            pid = state.get("pids", {}).get(daemon)
-            if pid is not None:
-                errors += self._stop_daemon(daemon, int(pid))
-        for netns in reversed(state.get("namespaces", [])):
-            errors += self._delete_netns(netns)
+        switch = self._switch(state)
+        errors = [e for daemon in DAEMONS for e in switch.stop_daemon(daemon)]
+        for host_ns in reversed([n for n in state.get("namespaces", []) if n != self.switch_netns]):
+            try:
+                netns.delete(host_ns)
+            except LabError as exc:
+                errors.append(str(exc))
+        errors += switch.stop()
         if errors:
             raise LabError(f"lab {self.name}: down incomplete: " + "; ".join(errors))
-        dpdk_runtime = Path(f"/var/run/dpdk/{self._dpdk_prefix()}")
-        if state.get("datapath") == "dpdk" and dpdk_runtime.exists():
-            shutil.rmtree(dpdk_runtime)  # DPDK's runtime files outlive the process
         for pattern in (STATE_FILE, "conf.db", ".conf.db.~lock~", "*.pid", "*.ctl", "*.sock",
                         "*.mgmt", "*.snoop", "ovsmgr-*.json"):
             for path in self.dir.glob(pattern):
                 path.unlink(missing_ok=True)
-
-    def _delete_netns(self, netns: str) -> list[str]:
-        """Kill what still runs in a lab namespace (a forgotten ``nc -l``), then delete it:
-        a namespace with processes in it outlives ``ip netns del``, and so do its veths."""
-        if not Path(f"/run/netns/{netns}").exists():
-            return []
-        try:
-            pids = [int(p) for p in self._run(["ip", "netns", "pids", netns]).split()]
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            _wait_gone(pids, 5.0)
-            self._run(["ip", "netns", "del", netns])
-        except LabError as exc:
-            return [str(exc)]
-        return []
-
-    def _stop_daemon(self, daemon: str, pid: int) -> list[str]:
-        """SIGTERM, then SIGKILL after 5 s; only if the pid still runs that daemon."""
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return []
-        if str(self.dir) not in cmdline:
-            return []  # pid was reused by an unrelated process
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return []
-            if _wait_gone([pid], 5.0):
-                return []
-        return [f"{daemon} (pid {pid}) survived SIGKILL"]
 
     def status(self) -> dict[str, Any]:
         """What ``lab.json`` records, plus whether the daemons are alive right now."""
         state = self._load()
         pids: dict[str, int] = state.get("pids", {})
         daemons = {d: {"pid": pids.get(d), "alive": pids.get(d) is not None
-                       and _pid_alive(int(pids[d]))} for d in DAEMONS}
-        vswitchd = daemons["ovs-vswitchd"]
+                       and netns.pid_alive(int(pids[d]))} for d in DAEMONS}
         bridge = state.get("bridge")
         return {
             "name": self.name,
@@ -475,7 +347,7 @@ class Lab:
             "switch_netns": self.switch_netns if state else None,
             "db": self.db_endpoint if state else None,
             "mgmt": self.mgmt_socket(bridge) if bridge else None,
-            "appctl": f"{self.dir}/ovs-vswitchd.{vswitchd['pid']}.ctl" if vswitchd["alive"] else None,
+            "appctl": self._switch(state).appctl_target(),
             "daemons": daemons,
             "ports": state.get("ports", []),
         }

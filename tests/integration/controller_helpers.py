@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -110,20 +109,3 @@ def flows_with_duration(lab: Lab) -> dict[str, float]:
         key = ",".join(p for p in fields if p.split("=")[0].strip() not in ("cookie", "duration", "n_packets", "n_bytes", "idle_age", "hard_age"))
         out[key] = duration
     return out
-
-
-def restart_vswitchd(lab: Lab) -> None:
-    """Stop the lab's ovs-vswitchd and start a new one (flows are gone, OVSDB stays)."""
-    state_path = lab.dir / "lab.json"
-    state = json.loads(state_path.read_text())
-    old = int(state["pids"]["ovs-vswitchd"])
-    os.kill(old, signal.SIGTERM)
-    for _ in range(100):
-        if not Path(f"/proc/{old}").exists():
-            break
-        time.sleep(0.05)
-    pidfile = lab.dir / "ovs-vswitchd.pid"
-    lab.switch_exec(["ovs-vswitchd", lab.db_endpoint, f"--pidfile={pidfile}", "--detach", "--no-chdir",
-                     f"--log-file={lab.dir}/ovs-vswitchd.log", "-vconsole:off"], check=True, capture_output=True)
-    state["pids"]["ovs-vswitchd"] = int(pidfile.read_text().strip())
-    state_path.write_text(json.dumps(state, indent=2))

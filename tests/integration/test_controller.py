@@ -11,7 +11,7 @@ import pytest
 
 from ovsmgr.lab.ovs import LabPort
 
-from .controller_helpers import controller, flows_with_duration, probe_stream, restart_vswitchd
+from .controller_helpers import controller, flows_with_duration, probe_stream
 from .traffic import converse, ping, server
 
 pytestmark = pytest.mark.integration
@@ -123,7 +123,7 @@ def test_controller_kill_keeps_enforcing_restart_is_lossless_and_sweeps_stale_fl
         assert "tp_dst=7777" not in lab.ofctl(["dump-flows", "table=40"])
         flows_before = managed_flows(lab)
         assert len(flows_before) > 30
-        restart_vswitchd(lab)
+        lab.restart_vswitchd()
         assert _eventually(lambda: managed_flows(lab) == flows_before, 15), ctl.log()[-2000:]
         assert ping(lab, "inside", OUTSIDE, count=1, deadline=5)
 

@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from ovsmgr.lab.ovs import DPDK_VSWITCHD, LabError, LabPort, reserve_hugepages
+from ovsmgr.lab.instance import DPDK_VSWITCHD, reserve_hugepages
+from ovsmgr.lab.ovs import LabError, LabPort
 
 from .switch import apply, compiled_file
 from .traffic import converse, ping, server

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from ovsmgr.lab.ovs import DPDK_VSWITCHD, LabError, reserve_hugepages
+from ovsmgr.lab.instance import DPDK_VSWITCHD, reserve_hugepages
+from ovsmgr.lab.spec import LabError
 from tests.kernel.expected import expected_facts, scenarios_with_differences
 from tests.kernel.scenarios import SCENARIOS
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ovsmgr.compiler.pipeline import Table
-from ovsmgr.lab.ovs import DPDK_VSWITCHD, Lab, LabError, LabPort, LabSpec
+from ovsmgr.lab.instance import DPDK_VSWITCHD
+from ovsmgr.lab.ovs import Lab, LabError, LabPort, LabSpec
 from ovsmgr.southbound.conntrack import set_zone_limit
 from ovsmgr.southbound.ovsdb import DEFAULT_PROTOCOLS, OvsdbError, SwitchDB
 from ovsmgr.southbound.tools import OvsToolError

@@ -14,8 +14,8 @@ scenario runs Vagrant's provisioning scripts, which write there).
 one PMD thread on CPU 1), and the bed makes every port a DPDK af_packet device on its
 veth: the userspace datapath with DPDK's packet I/O.
 
-This is what ``ovsmgr.lab.ovs`` does for a lab, without the lab's fixed set of
-ports: each scenario builds its own bridge and hosts (``tests/kernel/bed.py``).
+The switch is an ``ovsmgr.lab.instance.OvsInstance``, as the lab's is, without the lab's
+fixed set of ports: each scenario builds its own bridge and hosts (``tests/kernel/bed.py``).
 """
 
 from __future__ import annotations
@@ -28,30 +28,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ovsmgr.lab.ovs import DPDK_VSWITCHD, reserve_hugepages
+from ovsmgr.lab import netns
+from ovsmgr.lab.instance import OvsInstance
+from ovsmgr.lab.spec import LabError
 
-SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 REPO = Path(__file__).resolve().parents[2]
-DAEMONS = ("ovs-vswitchd", "ovsdb-server")  # stop order
 INNER_ENV = "KT_SWITCH_NETNS"
 """Set for the suite once it runs inside the private switch's namespace."""
 
 
 class PrivateSwitchError(RuntimeError):
     pass
-
-
-def _run(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, env=env,
-                          check=False)
-    if proc.returncode != 0:
-        raise PrivateSwitchError(f"{' '.join(argv)} failed ({proc.returncode}): "
-                                 f"{(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
 
 
 class PrivateSwitch:
@@ -64,14 +54,14 @@ class PrivateSwitch:
         self.prefix = prefix or f"kt{secrets.token_hex(3)}-"
         self.netns = f"{self.prefix}sw"
         self.dir = Path(tempfile.mkdtemp(prefix=self.prefix, dir="/tmp"))
+        self.ovs = OvsInstance(self.dir, self.netns, "dpdk" if datapath == "dpdk" else "netdev",
+                               dpdk_prefix=f"ovsmgr-{self.prefix.rstrip('-')}")
         self.keep = False
         """Keep the directory (OVS's logs) after ``stop``: set when the suite failed."""
 
     def env(self) -> dict[str, str]:
         """What OVS's tools, ovsmgr and the bed need to find this switch."""
-        d = str(self.dir)
-        return {**os.environ, "OVS_RUNDIR": d, "OVS_LOGDIR": d, "OVS_DBDIR": d,
-                "OVS_SYSCONFDIR": d, "OVSMGR_STATE_DIR": f"{d}/state", "KT_DATAPATH": self.datapath,
+        return {**self.ovs.env(), "OVSMGR_STATE_DIR": f"{self.dir}/state", "KT_DATAPATH": self.datapath,
                 "KT_NETNS_PREFIX": self.prefix, INNER_ENV: self.netns}
 
     def __enter__(self) -> PrivateSwitch:
@@ -87,47 +77,16 @@ class PrivateSwitch:
         self.stop()
 
     def start(self) -> None:
-        missing = [t for t in ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ip",
-                               "ethtool", "arping") if shutil.which(t) is None]
-        if self.datapath == "dpdk" and not os.access(DPDK_VSWITCHD, os.X_OK):
-            missing.append(DPDK_VSWITCHD)
+        """The switch (``ovsmgr.lab.instance``, as the lab's), and the tools the bed uses."""
+        missing = [t for t in ("ovs-vsctl", "ethtool", "arping") if shutil.which(t) is None]
+        missing += self.ovs.missing_tools()
         if missing:
             raise PrivateSwitchError(f"missing {', '.join(missing)} (scripts/install)")
-        env = self.env()
         (self.dir / "state").mkdir()
-        _run(["ip", "netns", "add", self.netns])
-        _run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
-        _run(["ovsdb-tool", "create", f"{self.dir}/conf.db", SCHEMA])
-        self._daemon("ovsdb-server", [f"--remote=punix:{self.dir}/db.sock", f"{self.dir}/conf.db"])
-        _run(["ovs-vsctl", "--no-wait", "init"], env=env)
-        if self.datapath == "dpdk":
-            self._prepare_dpdk()
-            self._daemon("ovs-vswitchd", [f"unix:{self.dir}/db.sock"], DPDK_VSWITCHD)
-            # Its control socket is named after the binary; tools look for ovs-vswitchd.PID.ctl.
-            pid = int((self.dir / "ovs-vswitchd.pid").read_text().strip())
-            (self.dir / f"ovs-vswitchd.{pid}.ctl").symlink_to(self.dir / f"ovs-vswitchd-dpdk.{pid}.ctl")
-        else:
-            self._daemon("ovs-vswitchd", [f"unix:{self.dir}/db.sock"])
-
-    def _prepare_dpdk(self) -> None:
-        """Hugepages and DPDK's settings, as the DPDK lab has them (ovsmgr.lab.ovs)."""
-        reserve_hugepages()
-        mounts = Path("/proc/mounts").read_text().splitlines()
-        if not any(m.split()[1:3] == ["/dev/hugepages", "hugetlbfs"] for m in mounts if m):
-            Path("/dev/hugepages").mkdir(exist_ok=True)
-            _run(["mount", "-t", "hugetlbfs", "nodev", "/dev/hugepages"])
-        _run(["ovs-vsctl", "--no-wait", "set", "Open_vSwitch", ".", "other_config:dpdk-init=true",
-              "other_config:dpdk-socket-mem=512", "other_config:pmd-cpu-mask=0x2",
-              f'other_config:dpdk-extra="--no-pci --file-prefix={self._dpdk_prefix()}"'],
-             env=self.env())
-
-    def _dpdk_prefix(self) -> str:
-        return f"ovsmgr-{self.prefix.rstrip('-')}"
-
-    def _daemon(self, name: str, args: list[str], binary: str | None = None) -> None:
-        common = [f"--pidfile={self.dir}/{name}.pid", "--detach", "--no-chdir",
-                  f"--log-file={self.dir}/{name}.log", "-vconsole:off"]
-        _run(["ip", "netns", "exec", self.netns, binary or name, *args, *common], env=self.env())
+        try:
+            self.ovs.start()
+        except LabError as exc:
+            raise PrivateSwitchError(str(exc)) from exc
 
     def run_inside(self, argv: Sequence[str]) -> int:
         """Run ``argv`` in the switch's namespace with its environment; its exit status.
@@ -148,64 +107,20 @@ class PrivateSwitch:
 
     def stop(self) -> None:
         """Stop the daemons and remove every namespace of this run; idempotent."""
-        for name in DAEMONS:
-            with contextlib.suppress(OSError, ValueError):
-                pid = int((self.dir / f"{name}.pid").read_text().strip())
-                _stop(pid, str(self.dir))
+        problems = self.ovs.stop()
         # The suite's host namespaces are mounted in its own mount namespace (ip netns exec
         # makes it a slave of ours): only their files are left here once it is gone.
-        names = sorted(p.name for p in Path("/run/netns").glob(f"{self.prefix}*"))
-        for name in names:
-            _kill_netns(name)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-        runtime = Path(f"/var/run/dpdk/{self._dpdk_prefix()}")
-        if self.datapath == "dpdk" and runtime.exists():
-            shutil.rmtree(runtime, ignore_errors=True)  # DPDK's runtime files outlive it
+        for path in sorted(netns.NETNS_DIR.glob(f"{self.prefix}*")):
+            try:
+                netns.delete(path.name)
+            except LabError as exc:
+                problems.append(str(exc))
+        for problem in problems:
+            print(f"{self.datapath} switch: {problem}", file=sys.stderr)
         if self.keep:
             print(f"{self.datapath} switch: logs kept in {self.dir}", file=sys.stderr)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _stop(pid: int, marker: str) -> None:
-    """SIGTERM, then SIGKILL, a daemon of this run (its command line names the run directory)."""
-    try:
-        if marker not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-            return
-    except OSError:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + 5
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            if _zombie(pid):
-                return
-            time.sleep(0.02)
-        if not Path(f"/proc/{pid}").exists():
-            return
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def _kill_netns(name: str) -> None:
-    """SIGKILL whatever still runs in a namespace of this run (a server a failed scenario left)."""
-    try:
-        inode = os.stat(f"/run/netns/{name}").st_ino
-    except OSError:
-        return
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
-                    os.kill(int(entry), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -215,8 +130,8 @@ def private_etc(scratch: Path) -> Iterator[None]:
     upper, work = scratch / "etc-upper", scratch / "etc-work"
     upper.mkdir()
     work.mkdir()
-    _run(["mount", "-t", "overlay", "overlay", "-o",
-          f"lowerdir=/etc,upperdir={upper},workdir={work}", "/etc"])
+    netns.run(["mount", "-t", "overlay", "overlay", "-o",
+               f"lowerdir=/etc,upperdir={upper},workdir={work}", "/etc"])
     try:
         yield
     finally:
