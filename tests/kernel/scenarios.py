@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from ovsmgr.compiler import compile_policy
-from ovsmgr.policy import load_policy
 from ovsmgr.lab.spec import LabPort
+from ovsmgr.policy import load_policy
 from tests.kernel.bed import (
     AGENT,
     BLOCK_TIMEOUT,
