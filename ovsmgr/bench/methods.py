@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ovsmgr.bench.pipelines import Config
 from ovsmgr.bench.spec import COST_RATE, Experiment, NdrSettings, Rate
-from ovsmgr.bench.testbed import Config
 
 Measure = Literal["rate", "ndr", "tcp", "cps"]
 MAX_ATTEMPTS = 4

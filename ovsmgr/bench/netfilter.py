@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ovsmgr.bench.netns import SWITCH_CPU, cpu_count, run
-from ovsmgr.bench.testbed import Config, Host, drop_load_at_host
+from ovsmgr.bench.pipelines import Config
+from ovsmgr.bench.testbed import Host, drop_load_at_host
 from ovsmgr.lab import netns
 from ovsmgr.lab.spec import LabError
 from ovsmgr.policy.generate import FILLER_PORTS, FILLER_SOURCES

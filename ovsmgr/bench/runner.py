@@ -29,7 +29,8 @@ from ovsmgr.bench.netfilter import LinuxRouter
 from ovsmgr.bench.netns import Processes
 from ovsmgr.bench.results import Results, jsonable, point_record
 from ovsmgr.bench.spec import BenchSpec, Experiment
-from ovsmgr.bench.testbed import Host, OvsTestbed, SystemSwitch, SystemTestbed, Testbed, host_from
+from ovsmgr.bench.systembed import SystemSwitch, SystemTestbed, host_from
+from ovsmgr.bench.testbed import Host, OvsTestbed, Testbed
 from ovsmgr.bench.updates import Updater
 
 PRIME_ABOVE = 5000

@@ -159,7 +159,7 @@ def run_cmd(spec_file: str | None, smoke: bool, out_dir: Path | None, only_names
 
 
 def _system_switch(switch: str, bridge: str, db: str | None, hosts: str | None) -> Any:
-    from ovsmgr.bench.testbed import SystemSwitch
+    from ovsmgr.bench.systembed import SystemSwitch
     from ovsmgr.southbound.target import SYSTEM_DB
 
     if switch != "system":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from ovsmgr.bench.testbed import DEFAULT_PORTS
+from ovsmgr.bench.pipelines import DEFAULT_PORTS
 from ovsmgr.lab.ovs import Lab, LabSpec
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,7 @@ from ovsmgr.bench.measure import latency_figures, percentile, trial_figures
 from ovsmgr.bench.methods import ndr_search, plan_experiment
 from ovsmgr.bench.netfilter import filler_values, ipset_restore, iptables_restore, nft_ruleset
 from ovsmgr.bench.netns import IfCounters, parse_proc_net_dev
-from ovsmgr.bench.runner import ordered_groups
-from ovsmgr.bench.spec import NdrSettings, Rate
-from ovsmgr.bench.specfile import parse_spec
-from ovsmgr.bench.testbed import (
+from ovsmgr.bench.pipelines import (
     BLOCKLIST,
     BLOCKLIST_MEMBERS,
     Config,
@@ -28,6 +25,9 @@ from ovsmgr.bench.testbed import (
     policy_text,
     with_blocklist,
 )
+from ovsmgr.bench.runner import ordered_groups
+from ovsmgr.bench.spec import NdrSettings, Rate
+from ovsmgr.bench.specfile import parse_spec
 from ovsmgr.bench.traffic import Endpoints, flow_layout, shaper_command, trafgen_config
 from ovsmgr.bench.updates import (
     RUNTIME_MEMBER,

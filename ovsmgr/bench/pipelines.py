@@ -1,0 +1,196 @@
+"""What the device under test runs (`Config`) and how an OVS pipeline gets onto a switch.
+
+OVS pipelines are plain port-to-port forwarding, a seed policy, a policy file, or a
+generated policy of N rules, each optionally with the bench's blocklist
+(`with_blocklist`, what the ``updates`` method changes while the load runs). Both OVS
+test beds (the embedded lab in `testbed`, a running switch in `systembed`) switch
+pipelines with `switch_pipeline`: a policy is applied by ovsmgr itself, as a difference
+against the one before; plain forwarding sits on top (`set_plain`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, Protocol, cast
+
+from ovsmgr.compiler import CompiledPolicy, compile_policy
+from ovsmgr.lab.spec import LabPort, LabSpec, lab_spec_from_policy
+from ovsmgr.policy import load_policy, load_policy_text
+from ovsmgr.policy.generate import Kind, generate_policy
+from ovsmgr.policy.loader import load_file
+from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.apply import apply_policy
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
+BENCH_COOKIE = 0xBE0C
+"""Cookie of the plain-forwarding flows the bench adds on top of a policy (ovsmgr ignores them)."""
+PLAIN_PRIORITY = 65535
+DEFAULT_PORTS = (LabPort("inside", 1, "10.1.0.2/16"), LabPort("outside", 2, "10.2.0.2/16"))
+BLOCKLIST = "bench-blocklist"
+"""Name of the address set and of the drop rule `with_blocklist` adds to a pipeline."""
+BLOCKLIST_MEMBERS = ("203.0.113.1",)
+"""The set's members in the policy (TEST-NET-3: no load, probe or NAT address is in it)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the device under test runs.
+
+    ``system``: ``ovs`` pipelines (``pipeline`` = plain | seed-firewall | seed-nat | a policy
+    file | generated) or a Linux one (linux | iptables | iptables-nft | ipset | nftables).
+    """
+
+    system: str
+    pipeline: str = "plain"
+    rules: int = 0
+    rule_kind: str = "dport"
+    blocklist: str | None = None
+    """The pipeline with the bench's blocklist added (`with_blocklist`) for the zone of this
+    generator port ("": the test bed's default generator port); None: the pipeline as it is."""
+
+    @property
+    def testbed(self) -> Literal["ovs", "linux"]:
+        return "ovs" if self.system == "ovs" else "linux"
+
+    @property
+    def label(self) -> str:
+        if self.system == "ovs" and self.pipeline == "generated":
+            return f"ovsmgr {self.rule_kind} x{self.rules}"
+        if self.system == "ovs":
+            name = Path(self.pipeline).stem if self.pipeline.endswith((".yaml", ".yml")) else self.pipeline
+            return f"{name}+blocklist" if self.blocklist is not None else name
+        if self.system == "linux":
+            return "linux"
+        return f"{self.system} {self.rule_kind} x{self.rules}"
+
+
+def seed_policy_path(name: str) -> Path:
+    path = POLICY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} (the seed policies live in the repository's policies/)")
+    return path
+
+
+def pipeline_data(pipeline: str) -> dict[str, Any]:
+    """The policy data (as in its YAML file) of a seed pipeline or a policy file."""
+    path = seed_policy_path(pipeline) if pipeline in ("seed-firewall", "seed-nat") else Path(pipeline)
+    return cast(dict[str, Any], copy.deepcopy(load_file(path).data))
+
+
+def with_blocklist(data: dict[str, Any], generator_port: str = "") -> dict[str, Any]:
+    """The policy plus an address set `BLOCKLIST` (members `BLOCKLIST_MEMBERS`) and, first in the
+    firewall, a rule of that name dropping traffic from the generator port's zone to the set.
+    The load (to the sink's address) is tested against the rule and never matches it; the
+    ``updates`` method changes the set and the rule while the load runs. The generator port
+    defaults as in `lab_ports_for`: ``inside`` when the policy has it, else the lowest ofport."""
+    out = copy.deepcopy(data)
+    ports: dict[str, Any] = out.get("switch", {}).get("ports", {})
+    if not generator_port:
+        generator_port = "inside" if {"inside", "outside"} <= set(ports) else min(
+            ports, key=lambda name: int((ports[name] or {}).get("ofport", 1 << 30)), default="")
+    zones: dict[str, Any] = out.get("zones") or {}
+    zone = next((name for name, z in zones.items() if generator_port in ((z or {}).get("ports") or [])), None)
+    if zone is None:
+        raise ValueError(f"no zone holds the generator port {generator_port!r}: the blocklist rule "
+                         "needs the zone the load enters from")
+    if BLOCKLIST in (out.get("addresses") or {}):
+        raise ValueError(f"the policy already has an address set named {BLOCKLIST!r}")
+    out["addresses"] = {**(out.get("addresses") or {}), BLOCKLIST: list(BLOCKLIST_MEMBERS)}
+    firewall = out.setdefault("firewall", {})
+    firewall["rules"] = [{"name": BLOCKLIST, "from": zone, "dst": f"@{BLOCKLIST}", "action": "drop"},
+                         *(firewall.get("rules") or [])]
+    return out
+
+
+def policy_text(config: Config) -> str:
+    """The YAML of an OVS pipeline with the bench's blocklist (what its controller would load)."""
+    import yaml
+
+    if config.blocklist is None:
+        raise ValueError(f"{config.label} is a pipeline without the blocklist")
+    return str(yaml.safe_dump(with_blocklist(pipeline_data(config.pipeline), config.blocklist),
+                              sort_keys=False))
+
+
+@cache
+def _compiled(pipeline: str, rules: int, kind: str, blocklist: str | None = None) -> tuple[CompiledPolicy, float]:
+    """(compiled policy, seconds to load and compile), cached for the run."""
+    start = time.perf_counter()
+    if blocklist is not None:
+        config = Config("ovs", pipeline, rules, kind, blocklist)
+        policy = load_policy_text(policy_text(config), f"{config.label}.yaml")
+    elif pipeline == "generated":
+        policy = load_policy_text(generate_policy(rules, cast(Kind, kind)), f"generated-{kind}-{rules}.yaml")
+    elif pipeline in ("seed-firewall", "seed-nat"):
+        policy = load_policy([seed_policy_path(pipeline)])
+    else:
+        policy = load_policy([pipeline])
+    compiled = compile_policy(policy)
+    return compiled, time.perf_counter() - start
+
+
+def compiled_for(config: Config) -> tuple[CompiledPolicy, float]:
+    return _compiled(config.pipeline, config.rules, config.rule_kind, config.blocklist)
+
+
+class _PipelineSwitch(Protocol):
+    target: SwitchTarget
+    nat_address: str | None
+
+    def _plain(self, on: bool) -> None: ...
+
+
+def switch_pipeline(bed: _PipelineSwitch, config: Config) -> tuple[dict[str, Any], bool]:
+    """Put ``config``'s OVS pipeline on ``bed``'s switch: plain forwarding sits on top of
+    whatever policy is applied (its flows at priority 65535 with the bench's cookie); a policy is
+    applied by ovsmgr itself, as a difference against the one before. Sets ``bed.nat_address``;
+    returns what it cost and whether the pipeline translates (its hosts must then announce
+    themselves: the NAT pipeline learns MAC bindings from ARP)."""
+    info: dict[str, Any] = {}
+    bed.nat_address = None
+    if config.pipeline == "plain":
+        bed._plain(True)
+        return info, False
+    compiled, compile_s = compiled_for(config)
+    bed._plain(False)
+    applied = time.perf_counter()
+    result = apply_policy(compiled, bed.target)
+    info.update(compile_s=round(compile_s, 4), apply_s=round(time.perf_counter() - applied, 4),
+                flows=len(compiled.flowset), changed=sum(result.plan.counts().values()))
+    snat = [r for r in compiled.policy.nat if r.kind == "snat"]
+    bed.nat_address = str(snat[0].translate_lo) if snat else None
+    return info, bool(compiled.policy.nat)
+
+
+def set_plain(ofctl: Callable[..., str], on: bool, ofports: tuple[int, int]) -> None:
+    """Plain forwarding between two ports on top of whatever runs (priority `PLAIN_PRIORITY`,
+    cookie `BENCH_COOKIE`: ovsmgr ignores them), or (``on=False``) not any more.
+    ``ofctl(args, input=...)`` is the bed's ``ovs-ofctl``."""
+    ofctl(["del-flows", f"cookie={BENCH_COOKIE:#x}/-1"])
+    if on:
+        a, b = ofports
+        ofctl(["add-flows", "-"], input="".join(
+            f"cookie={BENCH_COOKIE:#x},table=0,priority={PLAIN_PRIORITY},in_port={x} actions=output:{y}\n"
+            for x, y in ((a, b), (b, a))))
+
+
+def lab_ports_for(policy_file: str | None, datapath: str, name: str,
+                  ports: tuple[str, str] | None) -> tuple[LabSpec, str, str]:
+    """The lab for a pipeline: the default two-port layout, or a policy file's own ports.
+    Returns (spec, generator port, sink port)."""
+    if policy_file is None:
+        return LabSpec("br0", cast(Any, datapath), list(DEFAULT_PORTS), name), "inside", "outside"
+    policy = load_policy([policy_file])
+    spec = lab_spec_from_policy(policy, cast(Any, datapath), {}, name)
+    names = [p.name for p in sorted(spec.ports, key=lambda p: p.ofport)]
+    if ports is None:
+        ports = ("inside", "outside") if {"inside", "outside"} <= set(names) else (names[0], names[1])
+    missing = [p for p in ports if p not in names]
+    if missing or len(names) < 2:
+        raise ValueError(f"{policy_file}: no port(s) {', '.join(missing)} (ports: {', '.join(names)})")
+    return spec, ports[0], ports[1]
