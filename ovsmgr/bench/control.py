@@ -29,9 +29,11 @@ from ovsmgr.bench.testbed import OvsTestbed
 from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.policy import load_policy_text
 from ovsmgr.policy.generate import Kind, generate_policy
+from ovsmgr.render.ofctl import bundle_text
 from ovsmgr.render.text import render_flows
+from ovsmgr.southbound.openflow import InstalledFlow, decode_flow
 from ovsmgr.switch.apply import apply_policy
-from ovsmgr.switch.plan import desired_entries, make_plan
+from ovsmgr.switch.plan import desired_flows, make_plan
 
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow15"]
 
@@ -108,14 +110,16 @@ class ControlBench:
 
     def incremental(self, old: CompiledPolicy, new: CompiledPolicy, old_file: Path) -> tuple[float, float]:
         """(ovsmgr apply of ``new`` over ``old``, raw bundle of only the changed flows)."""
-        plan = make_plan(desired_entries(old), desired_entries(new))
+        before = [InstalledFlow(mod, 0, 0) for mod in desired_flows(old.flows).values()]
+        plan = make_plan(before, desired_flows(new.flows))
+        changes = bundle_text([f for f in map(decode_flow, [*plan.add, *(n for _, n in plan.change)]) if f],
+                              [f for f in (decode_flow(s.mod) for s in plan.delete) if f])
         self.clear()
         apply_policy(old, self.bed.target)
         ovsmgr_s = self.timed(lambda: apply_policy(new, self.bed.target))
         self.clear()
         self.ofctl("--bundle", "add-flows", self.mgmt, str(old_file))
-        raw_s = self.timed(lambda: self.ofctl("--bundle", "add-flows", self.mgmt, "-",
-                                              input="\n".join(plan.bundle()) + "\n"))
+        raw_s = self.timed(lambda: self.ofctl("--bundle", "add-flows", self.mgmt, "-", input=changes))
         return ovsmgr_s, raw_s
 
 

@@ -55,7 +55,8 @@ from ovsmgr.bench.measure import percentile
 from ovsmgr.bench.netns import thread_cpu_ticks
 from ovsmgr.bench.spec import KEPT_UP
 from ovsmgr.bench.testbed import BLOCKLIST, Config, OvsTestbed, policy_text
-from ovsmgr.southbound.openflow import OfctlFlowTable
+from ovsmgr.southbound.openflow import SwitchConnection, SwitchFlowTable
+from ovsmgr.switch.plan import desired_mods, make_plan
 
 if TYPE_CHECKING:  # imported when an updater starts: the rest of the bench needs no controller code
     from ovsmgr.controller.engine import ChangeResult, Engine, Ticket
@@ -238,6 +239,7 @@ class Updater:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._engine: Engine | None = None
+        self._connection: SwitchConnection | None = None
         self._vswitchd: tuple[int, int] | None = None
 
     # -- the engine ----------------------------------------------------------------------------
@@ -248,14 +250,17 @@ class Updater:
         policy = self.workdir / f"{self.config.label}.yaml"
         policy.write_text(policy_text(self.config))
         ControllerPaths(self.bed.target.state_dir, self.bed.bridge).runtime.unlink(missing_ok=True)
-        engine = Engine([str(policy)], self.bed.target)
+        engine = Engine([str(policy)], self.bed.target, table=self._table())
         engine.load()
         plan = engine.reconcile()  # the bed applied the same policy: normally nothing to push
         self.checks["reconcile_flow_mods"] = sum(plan.counts().values())
         return engine
 
-    def _table(self) -> OfctlFlowTable:
-        return OfctlFlowTable(f"unix:{self.bed.lab.mgmt_socket(self.bed.bridge)}")
+    def _table(self) -> SwitchFlowTable:
+        """The bridge's flow table over a connection of the updater's own (closed with the process)."""
+        if self._connection is None:
+            self._connection = SwitchConnection(self.bed.target.openflow(self.bed.bridge))
+        return SwitchFlowTable(self._connection)
 
     @property
     def engine(self) -> Engine:
@@ -263,20 +268,18 @@ class Updater:
         return self._engine
 
     def _agrees(self) -> bool:
-        from ovsmgr.switch.plan import make_plan
-
-        return make_plan(self._table().dump(), self.engine.entries.values()).empty
+        return make_plan(self._table().read(), desired_mods(self.engine.entries.values())).empty
 
     def _verify_cycle(self) -> None:
         """Each step of one cycle, with the switch's table read back after it: it must differ
         from the one before and equal the engine's. Untimed, before the load starts."""
         table = self._table()
-        before = {e.add_line() for e in table.dump()}
+        before = {s.mod for s in table.read()}
         counts = [len(before)]
         for step in self.steps:
             generation = self.engine.status.generation
             change_size(step.apply(self.engine), generation)
-            after = {e.add_line() for e in table.dump()}
+            after = {s.mod for s in table.read()}
             if after == before:
                 raise RuntimeError(f"{step.action}: the switch's flow table did not change")
             if not self._agrees():
@@ -326,6 +329,8 @@ class Updater:
             self.checks["switch_agrees"] = self._agrees()
             if self._engine.recorder is not None:
                 self._engine.recorder.flush()  # its state file write is done before the next point
+        if self._connection is not None:
+            self._connection.close()
 
     def figures(self) -> dict[str, Any]:
         out = update_figures(self.log)

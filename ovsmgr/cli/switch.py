@@ -12,20 +12,18 @@ import click
 
 from ovsmgr.cli.common import echo_json, fail, load_or_exit, output_option, policy_files
 from ovsmgr.compiler import compile_policy
-from ovsmgr.southbound.openflow import OpenFlowError
+from ovsmgr.compiler.flows import Flow
+from ovsmgr.render.ofctl import actions_text, match_text
+from ovsmgr.southbound.openflow import FlowMod, OpenFlowError, decode_flow
 from ovsmgr.southbound.ovsdb import OvsdbError
 from ovsmgr.southbound.target import SwitchTarget, resolve_target
 from ovsmgr.southbound.tools import OvsToolError
-from ovsmgr.switch.apply import (
-    ApplyError,
-    apply_policy,
-    confirm_apply,
-    plan_policy,
-    read_state,
-    switch_status,
-)
+from ovsmgr.switch.apply import ApplyError, apply_policy, plan_policy
 from ovsmgr.switch.lockout import Endpoint, LockoutError
-from ovsmgr.switch.plan import Plan, group_by_rule
+from ovsmgr.switch.plan import Plan, flow_line, group_by_rule
+from ovsmgr.switch.record import read_record
+from ovsmgr.switch.rollback import confirm_apply
+from ovsmgr.switch.status import switch_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,21 +41,28 @@ def target_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _plan_json(plan: Plan, names: dict[int, str]) -> dict[str, Any]:
+def _flow_json(mod: FlowMod, models: dict[FlowMod, Flow]) -> dict[str, Any]:
+    flow = models.get(mod) or decode_flow(mod)
+    if flow is None:
+        return {"cookie": f"{mod.cookie:#x}", "table": mod.table, "priority": mod.priority,
+                "match": None, "actions": None, "text": flow_line(mod)}
+    return {"cookie": f"{mod.cookie:#x}", "table": mod.table, "priority": mod.priority,
+            "match": match_text(flow.match), "actions": actions_text(flow.actions)}
+
+
+def _plan_json(plan: Plan, names: dict[int, str], models: dict[FlowMod, Flow]) -> dict[str, Any]:
     return {
         "changes": plan.counts(),
-        "foreign": [{"cookie": f"{e.cookie:#x}", "table": e.table, "priority": e.priority, "match": e.match,
-                     "actions": e.actions} for e in plan.foreign],
-        "rules": {rule: [{"op": op, "table": e.table, "priority": e.priority, "match": e.match,
-                          "actions": e.actions} for op, e in items]
+        "foreign": [_flow_json(s.mod, models) for s in plan.foreign],
+        "rules": {rule: [{"op": op, **_flow_json(mod, models)} for op, mod in items]
                   for rule, items in group_by_rule(plan, names).items()},
     }
 
 
-def _print_plan(plan: Plan, names: dict[int, str], verbose: bool) -> None:
-    for entry in plan.foreign:
-        click.echo(f"! foreign flow (not ovsmgr's, left alone): cookie={entry.cookie:#x},table={entry.table},"
-                   f"priority={entry.priority},{entry.match} actions={entry.actions}")
+def _print_plan(plan: Plan, names: dict[int, str], verbose: bool, models: dict[FlowMod, Flow]) -> None:
+    for installed in plan.foreign:
+        click.echo(f"! foreign flow (not ovsmgr's, left alone): cookie={installed.cookie:#x},"
+                   f"{flow_line(installed.mod)}")
     if plan.empty:
         click.echo("No changes: the switch matches the policy.")
         return
@@ -67,16 +72,16 @@ def _print_plan(plan: Plan, names: dict[int, str], verbose: bool) -> None:
             f"{sum(1 for o, _ in items if o == op)} {word}"
             for op, word in (("+", "added"), ("-", "removed"), ("~", "changed")) if any(o == op for o, _ in items)))
         if verbose:
-            for op, entry in items:
-                click.echo(f"    {op} table={entry.table},priority={entry.priority},{entry.match} actions={entry.actions}")
+            for op, mod in items:
+                click.echo(f"    {op} {flow_line(mod, models)}")
     c = plan.counts()
     click.echo(f"Plan: {c['add']} to add, {c['change']} to change, {c['delete']} to remove.")
 
 
 def _names(target: SwitchTarget, bridge: str, current: dict[int, str]) -> dict[int, str]:
     """Rule names from the last apply too, so removed rules are named in a plan."""
-    old = {int(k, 16): v for k, v in read_state(target, bridge).get("rules", {}).items()}
-    return {**old, **current}
+    record = read_record(target, bridge)
+    return {**(record.rules if record else {}), **current}
 
 
 @click.command()
@@ -87,12 +92,12 @@ def _names(target: SwitchTarget, bridge: str, current: dict[int, str]) -> dict[i
 def plan(files: tuple[str, ...], output: str, verbose: bool, target: SwitchTarget) -> None:
     """Show what applying FILES would change. Exit 0: nothing; 2: changes; 1: error."""
     compiled = compile_policy(load_or_exit(files))
-    result = plan_policy(compiled, target)
+    result, models = plan_policy(compiled, target)
     names = _names(target, compiled.policy.bridge, compiled.rule_ids)
     if output == "json":
-        echo_json(_plan_json(result, names))
+        echo_json(_plan_json(result, names, models))
     else:
-        _print_plan(result, names, verbose)
+        _print_plan(result, names, verbose, models)
     sys.exit(0 if result.empty else 2)
 
 
@@ -130,10 +135,10 @@ def apply(files: tuple[str, ...], output: str, full: bool, confirm_seconds: floa
     for warning in result.warnings:
         click.echo(f"ovsmgr: warning: {warning}", err=True)
     if output == "json":
-        echo_json({**_plan_json(result.plan, names), "generation": result.generation,
+        echo_json({**_plan_json(result.plan, names, result.models or {}), "generation": result.generation,
                    "seconds": round(elapsed, 3), "rollback_at": result.rollback_at})
         return
-    _print_plan(result.plan, names, verbose)
+    _print_plan(result.plan, names, verbose, result.models or {})
     click.echo(f"Applied generation {result.generation} to {compiled.policy.bridge} "
                f"({len(compiled.flowset)} flows) in {elapsed:.2f} s.")
     if result.rollback_at is not None:

@@ -6,7 +6,9 @@ os-ken sees it, before the handshake, and nothing it sends reaches the hooks.
 Switch (dis)connections go to `Hooks.switch_state` (which reconciles the flows
 in a worker thread, never in os-ken's event thread); packet-ins to
 `Hooks.packet_in`, which answers with the frames to send; flow statistics are
-requested when metrics are scraped and handed to `Hooks.flow_stats`.
+requested when metrics are scraped and handed to `Hooks.flow_stats`. Each connected
+switch has a `DatapathChannel` (`Hooks.switch_state` gets it): the replies and errors
+answering its own requests (bundles, flow dumps) go there, not to the hooks.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class Hooks(Protocol):
 
     def switch_allowed(self, address: Any) -> bool: ...
 
-    def switch_state(self, dpid: int, connected: bool) -> None: ...
+    def switch_state(self, dpid: int, channel: ofchannel.DatapathChannel | None) -> None:
+        """The switch connected (with its channel) or went (None)."""
 
     def packet_in(self, userdata: bytes | None, metadata: bytes | None, frame: bytes) -> tuple[int, bytes] | None: ...
 
@@ -48,6 +51,7 @@ class OvsmgrApp(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.hooks = ovsmgr_hooks
         self.datapaths: dict[int, Any] = {}
+        self.channels: dict[int, ofchannel.DatapathChannel] = {}
         self.partial: dict[int, dict[int, list[int]]] = {}
         self.hooks.attach(self)
 
@@ -62,11 +66,23 @@ class OvsmgrApp(app_manager.OSKenApp):
             return
         if ev.state == MAIN_DISPATCHER and dpid is not None:
             ofchannel.set_packet_in_format(dp)
+            old = self.channels.pop(dpid, None)
+            if old is not None:
+                old.close()
             self.datapaths[dpid] = dp
-            self.hooks.switch_state(dpid, True)
+            self.channels[dpid] = channel = ofchannel.DatapathChannel(dp)
+            self.hooks.switch_state(dpid, channel)
         elif dpid is not None and self.datapaths.get(dpid) is dp:
             del self.datapaths[dpid]
-            self.hooks.switch_state(dpid, False)
+            self.channels.pop(dpid).close()
+            self.hooks.switch_state(dpid, None)
+
+    @set_ev_cls([ofp_event.EventOFPErrorMsg, ofp_event.EventOFPBarrierReply, ofp_event.EventONFBundleCtrlMsg,
+                 ofp_event.EventOFPExperimenter], MAIN_DISPATCHER)
+    def _reply(self, ev: Any) -> None:
+        """Replies and errors for a `DatapathChannel`'s own requests."""
+        if self._ours(ev.msg.datapath):
+            self.channels[ev.msg.datapath.id].offer(ev.msg)
 
     @set_ev_cls(ofp_event.EventNXTPacketIn2, MAIN_DISPATCHER)
     def _packet_in(self, ev: Any) -> None:
@@ -80,7 +96,7 @@ class OvsmgrApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev: Any) -> None:
-        if not self._ours(ev.msg.datapath):
+        if not self._ours(ev.msg.datapath) or self.channels[ev.msg.datapath.id].offer(ev.msg):
             return
         dpid = ev.msg.datapath.id
         totals = self.partial.setdefault(dpid, {})

@@ -3,8 +3,9 @@
 One lock serialises everything that changes the switch. Each change follows
 apply's promise: compute first, then push one atomic bundle, and only when the
 switch took it make the change current on disk and answer. The switch is
-diffed against in memory (`IncrementalFlows` + rendered entries), never
-dumped, except by `reconcile`, which runs when the switch (re)connects.
+diffed against in memory (`IncrementalFlows` + the flows in wire form), never
+dumped, except by `reconcile`, which runs when the switch (re)connects. Bundles
+and dumps go over the controller's own OpenFlow connection (`attach`).
 
 Runtime changes are committed in groups: a change is queued, and one committer
 thread takes every change waiting, computes them one after the other in
@@ -20,11 +21,13 @@ one fsync per group instead of per change (one change alone is a group of one).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +40,9 @@ from ovsmgr.controller.recorder import Recorder
 from ovsmgr.controller.runtime import ChangeError, RuntimeChanges, load_changes, save_changes
 from ovsmgr.controller.switchdb import prepare_bridge
 from ovsmgr.policy import PolicyError, ResolvedPolicy
-from ovsmgr.render.ofctl import flow_text
-from ovsmgr.southbound.openflow import FlowEntry, FlowTable, OfctlFlowTable, parse_flow_line
+from ovsmgr.southbound.openflow import FlowMod, FlowTable, InstalledFlow, OpenFlowError, encode_flow
 from ovsmgr.southbound.target import SwitchTarget
-from ovsmgr.switch.plan import Plan, make_plan
+from ovsmgr.switch.plan import Plan, desired_mods, make_plan
 
 log = logging.getLogger("ovsmgr.controller")
 
@@ -72,27 +74,20 @@ class ChangeResult:
                 "seconds": round(self.seconds, 4)}
 
 
-class NamelessFlowTable(OfctlFlowTable):
-    """`ovs-ofctl` bundles without the port-name lookup: our flows name ports by number, and
-    the lookup is a second connection to the switch (about 20 ms of every push)."""
-
-    def push(self, lines: Sequence[str]) -> None:
-        if lines:
-            self._run(["--no-names", "--bundle", "add-flows", self.target, "-"], input="\n".join(lines) + "\n")
-
-
-def entry_of(flow: Any) -> FlowEntry:
-    return parse_flow_line(flow_text(flow))
+def _installed(mods: Iterable[FlowMod]) -> list[InstalledFlow]:
+    """Flows the switch has (as far as the engine knows), as a plan compares them."""
+    return [InstalledFlow(mod, 0, 0) for mod in mods]
 
 
 class Engine:
     """Policy files + runtime changes -> flows on one bridge, kept there."""
 
-    def __init__(self, files: Sequence[str], target: SwitchTarget,
-                 table_factory: Callable[[str], FlowTable] | None = None, record: bool = True) -> None:
+    def __init__(self, files: Sequence[str], target: SwitchTarget, table: FlowTable | None = None,
+                 record: bool = True) -> None:
         self.files = [str(f) for f in files]
         self.target = target
-        self.table_factory = table_factory or (lambda mgmt: NamelessFlowTable(mgmt))
+        self.table = table
+        """The switch's flow table over the controller's connection; None while it is not connected."""
         self.record = record
         self.recorder: Recorder | None = None
         self.lock = threading.RLock()
@@ -111,7 +106,6 @@ class Engine:
         """Load files and runtime changes and compile; raises PolicyError/ChangeError (nothing pushed)."""
         loaded = policydata.load_files(self.files)
         self.paths = ControllerPaths(self.target.state_dir, loaded[0].bridge)
-        self.table = self.table_factory(self.target.mgmt(loaded[0].bridge))
         if self.record and self.recorder is None:
             self.recorder = Recorder(self.target, self.paths)
         self.changes = load_changes(self.paths.runtime)
@@ -132,11 +126,12 @@ class Engine:
                                   + "; ".join(policydata.errors_of(exc)), 409,
                                   policydata.diagnostics_text(exc.diagnostics)) from exc
         inc = IncrementalFlows(policy)
-        entries = {key: entry_of(flow) for key, flow in inc.flows.items()}
-        return _Built(file_data, data, stale, inc, entries)
+        entries = {key: encode_flow(flow) for key, flow in inc.flows.items()}
+        return _Built(file_data, data, stale, inc, entries, file_policy.digest)
 
     def _adopt(self, built: _Built) -> None:
         self.file_data, self.data, self.inc, self.entries = built.file_data, built.data, built.inc, built.entries
+        self.file_digest = built.file_digest
         self.names.update(self.inc.rule_names())
         self.status.stale_changes = built.stale
         self._index_data()
@@ -157,21 +152,34 @@ class Engine:
         return self.inc.policy.bridge
 
     # --- the switch -------------------------------------------------------------------------------
-    def start(self, controller_target: str | None) -> Plan:
-        """Create/prepare the bridge, push the difference, point the bridge at us."""
+    def prepare(self, controller_target: str | None) -> None:
+        """Create/prepare the bridge (secure) and point it at us; flows follow when it connects."""
         with self.lock:
             prepare_bridge(self.target, self.policy, before_flows=True, controller=controller_target)
-            plan = self._reconcile_locked()
+
+    def settle(self) -> None:
+        """Ports and the conntrack zone limit, once the flows are there."""
+        with self.lock:
             prepare_bridge(self.target, self.policy, before_flows=False)
-            return plan
+
+    def attach(self, table: FlowTable | None) -> None:
+        """The switch connected (its flow table over the connection) or went (None)."""
+        with self.lock:
+            self.table = table
+            self.status.connected = table is not None
 
     def reconcile(self) -> Plan:
         """Read our flows from the switch and push what differs (a switch (re)connected)."""
         with self.lock:
             return self._reconcile_locked()
 
+    def _table(self) -> FlowTable:
+        if self.table is None:
+            raise OpenFlowError("the switch is not connected to the controller")
+        return self.table
+
     def _reconcile_locked(self) -> Plan:
-        plan = make_plan(self.table.dump(), self.entries.values())
+        plan = make_plan(self._table().read(), desired_mods(self.entries.values()))
         self.status.reconciles += 1
         if not plan.empty:
             self._push(plan)
@@ -183,7 +191,7 @@ class Engine:
         """One bundle, and a new generation (also for a group of changes that cancelled out:
         the policy changed and came back, and its callers are told it is on the switch)."""
         if not plan.empty:
-            self.table.push(plan.bundle())
+            self._table().push(plan.bundle(self.names))
         self.status.generation += 1
         self.status.applied_at = time.time()
         for hook in self.on_generation:
@@ -192,7 +200,14 @@ class Engine:
     def _record(self) -> None:
         if self.recorder is not None and self._batch is None:  # a group records once, pushed
             self.recorder.submit(self.status.generation, list(self.entries.values()), self.data, self.files,
-                                 self.inc.rule_names(), self.changes)
+                                 self.inc.rule_names(), self.changes, self.policy.ct_zone, self._digest())
+
+    def _digest(self) -> str:
+        """The files' digest (the same as `apply` records for them), or with the runtime changes."""
+        if self.changes.empty:
+            return self.file_digest
+        runtime = json.dumps(self.changes.describe())
+        return hashlib.sha256(f"{self.file_digest}\n{runtime}".encode()).hexdigest()
 
     # --- reload ------------------------------------------------------------------------------------
     def reload(self) -> ChangeResult:
@@ -206,7 +221,7 @@ class Engine:
                 self.status.reload_failures += 1
                 self.status.last_error = _messages(exc)
                 raise
-            plan = make_plan(self.entries.values(), built.entries.values())
+            plan = make_plan(_installed(self.entries.values()), desired_mods(built.entries.values()))
             if not plan.empty:
                 self._push(plan)
             self._adopt(built)
@@ -356,8 +371,8 @@ class Engine:
             raise ChangeError("; ".join(policydata.errors_of(exc)), 400,
                               policydata.diagnostics_text(exc.diagnostics)) from exc
         inc = IncrementalFlows(policy)
-        entries = {key: entry_of(flow) for key, flow in inc.flows.items()}
-        plan = make_plan(self.entries.values(), entries.values())
+        entries = {key: encode_flow(flow) for key, flow in inc.flows.items()}
+        plan = make_plan(_installed(self.entries.values()), desired_mods(entries.values()))
         if self._batch is not None:
             self._batch.touch(self.entries, entries, self.entries)
         else:
@@ -374,25 +389,26 @@ class Engine:
         try:
             save_changes(self.paths.runtime, changes)
         except OSError as exc:
-            inverse = Plan(add=list(plan.delete) + [old for old, _ in plan.change], delete=list(plan.add))
             if not plan.empty:
-                self._push(inverse)
+                self._push(plan.inverse())
             raise ChangeError(f"cannot write {self.paths.runtime}: {exc}; the change was taken back", 500) from exc
 
     def _plan(self, changes: FlowChanges) -> Plan:
-        plan = Plan(add=[entry_of(f) for f in changes.added],
-                    delete=[self.entries[f.key] for f in changes.removed],
-                    change=[(self.entries[old.key], entry_of(new)) for old, new in changes.changed])
-        plan.change = [(old, new) for old, new in plan.change if (old.actions, old.cookie) != (new.actions, new.cookie)]
+        plan = Plan(add=[encode_flow(f) for f in changes.added],
+                    delete=_installed(self.entries[f.key] for f in changes.removed))
+        for old, new in changes.changed:
+            before, after = self.entries[old.key], encode_flow(new)
+            if before.body != after.body:
+                plan.change.append((InstalledFlow(before, 0, 0), after))
         return plan
 
     def _apply_entries(self, changes: FlowChanges) -> None:
         for flow in changes.removed:
             self.entries.pop(flow.key, None)
         for flow in changes.added:
-            self.entries[flow.key] = entry_of(flow)
+            self.entries[flow.key] = encode_flow(flow)
         for _, new in changes.changed:
-            self.entries[new.key] = entry_of(new)
+            self.entries[new.key] = encode_flow(new)
 
     def _adopt_data(self, changes: RuntimeChanges, data: dict[str, Any]) -> None:
         structural = len(data.get("firewall", {}).get("rules", [])) != len(self.data.get("firewall", {}).get("rules", []))
@@ -448,8 +464,8 @@ class Engine:
             self._batch = None
         if not done:
             return
-        plan = make_plan([e for e in batch.before.values() if e is not None],
-                         [self.entries[k] for k in batch.before if k in self.entries])
+        plan = make_plan(_installed(e for e in batch.before.values() if e is not None),
+                         desired_mods(self.entries[k] for k in batch.before if k in self.entries))
         try:
             self._push(plan)  # an empty plan contacts no switch but is a new generation
             self._persist(self.changes, plan)
@@ -474,6 +490,7 @@ class Engine:
     def _rebuild(self, changes: RuntimeChanges) -> None:
         """Back to `changes` in memory (what the switch still has after a refused group)."""
         file_policy = policydata.resolve_data(self.file_data, "<policy files>")
+        object.__setattr__(file_policy, "digest", self.file_digest)  # the files, not their data
         self._adopt(self._build(changes, (file_policy, self.file_data)))
         self.changes = changes
         self._record()
@@ -542,9 +559,9 @@ class Ticket:
 class _Batch:
     """The flows a group of changes touched, as they were before the group (None: absent)."""
 
-    before: dict[FlowKey, FlowEntry | None] = field(default_factory=dict)
+    before: dict[FlowKey, FlowMod | None] = field(default_factory=dict)
 
-    def touch(self, entries: dict[FlowKey, FlowEntry], *keys: Any) -> None:
+    def touch(self, entries: dict[FlowKey, FlowMod], *keys: Any) -> None:
         for group in keys:
             for key in group:
                 if key not in self.before:
@@ -557,7 +574,8 @@ class _Built:
     data: dict[str, Any]
     stale: list[str]
     inc: IncrementalFlows
-    entries: dict[FlowKey, FlowEntry]
+    entries: dict[FlowKey, FlowMod]
+    file_digest: str
 
 
 def _messages(exc: Exception) -> list[str]:

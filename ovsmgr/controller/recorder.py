@@ -1,19 +1,16 @@
-"""Write what is applied (state file, bridge external_ids) off the update path.
+"""Write what is applied (the applied-state record of `ovsmgr.switch.record`) off the update path.
 
-The applied-state record holds every flow (for `status` drift checks); with
+The record holds every flow (for `status` drift checks and `restore`); with
 10,000 rules writing it takes tens of milliseconds, which a runtime update must
 not wait for. Updates hand the recorder a snapshot; a thread writes the latest
-one. Runtime changes themselves are saved before an update is acknowledged
-(see `engine._persist`); this record is only a report.
+one, through the same `write_record` as `apply`. Runtime changes themselves are
+saved before an update is acknowledged (see `engine._persist`); this record is
+only a report.
 """
 
 from __future__ import annotations
 
-import getpass
-import hashlib
-import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -22,12 +19,9 @@ from typing import Any
 
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.runtime import RuntimeChanges
-from ovsmgr.southbound.openflow import FlowEntry
-from ovsmgr.southbound.ovsdb import SwitchDB
+from ovsmgr.southbound.openflow import FlowMod
 from ovsmgr.southbound.target import SwitchTarget
-from ovsmgr.switch.apply import EXT
-from ovsmgr.switch.plan import flows_digest
-from ovsmgr.switch.statefile import atomic_write
+from ovsmgr.switch import record as rec
 
 log = logging.getLogger("ovsmgr.controller")
 QUIET = 0.5
@@ -37,11 +31,13 @@ MAX_DELAY = 10.0
 @dataclass(frozen=True)
 class Snapshot:
     generation: int
-    entries: list[FlowEntry]
+    entries: list[FlowMod]
     data: dict[str, Any]
     files: list[str]
     names: dict[int, str]
     changes: RuntimeChanges
+    ct_zone: int = 0
+    digest: str = ""
 
 
 class Recorder:
@@ -54,10 +50,10 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="ovsmgr-recorder", daemon=True)
         self._thread.start()
 
-    def submit(self, generation: int, entries: list[FlowEntry], data: dict[str, Any], files: Sequence[str],
-               names: dict[int, str], changes: RuntimeChanges) -> None:
+    def submit(self, generation: int, entries: list[FlowMod], data: dict[str, Any], files: Sequence[str],
+               names: dict[int, str], changes: RuntimeChanges, ct_zone: int = 0, digest: str = "") -> None:
         with self._cond:
-            self._latest = Snapshot(generation, entries, data, list(files), names, changes)
+            self._latest = Snapshot(generation, entries, data, list(files), names, changes, ct_zone, digest)
             self._cond.notify()
 
     def flush(self, timeout: float = 10) -> None:
@@ -97,19 +93,8 @@ class Recorder:
                 return snap
 
     def _write(self, snap: Snapshot) -> None:
-        record = {
-            "generation": snap.generation,
-            "digest": hashlib.sha256(json.dumps(snap.data, sort_keys=True).encode()).hexdigest(),
-            "flows-digest": flows_digest(snap.entries),
-            "applied-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "applied-by": f"controller:{getpass.getuser()}@{socket.gethostname()}",
-            "sources": ",".join(snap.files),
-            "flow-count": len(snap.entries),
-            "runtime-changes": len(snap.changes.describe()),
-            "rules": {f"{k:#x}": v for k, v in snap.names.items()},
-            "flows": [e.add_line().removeprefix("add ") for e in sorted(snap.entries)],
-        }
-        atomic_write(self.paths.applied, json.dumps(record))
-        ids = {f"{EXT}-{k}": str(v) for k, v in record.items() if k not in ("flows", "rules")}
-        with SwitchDB(self.target.db) as db:
-            db.set_external_ids(self.paths.bridge, ids)
+        runtime = snap.changes.describe()
+        record = rec.make_record(self.paths.bridge, snap.generation, snap.digest, snap.entries, snap.ct_zone,
+                                 snap.files, snap.names, runtime_changes=len(runtime),
+                                 applied_by=f"controller:{rec.applied_by()}")
+        rec.write_record(self.target, record, snap.entries)

@@ -29,12 +29,15 @@ from ovsmgr.controller import packetin
 from ovsmgr.controller.api import ApiServer, routes
 from ovsmgr.controller.engine import Engine
 from ovsmgr.controller.metrics import Counters, conntrack_entries, registry_for
+from ovsmgr.controller.ofchannel import DatapathChannel
 from ovsmgr.controller.relay import UnixRelay
 from ovsmgr.controller.switchdb import ControllerDB
 from ovsmgr.policy import PolicyError
+from ovsmgr.southbound.openflow import SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget
 
 log = logging.getLogger("ovsmgr.controller")
+FIRST_CONNECT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,9 @@ class Controller:
         self.app: Any = None
         self.log_bucket = packetin.TokenBucket(options.log_rate, options.log_burst)
         self.reject_bucket = packetin.TokenBucket(200.0, 400)
-        self.jobs: queue.Queue[tuple[int, bool]] = queue.Queue()
+        self.jobs: queue.Queue[tuple[int, DatapathChannel | None]] = queue.Queue()
+        self.dpid_known = threading.Event()
+        self.first_reconcile = threading.Event()
         self.reload_now = threading.Event()
         self.stop = threading.Event()
         self.dpid: int | None = None
@@ -76,8 +81,8 @@ class Controller:
         self._closers: list[Any] = []
 
     # --- hooks (called from os-ken threads; keep them short) ---------------------------------------
-    def switch_state(self, dpid: int, connected: bool) -> None:
-        self.jobs.put((dpid, connected))
+    def switch_state(self, dpid: int, channel: DatapathChannel | None) -> None:
+        self.jobs.put((dpid, channel))
 
     def attach(self, app: Any) -> None:
         self.app = app
@@ -138,9 +143,15 @@ class Controller:
         if self.options.match_log:
             self.match_log = open(self.options.match_log, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
         target = self._start_openflow(paths.of_socket)
-        self.engine.start(target)
-        with ControllerDB(self.options.target.db) as db:
-            self.dpid = db.datapath_id(self.engine.bridge)
+        self.engine.prepare(target)
+        self.dpid = self._datapath_id()
+        self.dpid_known.set()
+        for work in (self._worker, self._watcher):
+            threading.Thread(target=work, name=work.__name__, daemon=True).start()
+        if not self.first_reconcile.wait(FIRST_CONNECT_SECONDS):
+            log.warning("%s has not connected to the controller within %d s; its flows follow when it does",
+                        self.engine.bridge, FIRST_CONNECT_SECONDS)
+        self.engine.settle()
         api = self.options.api or f"unix:{paths.api_socket}"
         server = ApiServer(api, paths.ensure_token(), routes(self.engine, self.describe))
         server.start()
@@ -149,8 +160,6 @@ class Controller:
         paths.write_info({"pid": os.getpid(), "api": api, "listen": target, "metrics": self.options.metrics,
                           "files": self.engine.files, "started_at": time.time()})
         self._closers.append(lambda: paths.info.unlink(missing_ok=True))
-        for work in (self._worker, self._watcher):
-            threading.Thread(target=work, name=work.__name__, daemon=True).start()
         self._install_signals()
         log.info("controller for %s: listening on %s, API %s", self.engine.bridge, target, api)
         while not self.stop.wait(0.5):
@@ -198,21 +207,34 @@ class Controller:
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
 
     # --- background work ----------------------------------------------------------------------------
+    def _datapath_id(self) -> int | None:
+        """The bridge's datapath id (ovs-vswitchd sets it shortly after creating the bridge)."""
+        deadline = time.monotonic() + 10
+        with ControllerDB(self.options.target.db) as db:
+            while True:
+                dpid = db.datapath_id(self.engine.bridge)
+                if dpid is not None or time.monotonic() > deadline:
+                    return dpid
+                time.sleep(0.05)
+
     def _worker(self) -> None:
-        """Reconcile when our switch connects; note when it goes."""
+        """Reconcile when our switch connects (over its connection); note when it goes."""
+        self.dpid_known.wait()
         while True:
-            dpid, connected = self.jobs.get()
+            dpid, channel = self.jobs.get()
             if dpid != self.dpid:
                 log.warning("datapath %016x is not %s (%s); ignored", dpid, self.engine.bridge,
                             f"{self.dpid:016x}" if self.dpid is not None else "unknown")
                 continue
-            self.engine.status.connected = connected
-            log.info("switch %s %s", self.engine.bridge, "connected" if connected else "disconnected")
-            if connected:
+            self.engine.attach(SwitchFlowTable(channel) if channel is not None else None)
+            log.info("switch %s %s", self.engine.bridge, "connected" if channel else "disconnected")
+            if channel is not None:
                 try:
                     self.engine.reconcile()
                 except Exception:  # logged; the next connection or change tries again
                     log.exception("reconcile of %s failed", self.engine.bridge)
+                else:
+                    self.first_reconcile.set()
 
     def _watcher(self) -> None:
         """Reload when a policy file changes (polled) or SIGHUP arrives."""

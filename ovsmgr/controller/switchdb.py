@@ -17,7 +17,7 @@ from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.ovslib import idlutils, ovs_command
 from ovsmgr.southbound.target import SwitchTarget
-from ovsmgr.switch.apply import datapath_type, ensure_switch_settings
+from ovsmgr.switch.settings import datapath_type, ensure_switch_settings
 
 log = logging.getLogger("ovsmgr.controller")
 

@@ -158,6 +158,9 @@ class ResolvedPolicy:
     cut_on_rule_removal: bool
     sources: tuple[str, ...] = field(default=())
     diagnostics: tuple[Diagnostic, ...] = field(default=(), compare=False)
+    digest: str = field(default="", compare=False)
+    """What the policy is, for the applied-state record: sha256 over its files' texts in order (over
+    canonical JSON for policy data that has no text, such as the controller's runtime changes)."""
 
     @property
     def switch(self) -> Switch:

@@ -15,6 +15,7 @@ graph makes large policies load several times faster.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,8 @@ class Document:
     data: Any
     source: SourceMap
     problems: list[Diagnostic] = field(default_factory=list)
+    digest: str = ""
+    """sha256 of the text it was read from ("" for data that came from no text)."""
 
 
 class _Fatal(Exception):
@@ -354,7 +357,8 @@ def load_text(text: str, file: str) -> Document:
     if data is _EMPTY or data is None:
         diag.error(Span(file, 1, 1), "the policy file is empty")
         raise PolicyError(diag.items)
-    return Document(file, data, builder.source, diag.items)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return Document(file, data, builder.source, diag.items, digest)
 
 
 def load_file(path: str | Path) -> Document:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,7 +107,16 @@ def resolve_documents(docs: list[Document]) -> ResolvedPolicy:
     analysis.check(resolved, source, diag)
     diag.raise_if_errors()
     object.__setattr__(resolved, "diagnostics", tuple(sorted(set(diag.items))))
+    object.__setattr__(resolved, "digest", documents_digest(docs))
     return resolved
+
+
+def documents_digest(docs: Sequence[Document]) -> str:
+    h = hashlib.sha256()
+    for doc in docs:
+        h.update((doc.digest or hashlib.sha256(json.dumps(doc.data, sort_keys=True, default=str).encode())
+                  .hexdigest()).encode())
+    return h.hexdigest()
 
 
 class _Resolver:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterable
 
 from ovsmgr.compiler.flows import (
     Action,
@@ -27,7 +28,15 @@ from ovsmgr.compiler.flows import (
     Resubmit,
     SetField,
 )
-from ovsmgr.compiler.pipeline import CT_STATE_BITS, TCP_FLAG_BITS, CookieKind, Priority, cookie
+from ovsmgr.compiler.pipeline import (
+    COOKIE_MAGIC,
+    COOKIE_MASK,
+    CT_STATE_BITS,
+    TCP_FLAG_BITS,
+    CookieKind,
+    Priority,
+    cookie,
+)
 
 PROTO_NAMES = {
     (0x0800, None): "ip", (0x86DD, None): "ipv6", (0x0806, None): "arp",
@@ -217,3 +226,16 @@ def flow_json(flow: Flow) -> dict[str, object]:
         "cookie": f"{flow.cookie:#x}", "rule": flow.rule, "match": match_text(flow.match),
         "actions": actions_text(flow.actions),
     }
+
+
+def bundle_text(adds: Iterable[Flow], deletes: Iterable[Flow]) -> str:
+    """`ovs-ofctl --bundle add-flows` input: strict, cookie-masked deletes, then adds. What a person
+    (or a benchmark's raw baseline) feeds `ovs-ofctl` to make the same change ovsmgr pushes."""
+    ours = f"cookie={COOKIE_MAGIC << 48:#x}/{COOKIE_MASK:#x}"
+    lines = []
+    for flow in deletes:
+        match = match_text(flow.match)
+        lines.append(f"delete_strict {ours},table={int(flow.table)},priority={flow.priority}"
+                     f"{',' if match else ''}{match}")
+    lines += [f"add {flow_text(flow)}" for flow in adds]
+    return "".join(f"{line}\n" for line in lines)

@@ -228,6 +228,14 @@ class SwitchDB:
         cmd = _EnsureBridge(self._api, name, datapath_type, fail_mode, list(protocols))
         self._run(f"ensure bridge {name}", [cmd])
 
+    def ensure_openflow14(self, bridge: str) -> None:
+        """Let the bridge speak OpenFlow 1.4 (ovsmgr's bundles need it) if its protocols are set
+        without it; an unset list is Open vSwitch's default, which includes it."""
+        protocols = self._read(f"get protocols of {bridge}", self._api.db_get("Bridge", bridge, "protocols"))
+        if protocols and "OpenFlow14" not in protocols:
+            cmd = self._api.db_set("Bridge", bridge, ("protocols", [*protocols, "OpenFlow14"]))
+            self._run(f"allow OpenFlow14 on {bridge}", [cmd])
+
     def ensure_port(
         self,
         bridge: str,

@@ -20,9 +20,19 @@ class SwitchTarget:
     state_dir: Path
     """Where ovsmgr keeps what it applied (for drift, rollback and rule names)."""
     lab: str | None = None
+    openflow_target: str | None = None
+    """Where to reach the bridge's flow table when it is not local: `tcp:HOST:PORT` of a passive
+    OpenFlow listener on the bridge (`ovs-vsctl set-controller BRIDGE ptcp:PORT`)."""
+
+    def openflow(self, bridge: str) -> str:
+        """The OpenFlow endpoint of `bridge`: its management socket, or the `openflow_target`."""
+        if self.openflow_target:
+            return self.openflow_target
+        rundir = self.rundir or Path(os.environ.get("OVS_RUNDIR") or "/var/run/openvswitch")
+        return f"unix:{rundir}/{bridge}.mgmt"
 
     def mgmt(self, bridge: str) -> str:
-        return f"unix:{self.rundir}/{bridge}.mgmt" if self.rundir else bridge
+        return self.openflow(bridge)
 
     def appctl(self) -> str | None:
         """ovs-vswitchd's control socket, found through its pid file."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.lab.ovs import Lab
 from ovsmgr.policy import load_policy, load_policy_text
-from ovsmgr.southbound.openflow import OfctlFlowTable
+from ovsmgr.southbound.openflow import InstalledFlow, SwitchConnection, SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.apply import ApplyResult, apply_policy
 
@@ -30,8 +30,25 @@ def apply(lab: Lab, compiled: CompiledPolicy, **kwargs: object) -> ApplyResult:
     return apply_policy(compiled, target_of(lab), **kwargs)  # type: ignore[arg-type]
 
 
-def flow_table(lab: Lab, bridge: str = "br0") -> OfctlFlowTable:
-    return OfctlFlowTable(target_of(lab).mgmt(bridge))
+class LabFlows:
+    """A lab bridge's flow table as tests look at it: ovsmgr's flows over its own OpenFlow
+    connection, and every flow as `ovs-ofctl` (an independent reader) prints it."""
+
+    def __init__(self, lab: Lab, bridge: str) -> None:
+        self.lab, self.bridge = lab, bridge
+
+    def dump(self) -> list[InstalledFlow]:
+        with SwitchConnection(target_of(self.lab).openflow(self.bridge)) as connection:
+            return SwitchFlowTable(connection).read()
+
+    def dump_text(self) -> str:
+        """Every flow of the bridge, ours or not, sorted: for byte-for-byte comparisons."""
+        out = self.lab.ofctl(["dump-flows", "--no-stats"]) if self.bridge == "br0" else ""
+        return "".join(sorted(out.splitlines(keepends=True)))
+
+
+def flow_table(lab: Lab, bridge: str = "br0") -> LabFlows:
+    return LabFlows(lab, bridge)
 
 
 def counter(lab: Lab, table: int, match: str) -> int:

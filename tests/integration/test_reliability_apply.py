@@ -21,7 +21,8 @@ from ovsmgr.cli import main
 from ovsmgr.lab.ovs import Lab, LabPort
 from ovsmgr.policy.generate import generate_policy
 from ovsmgr.southbound.ovsdb import OvsdbError, SwitchDB
-from ovsmgr.switch.apply import read_state, switch_status
+from ovsmgr.switch.record import read_record
+from ovsmgr.switch.status import switch_status
 
 from .switch import apply, compiled_text, flow_table, target_of
 from .traffic import PY, converse, ping, server
@@ -195,7 +196,7 @@ def test_a_port_ovsdb_refuses_after_the_push_puts_the_previous_flows_back(lab_fa
         apply(lab, compiled_text(missing))
     assert "the previous flows are back" in "".join(caught.value.__notes__)
     assert flow_table(lab).dump_text() == before
-    assert read_state(target_of(lab), "br0")["generation"] == 1
+    assert read_record(target_of(lab), "br0").generation == 1  # type: ignore[union-attr]
     # The interface ovsmgr adds is the one the policy names (it used to open one named after the port).
     lab.switch_exec(["ip", "link", "add", "vx1", "type", "veth", "peer", "name", "vx1-peer"], check=True)
     lab.switch_exec(["ip", "link", "set", "vx1", "up"], check=True)

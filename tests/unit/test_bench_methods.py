@@ -40,7 +40,7 @@ from ovsmgr.bench.updates import (
 from ovsmgr.controller.engine import ChangeResult, Engine
 from ovsmgr.policy import load_policy_text
 from ovsmgr.southbound.target import SwitchTarget
-from tests.unit.test_controller_engine import FakeTable
+from tests.support.fakes import FakeTable
 
 
 def device(capacity: float, generator_max: float = 1e9, noise: Callable[[float], float] = lambda r: 0.0
@@ -319,7 +319,7 @@ def test_every_update_changes_flows_and_a_cycle_comes_back(tmp_path: Path, kind:
     policy.write_text(policy_text(Config("ovs", "seed-firewall", blocklist="")))
     table = FakeTable()
     engine = Engine([str(policy)], SwitchTarget("unix:/nonexistent", tmp_path, tmp_path),
-                    table_factory=lambda mgmt: table, record=False)
+                    table=table, record=False)
     engine.load()
     engine.reconcile()
     start = dict(table.flows)

@@ -21,6 +21,7 @@ from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.relay import UnixRelay
 from ovsmgr.controller.runner import Controller
 from ovsmgr.policy.model import Name
+from ovsmgr.switch.plan import flow_line
 
 from .test_controller_engine import make_engine
 
@@ -53,7 +54,7 @@ def test_changes_through_the_api_and_errors_as_4xx(api) -> None:  # type: ignore
     client = ApiClient.for_paths(find_controller(paths.state_dir, None))
     result = client.call("POST", "/v1/sets/blocklist/add", {"addresses": ["192.0.2.9"]})
     assert result["changes"] == {"add": 1, "delete": 0, "change": 0}
-    assert any("192.0.2.9" in e.match for e in table.flows.values())
+    assert any("nw_src=192.0.2.9" in flow_line(mod) for mod in table.flows.values())
     for method, path, body, status in [
         ("POST", "/v1/sets/blocklist/add", {"addresses": ["not-an-address"]}, 400),
         ("POST", "/v1/sets/blocklist/add", {"addresses": []}, 400),
@@ -433,8 +434,8 @@ class _Hooks:
     def switch_allowed(self, address: Any) -> bool:
         return Controller.switch_allowed(self, address)  # type: ignore[arg-type]
 
-    def switch_state(self, dpid: int, connected: bool) -> None:
-        self.events.append(("state", (dpid, connected)))
+    def switch_state(self, dpid: int, channel: object | None) -> None:
+        self.events.append(("state", (dpid, channel is not None)))
 
     def packet_in(self, userdata: bytes | None, metadata: bytes | None, frame: bytes) -> None:
         self.events.append(("packet_in", frame))

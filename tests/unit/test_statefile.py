@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 
 from ovsmgr.bench.results import Results
-from ovsmgr.controller import recorder as recorder_module
 from ovsmgr.controller.paths import ControllerPaths
-from ovsmgr.controller.recorder import Recorder, Snapshot
 from ovsmgr.controller.runtime import RuntimeChanges, save_changes
 from ovsmgr.lab.ovs import Lab
 from ovsmgr.southbound.target import SwitchTarget
-from ovsmgr.switch import apply
+from ovsmgr.switch import record as rec
+from ovsmgr.switch.rollback import rollback_path, save_rollback
 from ovsmgr.switch.statefile import StateFileError, atomic_write, read_private
 
 
@@ -82,45 +81,33 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["ovsmgr-br0.json"]
 
 
-def _writers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[Path, Callable[[], None]]]:
-    """Every state-file writer: the file it writes, and a call that writes it."""
+def _writers(tmp_path: Path) -> dict[str, tuple[list[Path], Callable[[], None]]]:
+    """Every state-file writer: the files it writes (in order), and a call that writes them."""
     paths = ControllerPaths(tmp_path, "br0")
     target = SwitchTarget("unix:/nonexistent", None, tmp_path)
-
-    class NoDB:
-        def __init__(self, db: str) -> None: ...
-        def __enter__(self) -> NoDB:
-            return self
-        def __exit__(self, *exc: object) -> None: ...
-        def set_external_ids(self, bridge: str, ids: dict[str, str]) -> None: ...
-
-    monkeypatch.setattr(recorder_module, "SwitchDB", NoDB)
-    recorder = Recorder.__new__(Recorder)
-    recorder.target, recorder.paths = target, paths
-    snap = Snapshot(3, [], {"x": 1}, ["policy.yaml"], {}, RuntimeChanges())
+    record = rec.AppliedRecord("br0", 3, "digest", "flows", 0, 10, "policy.yaml")
+    rollback = rollback_path(target, "br0")
     lab = Lab("unit", tmp_path)
     results = Results.__new__(Results)
     results.out_dir, results.data = tmp_path, {"points": []}
     return {
-        "token": (paths.token, paths.ensure_token),
-        "info": (paths.info, lambda: paths.write_info({"pid": 1})),
-        "runtime": (paths.runtime, lambda: save_changes(paths.runtime, RuntimeChanges().set_enabled("web", False))),
-        "recorder": (paths.applied, lambda: recorder._write(snap)),
-        "apply": (apply.state_path(target, "br0"), lambda: apply._write_json(apply.state_path(target, "br0"), {})),
-        "rollback": (apply.rollback_path(target, "br0"),
-                     lambda: apply._write_json(apply.rollback_path(target, "br0"), {})),
-        "lab": (lab._state_path(), lambda: lab._save({"namespaces": []})),
-        "bench": (results.path, results.save),
+        "token": ([paths.token], paths.ensure_token),
+        "info": ([paths.info], lambda: paths.write_info({"pid": 1})),
+        "runtime": ([paths.runtime], lambda: save_changes(paths.runtime, RuntimeChanges().set_enabled("web", False))),
+        "record": ([rec.flows_path(target, "br0"), rec.state_path(target, "br0")],
+                   lambda: rec.write_files(target, record, [])),
+        "rollback": ([rollback.with_suffix(".flows"), rollback], lambda: save_rollback(rollback, {}, [])),
+        "lab": ([lab._state_path()], lambda: lab._save({"namespaces": []})),
+        "bench": ([results.path], results.save),
     }
 
 
-WRITERS = ["token", "info", "runtime", "recorder", "apply", "rollback", "lab", "bench"]
+WRITERS = ["token", "info", "runtime", "record", "rollback", "lab", "bench"]
 
 
 @pytest.mark.parametrize("plant", ["symlink", "hardlink"])
 @pytest.mark.parametrize("writer", WRITERS)
-def test_no_writer_follows_a_planted_temp_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               writer: str, plant: str) -> None:
+def test_no_writer_follows_a_planted_temp_name(tmp_path: Path, writer: str, plant: str) -> None:
     """The old writers wrote `path.with_suffix(".tmp")` with O_TRUNC: a link planted there sent the
     state (or the API token) into any file. Now nothing at a predictable name is opened."""
     state, outside = tmp_path / "state", tmp_path / "outside"
@@ -128,19 +115,20 @@ def test_no_writer_follows_a_planted_temp_name(tmp_path: Path, monkeypatch: pyte
     outside.mkdir()
     victim = outside / "victim"
     victim.write_text("keep")
-    path, write = _writers(state, monkeypatch)[writer]
-    old_tmp = path.with_suffix(".tmp")
-    if plant == "symlink":
-        old_tmp.symlink_to(victim)
-    else:
-        os.link(victim, old_tmp)
+    paths, write = _writers(state)[writer]
+    for old_tmp in {path.with_suffix(".tmp") for path in paths}:
+        if plant == "symlink":
+            old_tmp.symlink_to(victim)
+        else:
+            os.link(victim, old_tmp)
     before = tree(tmp_path)
     write()
     after = tree(tmp_path)
     assert victim.read_text() == "keep"
-    assert after.pop(str(path.relative_to(tmp_path)))[0] == "file"
-    before.pop(str(path.relative_to(tmp_path)), None)
-    assert after == before  # the planted name untouched, nothing else created
+    for path in paths:
+        assert after.pop(str(path.relative_to(tmp_path)))[0] == "file"
+        before.pop(str(path.relative_to(tmp_path)), None)
+    assert after == before  # the planted names untouched, nothing else created
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -150,7 +138,8 @@ def test_no_writer_writes_through_a_symlinked_state_file(tmp_path: Path, monkeyp
     victim.write_text("keep")
     os.chmod(victim, 0o600)
     (tmp_path / "state").mkdir()
-    path, write = _writers(tmp_path / "state", monkeypatch)[writer]
+    paths, write = _writers(tmp_path / "state")[writer]
+    path = paths[-1]
     path.symlink_to(victim)
     with pytest.raises(StateFileError):
         write()
@@ -194,7 +183,7 @@ def test_token_and_state_writers_do_not_share_a_temp_file(tmp_path: Path) -> Non
     def state_writer() -> None:
         try:
             for i in range(300):
-                apply._write_json(paths.applied, {"generation": i})
+                atomic_write(paths.applied, json.dumps({"generation": i}))
         except BaseException as exc:
             errors.append(exc)
 

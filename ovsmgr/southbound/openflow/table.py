@@ -1,0 +1,73 @@
+"""A bridge's flow table over OpenFlow: read ovsmgr's flows, change them in one atomic bundle.
+
+Only flows whose cookie carries ovsmgr's magic are read for plans (the dump is
+cookie-masked on the switch) or changed (deletes are strict and cookie-masked),
+so a foreign flow is never touched. Flows read back stay in their wire form
+(`FlowMod`) and are decoded into ovsmgr's model only when somebody needs to look
+at one (a plan that lists it, drift that names it).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Protocol
+
+from ovsmgr.compiler.flows import Flow, FlowError
+from ovsmgr.compiler.pipeline import COOKIE_MAGIC, COOKIE_MASK, CookieKind, Table
+from ovsmgr.southbound.openflow import messages as m
+from ovsmgr.southbound.openflow.actions import ActionDecodeError, decode_instructions
+from ovsmgr.southbound.openflow.channel import BundleOp, Channel, dump_flows, push_bundle
+from ovsmgr.southbound.openflow.oxm import MatchDecodeError, decode_match
+
+InstalledFlow = m.FlowStats
+"""A flow as the switch reported it (`mod`, its counters); `flow_of` decodes it."""
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def decode_flow(mod: m.FlowMod) -> Flow | None:
+    """The flow in ovsmgr's model; None when it uses something the model has no name for."""
+    try:
+        return Flow(Table(mod.table), mod.priority, decode_match(mod.oxm), decode_instructions(mod.instructions),
+                    mod.cookie)
+    except (MatchDecodeError, ActionDecodeError, FlowError, ValueError, KeyError):
+        return None
+
+
+def describe(mod: m.FlowMod) -> str:
+    """`cookie=..,table=..,priority=..,MATCH actions=..` (ovs-ofctl's spelling, when decodable)."""
+    from ovsmgr.render.ofctl import flow_text
+
+    flow = decode_flow(mod)
+    if flow is not None:
+        return flow_text(flow)
+    return (f"cookie={mod.cookie:#x},table={mod.table},priority={mod.priority} ({len(mod.oxm)} bytes of "
+            f"match, {len(mod.instructions)} of instructions ovsmgr does not decode)")
+
+
+def is_managed(cookie: int) -> bool:
+    """Ours and not learned by the switch itself."""
+    return cookie >> 48 == COOKIE_MAGIC and (cookie >> 32) & 0xFF != CookieKind.LEARNED
+
+
+class FlowTable(Protocol):
+    """What plan, apply and the controller need of a bridge's flow table; tests may fake it."""
+
+    def read(self, ours_only: bool = True) -> list[InstalledFlow]: ...
+
+    def push(self, ops: Sequence[BundleOp]) -> None: ...
+
+
+class SwitchFlowTable:
+    """A `FlowTable` over an OpenFlow channel (a `SwitchConnection` or the controller's datapath)."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+
+    def read(self, ours_only: bool = True) -> list[InstalledFlow]:
+        if ours_only:
+            return [s for s in dump_flows(self.channel, m.OURS, COOKIE_MASK) if is_managed(s.mod.cookie)]
+        return dump_flows(self.channel)
+
+    def push(self, ops: Sequence[BundleOp]) -> None:
+        push_bundle(self.channel, ops)

@@ -1,0 +1,49 @@
+"""What a policy sets on a switch besides flows: the bridge, its ports, the conntrack zone limit.
+
+Shared by `apply` and the controller, so both treat ports and limits the same way.
+"""
+
+from __future__ import annotations
+
+from ovsmgr.policy import ResolvedPolicy
+from ovsmgr.southbound.conntrack import set_zone_limit
+from ovsmgr.southbound.ovsdb import SwitchDB
+from ovsmgr.southbound.target import SwitchTarget
+
+
+class ApplyError(Exception):
+    pass
+
+
+def datapath_type(policy_datapath: str, target: SwitchTarget) -> str:
+    """A lab switch is userspace whatever the policy says (its DPDK lab too uses netdev bridges)."""
+    if target.lab is not None or policy_datapath == "dpdk":
+        return "netdev"
+    return policy_datapath
+
+
+def ensure_switch_settings(db: SwitchDB, policy: ResolvedPolicy, target: SwitchTarget) -> list[str]:
+    """Bridge settings, ports and the conntrack zone limit; returns warnings for the operator."""
+    db.ensure_bridge(policy.bridge, datapath_type=datapath_type(policy.datapath, target), fail_mode=policy.fail_mode)
+    have = db.ofports(policy.bridge)
+    for port in policy.ports.values():
+        if port.interface is not None or port.type == "dpdk":
+            options = {"dpdk-devargs": port.devargs} if port.devargs else None
+            # The OVSDB Port and Interface are named after the Linux interface OVS must open.
+            db.ensure_port(policy.bridge, port.interface or port.name, port.ofport, port.type or "", options)
+        elif port.name in have and have[port.name] != port.ofport:
+            raise ApplyError(f"port {port.name} is ofport {have[port.name]} on {policy.bridge}, "
+                             f"the policy says {port.ofport}")
+    return sync_zone_limit(target, policy.ct_zone, policy.max_connections)
+
+
+def sync_zone_limit(target: SwitchTarget, zone: int, limit: int | None) -> list[str]:
+    """Set the zone's conntrack limit, or remove it when the policy no longer sets one."""
+    ctl = target.appctl()
+    if ctl is None:
+        if limit is None:
+            return []
+        return [f"conntrack.max_connections {limit} is NOT enforced: ovs-vswitchd's control socket "
+                f"is not reachable from here (a remote --db), and OVS 3.1 has no OVSDB column for it"]
+    set_zone_limit(ctl, zone, limit)
+    return []

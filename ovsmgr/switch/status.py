@@ -1,0 +1,38 @@
+"""`ovsmgr status`: what is applied to a bridge, by whom and when, and whether it drifted since."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ovsmgr.southbound.conntrack import zone_usage
+from ovsmgr.southbound.ovsdb import SwitchDB
+from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch import record as rec
+from ovsmgr.switch.connect import flow_table
+from ovsmgr.switch.plan import drift_counts
+from ovsmgr.switch.rollback import rollback_path
+
+
+def switch_status(target: SwitchTarget, bridge: str) -> dict[str, Any]:
+    """The record of the last apply (whoever made it), checked against the switch."""
+    record = rec.read_record(target, bridge)
+    with SwitchDB(target.db) as db:
+        if bridge not in db.bridges():
+            return {"bridge": bridge, "exists": False, "applied": False}
+        info = db.bridge_info(bridge)
+    with flow_table(target, bridge) as table:
+        current = table.read()
+    ext = {k.removeprefix(f"{rec.EXT}-"): v for k, v in info["external_ids"].items() if k.startswith(f"{rec.EXT}-")}
+    recorded = rec.read_flows(target, bridge) if record else None
+    drift = drift_counts(current, recorded) if recorded is not None else None
+    ctl = target.appctl()
+    return {
+        "bridge": bridge, "exists": True, "applied": bool(ext), "fail_mode": info["fail_mode"],
+        "datapath_type": info["datapath_type"], "controllers": info["controllers"],
+        "generation": int(ext["generation"]) if "generation" in ext else None,
+        "applied_at": ext.get("applied-at"), "applied_by": ext.get("applied-by"),
+        "sources": ext.get("sources"), "digest": ext.get("digest"),
+        "flows": len(current), "drifted": bool(drift and any(drift.values())),
+        "drift": drift, "rollback_pending": rollback_path(target, bridge).exists(),
+        "conntrack": zone_usage(ctl, record.ct_zone).to_json() if ctl and record else None,
+    }
