@@ -4,7 +4,7 @@ For policies of 100 and 10,000 rules (`generate_policy(N, "mixed")` with a
 `blocklist` drop rule on top, referencing an address set), a controller runs
 against a lab switch while a probe stream crosses it: UDP datagrams from the
 inside host to the outside host every 0.5 ms, each from its own source port, so
-each is a new connection the firewall judges (see `tests.support.probe`).
+each is a new connection the firewall judges (``ovsmgr.lab.probe stream-send``).
 Then, repeatedly, the probe's source address is added to the blocklist through
 the API, and removed again:
 
@@ -43,7 +43,7 @@ from ovsmgr.lab.ovs import Lab, LabPort, LabSpec
 from ovsmgr.policy.generate import generate_policy
 
 OVSMGR = str(Path(sys.executable).parent / "ovsmgr")
-PROBE = [sys.executable, "-m", "tests.support.probe"]
+PROBE = [sys.executable, "-m", "ovsmgr.lab.probe"]
 INSIDE, OUTSIDE = "10.0.0.10", "198.51.100.9"
 INTERVAL = 0.0005
 SETTLE = 0.3
@@ -89,10 +89,10 @@ def run_size(rules: int, trials: int, workdir: Path) -> dict[str, Any]:
     policy.write_text(bench_policy(rules))
     with lab_with_controller(policy) as (lab, client):
         duration = 10.0 + trials * 2 * (SETTLE + 0.5)  # ended early, once the changes are done
-        recv = lab.popen("outside", [*PROBE, "recv", "9000", "--duration", str(duration + 3)],
+        recv = lab.popen("outside", [*PROBE, "stream-recv", "9000", "--duration", str(duration + 3)],
                          stdout=subprocess.PIPE, text=True)
         assert recv.stdout is not None and "listening" in recv.stdout.readline()
-        send = lab.popen("inside", [*PROBE, "send", OUTSIDE, "9000", "--interval", str(INTERVAL),
+        send = lab.popen("inside", [*PROBE, "stream-send", OUTSIDE, "9000", "--interval", str(INTERVAL),
                                     "--duration", str(duration)], stdout=subprocess.DEVNULL)
         time.sleep(1.0)
         calls: list[tuple[str, float, float]] = []

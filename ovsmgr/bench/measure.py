@@ -54,11 +54,11 @@ from ovsmgr.bench.traffic import (
 PROBE_PORT = 7000
 PROBE_SPORT = 7001
 RR_PORT = 7002
-PY = [sys.executable, "-m", "ovsmgr.bench.probe"]
+PY = [sys.executable, "-m", "ovsmgr.lab.probe"]
 
 
 def agent(netns: str) -> list[str]:
-    """``python -m ovsmgr.bench.probe`` with the host's Python (a remote host's ovsmgr venv)."""
+    """The traffic agent (``python -m ovsmgr.lab.probe``) with the host's Python (a remote host's ovsmgr venv)."""
     return [python_for(netns), *PY[1:]]
 
 
@@ -227,7 +227,7 @@ class Trials:
 
     def _probe_receiver(self) -> Any:
         receiver = self.procs.start(in_netns(self.bed.sink.netns, [
-            *agent(self.bed.sink.netns), "recv", str(PROBE_PORT), "--timeout", f"{self.warmup + self.duration + 15:g}"],
+            *agent(self.bed.sink.netns), "latency-recv", str(PROBE_PORT), "--timeout", f"{self.warmup + self.duration + 15:g}"],
             cpu=GENERATOR_CPU))
         return receiver
 
@@ -239,7 +239,7 @@ class Trials:
     def _probe_sender(self, frame_size: int) -> Any:
         """The probe stream starts before the load and runs past the measurement window."""
         sender = self.procs.start(in_netns(self.bed.gen.netns, [
-            *agent(self.bed.gen.netns), "send", self.bed.gen.iface, self.bed.gen.mac, self.bed.next_hop_mac,
+            *agent(self.bed.gen.netns), "latency-send", self.bed.gen.iface, self.bed.gen.mac, self.bed.next_hop_mac,
             self.bed.gen.ip, self.bed.sink.ip, str(PROBE_PORT), "--rate", str(self.probe_rate),
             "--duration", f"{self.warmup + self.duration + self._slack():g}", "--size", str(frame_size),
             "--sport", str(PROBE_SPORT)], cpu=GENERATOR_CPU))

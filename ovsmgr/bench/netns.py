@@ -81,7 +81,7 @@ def is_remote(netns: str) -> bool:
 
 
 def python_for(netns: str) -> str:
-    """The Python that runs the bench's agents (``python -m ovsmgr.bench.probe``) on a host."""
+    """The Python that runs the bench's agents (``python -m ovsmgr.lab.probe``) on a host."""
     return ssh.python if is_remote(netns) else sys.executable
 
 

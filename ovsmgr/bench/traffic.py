@@ -16,7 +16,7 @@ token bucket (tbf, 2 % above the rate, two frames of burst) on the generator's
 interface for the trial: the wire sees the packets evenly spaced (checked with
 tcpdump: gaps within 3x nominal for 99 % of packets up to 165 kpps; htb could not
 pass more than 44 kpps here, and this kernel has no prio or fq qdisc). The latency
-probe bypasses the bucket's queue (``PACKET_QDISC_BYPASS``, see ``probe``), so its
+probe bypasses the bucket's queue (``PACKET_QDISC_BYPASS``, see ``ovsmgr.lab.probe``), so its
 delay is the switch's, not the generator's.
 """
 

@@ -54,6 +54,12 @@ def zone_connections(ctl: str, zone: int) -> int:
     return int(found[1]) if found else 0
 
 
+def connections(ctl: str) -> int:
+    """Conntrack entries of every zone together."""
+    found = _TOTAL.search(appctl(ctl, "dpctl/ct-stats-show"))
+    return int(found[1]) if found else 0
+
+
 def zone_usage(ctl: str, zone: int) -> ZoneUsage:
     """Connections in the zone and its limit: a full zone refuses new connections, and OVS 3.1
     counts those refusals nowhere (docs/reliability.md), so `status` says when it is full."""
@@ -62,4 +68,5 @@ def zone_usage(ctl: str, zone: int) -> ZoneUsage:
     return ZoneUsage(zone, count, limit[0] if limit else None)
 
 
-__all__ = ["OvsToolError", "ZoneUsage", "set_zone_limit", "zone_connections", "zone_limit", "zone_usage"]
+__all__ = ["OvsToolError", "ZoneUsage", "connections", "set_zone_limit", "zone_connections", "zone_limit",
+           "zone_usage"]

@@ -17,7 +17,7 @@ from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.lab.ovs import Lab
 
 OVSMGR = str(Path(sys.executable).parent / "ovsmgr")
-PROBE = [sys.executable, "-m", "tests.support.probe"]
+PROBE = [sys.executable, "-m", "ovsmgr.lab.probe"]
 STATS_FIELDS = ("cookie", "duration", "n_packets", "n_bytes", "idle_age", "hard_age")
 
 
@@ -84,11 +84,11 @@ def probe_stream(lab: Lab, src: str, dst_port: str, address: str, port: int, dur
     """Datagrams from `src` (fresh source port each) to `address:port` in `dst_port`'s host; the
     list yielded is filled with what arrived when the block ends."""
     received: list[dict[str, Any]] = []
-    recv = lab.popen(dst_port, [*PROBE, "recv", str(port), "--duration", str(duration + 2)],
+    recv = lab.popen(dst_port, [*PROBE, "stream-recv", str(port), "--duration", str(duration + 2)],
                      stdout=subprocess.PIPE, text=True)
     assert recv.stdout is not None
     assert "listening" in recv.stdout.readline()
-    send = lab.popen(src, [*PROBE, "send", address, str(port), "--interval", str(interval),
+    send = lab.popen(src, [*PROBE, "stream-send", address, str(port), "--interval", str(interval),
                            "--duration", str(duration)], stdout=subprocess.PIPE, text=True)
     try:
         yield received

@@ -16,7 +16,7 @@ PY = [sys.executable, "-m", "ovsmgr.lab.probe"]
 
 @contextmanager
 def server(lab: Lab, port: str, proto: str, tport: int, timeout: float = 30) -> Iterator[subprocess.Popen[str]]:
-    """A labprobe server in `port`'s host, ready when the block starts, stopped after."""
+    """A traffic agent server (`ovsmgr.lab.probe serve`) in `port`'s host, ready when the block starts, stopped after."""
     proc = lab.popen(port, [*PY, "serve", proto, str(tport), "--timeout", str(timeout)],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

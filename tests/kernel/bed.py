@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import ovsmgr.lab.probe
+from ovsmgr.lab import netns as lab_netns
 from ovsmgr.lab.spec import LabPort
 from ovsmgr.southbound.ovsdb import SwitchDB
 
@@ -106,21 +107,6 @@ def run(argv: Sequence[str], check: bool = True, timeout: float = TIMEOUT,
         raise BedError(f"{shlex.join(argv)} exited {proc.returncode}: "
                        f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
     return proc
-
-
-def netns_pids(netns: str) -> list[int]:
-    """Processes in a named namespace (what ``ip netns pids`` says, without a process)."""
-    try:
-        inode = os.stat(f"/run/netns/{netns}").st_ino
-    except FileNotFoundError:
-        return []
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
-                    pids.append(int(entry))
-    return pids
 
 
 class Bed:
@@ -183,7 +169,7 @@ class Bed:
             proc.wait()
         self.servers.clear()
         for port in self.ports:
-            for pid in netns_pids(self.netns(port.name)):
+            for pid in lab_netns.pids(self.netns(port.name)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         # The bridge first: a DPDK port must let go of its veth before the veth goes.

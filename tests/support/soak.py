@@ -5,7 +5,7 @@ time (a minute in CI, as long as wanted by hand) and checks, at the end:
 
 - a UDP probe stream on an allowed path (one datagram every `probe_interval`,
   each from a fresh source port, so each a new connection the firewall judges;
-  `tests.support.probe`), counted at the receiver: loss at most
+  the traffic agent's `stream-send`), counted at the receiver: loss at most
   `loss_tolerance`;
 - new TCP connections on an allowed path, one every `tcp_interval`, each a
   full request and answer: none refused, none timed out;
@@ -31,13 +31,12 @@ figures in the samples). Runs of 5 minutes or more get a warm-up past that by
 default; the one-minute CI run measures through it, within the 8 MiB margin.
 
 `soak_lab` builds a lab switch and starts a controller for a standalone run
-(`benchmarks/soak.py`); the integration test brings its own. `python -m
-tests.support.soak tcp-client` is the TCP client, run inside a lab host.
+(`benchmarks/soak.py`); the integration test brings its own. All traffic comes from
+the lab's traffic agent (`ovsmgr.lab.probe`) in the lab's hosts.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -46,7 +45,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,12 +60,11 @@ from typing import Any
 from ovsmgr.controller.client import ApiClient, ApiError
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.lab.ovs import Lab, LabPort, LabSpec
+from ovsmgr.southbound.conntrack import OvsToolError, connections
 from ovsmgr.southbound.target import SwitchTarget
 
 OVSMGR = str(Path(sys.executable).parent / "ovsmgr")
-PROBE = [sys.executable, "-m", "tests.support.probe"]
-LABPROBE = [sys.executable, "-m", "ovsmgr.lab.probe"]
-TCP_CLIENT = [sys.executable, "-m", "tests.support.soak", "tcp-client"]
+AGENT = [sys.executable, "-m", "ovsmgr.lab.probe"]
 MIB = 1024
 
 SOAK_POLICY = """\
@@ -174,17 +171,17 @@ def run_soak(lab: Lab, controller_pid: int, api: ApiClient, files: Sequence[str 
     updates = _Updates(lab, api, config)
     with ExitStack() as stack:
         stack.enter_context(_server(lab, config))
-        probe_recv = lab.popen(config.dst, [*PROBE, "recv", str(config.udp_port), "--duration",
+        probe_recv = lab.popen(config.dst, [*AGENT, "stream-recv", str(config.udp_port), "--duration",
                                             str(config.duration + 30)], stdout=subprocess.PIPE, text=True)
         stack.callback(_reap, probe_recv)
         assert probe_recv.stdout is not None
         if "listening" not in probe_recv.stdout.readline():
             raise RuntimeError("the probe receiver did not start")
-        probe_send = lab.popen(config.src, [*PROBE, "send", config.dst_address, str(config.udp_port), "--interval",
+        probe_send = lab.popen(config.src, [*AGENT, "stream-send", config.dst_address, str(config.udp_port), "--interval",
                                             str(config.probe_interval), "--duration", str(config.duration)],
                                stdout=subprocess.PIPE, text=True)
         stack.callback(_reap, probe_send)
-        tcp = lab.popen(config.src, [*TCP_CLIENT, config.dst_address, str(config.tcp_port), "--interval",
+        tcp = lab.popen(config.src, [*AGENT, "tcp-stream", config.dst_address, str(config.tcp_port), "--interval",
                                      str(config.tcp_interval), "--duration", str(config.duration)],
                         stdout=subprocess.PIPE, text=True)
         stack.callback(_reap, tcp)
@@ -302,7 +299,7 @@ def _ms(seconds: float) -> float:
 
 @contextmanager
 def _server(lab: Lab, config: SoakConfig) -> Iterator[None]:
-    proc = lab.popen(config.dst, [*LABPROBE, "serve", "tcp", str(config.tcp_port), "--timeout",
+    proc = lab.popen(config.dst, [*AGENT, "serve", "tcp", str(config.tcp_port), "--timeout",
                                   str(config.duration + 120)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      text=True)
     try:
@@ -358,11 +355,12 @@ def proc_rss_kib(pid: int) -> int:
 
 
 def conntrack_count(lab: Lab) -> int | None:
+    """Conntrack entries of every zone (None: ovs-vswitchd does not answer: a report, not a check)."""
+    ctl = lab.status()["appctl"]
     try:
-        found = re.search(r"Total:\s*(\d+)", lab.appctl(["dpctl/ct-stats-show"]))
-    except Exception:  # a report, not a check: the lab's error type does not matter here
+        return connections(ctl) if ctl else None
+    except OvsToolError:
         return None
-    return int(found[1]) if found else None
 
 
 # --- checks ---------------------------------------------------------------------------------------------
@@ -524,54 +522,3 @@ def soak_lab(policy: str = SOAK_POLICY, timeout: float = 120) -> Iterator[SoakLa
             print(f"soak: lab {name}: logs kept in {lab.dir}", file=sys.stderr)
         else:
             shutil.rmtree(lab.dir, ignore_errors=True)
-
-
-# --- the TCP client (runs in a lab host) ----------------------------------------------------------------
-def tcp_client(address: str, port: int, interval: float, duration: float, timeout: float = 5.0) -> int:
-    """Open a new connection every `interval` until `duration` passed; each sends a line and must get
-    an answer. Prints one JSON summary line at the end (counts, and the first errors with their time)."""
-    counts = {"attempts": 0, "ok": 0, "refused": 0, "timeout": 0, "other": 0}
-    errors: list[dict[str, Any]] = []
-    error: BaseException | None
-    start = time.monotonic()
-    stop: list[bool] = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    while not stop and (now := time.monotonic()) - start < duration:
-        counts["attempts"] += 1
-        kind, error = "ok", None
-        try:
-            with socket.create_connection((address, port), timeout=timeout) as sock:
-                sock.sendall(f"soak {counts['attempts']}\n".encode())
-                if not sock.recv(1024):
-                    raise ConnectionResetError("closed without an answer")
-        except ConnectionRefusedError as exc:
-            kind, error = "refused", exc
-        except TimeoutError as exc:
-            kind, error = "timeout", exc
-        except OSError as exc:
-            kind, error = ("refused" if isinstance(exc, ConnectionResetError) else "other"), exc
-        counts[kind] += 1
-        if kind != "ok" and len(errors) < 20:
-            errors.append({"t": round(now - start, 3), "kind": kind, "error": str(error) or type(error).__name__})
-        delay = start + counts["attempts"] * interval - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-    print(json.dumps({**counts, "errors": errors}), flush=True)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.soak")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("tcp-client", help="new TCP connections at a steady rate; a JSON summary at the end")
-    c.add_argument("address")
-    c.add_argument("port", type=int)
-    c.add_argument("--interval", type=float, default=0.2)
-    c.add_argument("--duration", type=float, default=60)
-    c.add_argument("--timeout", type=float, default=5.0)
-    args = parser.parse_args(argv)
-    return tcp_client(args.address, args.port, args.interval, args.duration, args.timeout)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,7 +28,7 @@ def transport() -> Iterator[netns.SshTransport]:
 def test_local_namespaces_are_unchanged() -> None:
     assert netns.in_netns("ns1", ["tc", "qdisc"], cpu=0) == [
         "ip", "netns", "exec", "ns1", "taskset", "-c", "0", "tc", "qdisc"]
-    assert agent("ns1") == [sys.executable, "-m", "ovsmgr.bench.probe"]
+    assert agent("ns1") == [sys.executable, "-m", "ovsmgr.lab.probe"]
     assert netns.ssh.sessions == {}
 
 
@@ -38,7 +38,7 @@ def test_ssh_hosts_get_one_quoted_command_and_are_counted(transport: netns.SshTr
     assert argv[-2:] == ["gen", "taskset -c 1 nft -f - 'a b'"]
     netns.in_netns("ssh:gen", ["true"])
     assert transport.sessions == {"gen": 2}
-    assert agent("ssh:sink") == ["/opt/venv/bin/python", "-m", "ovsmgr.bench.probe"]
+    assert agent("ssh:sink") == ["/opt/venv/bin/python", "-m", "ovsmgr.lab.probe"]
 
 
 def test_without_a_config_ssh_uses_its_own() -> None:
