@@ -19,9 +19,10 @@ loader, so a mistake is reported as ``file:line:column``)::
 Every top-level setting can be repeated inside an experiment to override it
 there. Rates are ``N``/``Npps``/``Nkpps``/``NMpps`` (packets per second) or
 ``NMbit``/``NGbit`` (frame bits per second, frame size including the FCS, no
-inter-frame gap, as in the seed). Methods and what they take are in
-``METHOD_FIELDS``; pipelines are ``plain`` (OVS forwarding port to port),
-``seed-firewall``, ``seed-nat``, or a policy file (``*.yaml``); systems (method
+inter-frame gap, as in the seed). Methods and what they take are the models of
+`ovsmgr.bench.specmodel` (schema/ovsmgr-bench.schema.json); pipelines are ``plain``
+(OVS forwarding port to port), ``seed-firewall``, ``seed-nat``, or a policy file
+(``*.yaml``); systems (method
 ``rules``) are ``ovsmgr`` and the Linux baselines in ``LINUX_SYSTEMS``. Method
 ``updates`` measures the NDR of a pipeline while ``update_rate`` runtime changes
 per second (``update_kind``: address-set members, rules enabled and disabled, or
@@ -32,18 +33,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ovsmgr.policy.diagnostics import PolicyError
 
 Method = Literal["sweep", "ndr", "rules", "flows", "tcp", "cps", "control", "updates"]
-METHODS: tuple[Method, ...] = ("sweep", "ndr", "rules", "flows", "tcp", "cps", "control", "updates")
-LINUX_SYSTEMS = ("linux", "iptables", "iptables-nft", "ipset", "nftables")
-SYSTEMS = ("ovsmgr", *LINUX_SYSTEMS)
-RULE_KINDS = ("dport", "src", "mixed")
+METHODS: tuple[Method, ...] = get_args(Method)
+LinuxSystem = Literal["linux", "iptables", "iptables-nft", "ipset", "nftables"]
+LINUX_SYSTEMS: tuple[LinuxSystem, ...] = get_args(LinuxSystem)
+System = Literal["ovsmgr", LinuxSystem]
+SYSTEMS: tuple[System, ...] = get_args(System)
+RuleKind = Literal["dport", "src", "mixed"]
+RULE_KINDS: tuple[RuleKind, ...] = get_args(RuleKind)
 SEED_PIPELINES = ("plain", "seed-firewall", "seed-nat")
-MEASURES = ("ndr", "tcp", "cps", "cost")
-UPDATE_KINDS = ("set", "rule", "mixed")
+Measure = Literal["ndr", "tcp", "cps", "cost"]
+MEASURES: tuple[Measure, ...] = get_args(Measure)
+UpdateKind = Literal["set", "rule", "mixed"]
+UPDATE_KINDS: tuple[UpdateKind, ...] = get_args(UpdateKind)
 """What the ``updates`` method changes: a member of the blocklist address set added and removed
 (``set``), the blocklist rule disabled and enabled (``rule``), or the four steps in turn."""
 MAX_UPDATE_RATE = 10000.0
@@ -54,19 +60,6 @@ COST_RATE = 50000.0
 MAX_FLOWS = 1_000_000
 FRAME_SIZES = range(64, 1519)
 
-COMMON_FIELDS = {"datapath", "duration", "warmup", "repetitions", "probe_rate", "ndr", "traffic",
-                 "dpdk_ring", "nice"}
-METHOD_FIELDS: dict[str, set[str]] = {
-    "sweep": {"pipelines", "baseline", "flows", "sizes", "rates", "policy_ports"},
-    "ndr": {"pipelines", "baseline", "flows", "sizes", "policy_ports"},
-    "flows": {"pipelines", "flows", "sizes", "establish", "measures", "rates"},
-    "rules": {"systems", "rule_kinds", "rules", "flows", "sizes", "measures", "rates"},
-    "tcp": {"pipelines", "baseline", "policy_ports"},
-    "cps": {"pipelines", "baseline", "sizes", "policy_ports"},
-    "control": {"rules", "rule_kinds"},
-    "updates": {"pipelines", "flows", "sizes", "policy_ports", "update_rate", "update_kind"},
-}
-TOP_FIELDS = {"version", "name", "experiments", *COMMON_FIELDS}
 RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(pps|kpps|mpps|bit|kbit|mbit|gbit)?(?:/s)?\s*$",
                      re.IGNORECASE)
 RATE_SCALE = {"pps": 1.0, "kpps": 1e3, "mpps": 1e6, "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}

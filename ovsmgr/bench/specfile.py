@@ -1,8 +1,11 @@
 """Reading bench specs: strict YAML with every mistake at its file:line:column, the built-in
 smoke spec, and the spec behind ``ovsmgr bench run --policy FILE``.
 
-The format is described in `ovsmgr.bench.spec`; YAML is read with the policy front
-end's loader (no YAML 1.1 surprises, duplicate keys refused, spans kept).
+YAML is read with the policy front end's loader (no YAML 1.1 surprises, duplicate keys
+refused, spans kept); its shape is checked by the pydantic models of
+`ovsmgr.bench.specmodel`, whose errors are worded here and placed at their span; then
+what needs several values (`_check_experiment`), and the model becomes the
+`ovsmgr.bench.spec` dataclasses, an experiment's settings over the spec's.
 """
 
 from __future__ import annotations
@@ -11,243 +14,192 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from pydantic import BaseModel, ValidationError
+
 from ovsmgr.bench.spec import (
-    COMMON_FIELDS,
-    FRAME_SIZES,
-    MAX_FLOWS,
-    MAX_UPDATE_RATE,
-    MEASURES,
-    METHOD_FIELDS,
-    METHODS,
-    RULE_KINDS,
     SEED_PIPELINES,
-    SYSTEMS,
-    TOP_FIELDS,
-    UPDATE_KINDS,
     BenchSpec,
     Experiment,
     NdrSettings,
-    Rate,
     Settings,
     SpecError,
-    Traffic,
-    parse_rate,
-    rate_steps,
+)
+from ovsmgr.bench.specmodel import (
+    BOUNDS,
+    CHOICES,
+    EXPERIMENTS,
+    BenchFile,
+    CommonSettings,
+    NdrModel,
+    RateRange,
+    TrafficModel,
+    listed,
 )
 from ovsmgr.policy.diagnostics import Collector, PolicyError
-from ovsmgr.policy.loader import load_file, load_text
+from ovsmgr.policy.loader import Path_, SourceMap, load_file, load_text
+
+_MAPPING_ERRORS = ("model_type", "model_attributes_type", "dict_type", "union_tag_not_found")
+_NOUNS = {"bool_type": "true or false", "string_type": "a string", "list_type": "a list"}
+_LISTED = ("systems", "rule_kinds", "measures")
+_SECTIONS: dict[str, type[BaseModel]] = {"ndr": NdrModel, "traffic": TrafficModel, "rates": RateRange}
 
 
-class _Reader:
-    """Typed access to a loaded document that collects every problem with its span."""
-
-    def __init__(self, doc: Any, file: str, span_of: Any):
-        self.doc, self.file, self.span_of, self.diag = doc, file, span_of, Collector()
-
-    def error(self, path: tuple[str | int, ...], message: str) -> None:
-        self.diag.error(self.span_of(path), message)
-
-    def mapping(self, path: tuple[str | int, ...], value: Any, allowed: set[str]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.error(path, "expected a mapping")
-            return {}
-        for key in sorted(set(value) - allowed):
-            self.diag.error(self.span_of((*path, key), key=True),
-                            f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
-        return value
-
-    def number(self, path: tuple[str | int, ...], value: Any, lo: float, hi: float,
-               integer: bool = False) -> float | None:
-        ok = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, str) and not integer:
-            try:
-                value, ok = float(value), True
-            except ValueError:
-                ok = False
-        if not ok or isinstance(value, bool) or not lo <= value <= hi:
-            what = f"an integer in {int(lo)}..{int(hi)}" if integer else f"a number in {lo:g}..{hi:g}"
-            self.error(path, f"expected {what}")
-            return None
-        return float(value)
-
-    def rate(self, path: tuple[str | int, ...], value: Any) -> Rate | None:
-        try:
-            return parse_rate(value)
-        except (ValueError, TypeError) as exc:
-            self.error(path, str(exc))
-            return None
-
-    def listing(self, path: tuple[str | int, ...], value: Any) -> list[Any]:
-        items = value if isinstance(value, list) else [value]
-        if not items:
-            self.error(path, "expected at least one value")
-        return items
-
-    def choices(self, path: tuple[str | int, ...], value: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
-        items = self.listing(path, value)
-        for i, item in enumerate(items):
-            if item not in allowed:
-                self.error((*path, i) if isinstance(value, list) else path,
-                           f"{item!r} is not one of {', '.join(allowed)}")
-        return tuple(str(i) for i in items)
-
-    def integers(self, path: tuple[str | int, ...], value: Any, lo: int, hi: int) -> tuple[int, ...]:
-        items = self.listing(path, value)
-        out = [self.number((*path, i) if isinstance(value, list) else path, v, lo, hi, integer=True)
-               for i, v in enumerate(items)]
-        return tuple(int(v) for v in out if v is not None)
+# --- shape errors, worded --------------------------------------------------------------------
+def _data_path(loc: tuple[Any, ...], data: Any) -> Path_:
+    """The data path of a pydantic location: union tags and branch names are left out."""
+    path: list[str | int] = []
+    node = data
+    for n, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        if in_dict or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, dict) and isinstance(part, str) and n == len(loc) - 1:
+            path.append(part)  # a missing key: the last part names it
+    return tuple(path)
 
 
-def _settings(r: _Reader, path: tuple[str | int, ...], data: dict[str, Any], base: Settings) -> Settings:
-    s = base
-    if "datapath" in data:
-        if data["datapath"] in ("netdev", "dpdk"):
-            s = replace(s, datapath=data["datapath"])
+def _field(path: Path_) -> tuple[str, str | tuple[str, str]]:
+    """(field name, its BOUNDS key) of the value at ``path`` (an item of a list: the list's)."""
+    names = [p for p in path if isinstance(p, str)]
+    name = names[-1] if names else ""
+    section = names[-2] if len(names) > 1 else ""
+    return name, (section, name) if (section, name) in BOUNDS else name
+
+
+def _allowed(path: Path_, data: dict[str, Any]) -> str:
+    """The keys the mapping at ``path`` may have (for "unknown key")."""
+    model: type[BaseModel] = BenchFile
+    if path and path[-1] in _SECTIONS:
+        model = _SECTIONS[str(path[-1])]
+    elif len(path) == 2 and path[0] == "experiments":
+        model = EXPERIMENTS[data["experiments"][path[1]]["method"]]
+    return ", ".join(sorted(info.alias or name for name, info in model.model_fields.items()))
+
+
+def _message(err: Any, path: Path_, data: Any) -> str:
+    kind, value = err["type"], err.get("input")
+    name, bound = _field(path)
+    if path == ("experiments",):
+        return "experiments: a list of at least one experiment is required"
+    if kind in _MAPPING_ERRORS or (kind == "union_tag_invalid" and not isinstance(value, dict)):
+        return "expected a mapping"
+    if kind == "union_tag_invalid" or name == "method":
+        return f"method must be one of {', '.join(CHOICES['method'])}"
+    if path == ("version",):
+        return "only version 1 is known"
+    if name == "policy_ports":
+        return "policy_ports is [GENERATOR_PORT, SINK_PORT]"
+    if kind == "value_error":
+        return str((err.get("ctx") or {}).get("error") or err["msg"])
+    if kind == "too_short":
+        return "expected at least one value"
+    if kind == "literal_error" and name in CHOICES:
+        return _choice_message(name, value, listed_field=isinstance(path[-1], int) or name in _LISTED)
+    if bound in BOUNDS:
+        lo, hi, number = BOUNDS[bound]
+        return f"expected an integer in {int(lo)}..{int(hi)}" if number is int else f"expected a number in {lo:g}..{hi:g}"
+    return f"expected {_NOUNS[kind]}" if kind in _NOUNS else str(err["msg"]).lower()
+
+
+def _choice_message(name: str, value: Any, listed_field: bool) -> str:
+    choices = CHOICES[name]
+    if listed_field:
+        return f"{value!r} is not one of {', '.join(choices)}"
+    if len(choices) == 2:
+        return f"{name} must be {' or '.join(choices)}"
+    return f"{name} must be one of {', '.join(choices)}"
+
+
+def _report(exc: ValidationError, data: Any, source: SourceMap, diag: Collector) -> set[Path_]:
+    """Every shape error, once per place (a union's branches may each report one); the places."""
+    seen: dict[Path_, Any] = {}
+    for err in exc.errors():
+        path = _data_path(tuple(err["loc"]), data)
+        if path not in seen or err["type"] == "value_error":  # a validator's own words win
+            seen[path] = err
+    for path, err in seen.items():
+        if err["type"] == "extra_forbidden":
+            diag.error(source.span(path, key=True),
+                       f"unknown key {path[-1]!r} (allowed: {_allowed(path[:-1], data)})")
+        elif err["type"] == "missing" and path != ("experiments",):
+            diag.error(source.span(path[:-1]), f"missing required key {path[-1]!r}")
         else:
-            r.error((*path, "datapath"), "datapath must be netdev or dpdk")
-    for key, lo, hi, integer in (("duration", 0.1, 600, False), ("warmup", 0, 60, False),
-                                 ("repetitions", 1, 100, True), ("probe_rate", 0, 20000, True),
-                                 ("dpdk_ring", 0, 65536, True), ("nice", -20, 19, True)):
-        if key in data:
-            value = r.number((*path, key), data[key], lo, hi, integer)
-            if value is not None:
-                update: dict[str, Any] = {key: int(value) if integer else float(value)}
-                s = replace(s, **update)
-    if "ndr" in data:
-        s = replace(s, ndr=_ndr(r, (*path, "ndr"), data["ndr"], s.ndr))
-    if "traffic" in data:
-        s = replace(s, traffic=_traffic(r, (*path, "traffic"), data["traffic"], s.traffic))
-    return s
+            diag.error(source.span(path), _message(err, path, data))
+    return set(seen)
 
 
-def _ndr(r: _Reader, path: tuple[str | int, ...], value: Any, base: NdrSettings) -> NdrSettings:
-    data = r.mapping(path, value, {"loss", "steps", "low", "high", "retries", "min_cpu_share"})
-    ndr = base
-    if "loss" in data and (loss := r.number((*path, "loss"), data["loss"], 0, 0.5)) is not None:
-        ndr = replace(ndr, loss=float(loss))
-    if "steps" in data and (steps := r.number((*path, "steps"), data["steps"], 1, 30, True)) is not None:
-        ndr = replace(ndr, steps=int(steps))
-    if "retries" in data and (tries := r.number((*path, "retries"), data["retries"], 0, 5, True)) is not None:
-        ndr = replace(ndr, retries=int(tries))
-    if "min_cpu_share" in data and (share := r.number((*path, "min_cpu_share"), data["min_cpu_share"],
-                                                      0, 1)) is not None:
-        ndr = replace(ndr, min_cpu_share=float(share))
-    for key in ("low", "high"):
-        if key in data and (rate := r.rate((*path, key), data[key])) is not None:
-            update: dict[str, Any] = {key: rate}
-            ndr = replace(ndr, **update)
-    if ndr.low.unit == ndr.high.unit and ndr.low.value >= ndr.high.value:
-        r.error(path, "ndr.low must be below ndr.high")
-    return ndr
+# --- from the model to the dataclasses ----------------------------------------------------------
+def _settings(model: CommonSettings, base: Settings) -> Settings:
+    """``base`` with what ``model`` sets; ndr and traffic field by field."""
+    given = {name: getattr(model, name) for name in model.model_fields_set if name in CommonSettings.model_fields}
+    if "ndr" in given:
+        ndr = given.pop("ndr")
+        given["ndr"] = replace(base.ndr, **{k: getattr(ndr, k) for k in ndr.model_fields_set})
+    if "traffic" in given:
+        traffic = given.pop("traffic")
+        given["traffic"] = replace(base.traffic, **{k: getattr(traffic, k) for k in traffic.model_fields_set})
+    return replace(base, **given)
 
 
-def _traffic(r: _Reader, path: tuple[str | int, ...], value: Any, base: Traffic) -> Traffic:
-    data = r.mapping(path, value, {"proto", "dport"})
-    traffic = base
-    if "proto" in data:
-        if data["proto"] in ("udp", "tcp"):
-            traffic = replace(traffic, proto=data["proto"])
-        else:
-            r.error((*path, "proto"), "proto must be udp or tcp")
-    if "dport" in data and (port := r.number((*path, "dport"), data["dport"], 1, 19999, True)):
-        traffic = replace(traffic, dport=int(port))
-    return traffic
-
-
-def _rates(r: _Reader, path: tuple[str | int, ...], value: Any) -> tuple[Rate, ...]:
-    if isinstance(value, dict):
-        data = r.mapping(path, value, {"from", "to", "steps", "step"})
-        start, stop = r.rate((*path, "from"), data.get("from")), r.rate((*path, "to"), data.get("to"))
-        step = r.rate((*path, "step"), data["step"]) if "step" in data else None
-        steps = r.number((*path, "steps"), data["steps"], 2, 200, True) if "steps" in data else None
-        if start is None or stop is None:
-            return ()
-        try:
-            return tuple(rate_steps(start, stop, int(steps) if steps else None, step))
-        except ValueError as exc:
-            r.error(path, str(exc))
-            return ()
-    items = r.listing(path, value)
-    rates = [r.rate((*path, i) if isinstance(value, list) else path, v) for i, v in enumerate(items)]
-    return tuple(x for x in rates if x is not None)
-
-
-def _pipelines(r: _Reader, path: tuple[str | int, ...], value: Any, base_dir: Path) -> tuple[str, ...]:
-    out = []
-    for i, item in enumerate(r.listing(path, value)):
-        where = (*path, i) if isinstance(value, list) else path
-        if not isinstance(item, str) or not (item in SEED_PIPELINES or item.endswith((".yaml", ".yml"))):
-            r.error(where, f"pipeline {item!r} must be one of {', '.join(SEED_PIPELINES)} "
-                           "or a policy file (*.yaml)")
-            continue
-        if item in SEED_PIPELINES:
-            out.append(item)
-            continue
-        path_ = Path(item) if Path(item).is_absolute() else base_dir / item
-        if not path_.is_file():
-            r.error(where, f"policy file {path_} does not exist")
-        out.append(str(path_))
-    return tuple(out)
-
-
-def _experiment(r: _Reader, i: int, value: Any, base: Settings, base_dir: Path) -> Experiment | None:
-    path: tuple[str | int, ...] = ("experiments", i)
-    if not isinstance(value, dict):
-        r.error(path, "expected a mapping")
-        return None
-    method = value.get("method")
-    if method not in METHODS:
-        r.error((*path, "method"), f"method must be one of {', '.join(METHODS)}")
-        return None
-    data = r.mapping(path, value, {"name", "method", *COMMON_FIELDS, *METHOD_FIELDS[method]})
-    exp = Experiment(name=str(data.get("name") or f"{method}-{i + 1}"), method=method,
-                     settings=_settings(r, path, data, base))
-    if method == "flows":
+def _experiment(model: Any, i: int, base: Settings, base_dir: Path) -> Experiment:
+    exp = Experiment(name=model.name or f"{model.method}-{i + 1}", method=model.method,
+                     settings=_settings(model, base))
+    if model.method == "flows":
         exp = replace(exp, flows=(100, 1000, 10000, 100000), baseline=None)
-    if method == "control":
+    if model.method == "control":
         exp = replace(exp, rules=(100, 1000, 5000), rule_kinds=("mixed",), baseline=None)
     fields: dict[str, Any] = {}
-    if "pipelines" in data:
-        fields["pipelines"] = _pipelines(r, (*path, "pipelines"), data["pipelines"], base_dir)
-    if "baseline" in data:
-        fields["baseline"] = (None if data["baseline"] in (None, "none")
-                              else _pipelines(r, (*path, "baseline"), data["baseline"], base_dir)[0])
-    if "systems" in data:
-        fields["systems"] = r.choices((*path, "systems"), data["systems"], SYSTEMS)
-    if "rule_kinds" in data:
-        fields["rule_kinds"] = r.choices((*path, "rule_kinds"), data["rule_kinds"], RULE_KINDS)
-    if "measures" in data:
-        fields["measures"] = r.choices((*path, "measures"), data["measures"], MEASURES)
-    if "rules" in data:
-        fields["rules"] = r.integers((*path, "rules"), data["rules"], 0, 100_000)
-    if "flows" in data:
-        fields["flows"] = r.integers((*path, "flows"), data["flows"], 1, MAX_FLOWS)
-    if "sizes" in data:
-        fields["sizes"] = r.integers((*path, "sizes"), data["sizes"], FRAME_SIZES.start, FRAME_SIZES.stop - 1)
-    if "rates" in data:
-        fields["rates"] = _rates(r, (*path, "rates"), data["rates"])
-    if "establish" in data:
-        fields["establish"] = bool(data["establish"])
-    if "update_rate" in data and (rate := r.number((*path, "update_rate"), data["update_rate"], 0.1,
-                                                   MAX_UPDATE_RATE)) is not None:
-        fields["update_rate"] = float(rate)
-    if "update_kind" in data:
-        if data["update_kind"] in UPDATE_KINDS:
-            fields["update_kind"] = data["update_kind"]
-        else:
-            r.error((*path, "update_kind"), f"update_kind must be one of {', '.join(UPDATE_KINDS)}")
-    if "policy_ports" in data:
-        ports = data["policy_ports"]
-        if isinstance(ports, list) and len(ports) == 2 and all(isinstance(p, str) for p in ports):
-            fields["policy_ports"] = (ports[0], ports[1])
-        else:
-            r.error((*path, "policy_ports"), "policy_ports is [GENERATOR_PORT, SINK_PORT]")
-    exp = replace(exp, **fields)
-    if method == "sweep" and not exp.rates:
-        r.error(path, "a sweep needs rates (a list, or {from, to, steps|step})")
-    if method == "updates" and "plain" in exp.pipelines:
-        r.error((*path, "pipelines"), "plain forwarding has no firewall to change: updates need a policy")
-    return exp
+    for name in model.model_fields_set - set(CommonSettings.model_fields) - {"name", "method"}:
+        value = getattr(model, name)
+        if name in ("pipelines", "baseline"):
+            value = None if value in (None, "none") else tuple(_resolve(p, base_dir) for p in listed(value))
+            value = value[0] if name == "baseline" and value else value
+        elif name == "rates":
+            value = tuple(value.rates() if isinstance(value, RateRange) else listed(value))
+        elif isinstance(value, list) or name in ("flows", "sizes", "rules", "systems", "rule_kinds", "measures"):
+            value = tuple(listed(value))
+        fields[name] = value
+    return replace(exp, **fields)
+
+
+def _resolve(pipeline: str, base_dir: Path) -> str:
+    if pipeline in SEED_PIPELINES:
+        return pipeline
+    return str(Path(pipeline) if Path(pipeline).is_absolute() else base_dir / pipeline)
+
+
+# --- what needs more than one value ----------------------------------------------------------------
+def _check_experiment(exp: Experiment, raw: dict[str, Any], path: Path_, source: SourceMap,
+                      diag: Collector) -> None:
+    files = [(("pipelines", j) if isinstance(raw.get("pipelines"), list) else ("pipelines",), p)
+             for j, p in enumerate(exp.pipelines)]
+    if "baseline" in raw and exp.baseline is not None:
+        files.append((("baseline",), exp.baseline))
+    for at, pipeline in files:
+        if pipeline not in SEED_PIPELINES and not Path(pipeline).is_file():
+            diag.error(source.span((*path, *at)), f"policy file {pipeline} does not exist")
+    if exp.method == "sweep" and not exp.rates:
+        diag.error(source.span(path), "a sweep needs rates (a list, or {from, to, steps|step})")
+    if exp.method == "updates" and "plain" in exp.pipelines:
+        diag.error(source.span((*path, "pipelines")),
+                   "plain forwarding has no firewall to change: updates need a policy")
+    _check_ndr(exp.settings.ndr, (*path, "ndr"), raw, source, diag)
+
+
+def _check_ndr(ndr: NdrSettings, path: Path_, raw: dict[str, Any], source: SourceMap, diag: Collector) -> None:
+    if "ndr" in raw and ndr.low.unit == ndr.high.unit and ndr.low.value >= ndr.high.value:
+        diag.error(source.span(path), "ndr.low must be below ndr.high")
+
+
+def _check_names(raw: list[Any], source: SourceMap, diag: Collector) -> None:
+    names = [(i, str(e.get("name") or f"{e.get('method')}-{i + 1}")) for i, e in enumerate(raw)
+             if isinstance(e, dict) and e.get("method") in EXPERIMENTS]
+    seen: set[str] = set()
+    for i, name in names:
+        if name in seen:
+            diag.error(source.span(("experiments", i, "name")), f"experiment name {name!r} is used twice")
+        seen.add(name)
 
 
 def parse_spec(text: str, file: str = "<spec>", base_dir: Path | None = None) -> BenchSpec:
@@ -256,28 +208,34 @@ def parse_spec(text: str, file: str = "<spec>", base_dir: Path | None = None) ->
         doc = load_text(text, file)
     except PolicyError as exc:
         raise SpecError(exc.diagnostics) from None
-    r = _Reader(doc.data, file, doc.source.span)
-    data = r.mapping((), doc.data, TOP_FIELDS)
-    if data.get("version", 1) != 1:
-        r.error(("version",), "only version 1 is known")
-    settings = _settings(r, (), data, Settings())
+    data, source, diag = doc.data, doc.source, Collector()
+    bad: set[Path_] = set()
+    try:
+        BenchFile.model_validate(data)
+    except ValidationError as exc:
+        bad = _report(exc, data, source, diag)
+    if not isinstance(data, dict) or not isinstance(data.get("experiments"), list):
+        raise SpecError(diag.items)
+    top_ok = not any(p and p[0] != "experiments" for p in bad) and () not in bad
+    settings = _settings(CommonSettings.model_validate(_common(data)), Settings()) if top_ok else Settings()
+    if top_ok:
+        _check_ndr(settings.ndr, ("ndr",), data, source, diag)
     experiments = []
-    raw_experiments = data.get("experiments")
-    if not isinstance(raw_experiments, list) or not raw_experiments:
-        r.error(("experiments",), "experiments: a list of at least one experiment is required")
-        raw_experiments = []
-    for i, value in enumerate(raw_experiments):
-        exp = _experiment(r, i, value, settings, base_dir or Path.cwd())
-        if exp is not None:
-            experiments.append(exp)
-    names = [e.name for e in experiments]
-    for i, name in enumerate(names):
-        if names.index(name) != i:
-            r.error(("experiments", i, "name"), f"experiment name {name!r} is used twice")
-    if r.diag.has_errors:
-        raise SpecError(r.diag.items)
-    raw = cast(dict[str, Any], doc.data)
-    return BenchSpec(str(data.get("name") or Path(file).stem), tuple(experiments), file, raw)
+    for i, raw in enumerate(data["experiments"]):
+        path: Path_ = ("experiments", i)
+        if any(p[:2] == path for p in bad) or ("experiments",) in bad:
+            continue
+        exp = _experiment(EXPERIMENTS[raw["method"]].model_validate(raw), i, settings, base_dir or Path.cwd())
+        _check_experiment(exp, raw, path, source, diag)
+        experiments.append(exp)
+    _check_names(data["experiments"], source, diag)
+    if diag.has_errors:
+        raise SpecError(diag.items)
+    return BenchSpec(str(data.get("name") or Path(file).stem), tuple(experiments), file, cast(dict[str, Any], data))
+
+
+def _common(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k in CommonSettings.model_fields}
 
 
 def load_spec(path: str | Path) -> BenchSpec:

@@ -4,7 +4,8 @@
 docs/bench.md); ``--smoke`` runs the built-in smoke spec (or shrinks SPEC) in
 seconds; ``--policy FILE`` asks what one's own policy costs against plain
 forwarding. ``ovsmgr bench report RESULTS.json`` renders the markdown summary
-(and the plots) again.
+(and the plots) again. ``ovsmgr bench schema`` prints the JSON Schema of spec files
+(schema/ovsmgr-bench.schema.json).
 """
 
 from __future__ import annotations
@@ -237,3 +238,13 @@ def plan_cmd(spec_file: str, smoke: bool) -> None:
             trials = s.ndr.steps if g.subjects and g.subjects[0].measure in ("ndr", "cps") else 1
             total += tasks * trials * (per_trial if g.subjects[0].measure != "tcp" else 2 * s.duration + 2)
     click.echo(f"roughly {total / 60:.0f} minutes of measurement (plus test bed set-up)")
+
+
+@bench.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of bench spec files (for editors and CI)."""
+    import json
+
+    from ovsmgr.bench.specmodel import bench_json_schema
+
+    click.echo(json.dumps(bench_json_schema(), indent=2, sort_keys=True))
