@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from ovsmgr.cli.lab import lab as lab_group
+from ovsmgr.lab import netns
+from ovsmgr.lab.instance import OvsInstance
 from ovsmgr.lab.ovs import (
     Lab,
     LabError,
@@ -155,3 +158,22 @@ def test_cli_status_of_a_lab_that_is_not_up(tmp_path: Path) -> None:
     result = CliRunner(env={"OVSMGR_LAB_DIR": str(tmp_path)}).invoke(
         lab_group, ["status", "--name", "idle", "-o", "json"])
     assert result.exit_code == 0 and '"up": false' in result.output
+
+
+def test_an_ovs_of_its_own_is_userspace_and_finds_its_sockets_in_its_directory(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="netdev or dpdk, not system"):
+        OvsInstance(tmp_path, "x-sw", "system")  # type: ignore[arg-type]
+    ovs = OvsInstance(tmp_path, "x-sw", "dpdk")
+    env = ovs.env()
+    assert {env[k] for k in ("OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR")} == {str(tmp_path)}
+    assert (ovs.db_endpoint, ovs.mgmt_socket("br0")) == (f"unix:{tmp_path}/db.sock", f"{tmp_path}/br0.mgmt")
+    assert ovs.appctl_target() is None and ovs.stop() == []  # nothing started, nothing to stop
+    ovs.pids["ovs-vswitchd"] = os.getpid()  # a live pid that is not this instance's daemon
+    assert ovs.appctl_target() == f"{tmp_path}/ovs-vswitchd.{os.getpid()}.ctl"
+    assert ovs.stop_daemon("ovs-vswitchd") == [] and ovs.pids == {}  # and it is left alone
+
+
+def test_a_namespace_that_does_not_exist_has_no_processes() -> None:
+    assert netns.pids("ovsmgr-no-such-namespace") == []
+    assert not netns.exists("ovsmgr-no-such-namespace")
+    netns.delete("ovsmgr-no-such-namespace")  # nothing to do
