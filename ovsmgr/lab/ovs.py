@@ -93,10 +93,10 @@ class Lab:
 
     @property
     def db_endpoint(self) -> str:
-        return f"unix:{self.dir}/db.sock"
+        return self._switch({}).db_endpoint
 
     def mgmt_socket(self, bridge: str) -> str:
-        return f"{self.dir}/{bridge}.mgmt"
+        return self._switch({}).mgmt_socket(bridge)
 
     def _state_path(self) -> Path:
         return self.dir / STATE_FILE

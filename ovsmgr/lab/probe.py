@@ -49,6 +49,18 @@ def _print(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
+def _listening(port: int, bind: str = "0.0.0.0", kind: int = socket.SOCK_STREAM, backlog: int = 16,
+               timeout: float | None = None) -> socket.socket:
+    """A server socket bound to ``port`` (listening, for TCP)."""
+    sock = socket.socket(_family(bind), kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((bind, port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(backlog)
+    sock.settimeout(timeout)
+    return sock
+
+
 def _stop_on_sigterm() -> list[bool]:
     """A flag SIGTERM sets: the command stops early and still prints what it has."""
     stop: list[bool] = []
@@ -60,11 +72,7 @@ def _stop_on_sigterm() -> list[bool]:
 def serve(proto: str, port: int, timeout: float, bind: str) -> int:
     """Answer every TCP connection or UDP datagram with `peer=IP:PORT`, until timeout."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(_family(bind), kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bind, port))
-        if proto == "tcp":
-            sock.listen(64)
+    with _listening(port, bind, kind, backlog=64) as sock:
         _print({"listening": port})
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -75,16 +83,20 @@ def serve(proto: str, port: int, timeout: float, bind: str) -> int:
                     with conn:
                         conn.settimeout(2)
                         data = conn.recv(1024)
-                        conn.sendall(f"peer={peer[0]}:{peer[1]} got={data.decode(errors='replace').strip()}\n".encode())
+                        conn.sendall(_answer(peer, data))
                 else:
                     data, peer = sock.recvfrom(2048)
-                    sock.sendto(f"peer={peer[0]}:{peer[1]} got={data.decode(errors='replace').strip()}\n".encode(), peer)
+                    sock.sendto(_answer(peer, data), peer)
             except TimeoutError:
                 break
             except OSError:
                 continue
             _print({"peer": peer[0], "peer_port": peer[1]})
     return 0
+
+
+def _answer(peer: tuple[str, int], data: bytes) -> bytes:
+    return f"peer={peer[0]}:{peer[1]} got={data.decode(errors='replace').strip()}\n".encode()
 
 
 def connect(proto: str, address: str, port: int, timeout: float, message: str, sport: int | None,
@@ -120,11 +132,7 @@ def echo(port: int, timeout: float) -> int:
             for line in stream:
                 stream.write(line)
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
-        sock.listen(16)
-        sock.settimeout(timeout)
+    with _listening(port, timeout=timeout) as sock:
         _print({"listening": port})
         try:
             while True:
@@ -318,11 +326,7 @@ def _read_exact(conn: socket.socket, size: int) -> bytes | None:
 
 
 def rr_server(port: int, response: int, timeout: float) -> dict[str, object]:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("", port))
-    listener.listen(1)
-    listener.settimeout(timeout)
+    listener = _listening(port, "", backlog=1, timeout=timeout)
     _print({"ready": True})
     served = 0
     try:
