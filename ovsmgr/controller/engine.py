@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ovsmgr.compiler.ids import rule_id
-from ovsmgr.compiler.incremental import FlowChanges, FlowKey, IncrementalFlows, NeedsFullCompile
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE
 from ovsmgr.controller import policydata
 from ovsmgr.controller.paths import ControllerPaths
@@ -40,8 +39,9 @@ from ovsmgr.controller.recorder import Recorder
 from ovsmgr.controller.runtime import ChangeError, RuntimeChanges, load_changes, save_changes
 from ovsmgr.controller.switchdb import prepare_bridge
 from ovsmgr.policy import PolicyError, ResolvedPolicy
-from ovsmgr.southbound.openflow import FlowMod, FlowTable, InstalledFlow, OpenFlowError, encode_flow
+from ovsmgr.southbound.openflow import FlowMod, FlowTable, InstalledFlow, OpenFlowError
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.incremental import FlowChanges, FlowKey, IncrementalFlows, NeedsFullCompile
 from ovsmgr.switch.plan import Plan, desired_mods, make_plan
 
 log = logging.getLogger("ovsmgr.controller")
@@ -126,8 +126,7 @@ class Engine:
                                   + "; ".join(policydata.errors_of(exc)), 409,
                                   policydata.diagnostics_text(exc.diagnostics)) from exc
         inc = IncrementalFlows(policy)
-        entries = {key: encode_flow(flow) for key, flow in inc.flows.items()}
-        return _Built(file_data, data, stale, inc, entries, file_policy.digest)
+        return _Built(file_data, data, stale, inc, dict(inc.flows), file_policy.digest)
 
     def _adopt(self, built: _Built) -> None:
         self.file_data, self.data, self.inc, self.entries = built.file_data, built.data, built.inc, built.entries
@@ -371,7 +370,7 @@ class Engine:
             raise ChangeError("; ".join(policydata.errors_of(exc)), 400,
                               policydata.diagnostics_text(exc.diagnostics)) from exc
         inc = IncrementalFlows(policy)
-        entries = {key: encode_flow(flow) for key, flow in inc.flows.items()}
+        entries = dict(inc.flows)
         plan = make_plan(_installed(self.entries.values()), desired_mods(entries.values()))
         if self._batch is not None:
             self._batch.touch(self.entries, entries, self.entries)
@@ -394,21 +393,20 @@ class Engine:
             raise ChangeError(f"cannot write {self.paths.runtime}: {exc}; the change was taken back", 500) from exc
 
     def _plan(self, changes: FlowChanges) -> Plan:
-        plan = Plan(add=[encode_flow(f) for f in changes.added],
-                    delete=_installed(self.entries[f.key] for f in changes.removed))
+        plan = Plan(add=list(changes.added), delete=_installed(self.entries[f.key] for f in changes.removed))
         for old, new in changes.changed:
-            before, after = self.entries[old.key], encode_flow(new)
-            if before.body != after.body:
-                plan.change.append((InstalledFlow(before, 0, 0), after))
+            before = self.entries[old.key]
+            if before.body != new.body:
+                plan.change.append((InstalledFlow(before, 0, 0), new))
         return plan
 
     def _apply_entries(self, changes: FlowChanges) -> None:
         for flow in changes.removed:
             self.entries.pop(flow.key, None)
         for flow in changes.added:
-            self.entries[flow.key] = encode_flow(flow)
+            self.entries[flow.key] = flow
         for _, new in changes.changed:
-            self.entries[new.key] = encode_flow(new)
+            self.entries[new.key] = new
 
     def _adopt_data(self, changes: RuntimeChanges, data: dict[str, Any]) -> None:
         structural = len(data.get("firewall", {}).get("rules", [])) != len(self.data.get("firewall", {}).get("rules", []))

@@ -33,6 +33,9 @@ from ovsmgr.southbound.ovslib import (
 )
 
 DEFAULT_PROTOCOLS: tuple[str, ...] = ("OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15")
+TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller")
+"""What ovsmgr reads and writes; only these are fetched at connect (a switch's whole database can be
+large: QoS, mirrors, flow tables' settings, every interface's statistics)."""
 SCHEMA = "Open_vSwitch"
 
 
@@ -150,7 +153,8 @@ def _schema_helper(endpoint: str, timeout: float) -> Any:
 def _connect(endpoint: str, timeout: float) -> Any:
     """Open an ovsdbapp API object bound to one endpoint (see module docstring)."""
     helper = _schema_helper(endpoint, timeout)
-    helper.register_all()
+    for table in TABLES:
+        helper.register_table(table)
     idl = connection.OvsdbIdl(endpoint, helper)
     conn = connection.Connection(idl, timeout)
     api_class = type("SwitchDBIdl", (impl_idl.OvsdbIdl,), {})
@@ -276,9 +280,10 @@ class SwitchDB:
         return dict(ids)
 
     def set_external_ids(self, bridge: str, ids: dict[str, str]) -> None:
-        """Merge keys into the Bridge row's external_ids; other keys are kept."""
+        """Merge keys into the Bridge row's external_ids; other keys are kept. ovs-vswitchd does not
+        read them, so the transaction does not wait for it to reconfigure."""
         cmd = self._api.db_set("Bridge", bridge, ("external_ids", dict(ids)))
-        self._run(f"set external_ids of {bridge}", [cmd])
+        self._run(f"set external_ids of {bridge}", [cmd], wait_vswitchd=False)
 
     def ofports(self, bridge: str) -> dict[str, int]:
         """Interface name to ofport for every interface of the bridge (-1 if down)."""

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ovsmgr.compiler import CompiledPolicy
-from ovsmgr.compiler.flows import Flow
+from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.compiler.pipeline import cookie_parts
-from ovsmgr.southbound.openflow import FlowMod, FlowTable
+from ovsmgr.policy import ResolvedPolicy
+from ovsmgr.southbound.openflow import FlowMod, FlowTable, is_managed
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch import record as rec
+from ovsmgr.switch.cache import Compiled, cache_path, compile_with_cache
+from ovsmgr.switch.cache import save as save_cache
 from ovsmgr.switch.connect import flow_table
 from ovsmgr.switch.lockout import Endpoint, LiveSwitchView, LockoutError, check_lockout
 from ovsmgr.switch.plan import (
@@ -33,7 +35,7 @@ from ovsmgr.switch.plan import (
 from ovsmgr.switch.rollback import arm_rollback
 from ovsmgr.switch.settings import ApplyError, datapath_type, ensure_switch_settings
 
-__all__ = ["ApplyError", "ApplyResult", "apply_policy", "plan_policy"]
+__all__ = ["ApplyError", "ApplyResult", "Desire", "apply_policy", "desire", "plan_policy"]
 
 
 @dataclass(frozen=True)
@@ -42,48 +44,65 @@ class ApplyResult:
     generation: int
     rollback_at: float | None = None
     warnings: tuple[str, ...] = ()
-    models: dict[FlowMod, Flow] | None = None
+    flow_count: int = 0
+    rules_compiled: int = 0
+    """Rules compiled for this apply (the others' flows came from the compile cache)."""
+    names: dict[int, str] = field(default_factory=dict)
+    """Rule names by cookie rule id, of the policy applied."""
 
 
-def _desired(compiled: CompiledPolicy) -> tuple[Desired, dict[FlowMod, Flow]]:
-    models: dict[FlowMod, Flow] = {}
-    return desired_flows(compiled.flows, models), models
+@dataclass(frozen=True)
+class Desire:
+    """The flows a policy wants on its bridge, how they were made, and the rule names behind them."""
+
+    policy: ResolvedPolicy
+    flows: Desired
+    names: dict[int, str]
+    compiled: Compiled | None
+    """None: given as a `CompiledPolicy` (its flows exactly, no cache)."""
+    full: CompiledPolicy | None = None
+
+    def compiled_policy(self) -> CompiledPolicy:
+        """The full compile (the simulator needs it): made only when asked for."""
+        return self.full if self.full is not None else compile_policy(self.policy)
 
 
-def plan_policy(compiled: CompiledPolicy, target: SwitchTarget) -> tuple[Plan, dict[FlowMod, Flow]]:
-    """What applying would change (and the compiled flows by wire form, to print them)."""
-    bridge = compiled.policy.bridge
-    desired, models = _desired(compiled)
+def desire(source: ResolvedPolicy | CompiledPolicy, target: SwitchTarget) -> Desire:
+    """A policy's flows, through the compile cache; a `CompiledPolicy`'s flows as they are."""
+    if isinstance(source, CompiledPolicy):
+        return Desire(source.policy, desired_flows(source.flows), source.rule_ids, None, source)
+    compiled = compile_with_cache(source, cache_path(target, source.bridge))
+    return Desire(source, dict(compiled.flows.flows), compiled.flows.rule_names(), compiled)
+
+
+def plan_policy(source: ResolvedPolicy | CompiledPolicy, target: SwitchTarget) -> tuple[Plan, dict[int, str]]:
+    """What applying would change (and the names of the rules behind the flows)."""
+    wanted = desire(source, target)
+    bridge = wanted.policy.bridge
     with SwitchDB(target.db) as db:
         if bridge not in db.bridges():
-            return make_plan([], desired), models
+            return make_plan([], wanted.flows), wanted.names
     with flow_table(target, bridge) as table:
         everything = table.read(ours_only=False)
-    plan = make_plan([s for s in everything if _managed(s.cookie)], desired)
+    plan = make_plan([s for s in everything if is_managed(s.cookie)], wanted.flows)
     plan.foreign = [s for s in everything if not cookie_parts(s.cookie)[0]]
-    return plan, models
-
-
-def _managed(cookie: int) -> bool:
-    from ovsmgr.southbound.openflow import is_managed
-
-    return is_managed(cookie)
+    return plan, wanted.names
 
 
 def apply_policy(
-    compiled: CompiledPolicy, target: SwitchTarget, *, full: bool = False, confirm: float | None = None,
-    force: bool = False, mgmt: Sequence[Endpoint] = (),
+    source: ResolvedPolicy | CompiledPolicy, target: SwitchTarget, *, full: bool = False,
+    confirm: float | None = None, force: bool = False, mgmt: Sequence[Endpoint] = (),
 ) -> ApplyResult:
     """Apply atomically; refuse (LockoutError) a policy that cuts the switch's own connections
     unless `force`; if anything after the flow push fails, put the previous flows back."""
-    policy = compiled.policy
+    wanted = desire(source, target)
+    policy, desired = wanted.policy, wanted.flows
     bridge = policy.bridge
-    desired, models = _desired(compiled)
     with SwitchDB(target.db) as db:
         created = bridge not in db.bridges()
         if not force:
-            cuts = check_lockout(compiled, LiveSwitchView(db, target, bridge, created), mgmt,
-                                 os.environ.get("SSH_CONNECTION"))
+            cuts = check_lockout(wanted.compiled_policy, LiveSwitchView(db, target, bridge, created), mgmt,
+                                 os.environ.get("SSH_CONNECTION"), policy)
             if cuts:
                 raise LockoutError(cuts)
         if created:
@@ -93,27 +112,38 @@ def apply_policy(
         with flow_table(target, bridge) as table:
             current = table.read()
             plan = full_replacement(current, desired) if full else make_plan(current, desired)
-            previous = rec.read_record(target, bridge), rec.read_flows(target, bridge)
+            previous, files = rec.read_record(target, bridge), rec.RecordFiles.read(target, bridge)
             try:
-                table.push(plan.bundle(compiled.rule_ids))
+                table.push(plan.bundle(wanted.names))
                 warnings = ensure_switch_settings(db, policy, target)
-                generation = (previous[0].generation if previous[0] else 0) + 1
+                generation = (previous.generation if previous else 0) + 1
                 mods = list(desired.values())
                 record = rec.make_record(bridge, generation, policy.digest, mods,
-                                         policy.ct_zone, policy.sources, compiled.rule_ids)
+                                         policy.ct_zone, policy.sources, wanted.names)
                 rec.write_record(target, record, mods, db)
+                _keep_cache(target, wanted)
             except Exception as exc:
-                _undo(db, table, target, bridge, created, [s.mod for s in current], previous, exc)
+                _undo(db, table, bridge, created, [s.mod for s in current], files, exc)
                 raise
     rollback_at = None
     if confirm is not None:
-        rollback_at = arm_rollback(target, bridge, [s.mod for s in current], previous[0], confirm)
-    return ApplyResult(plan, generation, rollback_at, tuple(warnings), models)
+        rollback_at = arm_rollback(target, bridge, [s.mod for s in current], previous, confirm)
+    compiled = wanted.compiled
+    return ApplyResult(plan, generation, rollback_at, tuple(warnings), len(desired),
+                       compiled.rules_compiled if compiled else len(policy.rules), wanted.names)
 
 
-def _undo(db: SwitchDB, table: FlowTable, target: SwitchTarget, bridge: str, created: bool,
-          before: list[FlowMod], previous: tuple[rec.AppliedRecord | None, list[FlowMod] | None],
-          exc: Exception) -> None:
+def _keep_cache(target: SwitchTarget, wanted: Desire) -> None:
+    """The compile cache for the next run, or none when the flows did not come from the policy."""
+    path = cache_path(target, wanted.policy.bridge)
+    if wanted.compiled is None:
+        path.unlink(missing_ok=True)
+    else:
+        save_cache(path, wanted.policy, wanted.compiled)
+
+
+def _undo(db: SwitchDB, table: FlowTable, bridge: str, created: bool, before: list[FlowMod],
+          files: rec.RecordFiles, exc: Exception) -> None:
     """After a failed apply: remove a bridge this apply created, else put the flows it found back
     (the push may have gone through before OVSDB or the disk refused) and the record it replaced.
     Failing that too is said in `exc`."""
@@ -122,8 +152,7 @@ def _undo(db: SwitchDB, table: FlowTable, target: SwitchTarget, bridge: str, cre
             db.delete_bridge(bridge)
         else:
             table.push(make_plan(table.read(), desired_mods(before)).bundle())
-            if previous[0] is not None and previous[1] is not None:
-                rec.write_files(target, previous[0], previous[1])
+            files.write_back()
     except Exception as undo_exc:  # the original error is what the operator must see first
         exc.add_note(f"restoring the previous flows of {bridge} failed too: {undo_exc}")
     else:

@@ -25,21 +25,24 @@ next packet is revalidated against the new rules (docs/design.md).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ovsmgr.compiler import CompiledPolicy
 from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.policy.ir import IPAddress
-from ovsmgr.sim import Conversation, SimulatedSwitch, Trace, decide
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
+
+if TYPE_CHECKING:  # the simulator is imported when a lifeline crosses the bridge, not at every apply
+    from ovsmgr.sim import SimulatedSwitch, Trace
 
 MGMT_PORT = 22
 CONTROLLER_PORT = 6653
@@ -111,14 +114,19 @@ class SwitchView(Protocol):
         """The source address the switch host would use to reach `address`; None: unknown."""
 
 
-def check_lockout(compiled: CompiledPolicy, view: SwitchView, mgmt: Sequence[Endpoint] = (),
-                  ssh_connection: str | None = None) -> list[Cut]:
-    """The lifelines of the switch that the policy would cut (empty: safe to apply)."""
+def check_lockout(compiled: CompiledPolicy | Callable[[], CompiledPolicy], view: SwitchView,
+                  mgmt: Sequence[Endpoint] = (), ssh_connection: str | None = None,
+                  policy: ResolvedPolicy | None = None) -> list[Cut]:
+    """The lifelines of the switch that the policy would cut (empty: safe to apply). `compiled` may
+    be a function that compiles (with `policy` given): the full compile, which the simulator needs,
+    is then made only if a lifeline crosses the bridge."""
     found = lifelines(view, mgmt, ssh_connection)
     if not found:
         return []
     own = view.addresses() or {}
-    return [cut for line in found if (cut := judge(compiled, view, own, line)) is not None]
+    lazy = functools.cache(compiled if callable(compiled) else (lambda: compiled))
+    resolved = policy if policy is not None else lazy().policy
+    return [cut for line in found if (cut := judge(resolved, lazy, view, own, line)) is not None]
 
 
 def lifelines(view: SwitchView, mgmt: Sequence[Endpoint], ssh_connection: str | None) -> list[Lifeline]:
@@ -139,9 +147,9 @@ def lifelines(view: SwitchView, mgmt: Sequence[Endpoint], ssh_connection: str | 
     return found
 
 
-def judge(compiled: CompiledPolicy, view: SwitchView, own: dict[IPAddress, str], line: Lifeline) -> Cut | None:
+def judge(policy: ResolvedPolicy, compiled: Callable[[], CompiledPolicy], view: SwitchView,
+          own: dict[IPAddress, str], line: Lifeline) -> Cut | None:
     """Does `line` cross the bridge, and if so, does the policy still let it through?"""
-    policy = compiled.policy
     if line.server.address in own:
         switch_end, remote, switch_is_client = line.server.address, line.client, False
     elif line.client is not None and line.client in own:
@@ -163,19 +171,21 @@ def judge(compiled: CompiledPolicy, view: SwitchView, own: dict[IPAddress, str],
             return None  # controller traffic of the LOCAL port: OVS in-band control passes it
         return Cut(line, f"{switch_end} is on interface {iface} (ofport {interfaces[iface]}), which is "
                          f"no port of the policy: the pipeline drops everything it sends")
-    return _simulate(compiled, line, port, switch_end, remote, switch_is_client)
+    return _simulate(compiled(), line, port, switch_end, remote, switch_is_client)
 
 
 def _simulate(compiled: CompiledPolicy, line: Lifeline, port: str, switch_end: IPAddress,
               remote: IPAddress | None, switch_is_client: bool) -> Cut | None:
     """Try the handshake from every place the remote end could be; one that passes is enough."""
+    from ovsmgr import sim
+
     policy = compiled.policy
     reasons = []
     for far_port in _far_ports(policy, port, remote):
         clients = [remote] if remote is not None else _any_clients(policy, far_port, switch_end.version)
         for client in clients:
             hosts = {port: (str(switch_end),), far_port: (str(client),)}
-            switch = SimulatedSwitch.from_policy(policy, hosts=hosts, compiled=compiled)
+            switch = sim.SimulatedSwitch.from_policy(policy, hosts=hosts, compiled=compiled)
             if switch_is_client:
                 reason = _handshake(switch, policy, port, switch_end, far_port, client, line.server.port)
             else:
@@ -189,9 +199,11 @@ def _simulate(compiled: CompiledPolicy, line: Lifeline, port: str, switch_end: I
 def _handshake(switch: SimulatedSwitch, policy: ResolvedPolicy, client_port: str, client: IPAddress,
                server_port: str, server: IPAddress, tcp_port: int) -> str | None:
     """SYN, SYN+ACK, ACK through the switch; None if all three arrive, else why one does not."""
+    from ovsmgr import sim
+
     fields = "nw" if client.version == 4 else "ipv6"
     proto = "tcp" if client.version == 4 else "tcp6"
-    talk = Conversation(switch)
+    talk = sim.Conversation(switch)
     trace = talk.send(client_port, f"{proto},{fields}_src={client},{fields}_dst={server},tp_dst={tcp_port}")
     if server_port not in trace.output:
         return _why(policy, client_port, trace, "is dropped")
@@ -205,7 +217,9 @@ def _handshake(switch: SimulatedSwitch, policy: ResolvedPolicy, client_port: str
 
 
 def _why(policy: ResolvedPolicy, in_port: str, trace: Trace, what: str) -> str:
-    decision = decide(policy, in_port, trace.packet_in)
+    from ovsmgr import sim
+
+    decision = sim.decide(policy, in_port, trace.packet_in)
     rules = {r.name: r for r in policy.rules}
     if decision.verdict != "allow" and decision.rule in rules:
         rule = rules[decision.rule]
@@ -218,6 +232,7 @@ def _why(policy: ResolvedPolicy, in_port: str, trace: Trace, what: str) -> str:
 
 def _far_ports(policy: ResolvedPolicy, port: str, remote: IPAddress | None) -> list[str]:
     """Where the remote end of a connection to `port` can be."""
+
     if policy.forwarding == "ports":
         return [policy.links[port]] if port in policy.links else []
     if remote is not None:

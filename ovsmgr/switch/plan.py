@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 from ovsmgr.compiler.flows import Flow
 from ovsmgr.compiler.pipeline import CookieKind, cookie_parts
-from ovsmgr.render.ofctl import actions_text, match_text
 from ovsmgr.southbound.openflow import (
     BundleOp,
     FlowMod,
@@ -147,6 +146,8 @@ def rule_of(cookie: int, names: dict[int, str]) -> str:
 
 def flow_line(mod: FlowMod, models: dict[FlowMod, Flow] | None = None) -> str:
     """`table=..,priority=..,MATCH actions=..` of a flow (decoded when its model is not at hand)."""
+    from ovsmgr.render.ofctl import actions_text, match_text  # for people only: not on apply's path
+
     flow = (models or {}).get(mod) or decode_flow(mod)
     if flow is None:
         return describe(mod)

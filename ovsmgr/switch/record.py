@@ -16,14 +16,14 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-import struct
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ovsmgr.southbound.openflow import FlowMod
+from ovsmgr.southbound.openflow.messages import pack_flows, unpack_flows
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.plan import flows_digest
@@ -31,8 +31,7 @@ from ovsmgr.switch.statefile import atomic_write
 
 EXT = "ovsmgr"
 """Prefix of the Bridge external_ids keys ovsmgr writes."""
-FLOWS_MAGIC = b"OVSMGR-FLOWS-1\n"
-_FLOW = struct.Struct("!BHQHH")
+FLOWS_MAGIC = b"OVSMGR-FLOWS-2\n"
 
 
 def state_path(target: SwitchTarget, bridge: str) -> Path:
@@ -70,9 +69,9 @@ class AppliedRecord:
     rolled_back_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {name.replace("_", "-"): getattr(self, name) for name in self.__dataclass_fields__}
         data["rules"] = {f"{k:#x}": v for k, v in self.rules.items()}
-        return {k.replace("_", "-"): v for k, v in data.items() if v is not None}
+        return {k: v for k, v in data.items() if v is not None}
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> AppliedRecord:
@@ -82,7 +81,8 @@ class AppliedRecord:
         return AppliedRecord(**{k: v for k, v in values.items() if k in known})
 
     def external_ids(self) -> dict[str, str]:
-        return {f"{EXT}-{k}": str(v) for k, v in self.to_json().items() if k != "rules"}
+        return {f"{EXT}-{name.replace('_', '-')}": str(value) for name in self.__dataclass_fields__
+                if name != "rules" and (value := getattr(self, name)) is not None}
 
 
 def make_record(bridge: str, generation: int, digest: str, mods: Sequence[FlowMod], ct_zone: int,
@@ -109,6 +109,31 @@ def write_files(target: SwitchTarget, record: AppliedRecord, mods: Sequence[Flow
     atomic_write(state_path(target, record.bridge), json.dumps(record.to_json()))
 
 
+@dataclass(frozen=True)
+class RecordFiles:
+    """The record's files as they were (bytes, or None where there was none), to put back verbatim
+    when an apply that replaced them fails."""
+
+    files: dict[Path, bytes | None]
+
+    @staticmethod
+    def read(target: SwitchTarget, bridge: str) -> RecordFiles:
+        out: dict[Path, bytes | None] = {}
+        for path in (flows_path(target, bridge), state_path(target, bridge)):
+            try:
+                out[path] = path.read_bytes()
+            except FileNotFoundError:
+                out[path] = None
+        return RecordFiles(out)
+
+    def write_back(self) -> None:
+        for path, data in self.files.items():
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, data)
+
+
 def read_record(target: SwitchTarget, bridge: str) -> AppliedRecord | None:
     try:
         return AppliedRecord.from_json(json.loads(state_path(target, bridge).read_text()))
@@ -117,32 +142,20 @@ def read_record(target: SwitchTarget, bridge: str) -> AppliedRecord | None:
 
 
 def read_flows(target: SwitchTarget, bridge: str) -> list[FlowMod] | None:
-    """The flows recorded at the last apply (None: nothing was recorded)."""
+    """The flows recorded at the last apply (None: nothing was recorded, or in a form this ovsmgr
+    does not read: an older release's, which the next apply replaces)."""
     try:
         return decode_flows(flows_path(target, bridge).read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
 
 
 def encode_flows(mods: Iterable[FlowMod]) -> bytes:
-    parts = [FLOWS_MAGIC]
-    for mod in mods:
-        parts.append(_FLOW.pack(mod.table, mod.priority, mod.cookie, len(mod.oxm), len(mod.instructions)))
-        parts.append(mod.oxm)
-        parts.append(mod.instructions)
-    return b"".join(parts)
+    return FLOWS_MAGIC + pack_flows(mods)
 
 
 def decode_flows(data: bytes) -> list[FlowMod]:
+    """Flows written by `encode_flows`; ValueError for anything else (another format, a cut file)."""
     if not data.startswith(FLOWS_MAGIC):
-        raise ValueError("not an ovsmgr flows file")
-    out = []
-    offset, end, size = len(FLOWS_MAGIC), len(data), _FLOW.size
-    while offset < end:
-        table, priority, cookie, n_oxm, n_instr = _FLOW.unpack_from(data, offset)
-        offset += size
-        oxm = data[offset:offset + n_oxm]
-        offset += n_oxm
-        out.append(FlowMod(table, priority, oxm, cookie, data[offset:offset + n_instr]))
-        offset += n_instr
-    return out
+        raise ValueError("not an ovsmgr flows file of this version")
+    return unpack_flows(data, len(FLOWS_MAGIC))

@@ -37,8 +37,9 @@ class StateFileError(OSError):
     """A state file that is not written; an `OSError`, so callers that handle I/O errors handle it."""
 
 
-def atomic_write(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` (str is written as UTF-8); see the module docstring."""
+def atomic_write(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` (str is written as UTF-8); see the module docstring. `durable=False`
+    skips the fsyncs, for files whose loss in a crash costs only time (the compile cache)."""
     target = Path(path)
     _refuse_link(target)
     payload = data.encode() if isinstance(data, str) else data
@@ -49,7 +50,8 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         _refuse_link(target)
@@ -58,7 +60,8 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _sync_dir(target.parent)
+    if durable:
+        _sync_dir(target.parent)
 
 
 def _refuse_link(path: Path) -> None:

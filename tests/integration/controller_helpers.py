@@ -22,16 +22,19 @@ STATS_FIELDS = ("cookie", "duration", "n_packets", "n_bytes", "idle_age", "hard_
 
 
 class RunningController:
-    def __init__(self, lab: Lab, files: list[Path], extra: list[str], workdir: Path) -> None:
+    def __init__(self, lab: Lab, files: list[Path], extra: list[str], workdir: Path,
+                 command: list[str] | None = None) -> None:
         self.lab = lab
         self.files = files
         self.extra = extra
+        self.command = command or [OVSMGR]
+        """How to start ovsmgr (e.g. under `tests.support.execlog`)."""
         self.stderr_path = workdir / "controller.log"
         self.paths = ControllerPaths(lab.dir, "br0")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> None:
-        argv = [OVSMGR, "controller", *map(str, self.files), "--db", self.lab.db_endpoint,
+        argv = [*self.command, "controller", *map(str, self.files), "--db", self.lab.db_endpoint,
                 "--stats-interval", "0.5", *self.extra]
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
@@ -69,8 +72,9 @@ class RunningController:
 
 
 @contextmanager
-def controller(lab: Lab, files: list[Path], workdir: Path, extra: list[str] | None = None) -> Iterator[RunningController]:
-    running = RunningController(lab, files, extra or [], workdir)
+def controller(lab: Lab, files: list[Path], workdir: Path, extra: list[str] | None = None,
+               command: list[str] | None = None) -> Iterator[RunningController]:
+    running = RunningController(lab, files, extra or [], workdir, command)
     try:
         running.start()
         yield running

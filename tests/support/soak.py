@@ -432,10 +432,11 @@ def _flow_check(lab: Lab, files: Sequence[str | os.PathLike[str]], config: SoakC
     """With the churn undone: the files' compile needs no change, and `status` sees no drift."""
     from ovsmgr.compiler import compile_policy
     from ovsmgr.policy import load_policy
-    from ovsmgr.switch.apply import plan_policy, switch_status
+    from ovsmgr.switch.apply import plan_policy
+    from ovsmgr.switch.status import switch_status
 
     target = SwitchTarget(lab.db_endpoint, lab.dir, lab.dir, lab=lab.name)
-    plan = plan_policy(compile_policy(load_policy([Path(f) for f in files])), target)
+    plan, _ = plan_policy(compile_policy(load_policy([Path(f) for f in files])), target)
     out: dict[str, Any] = {"plan": plan.counts(), "foreign": len(plan.foreign)}
     if not plan.empty:
         failures.append(f"the switch differs from the compiled policy files: {plan.counts()}")

@@ -11,6 +11,7 @@ connection, which stays at 1.3 because os-ken parses Nicira's packet-in2 (what
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -63,34 +64,78 @@ def _ofp_match(oxm: bytes) -> bytes:
 
 
 class FlowMod(NamedTuple):
-    """One flow as the switch keeps it: `key` identifies it (table, priority, match), `body` is the
-    rest that must be equal for the flow to be unchanged (cookie and instructions). A tuple, not a
-    dataclass: a dump makes one per flow, and a tuple is made several times faster."""
+    """One flow as the switch keeps it: `key` identifies it (table, priority, match: what a strict
+    delete names), `body` is the rest that must be equal for the flow to be unchanged (cookie and
+    instructions). Two byte strings, not a dataclass of fields: a dump makes one per flow, a plan
+    compares and hashes them by the thousand, and a tuple of two strings is the cheapest to do
+    all of that with."""
 
-    table: int
-    priority: int
-    oxm: bytes
-    cookie: int
-    instructions: bytes
+    key: bytes
+    """table (1 byte), priority (2), the match's OXM fields."""
+    body: bytes
+    """cookie (8 bytes), the instructions."""
+
+    @staticmethod
+    def of(table: int, priority: int, oxm: bytes, cookie: int, instructions: bytes) -> FlowMod:
+        return FlowMod(_KEY_HEAD.pack(table, priority) + oxm, _COOKIE.pack(cookie) + instructions)
 
     @property
-    def key(self) -> bytes:
-        return struct.pack("!BH", self.table, self.priority) + self.oxm
+    def table(self) -> int:
+        return self.key[0]
 
     @property
-    def body(self) -> bytes:
-        return struct.pack("!Q", self.cookie) + self.instructions
+    def priority(self) -> int:
+        return int.from_bytes(self.key[1:3], "big")
+
+    @property
+    def oxm(self) -> bytes:
+        return self.key[3:]
+
+    @property
+    def cookie(self) -> int:
+        return int.from_bytes(self.body[:8], "big")
+
+    @property
+    def instructions(self) -> bytes:
+        return self.body[8:]
+
+
+_KEY_HEAD = struct.Struct("!BH")
+_COOKIE = struct.Struct("!Q")
+
+
+_PACKED = struct.Struct("!HH")
+
+
+def pack_flows(mods: Iterable[FlowMod]) -> bytes:
+    """Flows as one byte string (each: key length, body length, key, body), for files."""
+    pack = _PACKED.pack
+    return b"".join(part for key, body in mods for part in (pack(len(key), len(body)), key, body))
+
+
+def unpack_flows(data: bytes, offset: int = 0) -> list[FlowMod]:
+    """`pack_flows` backwards, from `offset`; ValueError for bytes that are not that."""
+    out = []
+    end, size, unpack = len(data), _PACKED.size, _PACKED.unpack_from
+    while offset + size <= end:
+        n_key, n_body = unpack(data, offset)
+        offset += size
+        out.append(FlowMod(data[offset:offset + n_key], data[offset + n_key:offset + n_key + n_body]))
+        offset += n_key + n_body
+    if offset != end:
+        raise ValueError("packed flows cut short")
+    return out
 
 
 def encode_flow(flow: Flow) -> FlowMod:
-    return FlowMod(int(flow.table), flow.priority, encode_match(flow.match), flow.cookie,
-                   encode_instructions(flow.actions))
+    return FlowMod(_KEY_HEAD.pack(flow.table, flow.priority) + encode_match(flow.match),
+                   _COOKIE.pack(flow.cookie) + encode_instructions(flow.actions))
 
 
 def flow_mod_add(flow: FlowMod, xid: int, version: int = OFP14) -> bytes:
     fixed = _FLOW_MOD.pack(flow.cookie, 0, flow.table, OFPFC_ADD, 0, 0, flow.priority, OFP_NO_BUFFER,
                            OFPP_ANY, OFPG_ANY, 0, 0)
-    return message(OFPT_FLOW_MOD, xid, fixed + _ofp_match(flow.oxm) + flow.instructions, version)
+    return message(OFPT_FLOW_MOD, xid, fixed + _ofp_match(flow.oxm) + flow.body[8:], version)
 
 
 def flow_mod_delete(flow: FlowMod, xid: int, version: int = OFP14) -> bytes:
@@ -141,21 +186,22 @@ class FlowStats(NamedTuple):
         return self.mod.cookie
 
 
-_MATCH_LEN = struct.Struct("!H")
+_ENTRY = struct.Struct("!H30xQQ2xH")
+"""An entry's length, packet and byte counts, and its match's length (the rest is taken as bytes)."""
 
 
 def flow_stats_entries(reply: bytes) -> list[FlowStats]:
     """The entries of one OFPMP_FLOW reply message (header included in `reply`)."""
     out = []
-    unpack, match_len_of = _FLOW_STATS.unpack_from, _MATCH_LEN.unpack_from
+    unpack = _ENTRY.unpack_from
     offset, end = 16, len(reply)
     while offset + 48 <= end:
-        length, table, _, _, priority, _, _, _, _, cookie, packets, nbytes = unpack(reply, offset)
-        match_len = match_len_of(reply, offset + 50)[0]
+        length, packets, nbytes, match_len = unpack(reply, offset)
         instructions = offset + 48 + (match_len + 7) // 8 * 8
-        mod = FlowMod(table, priority, reply[offset + 52:offset + 48 + match_len], cookie,
-                      reply[instructions:offset + length])
-        out.append(FlowStats(mod, packets, nbytes))
+        # key: table, priority, OXM fields; body: cookie, instructions (see FlowMod)
+        key = reply[offset + 2:offset + 3] + reply[offset + 12:offset + 14] + reply[offset + 52:offset + 48 + match_len]
+        out.append(FlowStats(FlowMod(key, reply[offset + 24:offset + 32] + reply[instructions:offset + length]),
+                             packets, nbytes))
         offset += length
     return out
 

@@ -1,8 +1,12 @@
-"""Recompile only what a runtime change touches, with the full compile's exact output.
+"""Recompile only what a change touches, with the full compile's exact output, in wire form.
 
-Controller mode changes address sets and rules while traffic flows. A full
-`compile_policy` of 10,000 rules takes seconds; a change to one rule must not.
-`IncrementalFlows` keeps the compiled flows *by owner*:
+Controller mode changes address sets and rules while traffic flows, and `apply`
+of a policy file with one rule edited should cost about what the edit does. A
+full `compile_policy` of 10,000 rules takes about a second; a change to one rule
+must not. `IncrementalFlows` keeps the compiled flows *by owner*, each in its
+OpenFlow wire form (`FlowMod`: what is pushed and what the switch reports), so an
+unchanged rule is neither recompiled nor encoded again; `switch.cache` keeps it on
+disk between two `apply` runs:
 
 - ``BASE``: everything that does not depend on the firewall rules (CLASSIFY,
   CONNTRACK, EGRESS, the STATE skeleton, the default action, NAT, OUTPUT),
@@ -18,7 +22,7 @@ current level. So a change at position p can only move levels from the start
 of p's level on, and once the new pass starts a level at the same rule as the
 old pass did, after the last change, every later level is the old one plus a
 constant: the pass stops there. Flows that several owners make alike (clause
-flows of conjunctions merged across rules) are recombined in compile order.
+flows of conjunctions merged across rules) are recombined in compile order (decoded, merged as `FlowSet` merges them, encoded).
 
 Conjunction ids are taken in rule order, the next free one on a collision
 (32-bit hashes; rare). When a change could move another rule's id,
@@ -33,14 +37,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ovsmgr.compiler import compile_policy
-from ovsmgr.compiler.flows import Flow, FlowSet, Match
+from ovsmgr.compiler.flows import Flow, FlowSet
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_rule, conj_id_base, rule_levels
 from ovsmgr.compiler.stages.track import compile_state
 from ovsmgr.policy.analysis import RuleIndex, overlaps
 from ovsmgr.policy.ir import NatRule, ResolvedPolicy, Rule
+from ovsmgr.southbound.openflow import FlowMod, decode_flow, encode_flow
+from ovsmgr.southbound.openflow.messages import pack_flows, unpack_flows
 
-FlowKey = tuple[int, int, Match]
+FlowKey = bytes
+"""A flow's wire key (table, priority, match: `FlowMod.key`)."""
 BASE = "\0base"
 """Owner of the flows that do not depend on firewall rules (not a valid rule name)."""
 
@@ -53,9 +60,9 @@ class NeedsFullCompile(Exception):
 class FlowChanges:
     """What an update does to the flow table, by flow key (old flow, new flow)."""
 
-    added: list[Flow] = field(default_factory=list)
-    removed: list[Flow] = field(default_factory=list)
-    changed: list[tuple[Flow, Flow]] = field(default_factory=list)
+    added: list[FlowMod] = field(default_factory=list)
+    removed: list[FlowMod] = field(default_factory=list)
+    changed: list[tuple[FlowMod, FlowMod]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -69,11 +76,11 @@ class Pending:
     policy: ResolvedPolicy
     rules: list[Rule]
     levels: list[int]
-    owners: dict[str, tuple[Flow, ...] | None]
+    owners: dict[str, tuple[FlowMod, ...] | None]
     """Owner -> its new flows; None: the owner is gone."""
-    contrib: dict[FlowKey, list[Contribution]]
-    """Touched keys -> every owner's flow at the key, in compile order."""
-    flows: dict[FlowKey, Flow | None]
+    index: dict[FlowKey, tuple[str, ...]]
+    """Touched keys -> the owners with a flow at the key, in compile order (empty: none left)."""
+    flows: dict[FlowKey, FlowMod | None]
     """Touched keys -> the effective flow, None when no flow is left at the key."""
     conj: dict[str, tuple[int, ...] | None]
     changes: FlowChanges
@@ -82,7 +89,61 @@ class Pending:
     """Rule name -> index in `rules`; None when unchanged."""
 
 
-Contribution = tuple[str, Flow]
+Contribution = tuple[str, FlowMod]
+
+
+class Owners:
+    """Owner -> its flows. Owners restored from the compile cache stay in their packed form
+    (`messages.pack_flows`) until one is looked at: an apply that changes one rule of 10,000
+    decodes one rule's flows, not every rule's, and saves the others' packed bytes unread."""
+
+    def __init__(self, packed: dict[str, bytes] | None = None) -> None:
+        self._flows: dict[str, tuple[FlowMod, ...] | bytes] = dict(packed or {})
+        self._by_key: dict[str, dict[FlowKey, list[FlowMod]]] = {}
+
+    def __contains__(self, owner: str) -> bool:
+        return owner in self._flows
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def get(self, owner: str, default: tuple[FlowMod, ...] = ()) -> tuple[FlowMod, ...]:
+        flows = self._flows.get(owner)
+        if flows is None:
+            return default
+        if isinstance(flows, bytes):
+            flows = self._flows[owner] = tuple(unpack_flows(flows))
+        return flows
+
+    def __getitem__(self, owner: str) -> tuple[FlowMod, ...]:
+        if owner not in self._flows:
+            raise KeyError(owner)
+        return self.get(owner)
+
+    def __setitem__(self, owner: str, flows: tuple[FlowMod, ...]) -> None:
+        self._flows[owner] = flows
+        self._by_key.pop(owner, None)
+
+    def pop(self, owner: str) -> None:
+        self._flows.pop(owner, None)
+        self._by_key.pop(owner, None)
+
+    def names(self) -> list[str]:
+        return list(self._flows)
+
+    def at(self, owner: str, key: FlowKey) -> list[FlowMod]:
+        """The owner's flows at one key (usually one)."""
+        by_key = self._by_key.get(owner)
+        if by_key is None:
+            by_key = self._by_key[owner] = {}
+            for mod in self.get(owner):
+                by_key.setdefault(mod.key, []).append(mod)
+        return by_key.get(key, [])
+
+    def packed(self) -> dict[str, bytes]:
+        """Every owner's flows packed, in compile order (unread ones as they came)."""
+        return {owner: flows if isinstance(flows, bytes) else pack_flows(flows)
+                for owner, flows in self._flows.items()}
 
 
 def nat_signature(nat: Iterable[NatRule]) -> tuple[object, ...]:
@@ -98,7 +159,8 @@ class IncrementalFlows:
         self.rules: list[Rule] = list(policy.rules)
         self.levels: list[int] = rule_levels(policy.rules)
         self.positions = {r.name: i for i, r in enumerate(self.rules)}
-        self.owners: dict[str, tuple[Flow, ...]] = {BASE: _base_flows(policy)}
+        self.owners = Owners()
+        self.owners[BASE] = _base_flows(policy)
         self.conj: dict[str, tuple[int, ...]] = {}
         self.collisions = 0
         used = _TakenIds()
@@ -110,20 +172,24 @@ class IncrementalFlows:
             if set(taken) != set(_conj_bases(rule)):
                 self.collisions += 1
         self.conj_owner = {v: n for n, values in self.conj.items() for v in values}
-        self.contrib: dict[FlowKey, list[Contribution]] = {}
-        for owner, flows in self.owners.items():
-            for flow in flows:
-                self.contrib.setdefault(flow.key, []).append((owner, flow))
-        self.flows: dict[FlowKey, Flow] = {}
-        for key, pairs in self.contrib.items():
-            merged = _merge(key, pairs)
+        self.index: dict[FlowKey, tuple[str, ...]] = {}
+        for owner in self.owners.names():
+            for flow in self.owners[owner]:
+                at = self.index.get(flow.key, ())
+                if owner not in at:
+                    self.index[flow.key] = (*at, owner)
+        self.flows: dict[FlowKey, FlowMod] = {}
+        for key in self.index:
+            merged = _merge(key, self._pairs(key))
             if merged is not None:
                 self.flows[key] = merged
 
-    def sorted_flows(self) -> list[Flow]:
-        fs = FlowSet()
-        fs.flows = dict(self.flows)
-        return fs.sorted()
+    def _pairs(self, key: FlowKey) -> list[Contribution]:
+        """Every owner's flow at `key`, in compile order."""
+        return [(owner, mod) for owner in self.index.get(key, ()) for mod in self.owners.at(owner, key)]
+
+    def sorted_flows(self) -> list[FlowMod]:
+        return sorted(self.flows.values())
 
     def rule_names(self) -> dict[int, str]:
         """Cookie rule id -> name, for every rule and NAT rule that has flows, and the default."""
@@ -141,7 +207,7 @@ class IncrementalFlows:
         policy = dataclasses.replace(self.policy, rules=tuple(rules), nat=self.policy.nat if nat is None else nat)
         positions = self.positions if same_order else {r.name: i for i, r in enumerate(rules)}
         levels, first, stop = self._levels(rules, positions, changed)
-        owners: dict[str, tuple[Flow, ...] | None] = {}
+        owners: dict[str, tuple[FlowMod, ...] | None] = {}
         if nat is not None and nat_signature(nat) != nat_signature(self.policy.nat):
             owners[BASE] = _base_flows(policy)
         recompile = [rules[i] for i in range(first, stop)
@@ -152,22 +218,22 @@ class IncrementalFlows:
             owners[rule.name] = _rule_flows(policy, rule, levels[positions[rule.name]], set())
         for name in removed:
             owners[name] = None
-        contrib, flows, changes = self._touched(owners, positions)
-        return Pending(policy, rules, levels, owners, contrib, flows, conj, changes, len(recompile),
+        index, flows, changes = self._touched(owners, positions)
+        return Pending(policy, rules, levels, owners, index, flows, conj, changes, len(recompile),
                        None if same_order else positions)
 
     def commit(self, pending: Pending) -> None:
         """Make a prepared update current (after the switch accepted its flows)."""
         for owner, flows in pending.owners.items():
             if flows is None:
-                self.owners.pop(owner, None)
+                self.owners.pop(owner)
             else:
                 self.owners[owner] = flows
-        for key, pairs in pending.contrib.items():
-            if pairs:
-                self.contrib[key] = pairs
+        for key, at in pending.index.items():
+            if at:
+                self.index[key] = at
             else:
-                self.contrib.pop(key, None)
+                self.index.pop(key, None)
         for key, flow in pending.flows.items():
             if flow is None:
                 self.flows.pop(key, None)
@@ -234,8 +300,8 @@ class IncrementalFlows:
         return out
 
     # --- effective flows ----------------------------------------------------------------------------
-    def _touched(self, owners: dict[str, tuple[Flow, ...] | None], positions: dict[str, int],
-                 ) -> tuple[dict[FlowKey, list[Contribution]], dict[FlowKey, Flow | None], FlowChanges]:
+    def _touched(self, owners: dict[str, tuple[FlowMod, ...] | None], positions: dict[str, int],
+                 ) -> tuple[dict[FlowKey, tuple[str, ...]], dict[FlowKey, FlowMod | None], FlowChanges]:
         added: dict[FlowKey, list[Contribution]] = {}
         keys: dict[FlowKey, None] = {}
         for owner, flows in owners.items():
@@ -244,23 +310,23 @@ class IncrementalFlows:
             for flow in flows or ():
                 keys[flow.key] = None
                 added.setdefault(flow.key, []).append((owner, flow))
-        contrib: dict[FlowKey, list[Contribution]] = {}
-        flows_at: dict[FlowKey, Flow | None] = {}
+        index: dict[FlowKey, tuple[str, ...]] = {}
+        flows_at: dict[FlowKey, FlowMod | None] = {}
         changes = FlowChanges()
         for key in keys:
-            pairs = [p for p in self.contrib.get(key, ()) if p[0] not in owners] + added.get(key, [])
+            pairs = [p for p in self._pairs(key) if p[0] not in owners] + added.get(key, [])
             if len(pairs) > 1:
                 pairs.sort(key=lambda p: -1 if p[0] == BASE else positions[p[0]])
-            contrib[key] = pairs
+            index[key] = tuple(dict.fromkeys(owner for owner, _ in pairs))
             new, old = _merge(key, pairs), self.flows.get(key)
             flows_at[key] = new
             if old is None and new is not None:
                 changes.added.append(new)
             elif new is None and old is not None:
                 changes.removed.append(old)
-            elif old is not None and new is not None and (old.actions, old.cookie) != (new.actions, new.cookie):
+            elif old is not None and new is not None and old.body != new.body:
                 changes.changed.append((old, new))
-        return contrib, flows_at, changes
+        return index, flows_at, changes
 
 
 class _TakenIds(set[int]):
@@ -275,15 +341,19 @@ class _TakenIds(set[int]):
         self.log.append(value)
 
 
-def _merge(key: FlowKey, pairs: list[Contribution]) -> Flow | None:
-    """The flow at `key` as the full compile makes it: its owners' flows merged in compile order."""
+def _merge(key: FlowKey, pairs: list[Contribution]) -> FlowMod | None:
+    """The flow at `key` as the full compile makes it: its owners' flows merged in compile order
+    (several owners at one key: clause flows of conjunctions, merged into one)."""
     if not pairs:
         return None
     if len(pairs) == 1:
         return pairs[0][1]
     merged = FlowSet()
-    merged.extend(f for _, f in pairs)
-    return merged.flows[key]
+    flows = [decode_flow(mod) for _, mod in pairs]
+    merged.extend(f for f in flows if f is not None)
+    if len(merged) != 1:
+        raise ValueError(f"owners' flows at one key do not decode to one flow: {pairs}")
+    return encode_flow(next(iter(merged)))
 
 
 def _level_start(levels: list[int], index: int) -> int:
@@ -300,15 +370,16 @@ def _conj_bases(rule: Rule) -> tuple[int, ...]:
     return tuple(sorted(conj_id_base(rule.name, v) for v in rule.match.families()))
 
 
-def _base_flows(policy: ResolvedPolicy) -> tuple[Flow, ...]:
+def _base_flows(policy: ResolvedPolicy) -> tuple[FlowMod, ...]:
     """Every flow that does not come from a firewall rule: the policy compiled without its rules."""
-    return tuple(compile_policy(dataclasses.replace(policy, rules=())).flowset.flows.values())
+    flows = compile_policy(dataclasses.replace(policy, rules=())).flowset.flows.values()
+    return tuple(encode_flow(f) for f in flows)
 
 
-def _rule_flows(policy: ResolvedPolicy, rule: Rule, level: int, conj_ids: set[int]) -> tuple[Flow, ...]:
+def _rule_flows(policy: ResolvedPolicy, rule: Rule, level: int, conj_ids: set[int]) -> tuple[FlowMod, ...]:
     """One rule's FILTER flows and, for a stateful allow, its STATE flow."""
     marks: dict[int, str] = {}
-    flows = compile_rule(policy, rule, level, marks, conj_ids)
+    flows: list[Flow] = compile_rule(policy, rule, level, marks, conj_ids)
     if marks:
         flows += [f for f in compile_state(policy, marks) if f.rule == rule.name]
-    return tuple(flows)
+    return tuple(encode_flow(f) for f in flows)
