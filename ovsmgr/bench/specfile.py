@@ -37,6 +37,7 @@ from ovsmgr.bench.specmodel import (
 )
 from ovsmgr.policy.diagnostics import Collector, PolicyError
 from ovsmgr.policy.loader import Path_, SourceMap, load_file, load_text
+from ovsmgr.policy.shape import _data_path as pydantic_data_path
 
 _MAPPING_ERRORS = ("model_type", "model_attributes_type", "dict_type", "union_tag_not_found")
 _NOUNS = {"bool_type": "true or false", "string_type": "a string", "list_type": "a list"}
@@ -45,20 +46,6 @@ _SECTIONS: dict[str, type[BaseModel]] = {"ndr": NdrModel, "traffic": TrafficMode
 
 
 # --- shape errors, worded --------------------------------------------------------------------
-def _data_path(loc: tuple[Any, ...], data: Any) -> Path_:
-    """The data path of a pydantic location: union tags and branch names are left out."""
-    path: list[str | int] = []
-    node = data
-    for n, part in enumerate(loc):
-        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
-        if in_dict or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, dict) and isinstance(part, str) and n == len(loc) - 1:
-            path.append(part)  # a missing key: the last part names it
-    return tuple(path)
-
-
 def _field(path: Path_) -> tuple[str, str | tuple[str, str]]:
     """(field name, its BOUNDS key) of the value at ``path`` (an item of a list: the list's)."""
     names = [p for p in path if isinstance(p, str)]
@@ -115,7 +102,7 @@ def _report(exc: ValidationError, data: Any, source: SourceMap, diag: Collector)
     """Every shape error, once per place (a union's branches may each report one); the places."""
     seen: dict[Path_, Any] = {}
     for err in exc.errors():
-        path = _data_path(tuple(err["loc"]), data)
+        path, _ = pydantic_data_path(tuple(err["loc"]), data)  # union tags and branches left out
         if path not in seen or err["type"] == "value_error":  # a validator's own words win
             seen[path] = err
     for path, err in seen.items():

@@ -193,68 +193,68 @@ class _Experiment(CommonSettings):
     name: str | None = Field(default=None, description="Default: METHOD-N.")
 
 
+# What methods take, in groups; each method's model is the groups it takes (extra keys are errors).
 class _Pipelines(_Experiment):
     pipelines: OneOrMore[Pipeline] | None = None
+
+
+class _AgainstBaseline(_Pipelines):
+    baseline: Baseline = "plain"
     policy_ports: PolicyPorts | None = None
 
 
-class Sweep(_Pipelines):
-    method: Literal["sweep"]
-    baseline: Baseline = "plain"
-    flows: OneOrMore[FlowCount] | None = None
-    sizes: OneOrMore[FrameSize] | None = None
-    rates: Rates | None = None
-
-
-class Ndr(_Pipelines):
-    method: Literal["ndr"]
-    baseline: Baseline = "plain"
-    flows: OneOrMore[FlowCount] | None = None
+class _Sizes(_Experiment):
     sizes: OneOrMore[FrameSize] | None = None
 
 
-class Flows(_Experiment):
-    method: Literal["flows"]
-    pipelines: OneOrMore[Pipeline] | None = None
+class _Load(_Sizes):
     flows: OneOrMore[FlowCount] | None = None
-    sizes: OneOrMore[FrameSize] | None = None
-    establish: bool | None = Field(default=None, description="UDP flows get a reply before measuring.")
+
+
+class _Measures(_Load):
     measures: OneOrMore[Measure] | None = None
     rates: Rates | None = None
 
 
-class Rules(_Experiment):
+class _Rules(_Experiment):
+    rule_kinds: OneOrMore[RuleKind] | None = None
+    rules: OneOrMore[RuleCount] | None = None
+
+
+class Sweep(_AgainstBaseline, _Load):
+    method: Literal["sweep"]
+    rates: Rates | None = None
+
+
+class Ndr(_AgainstBaseline, _Load):
+    method: Literal["ndr"]
+
+
+class Flows(_Pipelines, _Measures):
+    method: Literal["flows"]
+    establish: bool | None = Field(default=None, description="UDP flows get a reply before measuring.")
+
+
+class Rules(_Rules, _Measures):
     method: Literal["rules"]
     systems: OneOrMore[System] | None = None
-    rule_kinds: OneOrMore[RuleKind] | None = None
-    rules: OneOrMore[RuleCount] | None = None
-    flows: OneOrMore[FlowCount] | None = None
-    sizes: OneOrMore[FrameSize] | None = None
-    measures: OneOrMore[Measure] | None = None
-    rates: Rates | None = None
 
 
-class Tcp(_Pipelines):
+class Tcp(_AgainstBaseline):
     method: Literal["tcp"]
-    baseline: Baseline = "plain"
 
 
-class Cps(_Pipelines):
+class Cps(_AgainstBaseline, _Sizes):
     method: Literal["cps"]
-    baseline: Baseline = "plain"
-    sizes: OneOrMore[FrameSize] | None = None
 
 
-class Control(_Experiment):
+class Control(_Rules):
     method: Literal["control"]
-    rules: OneOrMore[RuleCount] | None = None
-    rule_kinds: OneOrMore[RuleKind] | None = None
 
 
-class Updates(_Pipelines):
+class Updates(_Pipelines, _Load):
     method: Literal["updates"]
-    flows: OneOrMore[FlowCount] | None = None
-    sizes: OneOrMore[FrameSize] | None = None
+    policy_ports: PolicyPorts | None = None
     update_rate: UpdateRate | None = Field(
         default=None, description="Runtime changes per second during the subject's NDR search.")
     update_kind: UpdateKind | None = None

@@ -71,3 +71,23 @@ def test_the_schema_refuses_what_the_models_refuse(change: str, text: str) -> No
     with pytest.raises(SpecError):
         parse_spec(changed, "updates.yaml", ROOT / "bench")
     assert list(jsonschema.Draft202012Validator(committed()).iter_errors(as_an_editor_reads(changed)))
+
+
+METHOD_KEYS = {  # docs/bench.md, "Spec files": what each method takes besides the common settings
+    "sweep": {"pipelines", "baseline", "flows", "sizes", "rates", "policy_ports"},
+    "ndr": {"pipelines", "baseline", "flows", "sizes", "policy_ports"},
+    "flows": {"pipelines", "flows", "sizes", "establish", "measures", "rates"},
+    "rules": {"systems", "rule_kinds", "rules", "flows", "sizes", "measures", "rates"},
+    "tcp": {"pipelines", "baseline", "policy_ports"},
+    "cps": {"pipelines", "baseline", "sizes", "policy_ports"},
+    "control": {"rules", "rule_kinds"},
+    "updates": {"pipelines", "flows", "sizes", "policy_ports", "update_rate", "update_kind"},
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_KEYS))
+def test_each_method_takes_exactly_its_keys(method: str) -> None:
+    common = {"name", "method", "datapath", "duration", "warmup", "repetitions", "probe_rate", "ndr", "traffic",
+              "dpdk_ring", "nice"}
+    properties = committed()["$defs"][method.capitalize()]["properties"]
+    assert set(properties) - common == METHOD_KEYS[method]
