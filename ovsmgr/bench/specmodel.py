@@ -276,8 +276,6 @@ class BenchFile(CommonSettings):
 
 
 def bench_json_schema() -> dict[str, object]:
-    schema = BenchFile.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://ovsmgr.dev/schema/ovsmgr-bench.schema.json"
-    schema["title"] = "ovsmgr bench spec (version 1)"
-    return schema
+    return {**BenchFile.model_json_schema(by_alias=True), "title": "ovsmgr bench spec (version 1)",
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://ovsmgr.dev/schema/ovsmgr-bench.schema.json"}
