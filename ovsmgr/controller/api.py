@@ -206,6 +206,10 @@ class _DeadlineReader(io.RawIOBase):
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "ovsmgr-controller"
+    protocol_version = "HTTP/1.1"
+    """Connections are kept for the next request (a client that calls often does not pay for a
+    connection, and the controller for a thread, per call); each request, and the wait for it,
+    has the same TIMEOUT, after which the connection is closed."""
     token: str = ""
     table: ClassVar[list[Route]] = []
     _unread = False
@@ -215,7 +219,16 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.settimeout(TIMEOUT)
         self.rfile.close()  # the plain reader: replaced by one with a deadline for the whole request
-        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, TIMEOUT))
+        self.reader = _DeadlineReader(self.connection, TIMEOUT)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        """One request of the connection, within TIMEOUT of the end of the one before."""
+        self.reader.deadline = time.monotonic() + TIMEOUT
+        try:
+            super().handle_one_request()
+        except TimeoutError:  # waiting for the next request (or a slow one): the connection ends
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("api: " + format, *args)
@@ -324,13 +337,17 @@ class _Handler(BaseHTTPRequestHandler):
                 left -= len(data)
 
     def _answer(self, status: int, value: Any) -> None:
+        """The answer; a refusal also ends the connection (only answered calls keep it)."""
+        if status >= 300:
+            self.close_connection = True
         data = json.dumps(value).encode()
         with contextlib.suppress(OSError):  # a client that left, or stopped reading
             self.connection.settimeout(TIMEOUT)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
-            self.send_header("Connection", "close")
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -344,6 +361,9 @@ class _Bounded(socketserver.ThreadingMixIn):
     """At most MAX_CONNECTIONS requests at once; beyond that, 503 and the connection is closed."""
 
     daemon_threads = True
+    request_queue_size = 128
+    """Listen backlog: callers that arrive together wait to be accepted (the default 5 refused
+    them at once, EAGAIN on a unix socket), and the MAX_CONNECTIONS bound still holds."""
 
     def server_activate(self) -> None:
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)

@@ -46,10 +46,14 @@ def find_controller(state_dir: Path, bridge: str | None) -> ControllerPaths:
 
 
 class ApiClient:
+    """Calls to one controller over one kept connection (made again when the controller closed it);
+    one client per thread."""
+
     def __init__(self, endpoint: str, token: str, timeout: float = 120) -> None:
         self.endpoint = endpoint
         self.token = token
         self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
 
     @staticmethod
     def for_paths(paths: ControllerPaths) -> ApiClient:
@@ -63,6 +67,35 @@ class ApiClient:
                            "its owner can read; is the controller running?)")
         return ApiClient(str(info["api"]), text.strip())
 
+    def _exchange(self, method: str, path: str, data: bytes | None,
+                  headers: dict[str, str]) -> tuple[http.client.HTTPResponse, Any]:
+        """One request over the kept connection; once more over a new one if the kept one had been
+        closed by the controller (idle too long) before this request reached it."""
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            conn = self._conn = self._conn or self._connection()
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                payload = json.loads(response.read() or b"null")
+            except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest) as exc:
+                self.close()
+                if fresh or attempt == 2:
+                    raise exc
+                continue
+            except BaseException:
+                self.close()
+                raise
+            if response.will_close:
+                self.close()
+            return response, payload
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def _connection(self) -> http.client.HTTPConnection:
         if self.endpoint.startswith("unix:"):
             return _UnixConnection(self.endpoint.removeprefix("unix:"), self.timeout)
@@ -70,17 +103,12 @@ class ApiClient:
         return http.client.HTTPConnection(host.strip("[]"), int(port), timeout=self.timeout)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn = self._connection()
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            payload = json.loads(response.read() or b"null")
+            response, payload = self._exchange(method, path, data, headers)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise ApiError(f"the controller API at {self.endpoint} did not answer: {exc}") from exc
-        finally:
-            conn.close()
         if response.status >= 300:
             raise ApiError(str(payload.get("error")), response.status, payload.get("diagnostics"))
         return payload

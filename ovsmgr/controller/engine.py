@@ -26,7 +26,6 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE
 from ovsmgr.controller import policydata
 from ovsmgr.controller.paths import ControllerPaths
+from ovsmgr.controller.queue import Change, ChangeKind, ChangeQueue, Ticket
 from ovsmgr.controller.recorder import Recorder
 from ovsmgr.controller.runtime import ChangeError, RuntimeChanges, load_changes, save_changes
 from ovsmgr.controller.switchdb import prepare_bridge
@@ -96,9 +96,7 @@ class Engine:
         self.on_generation: list[Callable[[int], None]] = []
         self.names: dict[int, str] = {}
         """Cookie rule id -> rule name, for every rule this controller ever had (late packet-ins, stats)."""
-        self._queue: deque[Ticket] = deque()
-        self._queued = threading.Condition()
-        self._committer: threading.Thread | None = None
+        self.queued = ChangeQueue(self.lock, self._commit_group)
         self._batch: _Batch | None = None
 
     # --- building -------------------------------------------------------------------------------
@@ -140,7 +138,7 @@ class Engine:
     def _index_data(self) -> None:
         """Which rules use which sets, and where each rule's data is (rebuilt when rules come or go)."""
         self.refs = policydata.RuleRefs(self.data)
-        self.data_index = {r["name"]: i for i, r in enumerate(self.data.get("firewall", {}).get("rules", []))}
+        self.data_index = {r["name"]: i for i, r in enumerate(policydata.firewall_rules(self.data))}
 
     @property
     def policy(self) -> ResolvedPolicy:
@@ -231,37 +229,81 @@ class Engine:
     # --- runtime updates --------------------------------------------------------------------------
     def set_members(self, name: str, add: list[str], remove: list[str]) -> ChangeResult:
         """Add and remove members of an address set (queued, committed with its group)."""
-        return self.submit(lambda: self._set_members(name, add, remove)).wait()
+        return self.queue("set_members", name, add, remove).wait()
 
     def add_rule(self, rule: dict[str, Any], before: str | None, after: str | None) -> ChangeResult:
-        return self.submit(lambda: self._add_rule(rule, before, after)).wait()
+        return self.queue("add_rule", rule, before, after).wait()
 
     def remove_rule(self, name: str) -> ChangeResult:
-        return self.submit(lambda: self._remove_rule(name)).wait()
+        return self.queue("remove_rule", name).wait()
 
     def set_rule_enabled(self, name: str, enabled: bool) -> ChangeResult:
-        return self.submit(lambda: self._set_rule_enabled(name, enabled)).wait()
+        return self.queue("set_rule_enabled", name, enabled).wait()
 
-    def queue(self, change: str, *args: Any) -> Ticket:
+    def queue(self, kind: ChangeKind, *args: Any) -> Ticket:
         """The asynchronous form of `set_members`, `add_rule`, `remove_rule` and
-        `set_rule_enabled` (``change`` names one): queued in call order, answered by the
+        `set_rule_enabled` (``kind`` names one): queued in call order, answered by the
         ticket's ``wait()``. Many callers at once (API clients, the bench's updater) share
         groups, and so pushes."""
+        return self.queued.submit(Change(kind, args))
+
+    def _compute(self, change: Change) -> ChangeResult:
+        """One change in memory (inside a group: pushed and written with the group)."""
         methods: dict[str, Callable[..., ChangeResult]] = {
             "set_members": self._set_members, "add_rule": self._add_rule,
             "remove_rule": self._remove_rule, "set_rule_enabled": self._set_rule_enabled}
-        method = methods[change]
-        return self.submit(lambda: method(*args))
+        return methods[change.kind](*change.args)
 
     def _set_members(self, name: str, add: list[str], remove: list[str]) -> ChangeResult:
         with self._counting():
-            file_sets = self.file_data.get("addresses", {})
-            if name not in self.data.get("addresses", {}):
-                raise ChangeError(f"no address set {name!r}", 404)
-            changes = self.changes.set_members(name, list(file_sets.get(name, [])), add, remove)
+            changes = self._member_change(self.changes, name, add, remove)
             data, _ = changes.apply_to(self.file_data)
             affected = self.refs.rules_using(data, name)
             return self._update(changes, data, affected, extra_sets=[name])
+
+    def _member_change(self, changes: RuntimeChanges, name: str, add: list[str], remove: list[str],
+                       ) -> RuntimeChanges:
+        """`changes` with the members of set `name` changed; ChangeError for a set or member that
+        cannot be (the policy's own checks come when the result is validated)."""
+        if name not in policydata.address_sets(self.data):
+            raise ChangeError(f"no address set {name!r}", 404)
+        file_members = list(policydata.address_sets(self.file_data).get(name, []))
+        return changes.set_members(name, file_members, add, remove)
+
+    def _members_together(self, run: list[Ticket]) -> list[tuple[Ticket, ChangeResult]]:
+        """Set changes queued one after the other, made as one: one validation and one recompile of
+        the rules their sets reach, however many there are. A change that fails on its own terms (no
+        such set, not an address) is refused alone first; if the rest does not validate together,
+        they are made one by one, so that only the one at fault is refused."""
+        changes, valid = self.changes, []
+        for ticket in run:
+            name, add, remove = ticket.change.args
+            try:
+                with self._counting():
+                    changes = self._member_change(changes, name, add, remove)
+            except ChangeError as exc:
+                ticket.fail(exc)
+                continue
+            valid.append(ticket)
+        if len(valid) < 2:
+            return self._one_by_one(valid)
+        data, _ = changes.apply_to(self.file_data)
+        names = sorted({t.change.args[0] for t in valid})
+        affected = set().union(*(self.refs.rules_using(data, n) for n in names))
+        try:
+            result = self._update(changes, data, affected, extra_sets=names)
+        except ChangeError:
+            return self._one_by_one(valid)
+        return [(ticket, result) for ticket in valid]
+
+    def _one_by_one(self, run: list[Ticket]) -> list[tuple[Ticket, ChangeResult]]:
+        done = []
+        for ticket in run:
+            try:
+                done.append((ticket, self._compute(ticket.change)))
+            except Exception as exc:  # refused alone: it changed nothing in memory
+                ticket.fail(exc)
+        return done
 
     def _add_rule(self, rule: dict[str, Any], before: str | None, after: str | None) -> ChangeResult:
         with self._counting():
@@ -296,10 +338,10 @@ class Engine:
             raise ChangeError(f"no rule {name!r}", 404)
 
     def _fw_names(self) -> set[str]:
-        return {r["name"] for r in self.data.get("firewall", {}).get("rules", [])}
+        return {r["name"] for r in policydata.firewall_rules(self.data)}
 
     def _rule_names(self) -> set[str]:
-        return self._fw_names() | {n["name"] for n in self.data.get("nat", [])}
+        return self._fw_names() | {n["name"] for n in policydata.nat_rules(self.data)}
 
     def _update(self, changes: RuntimeChanges, data: dict[str, Any], affected: set[str],
                 extra_sets: Sequence[str] = (), structural: bool = False) -> ChangeResult:
@@ -331,7 +373,7 @@ class Engine:
             for name in affected:
                 rules[positions[name]] = resolved[name]
         else:
-            order = [r["name"] for r in data.get("firewall", {}).get("rules", [])]
+            order = [r["name"] for r in policydata.firewall_rules(data)]
             current = {r.name: r for r in self.inc.rules}
             rules = [resolved[n] if n in affected else current[n] for n in order
                      if (n in resolved if n in affected else n in current)]
@@ -357,7 +399,7 @@ class Engine:
 
     def _rules_data(self, data: dict[str, Any], affected: set[str], structural: bool) -> list[dict[str, Any]]:
         """The data of the affected firewall rules, in policy order."""
-        rules: list[dict[str, Any]] = data.get("firewall", {}).get("rules", [])
+        rules: list[dict[str, Any]] = policydata.firewall_rules(data)
         if structural:
             return [r for r in rules if r["name"] in affected]
         where = sorted(self.data_index[n] for n in affected if n in self.data_index)
@@ -409,7 +451,7 @@ class Engine:
             self.entries[new.key] = new
 
     def _adopt_data(self, changes: RuntimeChanges, data: dict[str, Any]) -> None:
-        structural = len(data.get("firewall", {}).get("rules", [])) != len(self.data.get("firewall", {}).get("rules", []))
+        structural = len(policydata.firewall_rules(data)) != len(policydata.firewall_rules(self.data))
         self.changes, self.data = changes, data
         if structural:
             self._index_data()
@@ -421,31 +463,6 @@ class Engine:
         return ChangeResult(self.status.generation, counts, recompiled, seconds)
 
     # --- group commit ---------------------------------------------------------------------------
-    def submit(self, change: Callable[[], ChangeResult]) -> Ticket:
-        """Queue a runtime change (one of the private `_set_members`... calls); the ticket's
-        `wait()` gives its result once its group is on the switch and on disk. Changes are
-        committed in the order they were submitted."""
-        ticket = Ticket(change, time.monotonic())
-        with self._queued:
-            self._queue.append(ticket)
-            if self._committer is None:
-                self._committer = threading.Thread(target=self._commit_forever, name="ovsmgr-commit",
-                                                   daemon=True)
-                self._committer.start()
-            self._queued.notify()
-        return ticket
-
-    def _commit_forever(self) -> None:
-        while True:
-            with self._queued:
-                while not self._queue:
-                    self._queued.wait()
-            with self.lock:  # what queued up while a reload or the last group held it joins in
-                with self._queued:
-                    group = list(self._queue)
-                    self._queue.clear()
-                self._commit_group(group)
-
     def _commit_group(self, group: list[Ticket]) -> None:
         """Compute every change of the group in memory, then push the net difference once and
         write the runtime changes once; answer each change only then."""
@@ -453,11 +470,9 @@ class Engine:
         self._batch = batch = _Batch()
         done: list[tuple[Ticket, ChangeResult]] = []
         try:
-            for ticket in group:
-                try:
-                    done.append((ticket, ticket.change()))
-                except Exception as exc:  # refused alone: it changed nothing in memory
-                    ticket.fail(exc)
+            for run in _runs(group):
+                members = len(run) > 1  # runs of more than one are set changes
+                done += self._members_together(run) if members else self._one_by_one(run)
         finally:
             self._batch = None
         if not done:
@@ -515,7 +530,7 @@ class Engine:
 
     def set_list(self, name: str | None) -> dict[str, Any]:
         with self.lock:
-            sets: dict[str, list[str]] = self.data.get("addresses", {})
+            sets: dict[str, list[str]] = policydata.address_sets(self.data)
             if name is not None and name not in sets:
                 raise ChangeError(f"no address set {name!r}", 404)
             chosen = [name] if name is not None else sorted(sets)
@@ -523,34 +538,16 @@ class Engine:
                     for n in chosen}
 
 
-class Ticket:
-    """One queued runtime change and, once its group is committed, its answer."""
-
-    def __init__(self, change: Callable[[], ChangeResult], submitted: float) -> None:
-        self.change = change
-        self.submitted = submitted
-        self._done = threading.Event()
-        self._result: ChangeResult | None = None
-        self._error: BaseException | None = None
-
-    def succeed(self, result: ChangeResult) -> None:
-        self._result = result
-        self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._done.set()
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> ChangeResult:
-        if not self._done.wait(timeout):
-            raise TimeoutError("the change is still queued")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
+def _runs(group: list[Ticket]) -> list[list[Ticket]]:
+    """The group cut into runs to compute together: set changes that follow one another, and every
+    other change on its own."""
+    runs: list[list[Ticket]] = []
+    for ticket in group:
+        if ticket.change.kind == "set_members" and runs and runs[-1][-1].change.kind == "set_members":
+            runs[-1].append(ticket)
+        else:
+            runs.append([ticket])
+    return runs
 
 
 @dataclass

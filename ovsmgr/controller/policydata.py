@@ -32,6 +32,18 @@ def policy_data(policy: ResolvedPolicy) -> PolicyData:
     return policy.model.model_dump(by_alias=True, exclude_none=True)
 
 
+def address_sets(data: PolicyData) -> dict[str, list[str]]:
+    return data.get("addresses", {})
+
+
+def firewall_rules(data: PolicyData) -> list[dict[str, Any]]:
+    return data.get("firewall", {}).get("rules", [])
+
+
+def nat_rules(data: PolicyData) -> list[dict[str, Any]]:
+    return data.get("nat", [])
+
+
 def resolve_data(data: PolicyData, label: str) -> ResolvedPolicy:
     """Resolve policy data that has no file; diagnostics name `label` as their source."""
     source = SourceMap()
@@ -52,7 +64,7 @@ def set_refs(value: object) -> list[str]:
 def sets_including(data: PolicyData, names: Iterable[str]) -> set[str]:
     """`names` and every set that includes one of them, however deeply."""
     found = set(names)
-    addresses: dict[str, list[str]] = data.get("addresses", {})
+    addresses: dict[str, list[str]] = address_sets(data)
     grew = True
     while grew:
         grew = False
@@ -65,7 +77,7 @@ def sets_including(data: PolicyData, names: Iterable[str]) -> set[str]:
 
 def sets_used(data: PolicyData, rules: Iterable[dict[str, Any]]) -> set[str]:
     """Sets the rules refer to, with the sets those include, however deeply."""
-    addresses: dict[str, list[str]] = data.get("addresses", {})
+    addresses: dict[str, list[str]] = address_sets(data)
     todo = [s for r in rules for key in ("src", "dst") for s in set_refs(r.get(key))]
     found: set[str] = set()
     while todo:
@@ -82,7 +94,7 @@ class RuleRefs:
 
     def __init__(self, data: PolicyData) -> None:
         self.by_set: dict[str, set[str]] = {}
-        for rule in data.get("firewall", {}).get("rules", []):
+        for rule in firewall_rules(data):
             self.add(rule)
 
     def add(self, rule: dict[str, Any]) -> None:
@@ -102,9 +114,9 @@ class RuleRefs:
 def resolve_part(data: PolicyData, rules: list[dict[str, Any]], extra_sets: Iterable[str], label: str) -> ResolvedPolicy:
     """Resolve the part of `data` a change can affect: `rules` (firewall rule data, in policy
     order), every NAT rule, and the sets they use (plus `extra_sets`). Raises `PolicyError`."""
-    nat = data.get("nat", [])
+    nat = nat_rules(data)
     used = sets_used(data, [*rules, *nat]) | set(extra_sets)
-    addresses = data.get("addresses", {})
+    addresses = address_sets(data)
     part = dict(data)
     part["addresses"] = {k: v for k, v in addresses.items() if k in used}
     part["firewall"] = {**data.get("firewall", {}), "rules": rules}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,10 @@ class ChangeError(Exception):
         self.diagnostics = diagnostics or []
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_member(text: str) -> IPNetwork:
-    """An address-set member as the policy language writes it; a clear error when it is not one."""
+    """An address-set member as the policy language writes it; a clear error when it is not one.
+    Cached: a set change compares every member of the set with the new ones."""
     if not isinstance(text, str) or text.startswith("@"):
         raise ChangeError(f"{text!r} is not an address or prefix (sets cannot be nested at run time)")
     try:

@@ -145,7 +145,7 @@ def restore(policy: ResolvedPolicy, data: dict[str, Any]) -> IncrementalFlows:
     """An `IncrementalFlows` as it was saved, for `policy` (whose context is the saved one). Owners'
     flows stay packed until `prepare` looks at one."""
     inc = IncrementalFlows.__new__(IncrementalFlows)
-    inc.policy, inc.rules = policy, list(policy.rules)
+    inc.policy, inc.rules, inc._names = policy, list(policy.rules), None
     inc.levels = data["levels"]
     inc.positions = {name: i for i, name in enumerate(data["names"])}
     inc.owners = Owners(data["owners"])

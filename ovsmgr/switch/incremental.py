@@ -156,6 +156,7 @@ class IncrementalFlows:
 
     def __init__(self, policy: ResolvedPolicy) -> None:
         self.policy = policy
+        self._names: dict[int, str] | None = None
         self.rules: list[Rule] = list(policy.rules)
         self.levels: list[int] = rule_levels(policy.rules)
         self.positions = {r.name: i for i, r in enumerate(self.rules)}
@@ -192,9 +193,13 @@ class IncrementalFlows:
         return sorted(self.flows.values())
 
     def rule_names(self) -> dict[int, str]:
-        """Cookie rule id -> name, for every rule and NAT rule that has flows, and the default."""
-        names = [r.name for r in self.rules] + [n.name for n in self.policy.nat] + [DEFAULT_RULE]
-        return {rule_id(n): n for n in names}
+        """Cookie rule id -> name, for every rule and NAT rule that has flows, and the default.
+        Made again only when rules come or go (shared: callers must not change it)."""
+        cached = self._names
+        if cached is None:
+            names = [r.name for r in self.rules] + [n.name for n in self.policy.nat] + [DEFAULT_RULE]
+            cached = self._names = {rule_id(n): n for n in names}
+        return cached
 
     # --- preparing an update ------------------------------------------------------------------
     def prepare(self, rules: Sequence[Rule], changed: set[str], nat: tuple[NatRule, ...] | None = None,
@@ -246,6 +251,8 @@ class IncrementalFlows:
             if taken is not None:
                 self.conj[name] = taken
                 self.conj_owner.update(dict.fromkeys(taken, name))
+        if pending.positions is not None or pending.policy.nat is not self.policy.nat:
+            self._names = None
         self.policy, self.rules, self.levels = pending.policy, pending.rules, pending.levels
         if pending.positions is not None:
             self.positions = pending.positions

@@ -104,7 +104,8 @@ def raw(paths: ControllerPaths, data: bytes, timeout: float = 10, token: str | N
 
 
 def request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Authorization: Bearer TOKEN"]
+    """One request that asks the server to close the connection after answering it."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Authorization: Bearer TOKEN", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -260,6 +261,35 @@ def test_too_many_connections_at_once_are_answered_503(tmp_path: Path, monkeypat
             sock.close()
         time.sleep(0.2)
         assert raw(paths, request("GET", "/v1/status", {}), timeout=5)[0] == 200
+    finally:
+        server.close()
+
+
+def test_a_connection_is_kept_for_the_next_call_and_closed_when_idle(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_module, "TIMEOUT", 1.0)
+    engine, _ = make_engine(tmp_path)
+    paths = ControllerPaths(tmp_path, "br0")
+    server = ApiServer(f"unix:{paths.api_socket}", paths.ensure_token(), routes(engine, engine.describe))
+    server.start()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        sock.connect(str(paths.api_socket))
+        keep = request("GET", "/v1/status", {}).replace(b"Connection: close\r\n", b"")
+        keep = keep.replace(b"TOKEN", paths.token.read_text().strip().encode())
+        reader = sock.makefile("rb")
+        for _ in range(2):  # two calls, one connection
+            sock.sendall(keep)
+            head = b"".join(iter(reader.readline, b"\r\n"))
+            assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head, head
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            assert json.loads(reader.read(length))["bridge"] == "br0"
+        started = time.monotonic()
+        assert reader.read(1) == b"", "an idle connection is closed after TIMEOUT"
+        assert 0.5 < time.monotonic() - started < 3
+        reader.close()
+        sock.close()
     finally:
         server.close()
 
