@@ -26,6 +26,8 @@ from ovsmgr.switch.rollback import confirm_apply
 from ovsmgr.switch.status import switch_status
 
 F = TypeVar("F", bound=Callable[..., Any])
+RULES_SHOWN = 40
+"""Rules a plan names one by one without -v (a first apply of 100,000 rules is one line, not 100,000)."""
 
 
 def target_options(func: F) -> F:
@@ -66,14 +68,19 @@ def _print_plan(plan: Plan, names: dict[int, str], verbose: bool) -> None:
     if plan.empty:
         click.echo("No changes: the switch matches the policy.")
         return
-    for rule, items in group_by_rule(plan, names).items():
+    groups = group_by_rule(plan, names)
+    shown = list(groups.items()) if verbose else list(groups.items())[:RULES_SHOWN]
+    lines = []
+    for rule, items in shown:
         ops = "".join(sorted({op for op, _ in items}))
-        click.echo(f"{ops} {rule}: " + ", ".join(
+        lines.append(f"{ops} {rule}: " + ", ".join(
             f"{sum(1 for o, _ in items if o == op)} {word}"
             for op, word in (("+", "added"), ("-", "removed"), ("~", "changed")) if any(o == op for o, _ in items)))
         if verbose:
-            for op, mod in items:
-                click.echo(f"    {op} {flow_line(mod)}")
+            lines += [f"    {op} {flow_line(mod)}" for op, mod in items]
+    if len(groups) > len(shown):
+        lines.append(f"... and {len(groups) - len(shown)} more rules (-v lists them all, with their flows)")
+    click.echo("\n".join(lines))
     c = plan.counts()
     click.echo(f"Plan: {c['add']} to add, {c['change']} to change, {c['delete']} to remove.")
 
