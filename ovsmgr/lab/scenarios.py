@@ -56,6 +56,7 @@ from ovsmgr.sim.packet import BROADCAST_MAC, Packet, PacketSpecError, icmp_error
 from ovsmgr.sim.scenarios import Scenario, ScenarioStep, ScenarioTable, load_table, run_scenario
 from ovsmgr.sim.session import ICMP_ERROR, REPLY, SimulatedSwitch
 from ovsmgr.sim.wire import WireExtras, decode, encode
+from ovsmgr.southbound.openflow import SwitchConnection, SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.apply import apply_policy
 
@@ -134,7 +135,7 @@ class ScenarioLab:
         self.sent: dict[int, str] = {}
         """ident -> which step sent it, to name frames that arrive late."""
         self._taps: HostTaps | None = None
-        self._counts: dict[tuple[int, int, str], int] = {}
+        self._counts: dict[tuple[int, int, bytes], int] = {}
         self._late_frames: list[str] = []
 
     @contextmanager
@@ -281,14 +282,14 @@ class ScenarioLab:
         mark = self._connection_mark(out)
         return None if mark is None else self.compiled.fingerprints.get(mark & CT_MARK_RULE_MASK)
 
-    def _filter_counts(self) -> dict[tuple[int, int, str], int]:
-        counts = {}
-        for line in self.lab.ofctl(["dump-flows", f"table={int(Table.FILTER)}"]).splitlines():
-            found = _FLOW_STATS.search(line)
-            if found:
-                key = (int(found["cookie"], 16), int(found["priority"]), found["match"])
-                counts[key] = int(found["n_packets"])
-        return counts
+    def _filter_counts(self) -> dict[tuple[int, int, bytes], int]:
+        """Packets counted by each of ovsmgr's FILTER flows: (cookie, priority, flow key) -> count,
+        from the switch's flow statistics."""
+        target = SwitchTarget(self.lab.db_endpoint, self.lab.dir, self.lab.dir, lab=self.lab.name)
+        with SwitchConnection(target.openflow(self.compiled.policy.bridge)) as connection:
+            flows = SwitchFlowTable(connection).read()
+        return {(s.mod.cookie, s.mod.priority, s.mod.key): s.packets for s in flows
+                if s.mod.table == Table.FILTER}
 
     def _rule_of_cookie(self, cookie: int) -> str | None:
         ours, kind, rule_id = cookie_parts(cookie)
@@ -309,8 +310,6 @@ class ScenarioLab:
         return None
 
 
-_FLOW_STATS = re.compile(r"cookie=(?P<cookie>0x[0-9a-f]+),.*n_packets=(?P<n_packets>\d+),.*"
-                         r"priority=(?P<priority>\d+),?(?P<match>\S*) actions=")
 _CT_TUPLE = re.compile(r"(?P<dir>orig|reply)=\((?P<fields>[^)]*)\)")
 ConnTuple = tuple[int, int, int, int | None, int | None]
 """(proto, src, dst, sport or ICMP id, dport); None matches anything."""
