@@ -96,7 +96,7 @@ class SystemTestbed:
         return ofports[port]
 
     def ofctl(self, args: list[str], input: str | None = None) -> str:
-        return run_tool(["ovs-ofctl", "-O", "OpenFlow15", args[0], self.target.mgmt(self.spec_bridge),
+        return run_tool(["ovs-ofctl", "-O", "OpenFlow15", args[0], self.target.openflow(self.spec_bridge),
                          *args[1:]], input=input)
 
     def appctl(self, args: list[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import time
@@ -34,10 +35,14 @@ def target_options(func: F) -> F:
     @click.option("--db", default=None, help="OVSDB endpoint (default: the lab's when a lab is up, "
                   "else the system OVS socket).")
     @click.option("--lab", "lab_name", default=None, help="Use the lab of this name.")
+    @click.option("--openflow", default=None, metavar="tcp:HOST:PORT",
+                  help="The bridge's OpenFlow listener, for a switch on another host (a `ptcp:PORT` target "
+                       "set on the bridge); default: the bridge's management socket in OVS's run directory.")
     @wraps(func)
-    def wrapper(*args: Any, db: str | None, lab_name: str | None, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, db: str | None, lab_name: str | None, openflow: str | None, **kwargs: Any) -> Any:
         try:
-            return func(*args, target=resolve_target(db, lab_name), **kwargs)
+            target = dataclasses.replace(resolve_target(db, lab_name), openflow_target=openflow)
+            return func(*args, target=target, **kwargs)
         except (OvsdbError, OpenFlowError, OvsToolError, ApplyError, LockoutError) as exc:
             fail("\n".join([str(exc), *getattr(exc, "__notes__", ())]))
     return wrapper  # type: ignore[return-value]

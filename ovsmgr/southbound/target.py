@@ -31,9 +31,6 @@ class SwitchTarget:
         rundir = self.rundir or Path(os.environ.get("OVS_RUNDIR") or "/var/run/openvswitch")
         return f"unix:{rundir}/{bridge}.mgmt"
 
-    def mgmt(self, bridge: str) -> str:
-        return self.openflow(bridge)
-
     def appctl(self) -> str | None:
         """ovs-vswitchd's control socket, found through its pid file."""
         if self.rundir is None:
