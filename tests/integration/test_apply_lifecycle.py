@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -68,6 +69,25 @@ def test_drift_is_planned_and_repaired_foreign_flows_untouched(lab_factory):
     assert "cookie=0x1234" in lab.ofctl(["dump-flows", "table=0"])
     status = runner.invoke(main, ["status", "br0", *db, "-o", "json"])
     assert '"drifted": false' in status.output and '"generation": 2' in status.output
+
+
+def test_apply_reaches_a_switch_on_another_host_through_its_openflow_listener(lab_factory, tmp_path):
+    """No management socket at hand (a remote switch): --openflow names a passive listener."""
+    lab = lab_factory(PORTS)
+    seed = tmp_path / "seed.yaml"
+    seed.write_text((POLICIES / "seed-firewall.yaml").read_text())
+    from ovsmgr.southbound.ovsdb import SwitchDB
+
+    with SwitchDB(lab.db_endpoint) as db:
+        db.ensure_bridge("br0", "netdev")
+        db.set_controllers("br0", ["ptcp:6699:127.0.0.1"])  # a service listener, not a controller
+    argv = [str(Path(sys.executable).parent / "ovsmgr"), "apply", str(seed), "--db", lab.db_endpoint,
+            "--openflow", "tcp:127.0.0.1:6699"]
+    state = {"OVSMGR_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    done = lab.switch_exec(argv, capture_output=True, text=True, timeout=60, env=state)
+    assert done.returncode == 0, done.stderr
+    assert "Applied generation 1" in done.stdout
+    assert "ct(commit,zone=1" in lab.ofctl(["dump-flows", "table=50"])
 
 
 def test_refused_push_leaves_flow_table_byte_identical(lab_factory):
