@@ -63,7 +63,12 @@ class BundleOp:
 
 
 def push_bundle(channel: Channel, ops: Sequence[BundleOp], timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Send `ops` in one ordered, atomic bundle and wait for the commit: all of them or none."""
+    """Send `ops` in one ordered, atomic bundle and commit it: all of them or none.
+
+    Open vSwitch checks each message as it is added and answers a bad one with an error,
+    but leaves the rest in the bundle: committed, they would be half a change. So the adds
+    are followed by a barrier, and the bundle is committed only when no add was refused by
+    then; otherwise it is discarded."""
     if not ops:
         return
     bundle_id = next(_bundle_ids) & 0xFFFFFFFF
@@ -76,21 +81,28 @@ def push_bundle(channel: Channel, ops: Sequence[BundleOp], timeout: float = DEFA
         xid = channel.next_xid()
         by_xid[xid] = op
         parts.append(m.bundle_add(xid, bundle_id, op.encode(xid, version), version))
-    commit_xid = channel.next_xid()
-    parts.append(m.bundle_control(commit_xid, bundle_id, m.OFPBCT_COMMIT_REQUEST, version))
+    barrier_xid = channel.next_xid()
+    parts.append(m.message(m.OFPT_BARRIER_REQUEST, barrier_xid, version=version))
     channel.send(b"".join(parts))
-    errors: list[m.ErrorMsg] = []
+    errors = _errors_until(channel, deadline, barrier_xid, {open_xid, *by_xid})
+    kind = m.OFPBCT_DISCARD_REQUEST if errors else m.OFPBCT_COMMIT_REQUEST
+    final_xid = channel.next_xid()
+    channel.send(m.bundle_control(final_xid, bundle_id, kind, version))
+    errors += _errors_until(channel, deadline, final_xid, {final_xid})
+    if errors:
+        raise BundleRefused(_refusal(errors, by_xid), errors)
+
+
+def _errors_until(channel: Channel, deadline: float, last: int, ours: set[int]) -> list[m.ErrorMsg]:
+    """The errors answering `ours` until the reply (or error) to `last` arrives."""
+    errors = []
     while True:
         reply = channel.receive(deadline)
         kind, xid = reply[1], m.HEADER.unpack_from(reply)[3]
-        if kind == m.OFPT_ERROR and (xid in by_xid or xid in (open_xid, commit_xid)):
+        if kind == m.OFPT_ERROR and (xid in ours or xid == last):
             errors.append(m.parse_error(reply))
-            if xid in (commit_xid, open_xid):
-                break
-        elif xid == commit_xid and m.is_bundle_reply(reply):
-            break
-    if errors:
-        raise BundleRefused(_refusal(errors, by_xid), errors)
+        if xid == last:
+            return errors
 
 
 def _refusal(errors: Sequence[m.ErrorMsg], by_xid: dict[int, BundleOp]) -> str:
