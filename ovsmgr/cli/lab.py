@@ -78,6 +78,18 @@ def down_cmd(name: str) -> None:
         fail(str(exc))
 
 
+@lab.command("announce")
+@name_option
+def announce_cmd(name: str) -> None:
+    """Have every host send a gratuitous ARP, so the applied pipeline learns its MAC: needed before
+    traffic reaches a host (a DNAT target) that has not spoken through the switch yet. `up`
+    announces too, but a bridge without a policy drops those frames."""
+    try:
+        Lab(name).announce()
+    except LabError as exc:
+        fail(str(exc))
+
+
 @lab.command("status")
 @name_option
 @output_option
