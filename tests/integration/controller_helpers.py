@@ -62,6 +62,16 @@ class RunningController:
             assert proc.returncode == 0, f"ovsmgr {' '.join(args)}: {proc.stdout}{proc.stderr}"
         return proc
 
+    def wait_recorded(self, timeout: float = 15) -> None:
+        """Wait until the applied-state record names the controller's current generation."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            generation = self.api().call("GET", "/v1/status")["generation"]
+            if self.paths.read_applied().get("generation") == generation:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the record did not reach generation {generation} in {timeout} s")
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)

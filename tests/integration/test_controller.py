@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -73,8 +74,12 @@ def test_blocklist_member_added_and_removed_through_the_cli_while_a_probe_runs(l
         refused = ctl.cli("set", "add", "blocklist", "10.0.0.300", check=False)
         assert refused.returncode == 1 and "10.0.0.300" in refused.stderr
         ctl.cli("set", "add", "blocklist", "198.51.100.77")
+        ctl.wait_recorded()  # the record is written off the update path: wait for it
         status = ctl.cli("status", "br0").stdout
         assert "set blocklist + 198.51.100.77" in status and "runtime changes" in status
+        # the same facts as for a bridge run by `apply`: one record, one writer
+        assert re.search(r"conntrack zone \d+: \d+ \(no limit\) connections", status), status
+        assert "drifted: no" in status and "by controller:" in status, status
     after = flows_with_duration(lab)
     for key, age in untouched_before.items():
         if "nw_src=10.0.0.10" in key or "nw_src=198.51.100.77" in key:
