@@ -132,9 +132,9 @@ def match_text(match: Match) -> str:
 
 def _nat_text(nat: NatSpec) -> str:
     lo, hi = _ip_text(nat.addr_lo, nat.version), _ip_text(nat.addr_hi, nat.version)
+    if nat.version == 6:  # each address bracketed, as OVS prints and parses an IPv6 range
+        lo, hi = f"[{lo}]", f"[{hi}]"
     addr = lo if lo == hi else f"{lo}-{hi}"
-    if nat.version == 6:
-        addr = f"[{addr}]"
     ports = ""
     if nat.port_lo is not None:
         ports = f":{nat.port_lo}" if nat.port_lo == nat.port_hi else f":{nat.port_lo}-{nat.port_hi}"
