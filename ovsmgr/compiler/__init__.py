@@ -11,6 +11,7 @@ from ovsmgr.compiler.stages.classify import compile_classify
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_filter
 from ovsmgr.compiler.stages.nat import compile_nat, compile_output
 from ovsmgr.compiler.stages.track import compile_conntrack, compile_egress, compile_state
+from ovsmgr.policy.gcpause import gc_paused
 from ovsmgr.policy.ir import ResolvedPolicy
 
 
@@ -31,6 +32,11 @@ class CompiledPolicy:
 
 def compile_policy(policy: ResolvedPolicy) -> CompiledPolicy:
     """Compile; no I/O, no clock, the same policy always gives the same flows in the same order."""
+    with gc_paused():  # compiling makes no reference cycles (see gcpause)
+        return _compile(policy)
+
+
+def _compile(policy: ResolvedPolicy) -> CompiledPolicy:
     flowset = FlowSet()
     filtered = compile_filter(policy)
     for flows in (

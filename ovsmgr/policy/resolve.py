@@ -9,11 +9,9 @@ and meaning (prefixes, ranges, families, NAT, shadowed rules: `analysis`).
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from ovsmgr.policy import analysis
@@ -25,6 +23,7 @@ from ovsmgr.policy.diagnostics import (
     Span,
     did_you_mean,
 )
+from ovsmgr.policy.gcpause import gc_paused
 from ovsmgr.policy.ir import PortInfo, ResolvedPolicy, ZoneInfo
 from ovsmgr.policy.loader import Document, SourceMap, load_file, load_text
 from ovsmgr.policy.merge import merge_documents
@@ -36,28 +35,15 @@ MAX_IFNAME = 15
 """Linux interface names (IFNAMSIZ - 1)."""
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Loading makes many small objects and no reference cycles; the cyclic collector's passes
-    over an ever larger heap would only slow large policies down (by half, and more than linearly)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def load_policy(paths: Sequence[str | Path]) -> ResolvedPolicy:
     """Load, merge and validate policy files; raise `PolicyError` listing every problem."""
-    with _gc_paused():
+    with gc_paused():
         return resolve_documents(_load_all([str(p) for p in paths]))
 
 
 def load_policy_text(text: str, file: str = "<policy>") -> ResolvedPolicy:
     """Like `load_policy`, for one policy given as text (`file` names it in diagnostics)."""
-    with _gc_paused():
+    with gc_paused():
         return resolve_documents([load_text(text, file)])
 
 
