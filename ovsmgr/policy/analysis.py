@@ -21,18 +21,25 @@ if TYPE_CHECKING:
     from ovsmgr.policy.loader import SourceMap
 
 
+def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
+    """`inner.subnet_of(outer)`, without ipaddress's general checks (a third of rule comparison time)."""
+    return (inner.version == outer.version and inner.prefixlen >= outer.prefixlen
+            and int(inner.network_address) & int(outer.netmask) == int(outer.network_address))
+
+
 def _prefixes_cover(outer: tuple[IPNetwork, ...], inner: tuple[IPNetwork, ...]) -> bool:
     if not outer:
         return True
     if not inner:
         return False
-    return all(any(i.version == o.version and i.subnet_of(o) for o in outer) for i in inner)  # type: ignore[arg-type]
+    return all(any(_within(i, o) for o in outer) for i in inner)
 
 
 def _prefixes_overlap(a: tuple[IPNetwork, ...], b: tuple[IPNetwork, ...]) -> bool:
+    """Two prefixes share an address exactly when one holds the other."""
     if not a or not b:
         return True
-    return any(x.version == y.version and x.overlaps(y) for x in a for y in b)
+    return any(_within(x, y) or _within(y, x) for x in a for y in b)
 
 
 def _services_cover(outer: tuple[Service, ...], inner: tuple[Service, ...]) -> bool:

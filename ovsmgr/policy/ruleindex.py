@@ -42,6 +42,10 @@ WILD = "wild"
 MAX_PAIRS = 64
 NARROW_PORTS = 1024
 """Port ranges up to this width go in the interval list; wider ones are always candidates."""
+SMALL_INDEX = 16
+"""Up to this many rules, a lookup answers with every rule of the zone and no sub-index is kept:
+confirming a few candidates costs less than building the sub-indexes, and the compiler starts a
+new index at every priority level, most of which hold a rule or two."""
 
 
 
@@ -186,32 +190,22 @@ class _Services:
         return buckets
 
 
-class RuleIndex:
-    """Rules added so far, indexed to answer "which of them could cover/overlap this match?".
-
-    The answer is a superset of the true one, without repeats, in the order
-    the rules were added (so the first confirmed one is the earliest).
-    """
+class _SubIndexes:
+    """The per-dimension indexes of a `RuleIndex`, over rule numbers (positions in its items)."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[RuleMatch, object]] = []
-        self._src = _Prefixes()
-        self._dst = _Prefixes()
-        self._services = _Services()
-        self._pairs: dict[tuple[str, object, object], list[int]] = defaultdict(list)
-        self._by_zone: dict[str, list[int]] = defaultdict(list)
+        self.src = _Prefixes()
+        self.dst = _Prefixes()
+        self.services = _Services()
+        self.pairs: dict[tuple[str, object, object], list[int]] = defaultdict(list)
+        self.by_zone: dict[str, list[int]] = defaultdict(list)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, match: RuleMatch, payload: object) -> None:
-        i = len(self.items)
-        self.items.append((match, payload))
+    def add(self, i: int, match: RuleMatch) -> None:
         zone = match.from_zone
-        self._by_zone[zone].append(i)
-        self._src.add(zone, i, match.src)
-        self._dst.add(zone, i, match.dst)
-        self._services.add(zone, i, match.services)
+        self.by_zone[zone].append(i)
+        self.src.add(zone, i, match.src)
+        self.dst.add(zone, i, match.dst)
+        self.services.add(zone, i, match.services)
         src_keys: list[object] = [prefix_key(p) for p in dict.fromkeys(match.src)] or [ANY]
         svc_keys: list[object] = list(dict.fromkeys(
             s if _single_port(s) else ("range", s.proto) for s in match.services)) or [ANY]
@@ -222,31 +216,62 @@ class RuleIndex:
                 src_keys = [WILD]
         for s in src_keys:
             for v in svc_keys:
-                self._pairs[(zone, s, v)].append(i)
+                self.pairs[(zone, s, v)].append(i)
 
     def _pair_cover(self, match: RuleMatch) -> Buckets:
         zone = match.from_zone
         src_keys: list[object] = [ANY, WILD]
         if match.src:
-            src_keys += self._src.supernet_keys(zone, match.src[0])
+            src_keys += self.src.supernet_keys(zone, match.src[0])
         svc_keys: list[object] = [ANY, WILD]
         if match.services:
             s = match.services[0]
             svc_keys += [s, Service(s.proto), ("range", s.proto)]
             if s.icmp_code is not None:
                 svc_keys.append(Service(s.proto, None, s.icmp_type))
-        return [self._pairs.get((zone, a, b), []) for a in src_keys for b in svc_keys]
+        return [self.pairs.get((zone, a, b), []) for a in src_keys for b in svc_keys]
 
-    def candidates(self, match: RuleMatch, overlap: bool = False) -> Iterable[tuple[RuleMatch, object]]:
+    def candidates(self, match: RuleMatch, overlap: bool) -> list[int]:
+        """Numbers of the rules that could relate to `match`, ascending."""
         zone = match.from_zone
         if overlap:
-            plans = [self._src.overlap(zone, match.src), self._dst.overlap(zone, match.dst),
-                     self._services.overlap(zone, match.services)]
+            plans = [self.src.overlap(zone, match.src), self.dst.overlap(zone, match.dst),
+                     self.services.overlap(zone, match.services)]
         else:
-            plans = [self._pair_cover(match), self._dst.cover(zone, match.dst),
-                     self._services.cover(zone, match.services)]
+            plans = [self._pair_cover(match), self.dst.cover(zone, match.dst),
+                     self.services.cover(zone, match.services)]
         options = [plan for plan in plans if plan is not None]
         if not options:
-            return [self.items[i] for i in self._by_zone.get(zone, [])]
+            return self.by_zone.get(zone, [])
         best = min(options, key=lambda buckets: sum(map(len, buckets)))
-        return [self.items[i] for i in sorted({i for bucket in best for i in bucket})]
+        return sorted({i for bucket in best for i in bucket})
+
+
+class RuleIndex:
+    """Rules added so far, indexed to answer "which of them could cover/overlap this match?".
+
+    The answer is a superset of the true one, without repeats, in the order
+    the rules were added (so the first confirmed one is the earliest).
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[RuleMatch, object]] = []
+        self._index: _SubIndexes | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, match: RuleMatch, payload: object) -> None:
+        self.items.append((match, payload))
+        if self._index is not None:
+            self._index.add(len(self.items) - 1, match)
+        elif len(self.items) > SMALL_INDEX:
+            self._index = _SubIndexes()
+            for i, (indexed, _) in enumerate(self.items):
+                self._index.add(i, indexed)
+
+    def candidates(self, match: RuleMatch, overlap: bool = False) -> Iterable[tuple[RuleMatch, object]]:
+        if self._index is None:
+            zone = match.from_zone
+            return [item for item in self.items if item[0].from_zone == zone]
+        return [self.items[i] for i in self._index.candidates(match, overlap)]
