@@ -20,7 +20,7 @@ FIELD_ORDER = (
 _RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class MatchItem:
     """`field=value[/mask]`; addresses are ints here, rendered by the field's kind."""
 
@@ -34,27 +34,47 @@ class MatchItem:
         return packet_value & self.mask == self.value & self.mask
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
+    """Items in FIELD_ORDER, each field at most once (so equal matches compare and hash equal)."""
+
     items: tuple[MatchItem, ...] = ()
 
     @staticmethod
     def of(*items: MatchItem) -> Match:
-        seen: dict[str, MatchItem] = {}
-        for item in items:
-            if item.field in seen and seen[item.field] != item:
-                raise ValueError(f"match sets {item.field} twice")
-            seen[item.field] = item
-        return Match(tuple(sorted(seen.values(), key=lambda i: _RANK[i.field])))
+        return Match(_canonical(items))
 
     def __add__(self, other: Match) -> Match:
-        return Match.of(*self.items, *other.items)
+        mine, theirs = self.items, other.items
+        if not mine or not theirs:
+            return other if not mine else self
+        if _RANK[mine[-1].field] < _RANK[theirs[0].field]:
+            return Match(mine + theirs)  # already in order, no field twice: the usual case, kept cheap
+        return Match(_canonical(mine + theirs))
 
     def fields(self) -> frozenset[str]:
         return frozenset(i.field for i in self.items)
 
     def get(self, name: str) -> MatchItem | None:
         return next((i for i in self.items if i.field == name), None)
+
+
+def _rank(item: MatchItem) -> int:
+    return _RANK[item.field]
+
+
+def _canonical(items: tuple[MatchItem, ...]) -> tuple[MatchItem, ...]:
+    """`items` in FIELD_ORDER; an item given twice is kept once, two values for one field are refused."""
+    if len(items) < 2:
+        return items
+    out: list[MatchItem] = []
+    for item in sorted(items, key=_rank):
+        if out and out[-1].field == item.field:
+            if out[-1] != item:
+                raise ValueError(f"match sets {item.field} twice")
+            continue
+        out.append(item)
+    return tuple(out)
 
 
 # --- actions -------------------------------------------------------------------------------------
@@ -146,7 +166,7 @@ Action = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     table: Table
     priority: int
@@ -175,9 +195,10 @@ def _targets(actions: Iterable[Action]) -> Iterator[Table]:
 
 def check_flow(flow: Flow) -> None:
     spec = TABLES[flow.table]
-    extra = flow.match.fields() - spec.matches
-    if extra:
-        raise FlowError(f"table {flow.table.name} may not match on {sorted(extra)}: {flow}")
+    for item in flow.match.items:
+        if item.field not in spec.matches:
+            extra = flow.match.fields() - spec.matches
+            raise FlowError(f"table {flow.table.name} may not match on {sorted(extra)}: {flow}")
     for target in _targets(flow.actions):
         if target not in spec.next_tables:
             raise FlowError(f"table {flow.table.name} may not go to {target.name}: {flow}")
@@ -193,10 +214,10 @@ class FlowSet:
 
     def add(self, flow: Flow) -> None:
         check_flow(flow)
-        existing = self.flows.get(flow.key)
-        if existing is not None:
-            flow = _merge_conjunctions(existing, flow)
-        self.flows[flow.key] = flow
+        key = flow.key
+        existing = self.flows.setdefault(key, flow)
+        if existing is not flow:
+            self.flows[key] = _merge_conjunctions(existing, flow)
 
     def extend(self, flows: Iterable[Flow]) -> None:
         for flow in flows:

@@ -53,18 +53,23 @@ def port_masks(lo: int, hi: int, width: int = 16) -> list[tuple[int, int | None]
     return out
 
 
-def service_matches(service: Service, version: int) -> list[Match]:
-    """Matches for one service item in one IP family (several when a port range needs masks)."""
-    proto = IP_PROTO_NUMBERS[service.proto]
-    base = [MatchItem("dl_type", DL_TYPE[version]), MatchItem("nw_proto", proto)]
+def service_matches(service: Service) -> list[Match]:
+    """Matches for one service item (several when a port range needs masks), without the IP family:
+    the rule's base match carries dl_type, so a service match adds only fields ranked after it."""
+    proto = _PROTO_ITEMS[service.proto]
     if service.ports is not None:
-        if service.ports == (1, 65535):
-            return [Match.of(*base)]
-        masks = port_masks(*service.ports)
-        return [Match.of(*base, MatchItem("tp_dst", v, m)) for v, m in masks]
-    items = list(base)
+        lo, hi = service.ports
+        if lo == hi:
+            return [Match((proto, MatchItem("tp_dst", lo)))]
+        if (lo, hi) == (1, 65535):
+            return [Match((proto,))]
+        return [Match((proto, MatchItem("tp_dst", v, m))) for v, m in port_masks(lo, hi)]
+    items = [proto]
     if service.icmp_type is not None:
         items.append(MatchItem("icmp_type", service.icmp_type))
     if service.icmp_code is not None:
         items.append(MatchItem("icmp_code", service.icmp_code))
-    return [Match.of(*items)]
+    return [Match(tuple(items))]
+
+
+_PROTO_ITEMS = {name: MatchItem("nw_proto", number) for name, number in IP_PROTO_NUMBERS.items()}

@@ -19,6 +19,8 @@ Family = Literal[4, 6]
 Proto = Literal["tcp", "udp", "sctp", "icmp", "icmpv6"]
 
 IP_PROTO_NUMBERS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132, "icmpv6": 58}
+_BOTH_FAMILIES = frozenset({4, 6})
+_PROTO_FAMILIES = {"icmp": frozenset({4}), "icmpv6": frozenset({6})}
 
 
 @dataclass(frozen=True, order=True)
@@ -32,11 +34,7 @@ class Service:
 
     @property
     def families(self) -> frozenset[int]:
-        if self.proto == "icmp":
-            return frozenset({4})
-        if self.proto == "icmpv6":
-            return frozenset({6})
-        return frozenset({4, 6})
+        return _PROTO_FAMILIES.get(self.proto, _BOTH_FAMILIES)
 
     def covers(self, other: Service) -> bool:
         if self.proto != other.proto:
@@ -75,18 +73,38 @@ class RuleMatch:
     src: tuple[IPNetwork, ...] = ()
     dst: tuple[IPNetwork, ...] = ()
     services: tuple[Service, ...] = ()
+    _families: frozenset[int] = field(init=False, repr=False, compare=False)
+    _uniform: bool = field(init=False, repr=False, compare=False)
+    """Whether every prefix and service applies to each of the families (then `for_family` has
+    nothing to leave out: the usual case)."""
+
+    def __post_init__(self) -> None:
+        """Work the families out once: the analysis and the compiler ask for them, rule by rule,
+        several times each."""
+        fams: set[int] = {4, 6}
+        versions: set[int] = set()
+        for prefixes in (self.src, self.dst):
+            if prefixes:
+                mine = {p.version for p in prefixes}
+                fams &= mine
+                versions |= mine
+        uniform = True
+        if self.services:
+            each = [s.families for s in self.services]
+            fams &= set().union(*each)
+            uniform = all(fams <= f for f in each)
+        if versions:
+            uniform = uniform and len(fams) == 1 and versions == fams
+        object.__setattr__(self, "_families", frozenset(fams))
+        object.__setattr__(self, "_uniform", uniform)
 
     def families(self) -> frozenset[int]:
         """The IP versions this match can apply to (empty: it can never match)."""
-        fams = {4, 6}
-        for prefixes in (self.src, self.dst):
-            if prefixes:
-                fams &= {p.version for p in prefixes}
-        if self.services:
-            fams &= set().union(*(s.families for s in self.services))
-        return frozenset(fams)
+        return self._families
 
     def for_family(self, family: int) -> RuleMatch:
+        if self._uniform and family in self._families:
+            return self
         return RuleMatch(
             self.from_zone,
             self.to_zone,

@@ -11,6 +11,7 @@ one `conj_id` flow, so flows grow with the sum of the list sizes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from itertools import product
 
@@ -114,19 +115,27 @@ def _rule_actions(
 
 
 def _zone_match(policy: ResolvedPolicy, match: RuleMatch, version: int) -> Match:
-    items = [reg(REG_FROM_ZONE, policy.zones[match.from_zone].id)]
-    if match.to_zone is not None:
-        items.append(reg(REG_TO_ZONE, policy.zones[match.to_zone].id))
+    to_id = None if match.to_zone is None else policy.zones[match.to_zone].id
+    return _zones_and_family(policy.zones[match.from_zone].id, to_id, version)
+
+
+@functools.cache
+def _zones_and_family(from_id: int, to_id: int | None, version: int) -> Match:
+    """Every flow of a rule starts with these; a policy has few zones, so they are made once."""
+    items = [reg(REG_FROM_ZONE, from_id)]
+    if to_id is not None:
+        items.append(reg(REG_TO_ZONE, to_id))
     return Match.of(*items) + family(version)
 
 
 def match_dimensions(match: RuleMatch, version: int) -> list[list[Match]]:
-    """The rule's src, dst and service alternatives in one family; an empty list is 'any'."""
+    """The rule's src, dst and service alternatives in one family; an empty list is 'any'.
+    They add to the rule's zone-and-family match (see `service_matches`)."""
     m = match.for_family(version)
     dims = [
-        [Match.of(prefix("nw_src", p)) for p in m.src],
-        [Match.of(prefix("nw_dst", p)) for p in m.dst],
-        [frag for s in m.services for frag in service_matches(s, version)],
+        [Match((prefix("nw_src", p),)) for p in m.src],
+        [Match((prefix("nw_dst", p),)) for p in m.dst],
+        [frag for s in m.services for frag in service_matches(s)],
     ]
     return [d for d in dims if d]
 
