@@ -59,7 +59,8 @@ from ovsmgr.southbound.openflow import SwitchConnection, SwitchFlowTable
 from ovsmgr.switch.plan import desired_mods, make_plan
 
 if TYPE_CHECKING:  # imported when an updater starts: the rest of the bench needs no controller code
-    from ovsmgr.controller.engine import ChangeResult, Engine, Ticket
+    from ovsmgr.controller.engine import ChangeResult, Engine
+    from ovsmgr.controller.queue import Ticket
 
 RUNTIME_MEMBER = "203.0.113.2"
 """The member the updater adds and removes (TEST-NET-3, like the set's own)."""

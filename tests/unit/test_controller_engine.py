@@ -221,7 +221,7 @@ def _queued_together(engine: Engine, calls: Sequence[tuple[str, tuple[object, ..
 
 def test_changes_queued_together_are_one_push_one_write_and_the_full_compile(tmp_path: Path,
                                                                              monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import ovsmgr.controller.engine as engine_module
+    import ovsmgr.controller.updates as engine_module
 
     engine, table = make_engine(tmp_path)
     writes: list[object] = []
@@ -280,7 +280,7 @@ def test_a_refused_push_refuses_the_whole_group_and_the_engine_is_what_the_switc
 
 
 def test_set_changes_queued_together_are_validated_and_compiled_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import ovsmgr.controller.engine as engine_module
+    import ovsmgr.controller.updates as engine_module
 
     engine, table = make_engine(tmp_path)
     resolved: list[object] = []
