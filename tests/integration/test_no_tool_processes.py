@@ -14,21 +14,13 @@ import sys
 from pathlib import Path
 
 from ovsmgr.controller.client import ApiClient
+from tests.support.policies import two_ports
 
 from .controller_helpers import controller
 
 EXECLOG = [sys.executable, "-m", "tests.support.execlog"]
 
-POLICY = """
-version: 1
-switch:
-  bridge: br0
-  datapath: netdev
-  ports: {lan0: {ofport: 1}, wan0: {ofport: 2}}
-  links: [[lan0, wan0]]
-zones:
-  lan: {ports: [lan0]}
-  wan: {ports: [wan0]}
+POLICY = two_ports("""
 addresses:
   blocklist: [203.0.113.0/24]
 conntrack: {zone: 5, max_connections: 1000}
@@ -37,7 +29,7 @@ firewall:
   rules:
     - {name: blocked, from: wan, src: "@blocklist", action: drop}
     - {name: web, from: lan, to: wan, services: [tcp/80, tcp/443], action: allow}
-"""
+""", ports=("lan0", "wan0"), zones=("lan", "wan"))
 
 
 def _started(log: Path) -> list[str]:

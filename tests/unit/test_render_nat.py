@@ -11,17 +11,9 @@ from ovsmgr.compiler import compile_policy
 from ovsmgr.compiler.flows import Ct
 from ovsmgr.policy import load_policy_text
 from ovsmgr.render.ofctl import flow_text
+from tests.support.policies import two_ports
 
-POLICY = """
-version: 1
-switch:
-  bridge: br0
-  datapath: netdev
-  ports: {inside: {ofport: 1}, outside: {ofport: 2}}
-  links: [[inside, outside]]
-zones:
-  inside: {ports: [inside]}
-  outside: {ports: [outside]}
+POLICY = two_ports("""
 firewall:
   default: drop
   rules:
@@ -31,7 +23,7 @@ nat:
      translate_to: "2001:db8::240-2001:db8::241", ports: 1024-2000}
   - {name: masq4, type: snat, from: inside, to: outside, src: 10.0.0.0/24,
      translate_to: 200.200.200.10-200.200.200.11}
-"""
+""")
 
 
 def nat_lines() -> list[str]:
