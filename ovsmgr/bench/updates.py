@@ -5,16 +5,19 @@ A group of the method is one pipeline with the bench's blocklist (`testbed.with_
 an address set and, first in the firewall, a rule dropping traffic from the generator's zone
 to it; the load is tested against the rule and never matches it). Its baseline is the NDR of
 that pipeline; its subject is the NDR of the same pipeline while an `Updater` applies
-``update_rate`` changes per second. The changes alternate so that the policy comes back to
-the file's after every cycle (`update_steps`): a member (`RUNTIME_MEMBER`) added to the set and
-removed again (``set``), the rule disabled and enabled again (``rule``), or the four in turn
-(``mixed``). Each one changes flows on the switch.
+``update_rate`` changes per second. The changes come in cycles after which the policy is the
+file's again (`update_steps`): ``RUNTIME_MEMBERS`` members added to the set one by one and
+removed again (``set``), the rule disabled and enabled again (``rule``), or both (``mixed``:
+the adds, the rule disabled and enabled, the removes). Each one changes flows on the switch. The engine commits the changes queued together as one group and pushes their net
+difference, so a change and its inverse in one group would push nothing: the members are
+distinct and at least as many as the changes that may be unanswered, and a change is not
+queued while its inverse is (only the rule's enable ever waits for that).
 
 **The controller runs in the bench's process.** The updater drives an
 `ovsmgr.controller.engine.Engine` (the object ``ovsmgr controller`` keeps, whose methods the
 API's ``POST /v1/sets/NAME/add``, ``/remove``, ``/v1/rules/NAME/enable`` and ``/disable``
 call) on the test bed's `SwitchTarget`: the same incremental compile, the same atomic
-``ovs-ofctl --bundle`` push, the same runtime-changes file written (fsync'd) before a change
+OpenFlow bundle over the switch connection, the same runtime-changes file written (fsync'd) before a change
 counts, the same background recorder. It is not a separate ``ovsmgr controller`` process,
 because that process takes the bridge over (a controller connection, ``fail_mode=secure``,
 which empties the flow table when it is first set; its own state file), which the bench's
@@ -41,6 +44,7 @@ back after each step), and after the run the switch's table is compared with the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -62,8 +66,11 @@ if TYPE_CHECKING:  # imported when an updater starts: the rest of the bench need
     from ovsmgr.controller.engine import ChangeResult, Engine
     from ovsmgr.controller.queue import Ticket
 
-RUNTIME_MEMBER = "203.0.113.2"
-"""The member the updater adds and removes (TEST-NET-3, like the set's own)."""
+IN_FLIGHT = 64
+"""Changes the updater leaves unanswered at most (then it waits, and falls behind)."""
+RUNTIME_MEMBERS = tuple(f"203.0.113.{64 + i}" for i in range(IN_FLIGHT))
+"""The members the updater adds and removes (TEST-NET-3, like the set's own): as many as the
+changes in flight, so that no member's add and remove are ever queued together."""
 MAX_ERRORS = 5
 """Error messages kept per run (all failures are counted)."""
 
@@ -73,6 +80,13 @@ Action = Literal["add", "remove", "disable", "enable"]
 @dataclass(frozen=True)
 class Step:
     action: Action
+    member: str = ""
+    """The member added or removed (set changes)."""
+
+    @property
+    def target(self) -> str:
+        """What the change and its inverse both change (a member, or the rule)."""
+        return self.member or BLOCKLIST
 
     def apply(self, engine: Engine) -> ChangeResult:
         """Make the change through the engine (as the API does); returns its ChangeResult."""
@@ -81,22 +95,25 @@ class Step:
     def queue(self, engine: Engine) -> Ticket:
         """Queue the change (in order, as concurrent API clients would); ``wait()`` answers."""
         if self.action == "add":
-            return engine.queue("set_members", BLOCKLIST, [RUNTIME_MEMBER], [])
+            return engine.queue("set_members", BLOCKLIST, [self.member], [])
         if self.action == "remove":
-            return engine.queue("set_members", BLOCKLIST, [], [RUNTIME_MEMBER])
+            return engine.queue("set_members", BLOCKLIST, [], [self.member])
         return engine.queue("set_rule_enabled", BLOCKLIST, self.action == "enable")
 
 
-def update_steps(kind: str) -> tuple[Step, ...]:
-    """One cycle of changes; after a whole cycle the policy is the file's again."""
-    sets = (Step("add"), Step("remove"))
-    rules = (Step("disable"), Step("enable"))
+def update_steps(kind: str, members: int = len(RUNTIME_MEMBERS)) -> tuple[Step, ...]:
+    """One cycle of changes with the first `members` of `RUNTIME_MEMBERS`; after a whole cycle
+    the policy is the file's again."""
+    if not 1 <= members <= len(RUNTIME_MEMBERS):
+        raise ValueError(f"members must be 1 to {len(RUNTIME_MEMBERS)}")
+    adds = tuple(Step("add", m) for m in RUNTIME_MEMBERS[:members])
+    removes = tuple(Step("remove", m) for m in RUNTIME_MEMBERS[:members])
     if kind == "set":
-        return sets
+        return (*adds, *removes)
     if kind == "rule":
-        return rules
+        return (Step("disable"), Step("enable"))
     if kind == "mixed":
-        return (*sets, *rules)
+        return (*adds, Step("disable"), Step("enable"), *removes)  # disabled, the set changes nothing
     raise ValueError(f"unknown update kind {kind!r}")
 
 
@@ -135,7 +152,7 @@ waits for it and returns them); raises when refused."""
 
 
 def run_updates(step: ChangeStep, log: UpdateLog, stop: Callable[[float], bool],
-                clock: Callable[[], float] = time.monotonic, in_flight: int = 64) -> None:
+                clock: Callable[[], float] = time.monotonic, in_flight: int = IN_FLIGHT) -> None:
     """Make change ``i`` when it is due, ``i / log.rate`` s after the start, until
     ``stop(timeout)`` (which waits up to ``timeout`` seconds) says to stop. A change made at once
     holds the loop (late changes then run back to back); a queued change is waited for on
@@ -235,6 +252,7 @@ class Updater:
     def __init__(self, bed: OvsTestbed, config: Config, rate: float, kind: str, workdir: Path) -> None:
         self.bed, self.config, self.rate, self.kind, self.workdir = bed, config, rate, kind, workdir
         self.steps = update_steps(kind)
+        self._unanswered: dict[str, Ticket] = {}
         self.log = UpdateLog(rate)
         self.checks: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -272,12 +290,12 @@ class Updater:
         return make_plan(self._table().read(), desired_mods(self.engine.entries.values())).empty
 
     def _verify_cycle(self) -> None:
-        """Each step of one cycle, with the switch's table read back after it: it must differ
+        """Each step of a one-member cycle, with the switch's table read back after it: it must differ
         from the one before and equal the engine's. Untimed, before the load starts."""
         table = self._table()
         before = {s.mod for s in table.read()}
         counts = [len(before)]
-        for step in self.steps:
+        for step in update_steps(self.kind, members=1):
             generation = self.engine.status.generation
             change_size(step.apply(self.engine), generation)
             after = {s.mod for s in table.read()}
@@ -287,12 +305,18 @@ class Updater:
                 raise RuntimeError(f"{step.action}: the switch's flow table is not the engine's")
             counts.append(len(after))
             before = after
-        self.checks["verified_cycle"] = {"steps": [s.action for s in self.steps], "switch_flows": counts}
+        self.checks["verified_cycle"] = {"steps": [s.action for s in update_steps(self.kind, members=1)],
+                                         "switch_flows": counts}
 
     # -- running ---------------------------------------------------------------------------------
     def _step(self, i: int) -> Callable[[], int]:
+        step = self.steps[i % len(self.steps)]
+        inverse = self._unanswered.get(step.target)
+        if inverse is not None and not inverse.done():  # queued together, the two would push nothing
+            with contextlib.suppress(Exception):  # its own failure is counted by its own waiter
+                inverse.wait(60)
         generation = self.engine.status.generation
-        ticket = self.steps[i % len(self.steps)].queue(self.engine)
+        ticket = self._unanswered[step.target] = step.queue(self.engine)
         return lambda: change_size(ticket.wait(), generation)
 
     def _run(self) -> None:

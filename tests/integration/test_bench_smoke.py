@@ -90,7 +90,7 @@ def test_updates_were_applied_on_the_switch_while_the_load_ran(smoke_run: tuple[
     assert f["updates_applied"] > 0 and f["updates_failed"] == 0
     assert f["update_flow_mods"] >= f["updates_applied"]  # every change moved at least one flow
     cycle = f["verified_cycle"]
-    assert cycle["steps"] == ["add", "remove", "disable", "enable"]
+    assert cycle["steps"] == ["add", "disable", "enable", "remove"]
     counts = cycle["switch_flows"]
     assert counts[0] == counts[-1] and all(a != b for a, b in itertools.pairwise(counts))
     assert f["switch_agrees"] is True and f["reconcile_flow_mods"] == 0

@@ -30,7 +30,7 @@ from ovsmgr.bench.spec import NdrSettings, Rate
 from ovsmgr.bench.specfile import parse_spec
 from ovsmgr.bench.traffic import Endpoints, flow_layout, shaper_command, trafgen_config
 from ovsmgr.bench.updates import (
-    RUNTIME_MEMBER,
+    RUNTIME_MEMBERS,
     UpdateLog,
     change_size,
     run_updates,
@@ -301,7 +301,7 @@ def test_the_blocklist_is_a_set_and_a_first_rule_the_load_never_matches() -> Non
     first = data["firewall"]["rules"][0]
     assert first == {"name": BLOCKLIST, "from": "inside", "dst": f"@{BLOCKLIST}", "action": "drop"}
     assert data["firewall"]["rules"][1]["name"] == "inside-out"
-    blocked = [ipaddress.ip_network(m) for m in (*BLOCKLIST_MEMBERS, RUNTIME_MEMBER)]
+    blocked = [ipaddress.ip_network(m) for m in (*BLOCKLIST_MEMBERS, *RUNTIME_MEMBERS)]
     for address in ("10.2.0.2", "10.1.0.2", "200.200.200.200"):  # sink, generator, the seed's SNAT
         assert not any(ipaddress.ip_address(address) in net for net in blocked)
     config = Config("ovs", "seed-firewall", blocklist="")
