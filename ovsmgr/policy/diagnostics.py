@@ -11,11 +11,16 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Span:
-    """A position in a source file, 1-based like editors and compilers print it."""
+class Span(NamedTuple):
+    """A position in a source file, 1-based like editors and compilers print it.
+
+    A named tuple rather than a frozen dataclass: the loader makes one for every key and
+    value of a policy (over a million at 100,000 rules), and a frozen dataclass's three
+    guarded attribute writes made that a quarter of the loader's time. It compares,
+    orders, hashes and prints as the dataclass did."""
 
     file: str
     line: int

@@ -15,8 +15,10 @@ graph makes large policies load several times faster.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,8 +62,6 @@ of a policy needs more than 5."""
 Path_ = tuple[str | int, ...]
 
 INT_RE = re.compile(r"^-?(?:0|[1-9][0-9]*)$")
-BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-NULL_RE = re.compile(r"^(?:~|null|Null|NULL|)$")
 NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 """Characters YAML does not allow in a stream (controls, surrogates, U+FFFE/U+FFFF)."""
 
@@ -145,20 +145,26 @@ def _short_tag(tag: str) -> str:
 
 
 class _Builder:
-    """Turns parser events into plain Python values, recording spans and problems."""
+    """Turns parser events into plain Python values, recording spans and problems.
+
+    Every value of a policy passes through `value` and most through `mapping`, a dozen
+    per rule, so both are written to do little per event: one parser call per event,
+    spans made inline, scalars converted without a function call.
+    """
 
     def __init__(self, file: str, parser: _EventParser, collector: Collector):
         self.file = file
         self.parser = parser
         self.diag = collector
         self.source = SourceMap()
+        self.values = self.source.values
         self.count = 0
 
     def _span(self, event: Event) -> Span:
         mark = event.start_mark
         if mark is None:
             return Span(self.file, 1, 1)
-        return Span(self.file, mark.line + 1, mark.column + 1)
+        return _new_span((self.file, mark.line + 1, mark.column + 1))
 
     def document(self) -> Any:
         """The single document of the stream; `_EMPTY` when the stream holds none."""
@@ -175,7 +181,8 @@ class _Builder:
 
     def value(self, path: Path_, depth: int) -> Any:
         event = self.parser.get_event()
-        span = self._span(event)
+        mark = event.start_mark
+        span = self._span(event) if mark is None else _new_span((self.file, mark.line + 1, mark.column + 1))
         if isinstance(event, AliasEvent):
             raise _Fatal(span, f'YAML alias "*{event.anchor}" is not allowed in policies: write the value out')
         if depth > MAX_DEPTH:
@@ -183,16 +190,17 @@ class _Builder:
         self.count += 1
         if self.count > MAX_VALUES:
             raise _Fatal(span, f"the file holds more than {MAX_VALUES} values")
-        self.source.values[path] = span
-        tag = getattr(event, "tag", None)
+        self.values[path] = span
+        tag = event.tag  # type: ignore[attr-defined]
         if tag is not None:
             self.diag.error(span, f'explicit YAML tag "{_short_tag(tag)}" is not allowed: '
                                   "values are read as written (quote text, leave numbers plain)")
         if isinstance(event, ScalarEvent):
-            digits = len(event.value.lstrip("-"))
-            if digits > MAX_INT_DIGITS and event.implicit[0] and INT_RE.match(event.value):
-                raise _Fatal(span, f"a number of {digits} digits (at most {MAX_INT_DIGITS})")
-            return _scalar(event)
+            text = event.value
+            plain = event.implicit[0]
+            if len(text) > MAX_INT_DIGITS and plain and INT_RE.match(text):
+                raise _Fatal(span, f"a number of {len(text.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+            return _plain_scalar(text) if plain and tag is None else text
         if isinstance(event, SequenceStartEvent):
             items: list[Any] = []
             while not self.parser.check_event(SequenceEndEvent):
@@ -204,37 +212,37 @@ class _Builder:
 
     def mapping(self, path: Path_, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        first_seen: dict[str, Span] = {}
-        while not self.parser.check_event(MappingEndEvent):
-            event = self.parser.peek_event()
-            span = self._span(event)
+        keys = self.source.keys
+        while True:
+            event = self.parser.get_event()
+            if isinstance(event, MappingEndEvent):
+                return out
+            mark = event.start_mark
+            span = self._span(event) if mark is None else _new_span((self.file, mark.line + 1, mark.column + 1))
             if isinstance(event, AliasEvent):
                 raise _Fatal(span, f'YAML alias "*{event.anchor}" is not allowed in policies: write the value out')
             if not isinstance(event, ScalarEvent):
                 self.diag.error(span, "a mapping key must be a plain name, not a list or a mapping")
-                self._skip()
-                self._skip()
+                self._skip(level=1)  # the rest of the key
+                self._skip()  # its value
                 continue
-            self.parser.get_event()
             key = event.value
             if event.tag is not None:
                 self.diag.error(span, f'explicit YAML tag "{_short_tag(event.tag)}" is not allowed on a key')
             if key == "<<" and event.implicit[0]:
                 self.diag.error(span, "YAML merge keys (<<) are not allowed in policies")
-            elif key in first_seen:
-                self.diag.error(span, f'duplicate key "{key}" (first defined at {first_seen[key]})')
+            elif key in out:
+                self.diag.error(span, f'duplicate key "{key}" (first defined at {keys[(*path, key)]})')
             else:
-                first_seen[key] = span
-                self.source.keys[(*path, key)] = span
-                out[key] = self.value((*path, key), depth + 1)
+                key_path = (*path, key)
+                keys[key_path] = span
+                out[key] = self.value(key_path, depth + 1)
                 continue
             self._skip()
-        self.parser.get_event()
-        return out
 
-    def _skip(self) -> None:
-        """Consume the events of one node (a refused key or its value)."""
-        level = 0
+    def _skip(self, level: int = 0) -> None:
+        """Consume the events of one node (a refused key or its value); `level` 1 when the node's
+        first event is already consumed."""
         while True:
             event = self.parser.get_event()
             if isinstance(event, (SequenceStartEvent, MappingStartEvent)):
@@ -246,19 +254,24 @@ class _Builder:
 
 
 _EMPTY = object()
+_new_span: Callable[[tuple[str, int, int]], Span] = functools.partial(tuple.__new__, Span)
+"""`Span(file, line, column)` without the named tuple's Python-level constructor: a span per key
+and per value made that a tenth of the loader's time."""
+_PLAIN_WORDS: dict[str, bool | None] = {
+    **dict.fromkeys(("true", "True", "TRUE"), True), **dict.fromkeys(("false", "False", "FALSE"), False),
+    **dict.fromkeys(("~", "null", "Null", "NULL", ""), None),
+}
+"""The plain scalars that are booleans or null; every other plain scalar is an integer or text."""
+_NOT_A_WORD = object()
 
 
-def _scalar(event: ScalarEvent) -> Any:
-    """Plain scalars may be int, bool or null; quoted and block scalars, and tagged ones, are text."""
-    text = event.value
-    if not event.implicit[0] or event.tag is not None:
-        return text
+def _plain_scalar(text: str) -> Any:
+    """A plain, untagged scalar may be int, bool or null; anything else is text."""
+    word = _PLAIN_WORDS.get(text, _NOT_A_WORD)
+    if word is not _NOT_A_WORD:
+        return word
     if INT_RE.match(text):
         return int(text)
-    if BOOL_RE.match(text):
-        return text.lower() == "true"
-    if NULL_RE.match(text):
-        return None
     return text
 
 
