@@ -115,6 +115,8 @@ def _check_nat_overlaps(policy: ResolvedPolicy, diag: Collector) -> None:
 
 def _check_nat_blocked(policy: ResolvedPolicy, diag: Collector) -> None:
     """NAT that translates to an address a drop or reject rule names as its src or dst."""
+    if not policy.nat:
+        return
     blocked: dict[PrefixKey, tuple[str, Any]] = {}
     lengths: dict[int, set[int]] = defaultdict(set)
     for rule in policy.rules:

@@ -81,6 +81,10 @@ def _single_port(service: Service) -> bool:
     return service.ports is None or service.ports[0] == service.ports[1]
 
 
+_ANY_OF: dict[str, Service] = {proto: Service(proto) for proto in (*PORT_PROTOS, "icmp", "icmpv6")}  # type: ignore[arg-type]
+"""`Service(proto)`, the service that covers every other of its protocol, made once."""
+
+
 class _Prefixes:
     """One address dimension (src or dst) of the indexed rules."""
 
@@ -170,7 +174,7 @@ class _Services:
         if not services:
             return buckets
         s = services[0]
-        keys = {s, Service(s.proto)}
+        keys = {s, _ANY_OF[s.proto]}
         if s.icmp_code is not None:
             keys.add(Service(s.proto, None, s.icmp_type))
         buckets += [self.by_key.get((zone, k), []) for k in keys]
@@ -197,7 +201,8 @@ class _SubIndexes:
         self.src = _Prefixes()
         self.dst = _Prefixes()
         self.services = _Services()
-        self.pairs: dict[tuple[str, object, object], list[int]] = defaultdict(list)
+        self.pairs: dict[tuple[str, object], dict[object, list[int]]] = defaultdict(dict)
+        """(zone, source key) -> service key -> rules."""
         self.by_zone: dict[str, list[int]] = defaultdict(list)
 
     def add(self, i: int, match: RuleMatch) -> None:
@@ -215,8 +220,9 @@ class _SubIndexes:
             else:
                 src_keys = [WILD]
         for s in src_keys:
+            by_service = self.pairs[(zone, s)]
             for v in svc_keys:
-                self.pairs[(zone, s, v)].append(i)
+                by_service.setdefault(v, []).append(i)
 
     def _pair_cover(self, match: RuleMatch) -> Buckets:
         zone = match.from_zone
@@ -226,24 +232,43 @@ class _SubIndexes:
         svc_keys: list[object] = [ANY, WILD]
         if match.services:
             s = match.services[0]
-            svc_keys += [s, Service(s.proto), ("range", s.proto)]
+            svc_keys += [s, _ANY_OF[s.proto], ("range", s.proto)]
             if s.icmp_code is not None:
                 svc_keys.append(Service(s.proto, None, s.icmp_type))
-        return [self.pairs.get((zone, a, b), []) for a in src_keys for b in svc_keys]
+        buckets: Buckets = []
+        for a in src_keys:
+            by_service = self.pairs.get((zone, a))
+            if by_service:
+                buckets += [by_service[b] for b in svc_keys if b in by_service]
+        return buckets
 
-    def candidates(self, match: RuleMatch, overlap: bool) -> list[int]:
-        """Numbers of the rules that could relate to `match`, ascending."""
+    def _plans(self, match: RuleMatch, overlap: bool) -> Iterator[Buckets | None]:
+        """Each dimension's candidates (None: the dimension cannot narrow), made one at a time."""
         zone = match.from_zone
         if overlap:
-            plans = [self.src.overlap(zone, match.src), self.dst.overlap(zone, match.dst),
-                     self.services.overlap(zone, match.services)]
+            yield self.src.overlap(zone, match.src)
+            yield self.dst.overlap(zone, match.dst)
+            yield self.services.overlap(zone, match.services)
         else:
-            plans = [self._pair_cover(match), self.dst.cover(zone, match.dst),
-                     self.services.cover(zone, match.services)]
-        options = [plan for plan in plans if plan is not None]
-        if not options:
-            return self.by_zone.get(zone, [])
-        best = min(options, key=lambda buckets: sum(map(len, buckets)))
+            yield self._pair_cover(match)
+            yield self.dst.cover(zone, match.dst)
+            yield self.services.cover(zone, match.services)
+
+    def candidates(self, match: RuleMatch, overlap: bool) -> list[int]:
+        """Numbers of the rules that could relate to `match`, ascending: from the dimension that
+        names the fewest. One that names none ends the search (most rules relate to no other)."""
+        best: Buckets | None = None
+        best_size = 0
+        for plan in self._plans(match, overlap):
+            if plan is None:
+                continue
+            size = sum(map(len, plan))
+            if size == 0:
+                return []
+            if best is None or size < best_size:
+                best, best_size = plan, size
+        if best is None:
+            return self.by_zone.get(match.from_zone, [])
         return sorted({i for bucket in best for i in bucket})
 
 
