@@ -28,7 +28,12 @@ SECTIONS: set[Path_] = {("switch",), ("firewall",), ("conntrack",)}
 
 
 def merge_documents(docs: list[Document], diag: Collector) -> tuple[dict[str, Any], SourceMap]:
-    """One policy mapping from `docs`; a file whose top level is not a mapping is an error."""
+    """One policy mapping from `docs`; a file whose top level is not a mapping is an error.
+
+    The result may share values with the documents (one document is its own merge, not a
+    copy of it): change a copy (`validate_shape` does), never the result itself."""
+    if len(docs) == 1 and isinstance(docs[0].data, dict):
+        return docs[0].data, docs[0].source
     merged: dict[str, Any] = {}
     source = SourceMap()
     offsets: dict[Path_, int] = {}

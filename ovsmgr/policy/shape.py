@@ -12,6 +12,7 @@ lost a key are checked for names but kept out of the analysis and the result.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,13 +119,16 @@ _DROPPED = object()
 
 
 def validate_shape(data: dict[str, Any], source: SourceMap, diag: Collector) -> Shape:
-    """Validate `data` (which this pass may change); report every shape error; raise if nothing is left."""
+    """Validate `data`; report every shape error; raise if nothing is left. Pruning changes a
+    copy, made at the first error: `data` itself is left as it is."""
     broken = Broken()
     for attempt in range(6):
         view, maps = _view(data)
         try:
             model = Policy.model_validate(view)
         except ValidationError as exc:
+            if attempt == 0:
+                data = copy.deepcopy(data)
             groups = _group(exc.errors(), view, maps)
             for (path, is_key), errors in groups.items():
                 if attempt == 0:
