@@ -6,6 +6,15 @@ NORMAL switching. The controller row gets `max_backoff` 1 s (OVS would wait up
 to 8 s before reconnecting to a restarted controller), out-of-band connections,
 and a packet-in rate limit so a flood of rejected or logged packets is
 throttled by the switch before it reaches the controller.
+
+The row and its options are written in one transaction. OVS sends inactivity
+probes (`inactivity_probe`, 5 s at least) on tcp: and ssl: connections only: a
+`unix:` target (a lab's default) needs none, since a controller that dies closes
+the socket, and `rconn_connect` turns probes off for it. Written in a second
+transaction, the options would turn them back on or not, depending on whether
+ovs-vswitchd saw the two transactions in one reconfiguration or in two: a hung
+controller on a unix socket would be noticed in some runs and not in others.
+In one, it never is (the bridge stays secure either way); over tcp it always is.
 """
 
 from __future__ import annotations
@@ -45,6 +54,12 @@ class ControllerDB(SwitchDB):
         """Set columns of every Controller row of the bridge (only those that differ)."""
         self._run(f"set controller options of {bridge}", [_ControllerOptions(self._api, bridge, options)])
 
+    def point_at(self, bridge: str, target: str, options: dict[str, Any]) -> None:
+        """The bridge's one controller: `target` with `options`, in one transaction, so that
+        ovs-vswitchd configures the connection once, with its options (see the module's notes)."""
+        self._run(f"point {bridge} at {target}", [self._api.set_controller(bridge, [target]),
+                                                   _ControllerOptions(self._api, bridge, options)])
+
 
 class _ControllerOptions(ovs_command.BaseCommand):
     def __init__(self, api: Any, bridge: str, options: dict[str, Any]) -> None:
@@ -56,7 +71,7 @@ class _ControllerOptions(ovs_command.BaseCommand):
         bridge = idlutils.row_by_value(self.api.idl, "Bridge", "name", self.bridge)
         for row in bridge.controller:
             for column, value in self.options.items():
-                if _scalar(getattr(row, column)) != value:
+                if _scalar(getattr(row, column, None)) != value:  # a row inserted in this txn has none
                     setattr(row, column, value)
 
 
@@ -81,8 +96,9 @@ def prepare_bridge(target: SwitchTarget, policy: ResolvedPolicy, *, before_flows
             if controller is not None:
                 if db.get_controllers(bridge) != [controller]:
                     log.info("pointing %s at %s", bridge, controller)
-                    db.set_controllers(bridge, [controller])
-                db.set_controller_options(bridge, CONTROLLER_OPTIONS)
+                    db.point_at(bridge, controller, CONTROLLER_OPTIONS)
+                else:
+                    db.set_controller_options(bridge, CONTROLLER_OPTIONS)
             return
         for warning in ensure_switch_settings(db, policy, target):
             log.warning("%s", warning)

@@ -3,7 +3,9 @@
 The unreachable controller is SIGSTOPped, not killed: its sockets stay open and
 OVS's inactivity probes go unanswered, which is what a hung or partitioned
 controller looks like to the switch (a SIGKILL closes the connection at once; that
-case is in test_controller.py). OVS 3.1 clamps `inactivity_probe` to at least 5 s
+case is in test_controller.py). OVS probes tcp: and ssl: controllers only (a unix:
+one, a lab's default, needs none: `ovsmgr.controller.switchdb`), so the controller
+runs in the switch's namespace and listens on its loopback. OVS 3.1 clamps `inactivity_probe` to at least 5 s
 (`rconn_set_probe_interval`: MAX(5, seconds)), and ovsmgr sets exactly that minimum.
 A bridge with `fail_mode=standalone` fails open 3 probe intervals after the last
 message from its controller (`fail_open.c`, `trigger_duration`): it flushes every
@@ -27,7 +29,7 @@ import pytest
 from ovsmgr.lab.ovs import Lab
 from tests.support.soak import SOAK_POLICY, SOAK_PORTS, SoakConfig, run_soak
 
-from .controller_helpers import controller, probe_stream
+from .controller_helpers import OVSMGR, controller, probe_stream
 from .traffic import converse, ping, server
 
 pytestmark = pytest.mark.integration
@@ -38,6 +40,8 @@ PORTS, POLICY = SOAK_PORTS, SOAK_POLICY  # the soak's two-port firewall: blockli
 INSIDE, OUTSIDE = "10.0.0.10", "198.51.100.9"
 PROBE_SECONDS = 5
 """OVS's effective inactivity probe: ovsmgr asks for 5000 ms, the smallest value OVS 3.1 honours."""
+OPENFLOW_PORT = 6653
+"""The controller's listener in the lab switch's namespace (its own loopback: no clash)."""
 FAIL_OPEN_PRIORITY = 0xF0F0F0
 """The hidden `actions=NORMAL` flow of a bridge that failed open (above every OpenFlow priority)."""
 STATS = ("duration=", "n_packets=", "n_bytes=", "idle_age=", "hard_age=")
@@ -45,9 +49,12 @@ STATS = ("duration=", "n_packets=", "n_bytes=", "idle_age=", "hard_age=")
 
 def test_controller_unreachable_past_three_inactivity_probes_keeps_the_bridge_secure(lab_factory, tmp_path):
     lab = lab_factory(PORTS)
+    lab.appctl(["vlog/set", "rconn:file:dbg"])  # the probes OVS sends, in the log a failure keeps
     policy = tmp_path / "p.yaml"
     policy.write_text(POLICY)
-    with controller(lab, [policy], tmp_path) as ctl, \
+    in_switch_netns = ["ip", "netns", "exec", lab.switch_netns, OVSMGR]  # `ip` execs: the pid is ovsmgr's
+    listen = ["--listen", f"tcp:127.0.0.1:{OPENFLOW_PORT}"]
+    with controller(lab, [policy], tmp_path, listen, in_switch_netns) as ctl, \
             server(lab, "inside", "tcp", 22, timeout=300), server(lab, "outside", "tcp", 22, timeout=300), \
             server(lab, "outside", "tcp", 8080, timeout=300):
         assert ctl.proc is not None

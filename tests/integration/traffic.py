@@ -39,7 +39,22 @@ def converse(lab: Lab, port: str, proto: str, address: str, tport: int, timeout:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def ping(lab: Lab, port: str, address: str, count: int = 1, deadline: float = 3) -> bool:
-    """True when `count` echo replies come back before `deadline` seconds (requests are resent)."""
+class Pinged:
+    """The outcome of `ping`: true when every reply came back; its repr says what ping printed
+    (an assertion on it then shows why it failed)."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.ok = proc.returncode == 0
+        self.output = f"exit {proc.returncode}: {proc.stdout.strip()} {proc.stderr.strip()}".strip()
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        return f"Pinged({self.output!r})"
+
+
+def ping(lab: Lab, port: str, address: str, count: int = 1, deadline: float = 3) -> Pinged:
+    """Whether `count` echo replies come back before `deadline` seconds (requests are resent)."""
     argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), address]
-    return lab.exec(port, argv, capture_output=True, timeout=deadline + 5).returncode == 0
+    return Pinged(lab.exec(port, argv, capture_output=True, text=True, timeout=deadline + 5))
