@@ -29,10 +29,12 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from ovsmgr.policy.ir import IPNetwork, RuleMatch, Service
 from ovsmgr.policy.terms import PORT_PROTOS
 
+T = TypeVar("T")
 PrefixKey = tuple[int, int, int]
 """(IP version, network as an integer, prefix length)."""
 ANY = "any"
@@ -77,6 +79,11 @@ def prefix_key(prefix: IPNetwork) -> PrefixKey:
     return prefix.version, int(prefix.network_address), prefix.prefixlen
 
 
+def _distinct(items: tuple[T, ...]) -> Iterable[T]:
+    """`items` without repeats, in order (rules have one prefix or service more often than not)."""
+    return items if len(items) < 2 else dict.fromkeys(items)
+
+
 def _single_port(service: Service) -> bool:
     return service.ports is None or service.ports[0] == service.ports[1]
 
@@ -94,14 +101,18 @@ class _Prefixes:
         self.lengths: dict[tuple[str, int], set[int]] = defaultdict(set)
         self.ordered: dict[tuple[str, int], list[tuple[int, int, int]]] = defaultdict(list)
 
-    def add(self, zone: str, i: int, prefixes: tuple[IPNetwork, ...]) -> None:
+    def add(self, zone: str, i: int, prefixes: tuple[IPNetwork, ...]) -> list[PrefixKey]:
+        """Index rule `i`; the keys of its prefixes, each once."""
         if not prefixes:
             self.unrestricted[zone].append(i)
-        for prefix in dict.fromkeys(prefixes):
-            version, net, length = prefix_key(prefix)
-            self.by_prefix[(zone, (version, net, length))].append(i)
+            return []
+        keys = [prefix_key(p) for p in _distinct(prefixes)]
+        for key in keys:
+            version, net, length = key
+            self.by_prefix[(zone, key)].append(i)
             self.lengths[(zone, version)].add(length)
             bisect.insort(self.ordered[(zone, version)], (net, length, i))
+        return keys
 
     def supernet_keys(self, zone: str, prefix: IPNetwork) -> list[PrefixKey]:
         """Keys of `prefix` and its supernets, at the prefix lengths the index holds."""
@@ -144,9 +155,10 @@ class _Services:
     def add(self, zone: str, i: int, services: tuple[Service, ...]) -> None:
         if not services:
             self.unrestricted[zone].append(i)
-        for proto in dict.fromkeys(s.proto for s in services):
+            return
+        for proto in _distinct(tuple(s.proto for s in services)):
             self.by_proto[(zone, proto)].append(i)
-        for service in dict.fromkeys(services):
+        for service in _distinct(services):
             key = (zone, service.proto)
             if _single_port(service):
                 self.by_key[(zone, service)].append(i)
@@ -208,12 +220,11 @@ class _SubIndexes:
     def add(self, i: int, match: RuleMatch) -> None:
         zone = match.from_zone
         self.by_zone[zone].append(i)
-        self.src.add(zone, i, match.src)
+        src_keys: list[object] = [*self.src.add(zone, i, match.src)] or [ANY]
         self.dst.add(zone, i, match.dst)
         self.services.add(zone, i, match.services)
-        src_keys: list[object] = [prefix_key(p) for p in dict.fromkeys(match.src)] or [ANY]
-        svc_keys: list[object] = list(dict.fromkeys(
-            s if _single_port(s) else ("range", s.proto) for s in match.services)) or [ANY]
+        svc_keys: list[object] = list(_distinct(tuple(
+            s if _single_port(s) else ("range", s.proto) for s in match.services))) or [ANY]
         if len(src_keys) * len(svc_keys) > MAX_PAIRS:
             if len(src_keys) <= len(svc_keys):
                 svc_keys = [WILD]

@@ -37,7 +37,8 @@ class RuleResolver:
         self.services = services
         self.src = source
         self.diag = diag
-        self.names: dict[str, Span] = {}
+        self.names: dict[str, Path_] = {}
+        """Rule name -> where the first rule of that name is (NAT and firewall rules share names)."""
 
     def firewall(self) -> tuple[Rule, ...]:
         out = []
@@ -66,10 +67,10 @@ class RuleResolver:
     def _unique_name(self, name: str, path: Path_, where: tuple[str, int]) -> None:
         if where in self.broken.anonymous:
             return
-        here = self.src.span((*path, "name"))
-        if name in self.names:
-            self.diag.error(here, f'rule name "{name}" is used twice (also at {self.names[name]})')
-        self.names.setdefault(name, here)
+        first = self.names.setdefault(name, path)
+        if first is not path:  # spans only for the message: most names are used once
+            self.diag.error(self.src.span((*path, "name")),
+                            f'rule name "{name}" is used twice (also at {self.src.span((*first, "name"))})')
 
     # --- matches ---------------------------------------------------------------------------
     def _zones_ok(self, raw: FirewallRule | NatRuleModel, path: Path_) -> bool:
