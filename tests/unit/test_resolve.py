@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import random
 from pathlib import Path
 
 import pytest
 
-from ovsmgr.policy import PolicyError, ResolvedPolicy, load_policy, load_policy_text
+from ovsmgr.policy import PolicyError, ResolvedPolicy, load_policy, load_policy_text, ruleindex
 from ovsmgr.policy.analysis import RuleIndex, covers, overlaps
 from ovsmgr.policy.ir import RuleMatch, Service
 from ovsmgr.policy.terms import TermError, parse_port_range, parse_service
@@ -229,6 +230,28 @@ def test_rule_index_never_misses_a_covering_or_overlapping_rule(seed: int) -> No
         index.add(match, n)
         added.append(match)
     assert len(index) == 300
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sorted_entries_answer_as_one_sorted_list(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index's buckets (made small here, so that they split often) give the entries of one
+    sorted list between any two bounds, in order."""
+    monkeypatch.setattr(ruleindex, "BUCKET", 4)
+    rng = random.Random(seed)
+    entries = ruleindex._SortedEntries()
+    flat: list[tuple[int, int, int]] = []
+    for i in range(400):
+        entry = (rng.randrange(100), rng.randrange(40), i)
+        entries.add(entry)
+        bisect.insort(flat, entry)
+        low, high = sorted((rng.randrange(-5, 105), rng.randrange(-5, 105)))
+        lo_key, hi_key = (low, -1, -1), (high, 1 << 8, 1 << 62)
+        window = entries.between(lo_key, hi_key, lambda _a, b: b >= 20)
+        expected = flat[bisect.bisect_left(flat, lo_key) : bisect.bisect_right(flat, hi_key)]
+        assert len(window) == len(expected)
+        assert list(window) == [j for _a, b, j in expected if b >= 20]
+    assert [e for bucket in entries.buckets for e in bucket] == flat
+    assert all(len(bucket) <= 8 for bucket in entries.buckets)
 
 
 # --- NAT ----------------------------------------------------------------------------------------------
