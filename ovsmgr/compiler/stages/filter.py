@@ -132,12 +132,14 @@ def match_dimensions(match: RuleMatch, version: int) -> list[list[Match]]:
     """The rule's src, dst and service alternatives in one family; an empty list is 'any'.
     They add to the rule's zone-and-family match (see `service_matches`)."""
     m = match.for_family(version)
-    dims = [
-        [Match((prefix("nw_src", p),)) for p in m.src],
-        [Match((prefix("nw_dst", p),)) for p in m.dst],
-        [frag for s in m.services for frag in service_matches(s)],
-    ]
-    return [d for d in dims if d]
+    dims = []
+    if m.src:
+        dims.append([Match((prefix("nw_src", p),)) for p in m.src])
+    if m.dst:
+        dims.append([Match((prefix("nw_dst", p),)) for p in m.dst])
+    if m.services:
+        dims.append([frag for s in m.services for frag in service_matches(s)])
+    return dims
 
 
 def _rule_flows(
@@ -155,10 +157,12 @@ def expand_match(
 ) -> list[Flow]:
     """Cross product when it is no larger than the lists' sum, else a conjunctive match."""
     multi = [d for d in dims if len(d) > 1]
-    single = [d[0] for d in dims if len(d) == 1]
     common = base
-    for item in single:
-        common = common + item
+    for d in dims:
+        if len(d) == 1:
+            common = common + d[0]
+    if not multi:  # one flow: most rules name one source, destination or service
+        return [Flow(table, priority, common, actions, flow_cookie, rule)]
     size = 1
     for d in multi:
         size *= len(d)
