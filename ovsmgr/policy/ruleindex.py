@@ -60,14 +60,22 @@ BUCKET = 512
 class _SortedEntries:
     """Entries in sorted order, kept in buckets, so that adding one moves the entries of one
     bucket: `bisect.insort` into one list of 50,000 entries moved 200 kB per rule, which made
-    the shadowing check quadratic (half of load time per rule at 100,000 rules)."""
+    the shadowing check quadratic (half of load time per rule at 100,000 rules).
+
+    Entries are sorted in only when a lookup needs them: the shadowing check asks for port
+    ranges only when a rule could be covered, and never for prefixes in order, so in most
+    policies they are never sorted at all."""
 
     def __init__(self) -> None:
         self.buckets: list[list[Entry]] = []
         self.maxes: list[Entry] = []
         """The last entry of each bucket."""
+        self.pending: list[Entry] = []
 
     def add(self, entry: Entry) -> None:
+        self.pending.append(entry)
+
+    def _sort_in(self, entry: Entry) -> None:
         buckets, maxes = self.buckets, self.maxes
         if not buckets:
             buckets.append([entry])
@@ -83,6 +91,9 @@ class _SortedEntries:
 
     def between(self, low: Entry, high: Entry, keep: Callable[[int, int], bool]) -> _Window:
         """The entries from `low` to `high` (as the bisect module compares them) that `keep`."""
+        for entry in self.pending:
+            self._sort_in(entry)
+        self.pending.clear()
         parts: list[tuple[list[Entry], int, int]] = []
         size = 0
         k = bisect.bisect_left(self.maxes, low)
