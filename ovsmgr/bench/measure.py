@@ -40,6 +40,7 @@ from ovsmgr.bench.netns import (
     steal_ticks,
     thread_cpu_ticks,
 )
+from ovsmgr.bench.spec import ONE_DESTINATION, Destinations
 from ovsmgr.bench.testbed import Testbed
 from ovsmgr.bench.traffic import (
     Endpoints,
@@ -76,6 +77,7 @@ class Load:
     size: int
     flows: int
     mode: LoadMode = "flows"
+    destinations: Destinations = ONE_DESTINATION
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -148,12 +150,13 @@ def endpoints(bed: Testbed, mode: LoadMode) -> Endpoints:
             return Endpoints(bed.sink.mac, bed.reply_mac, bed.nat_address, bed.sink.ip,
                              f"{bed.nat_address}/32")
         return Endpoints(bed.sink.mac, bed.reply_mac, bed.gen.ip, bed.sink.ip, bed.gen.network)
-    return Endpoints(bed.gen.mac, bed.next_hop_mac, bed.gen.ip, bed.sink.ip, bed.gen.network)
+    return Endpoints(bed.gen.mac, bed.next_hop_mac, bed.gen.ip, bed.sink.ip, bed.gen.network, bed.sink.network)
 
 
 def write_config(bed: Testbed, load: Load, workdir: Path) -> Path:
-    text = trafgen_config(endpoints(bed, load.mode), load.proto, load.dport, load.size, load.flows, load.mode)
-    path = workdir / f"trafgen-{bed.kind}-{load.proto}-{load.size}-{load.flows}-{load.mode}.cfg"
+    text = trafgen_config(endpoints(bed, load.mode), load.proto, load.dport, load.size, load.flows, load.mode,
+                          load.destinations)
+    path = workdir / f"trafgen-{bed.kind}-{load.proto}-{load.size}-{load.flows}-{load.mode}-{load.destinations}.cfg"
     path.write_text(text)
     return path
 

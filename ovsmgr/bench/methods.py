@@ -12,7 +12,9 @@ repetition (in reverse order every other repetition, ABBA), so each ratio
 compares measurements taken seconds apart. An ``updates`` group's baseline and
 subject run the same pipeline (with the bench's blocklist); the subject's NDR is
 searched while runtime changes are applied (`Task.update_rate`, see
-`ovsmgr.bench.updates`).
+`ovsmgr.bench.updates`). A ``flood`` group's baseline is the same pipeline with its
+established stream and ping and no flood; its subject adds the SYN flood at ``Task.rate``
+(`ovsmgr.bench.flood`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ovsmgr.bench.pipelines import Config
-from ovsmgr.bench.spec import COST_RATE, Experiment, NdrSettings, Rate
+from ovsmgr.bench.spec import (
+    COST_RATE,
+    ONE_DESTINATION,
+    Destinations,
+    Experiment,
+    NdrSettings,
+    Rate,
+)
 
-Measure = Literal["rate", "ndr", "tcp", "cps"]
+Measure = Literal["rate", "ndr", "tcp", "cps", "flood"]
 MAX_ATTEMPTS = 4
 
 
@@ -111,15 +120,23 @@ class Task:
     update_rate: float = 0.0
     """Runtime changes per second applied through the controller's engine while measuring."""
     update_kind: str = "mixed"
+    destinations: Destinations = ONE_DESTINATION
+    """SYN loads (``cps``, ``flood``): where the SYNs go."""
+    stream: Rate | None = None
+    """``flood``: the established TCP stream's rate; ``rate`` is the flood's (None: no flood)."""
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"system": self.config.system if self.config.system != "ovs" else "ovs",
                                "pipeline": self.config.label, "measure": self.measure}
         if self.config.system != "ovs" or self.config.pipeline == "generated":
             out.update(rules=self.config.rules, rule_kind=self.config.rule_kind)
-        if self.measure != "tcp":
+        if self.measure in ("cps", "flood"):
+            out.update(destinations=str(self.destinations), size=self.size)
+        elif self.measure != "tcp":
             out.update(flows=self.flows, size=self.size)
-        if self.rate is not None:
+        if self.measure == "flood":
+            out.update(flood=str(self.rate) if self.rate else "none", stream=str(self.stream))
+        elif self.rate is not None:
             out.update(rate=str(self.rate), rate_pps=round(self.rate.pps(self.size), 1))
         if self.establish:
             out["established"] = True
@@ -139,15 +156,29 @@ class Group:
     """What varies between baseline and subjects: pipeline, rules, flows, updates."""
 
 
-def pipeline_config(pipeline: str) -> Config:
-    return Config("ovs", pipeline)
+def pipeline_config(pipeline: str, exp: Experiment | None = None) -> Config:
+    """An OVS pipeline; with the experiment's bench-only NAT variant unless it is plain forwarding."""
+    if exp is None or pipeline == "plain":
+        return Config("ovs", pipeline)
+    return Config("ovs", pipeline, nat_meter=exp.nat_meter, nat_flags=exp.nat_flags)
 
 
 def _vs_baseline(exp: Experiment, measure: Measure, **task: Any) -> Group:
     base = Task(pipeline_config(exp.baseline), measure, **task) if exp.baseline else None
-    subjects = tuple(Task(pipeline_config(p), measure, **task) for p in exp.pipelines
+    subjects = tuple(Task(pipeline_config(p, exp), measure, **task) for p in exp.pipelines
                      if p != exp.baseline)
     return Group(base, subjects)
+
+
+def _flood_groups(exp: Experiment) -> list[Group]:
+    """Per pipeline, destinations and flood rate: the pipeline's stream and ping without the
+    flood, then with it."""
+    groups = []
+    for p in exp.pipelines:
+        for d in exp.destinations:
+            quiet = Task(pipeline_config(p, exp), "flood", destinations=d, stream=exp.stream)
+            groups += [Group(quiet, (replace(quiet, rate=r),), "flood") for r in exp.rates]
+    return groups
 
 
 def rule_config(system: str, rules: int, kind: str) -> Config:
@@ -200,7 +231,9 @@ def plan_experiment(exp: Experiment) -> list[Group]:
     if exp.method == "tcp":
         return [_vs_baseline(exp, "tcp")]
     if exp.method == "cps":
-        return [_vs_baseline(exp, "cps", size=s) for s in exp.sizes]
+        return [_vs_baseline(exp, "cps", size=s, destinations=d) for d in exp.destinations for s in exp.sizes]
+    if exp.method == "flood":
+        return _flood_groups(exp)
     if exp.method == "flows":
         counts = sorted(set(exp.flows))
         groups = []

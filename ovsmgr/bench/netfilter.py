@@ -130,6 +130,7 @@ class LinuxRouter:
         self.next_hop_mac = self._mac(self.rt_ns, "r-gen")
         self.reply_mac = self._mac(self.rt_ns, "r-sink")
         self.nat_address: str | None = None
+        self.nat_ports = 0
         for host in (self.gen, self.sink):
             drop_load_at_host(host)
 
@@ -199,6 +200,9 @@ class LinuxRouter:
 
     def clear_state(self) -> None:
         """Nothing to clear: the rules match no state (no conntrack is loaded for them)."""
+
+    def conntrack_count(self) -> int | None:
+        return None  # the router's rules track no connections
 
     def begin_point(self) -> None:
         self._softnet_before = _softnet_dropped()

@@ -5,7 +5,8 @@ generated policy of N rules, each optionally with the bench's blocklist
 (`with_blocklist`, what the ``updates`` method changes while the load runs). Both OVS
 test beds (the embedded lab in `testbed`, a running switch in `systembed`) switch
 pipelines with `switch_pipeline`: a policy is applied by ovsmgr itself, as a difference
-against the one before; plain forwarding sits on top (`set_plain`).
+against the one before; plain forwarding sits on top (`set_plain`). A pipeline may carry a
+bench-only variant of its NAT rules (a meter, nat() flags: `ovsmgr.bench.natvariant`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
+from ovsmgr.bench.natvariant import apply_variant
+from ovsmgr.bench.spec import NatMeter
 from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.lab.spec import LabPort, LabSpec, lab_spec_from_policy
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import Kind, generate_policy
+from ovsmgr.policy.ir import NatRule
 from ovsmgr.policy.loader import load_file
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.apply import apply_policy
@@ -52,6 +56,9 @@ class Config:
     blocklist: str | None = None
     """The pipeline with the bench's blocklist added (`with_blocklist`) for the zone of this
     generator port ("": the test bed's default generator port); None: the pipeline as it is."""
+    nat_meter: NatMeter | None = None
+    nat_flags: tuple[str, ...] = ()
+    """A bench-only variant of the pipeline's NAT rules (`ovsmgr.bench.natvariant`)."""
 
     @property
     def testbed(self) -> Literal["ovs", "linux"]:
@@ -63,6 +70,10 @@ class Config:
             return f"ovsmgr {self.rule_kind} x{self.rules}"
         if self.system == "ovs":
             name = Path(self.pipeline).stem if self.pipeline.endswith((".yaml", ".yml")) else self.pipeline
+            if self.nat_flags:
+                name += f"+nat({','.join(self.nat_flags)})"
+            if self.nat_meter is not None:
+                name += f"+{self.nat_meter}"
             return f"{name}+blocklist" if self.blocklist is not None else name
         if self.system == "linux":
             return "linux"
@@ -141,8 +152,12 @@ def compiled_for(config: Config) -> tuple[CompiledPolicy, float]:
 class _PipelineSwitch(Protocol):
     target: SwitchTarget
     nat_address: str | None
+    nat_ports: int
+    """Source ports the current pipeline's first SNAT rule can give out per destination:
+    its addresses x its port range (0 without SNAT)."""
 
     def _plain(self, on: bool) -> None: ...
+    def ofctl(self, args: list[str], input: str | None = None) -> str: ...
 
 
 def switch_pipeline(bed: _PipelineSwitch, config: Config) -> tuple[dict[str, Any], bool]:
@@ -152,7 +167,7 @@ def switch_pipeline(bed: _PipelineSwitch, config: Config) -> tuple[dict[str, Any
     returns what it cost and whether the pipeline translates (its hosts must then announce
     themselves: the NAT pipeline learns MAC bindings from ARP)."""
     info: dict[str, Any] = {}
-    bed.nat_address = None
+    bed.nat_address, bed.nat_ports = None, 0
     if config.pipeline == "plain":
         bed._plain(True)
         return info, False
@@ -164,7 +179,18 @@ def switch_pipeline(bed: _PipelineSwitch, config: Config) -> tuple[dict[str, Any
                 flows=len(compiled.flowset), changed=sum(result.plan.counts().values()))
     snat = [r for r in compiled.policy.nat if r.kind == "snat"]
     bed.nat_address = str(snat[0].translate_lo) if snat else None
+    bed.nat_ports = snat_port_space(snat[0]) if snat else 0
+    if config.nat_meter is not None or config.nat_flags:
+        info["variant_flows"] = apply_variant(bed.ofctl, compiled, config.nat_meter, config.nat_flags, BENCH_COOKIE)
     return info, bool(compiled.policy.nat)
+
+
+def snat_port_space(rule: NatRule) -> int:
+    """Source ports an SNAT rule has per destination (address, port): its addresses x ports.
+    Without a port range OVS keeps a source port of 1024 or above, or picks one in
+    1024-65535 (ports below 1024 map to their own small ranges; the bench's load never has them)."""
+    lo, hi = rule.ports if rule.ports else (1024, 65535)
+    return (int(rule.translate_hi) - int(rule.translate_lo) + 1) * (hi - lo + 1)
 
 
 def set_plain(ofctl: Callable[..., str], on: bool, ofports: tuple[int, int]) -> None:

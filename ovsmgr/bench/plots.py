@@ -7,6 +7,7 @@
   own zero-rule baseline, with the absolute figures below;
 - flows: NDR against flow count (log scale) relative to the smallest count;
 - ndr, tcp, cps: bars of the pipelines next to their baseline;
+- flood: the established stream without and with the flood, and the ping's loss, per point;
 - control: apply and incremental update time against rule count, ovsmgr against
   a raw ``ovs-ofctl --bundle``;
 - updates: NDR without and with runtime changes, and the changes per second
@@ -155,7 +156,7 @@ def plot_bars(name: str, points: Sequence[Mapping[str, Any]], out: Path, keys: S
     for ax, key, label in zip(axes[0], keys, labels, strict=True):
         names, values, colors = [], [], []
         for p in points:
-            tag = " ".join(str(p["params"][k]) for k in ("flows", "size") if k in p["params"])
+            tag = " ".join(str(p["params"][k]) for k in ("flows", "size", "destinations") if k in p["params"])
             base = p.get("baseline")
             if base and f"{base['params']['pipeline']} {tag}" not in names:
                 names.append(f"{base['params']['pipeline']} {tag}".strip())
@@ -168,6 +169,29 @@ def plot_bars(name: str, points: Sequence[Mapping[str, Any]], out: Path, keys: S
         ax.set_xlabel(label)
         ax.invert_yaxis()
     return [_save(fig, out / f"{name}-{points[0]['method']}.png")]
+
+
+def plot_flood(name: str, points: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
+    """Per point: the stream's throughput without and with the flood, and the ping's loss."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 * len(points) + 1.6), squeeze=False)
+    names = [f"{p['params']['pipeline']} to {p['params'].get('destinations')} ({p['params'].get('datapath', '')})"
+             for p in points]
+    ys = list(range(len(points)))
+    stream, ping = axes[0]
+    stream.barh([y - 0.2 for y in ys], [_f(p, "stream_mbps", baseline=True) for p in points], height=0.4,
+                color="grey", label="without the flood")
+    stream.barh([y + 0.2 for y in ys], [_f(p, "stream_mbps") for p in points], height=0.4, color="#1f77b4",
+                label="during the flood")
+    stream.set_xlabel("established TCP stream (Mbit/s)")
+    stream.set_yticks(ys, names, fontsize=7)
+    stream.legend(fontsize=7)
+    ping.barh(ys, [100 * _f(p, "ping_loss") for p in points], color="#d62728")
+    ping.set_xlabel("ping loss during the flood (%)")
+    ping.set_yticks(ys, [""] * len(ys))
+    for ax in (stream, ping):
+        ax.invert_yaxis()
+    return [_save(fig, out / f"{name}-flood.png")]
 
 
 def plot_control(name: str, points: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
@@ -253,4 +277,6 @@ def write_plots(data: Mapping[str, Any], out: Path) -> list[Path]:
             paths += plot_control(name, points, out)
         elif method == "updates":
             paths += plot_updates(name, points, out)
+        elif method == "flood":
+            paths += plot_flood(name, points, out)
     return paths

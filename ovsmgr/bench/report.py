@@ -111,6 +111,28 @@ def _cost(select: Callable[..., bool]) -> Callable[[Point], bool]:
     return lambda p: select(p, "rate") and "pmd_cycles_per_packet" in (p.get("ratio") or {})
 
 
+def _nat_cps_spread(p: Point) -> bool:
+    """New connections per second through the seed NAT, SYNs spread over destinations, against
+    plain forwarding of the same SYNs."""
+    base = (p.get("baseline") or {}).get("params", {})
+    return (p["method"] == "cps" and p["params"].get("pipeline") == "seed-nat"
+            and p["params"].get("destinations", "1x1") != "1x1" and base.get("pipeline") == "plain")
+
+
+def _flood_one_destination(p: Point) -> bool:
+    """The stream's throughput while SYNs flood one destination through a NAT pipeline, against
+    the same pipeline without the flood."""
+    return (p["method"] == "flood" and p["params"].get("destinations") == "1x1"
+            and p["params"].get("pipeline") != "plain" and "stream_mbps" in (p.get("ratio") or {}))
+
+
+def _ping_lost(p: Point) -> str | None:
+    loss = p["figures"].get("ping_loss")
+    if not isinstance(loss, int | float) or loss != loss:
+        return "no ping figures"
+    return f"the ping lost {loss:.1%}" if loss > 0 else None
+
+
 COST = "pmd_cycles_per_packet"
 TARGETS = (
     Target("ovsmgr NDR at 5,000 rules / at 0 rules", 0.9, _is_rules_max),
@@ -124,6 +146,9 @@ TARGETS = (
            _cost(_firewall_vs_plain), COST, False),
     Target("  the same from DPDK cycles/packet at a fixed rate: 100,000 / 100", 0.8,
            _cost(_flows_100k), COST, False),
+    Target("NAT new connections/s, spread destinations / plain forwarding", 0.5, _nat_cps_spread, "cps"),
+    Target("established stream during a one-destination SYN flood / without", 0.9, _flood_one_destination,
+           "stream_mbps", unmet=_ping_lost, condition="its ping loses nothing"),
 )
 
 
@@ -157,7 +182,8 @@ def evaluate_targets(points: Sequence[Point]) -> list[dict[str, Any]]:
 
 def _describe(p: Point) -> str:
     params = p["params"]
-    keys = ("pipeline", "rules", "rule_kind", "flows", "size", "update_rate", "update_kind", "datapath")
+    keys = ("pipeline", "rules", "rule_kind", "flows", "size", "destinations", "flood", "update_rate", "update_kind",
+            "datapath")
     return ", ".join(f"{k}={params[k]}" for k in keys if k in params and params[k] is not None)
 
 
@@ -223,11 +249,31 @@ def _updates_table(points: Sequence[Point]) -> list[str]:
                          "ovs-vswitchd CPU besides the PMD", "kept up"])
 
 
+def _flood_table(points: Sequence[Point]) -> list[str]:
+    rows = []
+    for p in points:
+        f, b, r = p["figures"], (p.get("baseline") or {}).get("figures", {}), p.get("ratio") or {}
+        rows.append([p["params"]["pipeline"], str(p["params"].get("destinations")), p["params"].get("datapath", ""),
+                     f"{_num((f.get('flood_offered_pps') or 0) / 1000)} / {_num((f.get('flood_delivered_pps') or 0) / 1000)}",
+                     f"{_num(f.get('conntrack_connections'))} ({_num(f.get('port_space_used'))})",
+                     f"{_num(b.get('stream_mbps'))} / {_num(f.get('stream_mbps'))}", _ratio(r.get("stream_mbps")),
+                     f"{_num(b.get('ping_loss'))} / {_num(f.get('ping_loss'))}",
+                     f"{_num(b.get('ping_rtt_p50_ms'))} / {_num(f.get('ping_rtt_p50_ms'))}",
+                     f"{_num(b.get('ping_rtt_p99_ms'))} / {_num(f.get('ping_rtt_p99_ms'))}",
+                     f"{_num(b.get('pmd_cpu_share', b.get('switch_cpu_share')))} / "
+                     f"{_num(f.get('pmd_cpu_share', f.get('switch_cpu_share')))}"])
+    return _table(rows, ["pipeline", "destinations", "datapath", "flood kpps offered / delivered",
+                         "connections (NAT ports used)", "stream Mbit/s without / with", "ratio",
+                         "ping loss without / with", "ping p50 ms", "ping p99 ms", "switch CPU share"])
+
+
 def _experiment_section(name: str, points: Sequence[Point]) -> list[str]:
     method = points[0]["method"]
     lines = [f"### {name} ({method})", ""]
     if method == "updates":
         return [*lines, *_updates_table(points), ""]
+    if method == "flood":
+        return [*lines, *_flood_table(points), ""]
     if method == "sweep":
         rows = []
         for p in sorted(points, key=lambda q: (q["params"]["pipeline"], q["params"]["size"],
@@ -246,7 +292,7 @@ def _experiment_section(name: str, points: Sequence[Point]) -> list[str]:
         base = p.get("baseline") or {}
         extra = []
         for key in ("pmd_cycles_per_packet", "at_ndr_latency_p99_us", "rr_p50_us", "incremental_s",
-                    "updates_per_s", "update_latency_p99_ms"):
+                    "updates_per_s", "update_latency_p99_ms", "at_ndr_port_space_used", "max_port_space_used"):
             if key in p["figures"]:
                 extra.append(f"{key} {_num(p['figures'][key])}"
                              + (f" ({_ratio(p['ratio'].get(key))})" if key in p.get("ratio", {}) else ""))

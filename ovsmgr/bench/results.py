@@ -37,7 +37,7 @@ from ovsmgr import __version__
 from ovsmgr.switch.statefile import atomic_write
 
 FORMAT = "ovsmgr-bench/1"
-HEADLINE = {"rate": "delivered_pps", "ndr": "ndr_pps", "tcp": "tcp_gbps", "cps": "cps",
+HEADLINE = {"rate": "delivered_pps", "ndr": "ndr_pps", "tcp": "tcp_gbps", "cps": "cps", "flood": "stream_mbps",
             "control": "apply_s"}
 VERSION_COMMANDS = {
     "ovs-vswitchd": ["ovs-vswitchd", "--version"],

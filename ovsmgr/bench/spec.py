@@ -26,7 +26,11 @@ inter-frame gap, as in the seed). Methods and what they take are the models of
 ``rules``) are ``ovsmgr`` and the Linux baselines in ``LINUX_SYSTEMS``. Method
 ``updates`` measures the NDR of a pipeline while ``update_rate`` runtime changes
 per second (``update_kind``: address-set members, rules enabled and disabled, or
-both in turn) go through the controller's engine (`ovsmgr.bench.updates`).
+both in turn) go through the controller's engine (`ovsmgr.bench.updates`). Methods ``cps``
+and ``flood`` send TCP SYNs to ``destinations`` (addresses x ports; one destination exhausts
+a NAT's source ports on purpose); ``flood`` measures what an established TCP stream and a
+ping keep while SYNs flood the switch (`ovsmgr.bench.flood`). ``nat_meter`` and ``nat_flags``
+are bench-only variants of a pipeline's NAT rules (`ovsmgr.bench.natvariant`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any, Literal, get_args
 
 from ovsmgr.policy.diagnostics import PolicyError
 
-Method = Literal["sweep", "ndr", "rules", "flows", "tcp", "cps", "control", "updates"]
+Method = Literal["sweep", "ndr", "rules", "flows", "tcp", "cps", "control", "updates", "flood"]
 METHODS: tuple[Method, ...] = get_args(Method)
 LinuxSystem = Literal["linux", "iptables", "iptables-nft", "ipset", "nftables"]
 LINUX_SYSTEMS: tuple[LinuxSystem, ...] = get_args(LinuxSystem)
@@ -59,6 +63,18 @@ COST_RATE = 50000.0
 """pps of a ``cost`` measurement (one fixed-rate trial) when the experiment gives no rates."""
 MAX_FLOWS = 1_000_000
 FRAME_SIZES = range(64, 1519)
+MAX_DESTINATION_ADDRESSES = 4096
+MAX_DESTINATION_PORTS = 4096
+SPREAD_PORTS_FROM = 10000
+"""SYNs to more than one destination port go to ports 10000 up (one port: ``traffic.dport``):
+clear of ssh, iperf3 (5201) and the probes (7000-7002), below the generated rules (20000 up)."""
+MeterPackets = Literal["new", "syn"]
+METER_PACKETS: tuple[MeterPackets, ...] = get_args(MeterPackets)
+"""What a bench-only NAT meter counts: ``new``, the packets of new connections that reach a NAT
+rule (after conntrack, as a ``limit:`` on the rule would); ``syn``, TCP SYNs from the NAT rule's
+zone before they reach conntrack."""
+NatFlag = Literal["random", "hash", "persistent"]
+NAT_FLAGS: tuple[NatFlag, ...] = get_args(NatFlag)
 
 RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(pps|kpps|mpps|bit|kbit|mbit|gbit)?(?:/s)?\s*$",
                      re.IGNORECASE)
@@ -145,6 +161,38 @@ class Traffic:
     dport: int = 9
 
 
+@dataclass(frozen=True, order=True)
+class Destinations:
+    """Where SYN loads go: ``addresses`` addresses of the sink's network and ``ports`` ports
+    (`SPREAD_PORTS_FROM` up), drawn at random per packet. A NAT has a source port range per
+    (destination address, destination port, public address): one destination exhausts it."""
+
+    addresses: int = 1
+    ports: int = 1
+
+    @property
+    def count(self) -> int:
+        return self.addresses * self.ports
+
+    def __str__(self) -> str:
+        return f"{self.addresses}x{self.ports}"
+
+
+ONE_DESTINATION = Destinations()
+
+
+@dataclass(frozen=True)
+class NatMeter:
+    """A bench-only meter on a pipeline's NAT rules (what a ``limit:`` on them would do), in
+    packets per second; see `METER_PACKETS`."""
+
+    packets: MeterPackets
+    rate: float
+
+    def __str__(self) -> str:
+        return f"meter {self.packets} {self.rate:g}/s"
+
+
 @dataclass(frozen=True)
 class Settings:
     datapath: Literal["netdev", "dpdk"] = "netdev"
@@ -184,6 +232,13 @@ class Experiment:
     """Method ``updates``: runtime changes per second applied during the subject's NDR search."""
     update_kind: str = "mixed"
     """Method ``updates``: one of `UPDATE_KINDS`."""
+    destinations: tuple[Destinations, ...] = (ONE_DESTINATION,)
+    """Methods ``cps`` and ``flood``: where the SYNs go (a point per entry)."""
+    stream: Rate = Rate(100e6, "bps")
+    """Method ``flood``: the established TCP stream's rate (iperf3 ``-b``)."""
+    nat_meter: NatMeter | None = None
+    nat_flags: tuple[str, ...] = ()
+    """Bench-only flags added to the ``nat()`` of every NAT rule (`NAT_FLAGS`)."""
 
 
 @dataclass(frozen=True)

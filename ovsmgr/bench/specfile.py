@@ -19,8 +19,11 @@ from pydantic import BaseModel, ValidationError
 from ovsmgr.bench.spec import (
     SEED_PIPELINES,
     BenchSpec,
+    Destinations,
     Experiment,
+    NatMeter,
     NdrSettings,
+    Rate,
     Settings,
     SpecError,
 )
@@ -30,6 +33,8 @@ from ovsmgr.bench.specmodel import (
     EXPERIMENTS,
     BenchFile,
     CommonSettings,
+    DestinationsModel,
+    NatMeterModel,
     NdrModel,
     RateRange,
     TrafficModel,
@@ -41,8 +46,12 @@ from ovsmgr.policy.shape import _data_path as pydantic_data_path
 
 _MAPPING_ERRORS = ("model_type", "model_attributes_type", "dict_type", "union_tag_not_found")
 _NOUNS = {"bool_type": "true or false", "string_type": "a string", "list_type": "a list"}
-_LISTED = ("systems", "rule_kinds", "measures")
-_SECTIONS: dict[str, type[BaseModel]] = {"ndr": NdrModel, "traffic": TrafficModel, "rates": RateRange}
+_LISTED = ("systems", "rule_kinds", "measures", "nat_flags")
+_SECTIONS: dict[str, type[BaseModel]] = {"ndr": NdrModel, "traffic": TrafficModel, "rates": RateRange,
+                                         "destinations": DestinationsModel, "nat_meter": NatMeterModel}
+SPREAD = Destinations(16, 64)
+"""The ``cps`` method's destinations unless a spec says: 1,024 (address, port) pairs, so a NAT's
+source ports are not what runs out."""
 
 
 # --- shape errors, worded --------------------------------------------------------------------
@@ -57,8 +66,9 @@ def _field(path: Path_) -> tuple[str, str | tuple[str, str]]:
 def _allowed(path: Path_, data: dict[str, Any]) -> str:
     """The keys the mapping at ``path`` may have (for "unknown key")."""
     model: type[BaseModel] = BenchFile
-    if path and path[-1] in _SECTIONS:
-        model = _SECTIONS[str(path[-1])]
+    section = next((p for p in reversed(path) if isinstance(p, str)), "")
+    if section in _SECTIONS:
+        model = _SECTIONS[section]
     elif len(path) == 2 and path[0] == "experiments":
         model = EXPERIMENTS[data["experiments"][path[1]]["method"]]
     return ", ".join(sorted(info.alias or name for name, info in model.model_fields.items()))
@@ -136,6 +146,10 @@ def _experiment(model: Any, i: int, base: Settings, base_dir: Path) -> Experimen
         exp = replace(exp, flows=(100, 1000, 10000, 100000), baseline=None)
     if model.method == "control":
         exp = replace(exp, rules=(100, 1000, 5000), rule_kinds=("mixed",), baseline=None)
+    if model.method == "cps":
+        exp = replace(exp, destinations=(SPREAD,))
+    if model.method == "flood":
+        exp = replace(exp, pipelines=("seed-nat",), baseline=None, rates=(Rate(250000.0),))
     fields: dict[str, Any] = {}
     for name in model.model_fields_set - set(CommonSettings.model_fields) - {"name", "method"}:
         value = getattr(model, name)
@@ -144,7 +158,12 @@ def _experiment(model: Any, i: int, base: Settings, base_dir: Path) -> Experimen
             value = value[0] if name == "baseline" and value else value
         elif name == "rates":
             value = tuple(value.rates() if isinstance(value, RateRange) else listed(value))
-        elif isinstance(value, list) or name in ("flows", "sizes", "rules", "systems", "rule_kinds", "measures"):
+        elif name == "destinations":
+            value = tuple(Destinations(d.addresses, d.ports) for d in listed(value))
+        elif name == "nat_meter":
+            value = NatMeter(value.packets, value.rate) if value is not None else None
+        elif isinstance(value, list) or name in ("flows", "sizes", "rules", "systems", "rule_kinds", "measures",
+                                                 "nat_flags"):
             value = tuple(listed(value))
         fields[name] = value
     return replace(exp, **fields)
@@ -168,6 +187,8 @@ def _check_experiment(exp: Experiment, raw: dict[str, Any], path: Path_, source:
             diag.error(source.span((*path, *at)), f"policy file {pipeline} does not exist")
     if exp.method == "sweep" and not exp.rates:
         diag.error(source.span(path), "a sweep needs rates (a list, or {from, to, steps|step})")
+    if (exp.nat_meter or exp.nat_flags) and exp.pipelines == ("plain",):
+        diag.error(source.span(path), "nat_meter and nat_flags change NAT rules: plain forwarding has none")
     if exp.method == "updates" and "plain" in exp.pipelines:
         diag.error(source.span((*path, "pipelines")),
                    "plain forwarding has no firewall to change: updates need a policy")
@@ -254,6 +275,8 @@ experiments:
   - {name: control, method: control, rules: [20], rule_kinds: [dport]}
   - {name: updates, method: updates, pipelines: [seed-firewall], flows: [10], sizes: [64],
      update_rate: 100}
+  - {name: flood, method: flood, pipelines: [seed-nat], rates: [5kpps], stream: 20Mbit,
+     nat_meter: {packets: syn, rate: 1000}}
 """
 
 

@@ -29,16 +29,22 @@ from pydantic import (
 
 from ovsmgr.bench.spec import (
     FRAME_SIZES,
+    MAX_DESTINATION_ADDRESSES,
+    MAX_DESTINATION_PORTS,
     MAX_FLOWS,
     MAX_UPDATE_RATE,
     MEASURES,
+    METER_PACKETS,
     METHODS,
+    NAT_FLAGS,
     RATE_SCALE,
     RULE_KINDS,
     SEED_PIPELINES,
     SYSTEMS,
     UPDATE_KINDS,
     Measure,
+    MeterPackets,
+    NatFlag,
     Rate,
     RuleKind,
     System,
@@ -55,12 +61,16 @@ BOUNDS: dict[str | tuple[str, str], tuple[float, float, type]] = {
     "rules": (0, 100_000, int), "flows": (1, MAX_FLOWS, int),
     "sizes": (FRAME_SIZES.start, FRAME_SIZES.stop - 1, int), "update_rate": (0.1, MAX_UPDATE_RATE, float),
     ("rates", "steps"): (2, 200, int),
+    ("destinations", "addresses"): (1, MAX_DESTINATION_ADDRESSES, int),
+    ("destinations", "ports"): (1, MAX_DESTINATION_PORTS, int),
+    ("nat_meter", "rate"): (1, 10_000_000, float),
 }
 """(low, high, int or float) of every number, by field name (or (section, field) where a name
 is used twice); the models' constraints and the error messages both come from here."""
 CHOICES: dict[str, tuple[str, ...]] = {
     "datapath": ("netdev", "dpdk"), "proto": ("udp", "tcp"), "update_kind": UPDATE_KINDS, "method": METHODS,
-    "systems": SYSTEMS, "rule_kinds": RULE_KINDS, "measures": MEASURES,
+    "systems": SYSTEMS, "rule_kinds": RULE_KINDS, "measures": MEASURES, "packets": METER_PACKETS,
+    "nat_flags": NAT_FLAGS,
 }
 
 
@@ -96,6 +106,9 @@ FlowCount = Annotated[int, _range("flows", int)]
 FrameSize = Annotated[int, _range("sizes", int)]
 UpdateRate = Annotated[float, _range("update_rate", float), BeforeValidator(_float_text)]
 SweepSteps = Annotated[int, _range(("rates", "steps"), int)]
+DestinationAddresses = Annotated[int, _range(("destinations", "addresses"), int)]
+DestinationPorts = Annotated[int, _range(("destinations", "ports"), int)]
+MeterRate = Annotated[float, _range(("nat_meter", "rate"), float), BeforeValidator(_float_text)]
 
 T = TypeVar("T")
 OneOrMore = Annotated[Annotated[T, Tag("one")] | Annotated[list[T], Tag("many"), Field(min_length=1)],
@@ -189,6 +202,21 @@ Baseline = Annotated[Literal["none"] | Pipeline | None, Field(
 PolicyPorts = Annotated[list[str], Field(min_length=2, max_length=2, description="[GENERATOR_PORT, SINK_PORT]")]
 
 
+class DestinationsModel(_Frozen):
+    """Where SYNs go: addresses of the sink's network x ports from traffic.dport up."""
+
+    addresses: DestinationAddresses = 1
+    ports: DestinationPorts = 1
+
+
+class NatMeterModel(_Frozen):
+    """Bench-only: a meter (packets per second) on the pipeline's NAT rules."""
+
+    packets: MeterPackets = Field(description="new: new connections reaching a NAT rule (after conntrack); "
+                                              "syn: TCP SYNs from the rule's zone, before conntrack.")
+    rate: MeterRate
+
+
 class _Experiment(CommonSettings):
     name: str | None = Field(default=None, description="Default: METHOD-N.")
 
@@ -244,8 +272,22 @@ class Tcp(_AgainstBaseline):
     method: Literal["tcp"]
 
 
-class Cps(_AgainstBaseline, _Sizes):
+class _NatVariant(_Pipelines):
+    destinations: OneOrMore[DestinationsModel] | None = Field(
+        default=None, description="Where the SYNs go; a point per entry.")
+    nat_meter: NatMeterModel | None = None
+    nat_flags: OneOrMore[NatFlag] | None = Field(
+        default=None, description="Bench-only flags added to the nat() of every NAT rule.")
+
+
+class Cps(_AgainstBaseline, _Sizes, _NatVariant):
     method: Literal["cps"]
+
+
+class Flood(_NatVariant):
+    method: Literal["flood"]
+    rates: Rates | None = Field(default=None, description="SYN flood rates (a point per rate).")
+    stream: RateValue | None = Field(default=None, description="The established TCP stream's rate.")
 
 
 class Control(_Rules):
@@ -262,9 +304,10 @@ class Updates(_Pipelines, _Load):
 
 EXPERIMENTS: dict[str, type[_Experiment]] = {
     "sweep": Sweep, "ndr": Ndr, "flows": Flows, "rules": Rules, "tcp": Tcp, "cps": Cps, "control": Control,
-    "updates": Updates,
+    "updates": Updates, "flood": Flood,
 }
-Experiment = Annotated[Sweep | Ndr | Flows | Rules | Tcp | Cps | Control | Updates, Field(discriminator="method")]
+Experiment = Annotated[Sweep | Ndr | Flows | Rules | Tcp | Cps | Control | Updates | Flood,
+                       Field(discriminator="method")]
 
 
 class BenchFile(CommonSettings):

@@ -14,7 +14,7 @@ from typing import Any
 
 from ovsmgr.bench.netns import REMOTE, in_netns, run
 from ovsmgr.bench.pipelines import Config, set_plain, switch_pipeline
-from ovsmgr.bench.testbed import Host, drop_load_at_host
+from ovsmgr.bench.testbed import Host, conntrack_count, drop_load_at_host
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SYSTEM_DB, resolve_target
 from ovsmgr.southbound.tools import appctl, run_tool
@@ -75,6 +75,7 @@ class SystemTestbed:
         self.next_hop_mac, self.reply_mac = sink.mac, gen.mac
         self.current: Config | None = None
         self.nat_address: str | None = None
+        self.nat_ports = 0
         self.warnings: list[str] = []
         for host in (gen, sink):
             if _has_bench_table(host):  # left by a run that was killed
@@ -126,6 +127,9 @@ class SystemTestbed:
 
     def clear_state(self) -> None:
         self.appctl(["dpctl/flush-conntrack"])
+
+    def conntrack_count(self) -> int | None:
+        return conntrack_count(self.appctl)
 
     def begin_point(self) -> None:
         pass

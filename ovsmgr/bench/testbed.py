@@ -12,6 +12,7 @@ most.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import secrets
 import shutil
@@ -30,6 +31,7 @@ from ovsmgr.bench.pipelines import (  # BLOCKLIST, policy_text: for bench.update
     set_plain,
     switch_pipeline,
 )
+from ovsmgr.bench.spec import MAX_DESTINATION_PORTS, SPREAD_PORTS_FROM
 from ovsmgr.lab.ovs import Lab
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
@@ -64,6 +66,8 @@ class Testbed(Protocol):
     """Destination MAC of mirrored replies from the sink."""
     nat_address: str | None
     """The SNAT address of the current pipeline: replies from the sink go there."""
+    nat_ports: int
+    """Source ports the current pipeline's SNAT has per destination (0: no SNAT)."""
 
     def configure(self, config: Config) -> dict[str, Any]: ...
     def switch_threads(self) -> tuple[int, str] | None:
@@ -74,14 +78,16 @@ class Testbed(Protocol):
     def datapath_counters(self) -> dict[str, float]:
         """Cumulative datapath counters (DPDK PMD packets and processing cycles), for a
         trial's cost per packet."""
+    def conntrack_count(self) -> int | None:
+        """Connections the switch's conntrack holds now (None: it cannot tell)."""
     def close(self) -> None: ...
 
 
 LOAD_PORT_DROP = """table netdev ovsmgr_bench {{
   chain ingress {{
     type filter hook ingress device "{iface}" priority -500; policy accept;
-    meta l4proto {{ tcp, udp }} th dport {port} drop
-    meta l4proto {{ tcp, udp }} th sport {port} drop
+    meta l4proto {{ tcp, udp }} th dport {ports} counter drop
+    meta l4proto {{ tcp, udp }} th sport {ports} drop
   }}
 }}
 """
@@ -94,11 +100,28 @@ def renice_threads(pid: int, prefix: str, nice: int) -> None:
             run(["renice", "-n", str(nice), "-p", task.name])
 
 
+def sink_load_counter(host: Host) -> int:
+    """Load packets a host's drop rule has counted (the destination-port rule of
+    `LOAD_PORT_DROP`); -1 when it cannot be read."""
+    try:
+        listed = json.loads(run(in_netns(host.netns, ["nft", "-j", "list", "chain", "netdev", "ovsmgr_bench",
+                                                      "ingress"])))
+    except (RuntimeError, ValueError):
+        return -1
+    for item in listed.get("nftables", []):
+        for expr in (item.get("rule") or {}).get("expr", []):
+            if "counter" in expr:
+                return int(expr["counter"]["packets"])  # the first rule: destination ports
+    return -1
+
+
 def drop_load_at_host(host: Host, port: int = 9) -> None:
     """Hosts drop the load (and its replies) as it arrives, after their interface counted it:
-    no ICMP port unreachable or TCP RST goes back through the device under test."""
+    no ICMP port unreachable or TCP RST goes back through the device under test. SYN loads to
+    several ports go to `SPREAD_PORTS_FROM` up (`Destinations`)."""
+    spread = f"{SPREAD_PORTS_FROM}-{SPREAD_PORTS_FROM + MAX_DESTINATION_PORTS - 1}"
     run(in_netns(host.netns, ["nft", "-f", "-"]),
-        input=LOAD_PORT_DROP.format(iface=host.iface, port=port))
+        input=LOAD_PORT_DROP.format(iface=host.iface, ports=f"{{ {port}, {spread} }}"))
 
 
 class OvsTestbed:
@@ -116,6 +139,7 @@ class OvsTestbed:
         self.target = SwitchTarget(self.lab.db_endpoint, self.lab.dir, self.lab.dir, lab=name)
         self.current: Config | None = None
         self.nat_address: str | None = None
+        self.nat_ports = 0
         self.announced = False
         try:
             self.lab.up(self.spec)
@@ -170,8 +194,14 @@ class OvsTestbed:
     def _plain(self, on: bool) -> None:
         set_plain(self.lab.ofctl, on, (self.gen_ofport, self.sink_ofport))
 
+    def ofctl(self, args: list[str], input: str | None = None) -> str:
+        return self.lab.ofctl(args, input=input)
+
     def clear_state(self) -> None:
         self.lab.appctl(["dpctl/flush-conntrack"])
+
+    def conntrack_count(self) -> int | None:
+        return conntrack_count(self.lab.appctl)
 
     def begin_point(self) -> None:
         self.lab.appctl(["dpif-netdev/pmd-stats-clear"])
@@ -215,6 +245,15 @@ class OvsTestbed:
             self.lab.down()
         finally:
             shutil.rmtree(self.lab.dir, ignore_errors=True)
+
+
+def conntrack_count(appctl: Any) -> int | None:
+    """``dpctl/ct-get-nconns`` through a bed's ``appctl(args)`` (a count, not a dump: cheap with
+    millions of connections); None when the switch cannot say."""
+    try:
+        return int(appctl(["dpctl/ct-get-nconns"]).strip())
+    except (RuntimeError, ValueError, OSError):
+        return None
 
 
 _PMD_FIELD = re.compile(r"^\s*([a-z. ]+?):\s+([0-9.]+)", re.MULTILINE)

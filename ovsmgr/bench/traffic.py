@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ovsmgr.bench.netns import GENERATOR_CPU, Processes, in_netns, push_file, run
+from ovsmgr.bench.spec import ONE_DESTINATION, SPREAD_PORTS_FROM, Destinations
 
 MAX_PORTS = 64000
 FIRST_SPORT = 1024
@@ -84,6 +85,8 @@ class Endpoints:
     src_ip: str
     dst_ip: str
     src_network: str
+    dst_network: str = ""
+    """Where SYNs to several destination addresses go (``random`` mode); default: ``dst_ip``."""
 
 
 def _address_field(field: str, endpoints: Endpoints, layout: FlowLayout, mode: LoadMode) -> str:
@@ -110,13 +113,29 @@ def _address_field(field: str, endpoints: Endpoints, layout: FlowLayout, mode: L
     return f"{field}={base}"
 
 
+def _destination_fields(endpoints: Endpoints, dport: int, destinations: Destinations) -> tuple[str, str]:
+    """(address, port) fields of SYNs to ``destinations``: random addresses of the sink's network
+    (above its first 256 in a /16 or wider) and random ports from `SPREAD_PORTS_FROM` up."""
+    port = (f"dp=drnd({SPREAD_PORTS_FROM}, {SPREAD_PORTS_FROM + destinations.ports - 1})"
+            if destinations.ports > 1 else f"dp={dport}")
+    if destinations.addresses == 1:
+        return f"da={endpoints.dst_ip}", port
+    network = ipaddress.ip_network(endpoints.dst_network or endpoints.dst_ip, strict=False)
+    if network.prefixlen <= 16:
+        return f"da={network.network_address}, da[2:2]=drnd(256, {256 + destinations.addresses - 1})", port
+    if network.prefixlen <= 24 and destinations.addresses <= 254:
+        return f"da={network.network_address}, da[3]=drnd(1, {destinations.addresses})", port
+    raise ValueError(f"the sink's network {network} has no room for {destinations.addresses} "
+                     "destination addresses (a /16 has 65,280, a /24 254)")
+
+
 def trafgen_config(endpoints: Endpoints, proto: Literal["udp", "tcp"], dport: int, frame_size: int,
-                   flows: int = 1, mode: LoadMode = "flows") -> str:
+                   flows: int = 1, mode: LoadMode = "flows", destinations: Destinations = ONE_DESTINATION) -> str:
     """One trafgen packet of ``frame_size`` bytes on the wire (FCS included) cycling through
     ``flows`` distinct 5-tuples. Modes: ``flows`` the load (UDP, or TCP ACK segments with data);
     ``syn`` the flows' SYNs; ``synack`` and ``mirror`` the sink's SYN-ACKs or UDP replies to them
     (``endpoints`` then describe the sink's side); ``random`` a random source address and port
-    per packet (TCP SYNs: new connections per second)."""
+    per packet to random ``destinations`` (TCP SYNs: new connections per second)."""
     layout = flow_layout(flows)
     pad = frame_size - FCS - HEADERS[proto]
     if pad < 0:
@@ -126,6 +145,10 @@ def trafgen_config(endpoints: Endpoints, proto: Literal["udp", "tcp"], dport: in
     if mode in ("mirror", "synack"):
         ip = f"ipv4({_address_field('da', endpoints, layout, mode)}, sa={endpoints.dst_ip}, ttl=64, df)"
         ports = f"sp={dport}, dp={sports}"
+    elif mode == "random":
+        da, dp = _destination_fields(endpoints, dport, destinations)
+        ip = f"ipv4({_address_field('sa', endpoints, layout, mode)}, {da}, ttl=64, df)"
+        ports = f"sp={sports}, {dp}"
     else:
         ip = f"ipv4({_address_field('sa', endpoints, layout, mode)}, da={endpoints.dst_ip}, ttl=64, df)"
         ports = f"sp={sports}, dp={dport}"

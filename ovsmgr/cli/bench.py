@@ -233,7 +233,8 @@ def plan_cmd(spec_file: str, smoke: bool) -> None:
             subjects = ", ".join(f"{t.config.label}" for t in g.subjects)
             detail = g.subjects[0].params() if g.subjects else {}
             click.echo(f"  baseline {base:<22} subjects {subjects}  "
-                       + " ".join(f"{k}={v}" for k, v in detail.items() if k in ("flows", "size", "rate", "rules", "update_rate")))
+                       + " ".join(f"{k}={v}" for k, v in detail.items() if k in ("flows", "size", "rate", "rules", "update_rate",
+                                                                         "destinations", "flood", "stream")))
             tasks = (len(g.subjects) + (g.baseline is not None)) * s.repetitions
             trials = s.ndr.steps if g.subjects and g.subjects[0].measure in ("ndr", "cps") else 1
             total += tasks * trials * (per_trial if g.subjects[0].measure != "tcp" else 2 * s.duration + 2)

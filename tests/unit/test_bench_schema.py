@@ -79,9 +79,10 @@ METHOD_KEYS = {  # docs/bench.md, "Spec files": what each method takes besides t
     "flows": {"pipelines", "flows", "sizes", "establish", "measures", "rates"},
     "rules": {"systems", "rule_kinds", "rules", "flows", "sizes", "measures", "rates"},
     "tcp": {"pipelines", "baseline", "policy_ports"},
-    "cps": {"pipelines", "baseline", "sizes", "policy_ports"},
+    "cps": {"pipelines", "baseline", "sizes", "policy_ports", "destinations", "nat_meter", "nat_flags"},
     "control": {"rules", "rule_kinds"},
     "updates": {"pipelines", "flows", "sizes", "policy_ports", "update_rate", "update_kind"},
+    "flood": {"pipelines", "destinations", "nat_meter", "nat_flags", "rates", "stream"},
 }
 
 
