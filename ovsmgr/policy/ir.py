@@ -20,7 +20,8 @@ Proto = Literal["tcp", "udp", "sctp", "icmp", "icmpv6"]
 
 IP_PROTO_NUMBERS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132, "icmpv6": 58}
 _BOTH_FAMILIES = frozenset({4, 6})
-_PROTO_FAMILIES = {"icmp": frozenset({4}), "icmpv6": frozenset({6})}
+_FAMILY = {4: frozenset({4}), 6: frozenset({6})}
+_PROTO_FAMILIES = {"icmp": _FAMILY[4], "icmpv6": _FAMILY[6]}
 
 
 @dataclass(frozen=True, order=True)
@@ -81,21 +82,23 @@ class RuleMatch:
     def __post_init__(self) -> None:
         """Work the families out once: the analysis and the compiler ask for them, rule by rule,
         several times each."""
-        fams: set[int] = {4, 6}
-        versions: set[int] = set()
+        fams = _BOTH_FAMILIES
+        versions: frozenset[int] = frozenset()
         for prefixes in (self.src, self.dst):
             if prefixes:
-                mine = {p.version for p in prefixes}
+                mine = _FAMILY[prefixes[0].version] if len(prefixes) == 1 else frozenset(p.version for p in prefixes)
                 fams &= mine
                 versions |= mine
         uniform = True
-        if self.services:
+        if len(self.services) == 1:
+            fams &= self.services[0].families
+        elif self.services:
             each = [s.families for s in self.services]
-            fams &= set().union(*each)
+            fams &= frozenset().union(*each)
             uniform = all(fams <= f for f in each)
         if versions:
             uniform = uniform and len(fams) == 1 and versions == fams
-        object.__setattr__(self, "_families", frozenset(fams))
+        object.__setattr__(self, "_families", fams)
         object.__setattr__(self, "_uniform", uniform)
 
     def families(self) -> frozenset[int]:

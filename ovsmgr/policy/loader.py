@@ -270,9 +270,12 @@ def _plain_scalar(text: str) -> Any:
     word = _PLAIN_WORDS.get(text, _NOT_A_WORD)
     if word is not _NOT_A_WORD:
         return word
-    if INT_RE.match(text):
+    if text[0] in _INT_START and INT_RE.match(text):
         return int(text)
     return text
+
+
+_INT_START = frozenset("-0123456789")
 
 
 def _line_column(text: str, offset: int) -> tuple[int, int]:
