@@ -23,6 +23,14 @@ merged into a shorter prefix or a port range.
 Run from the repository root (no root needed):
 
     .venv/bin/python benchmarks/bench_compile.py
+
+Instruction counts, which other processes on the machine do not change (two
+counts: load, then compile; divide by RULES):
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --collect-atstart=no \
+        --toggle-collect=_PyEval_CallTracing --dump-after=_PyEval_CallTracing \
+        --callgrind-out-file=/tmp/cg.out .venv/bin/python benchmarks/bench_compile.py --instructions 1000
+    grep -h ^totals: /tmp/cg.out.1 /tmp/cg.out.2
 """
 
 from __future__ import annotations
@@ -105,6 +113,15 @@ def measure_once(rules: int, kind: str, seed: int) -> dict[str, float]:
     compile_wall, compile_cpu, compiled = _once(partial(compile_policy, policy))
     return {"load_wall": load_wall, "load_cpu": load_cpu, "compile_wall": compile_wall,
             "compile_cpu": compile_cpu, "flows": len(compiled.flowset)}
+
+
+def instructions_run(rules: int, kind: str, seed: int) -> None:
+    """Load, then compile, each inside `sys.call_tracing`, for valgrind to count (see the module doc):
+    `--toggle-collect=_PyEval_CallTracing` counts only inside those calls, and
+    `--dump-after=_PyEval_CallTracing` writes one count for each."""
+    text = generate_policy(rules, kind, seed)  # type: ignore[arg-type]
+    policy = sys.call_tracing(load_policy_text, (text, "generated.yaml"))
+    sys.call_tracing(compile_policy, (policy,))
 
 
 def _measure_in_turns(sizes: Sequence[int], kind: str, seed: int) -> dict[int, list[dict[str, float]]]:
@@ -200,9 +217,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="generated rule kind (dport alone stops at 91,072 rules)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--one", type=int, metavar="RULES", help=argparse.SUPPRESS)
+    parser.add_argument("--instructions", type=int, metavar="RULES",
+                        help="only load and compile a policy of RULES rules, for valgrind (see above)")
     args = parser.parse_args(argv)
     if args.one:  # one run, in the process the table's runs start
         print(json.dumps(measure_once(args.one, args.kind, args.seed)))
+        return
+    if args.instructions:
+        instructions_run(args.instructions, args.kind, args.seed)
         return
     print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d')}, load average before: {os.getloadavg()[0]:.2f}\n")
