@@ -178,6 +178,9 @@ class ResolvedPolicy:
     invalid: Literal["drop", "allow"]
     cut_on_rule_removal: bool
     sources: tuple[str, ...] = field(default=())
+    ct_timeouts: tuple[tuple[str, int], ...] = ()
+    """The zone's conntrack timeout policy (key, seconds), in OVS's key order; empty: the datapath's
+    defaults. Set through OVSDB, not by flows."""
     diagnostics: tuple[Diagnostic, ...] = field(default=(), compare=False)
     digest: str = field(default="", compare=False)
     """What the policy is, for the applied-state record: sha256 over its files' texts in order (over

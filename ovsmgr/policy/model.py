@@ -119,12 +119,52 @@ class NatRule(_Frozen):
     description: str | None = None
 
 
+TIMEOUT_KEYS = (
+    "tcp_syn_sent", "tcp_syn_recv", "tcp_established", "tcp_fin_wait", "tcp_close_wait", "tcp_last_ack",
+    "tcp_time_wait", "tcp_close", "tcp_syn_sent2", "tcp_retransmit", "tcp_unack", "udp_first", "udp_single",
+    "udp_multiple", "icmp_first", "icmp_reply",
+)
+"""The keys of OVS's CT_Timeout_Policy, spelled as OVS spells them (docs/datapaths.md says which
+datapath uses which)."""
+
+Seconds = Annotated[int, Field(ge=1, le=4294967295)]
+
+
+class ConntrackTimeouts(_Frozen):
+    """The zone's conntrack timeout policy (OVS CT_Timeout_Policy), in seconds; unset keys keep the
+    datapath's defaults."""
+
+    tcp_syn_sent: Seconds | None = None
+    tcp_syn_recv: Seconds | None = None
+    tcp_established: Seconds | None = None
+    tcp_fin_wait: Seconds | None = None
+    tcp_close_wait: Seconds | None = None
+    tcp_last_ack: Seconds | None = None
+    tcp_time_wait: Seconds | None = None
+    tcp_close: Seconds | None = None
+    tcp_syn_sent2: Seconds | None = None
+    tcp_retransmit: Seconds | None = None
+    tcp_unack: Seconds | None = None
+    udp_first: Seconds | None = None
+    udp_single: Seconds | None = None
+    udp_multiple: Seconds | None = None
+    icmp_first: Seconds | None = None
+    icmp_reply: Seconds | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        """The keys that are set, in OVS's order."""
+        return {key: value for key in TIMEOUT_KEYS if (value := getattr(self, key)) is not None}
+
+
 class Conntrack(_Frozen):
     zone: Annotated[int, Field(ge=1, le=65535)] = Field(default=1, description="Conntrack zone of this bridge.")
     max_connections: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Per-zone limit.")
     invalid: Literal["drop", "allow"] = Field(default="drop", description="What happens to ct_state=+inv packets.")
     cut_on_rule_removal: bool = Field(
         default=True, description="Established connections the new policy denies stop passing."
+    )
+    timeouts: ConntrackTimeouts | None = Field(
+        default=None, description="The zone's conntrack timeout policy in seconds (OVS CT_Timeout_Policy)."
     )
 
 

@@ -132,6 +132,7 @@ class _Resolver:
             zones=zones, rules=rules.firewall(), nat=rules.nat(), default_action=self.m.firewall.default,
             ct_zone=ct.zone, max_connections=ct.max_connections, invalid=ct.invalid,
             cut_on_rule_removal=ct.cut_on_rule_removal, sources=self.files,
+            ct_timeouts=tuple(ct.timeouts.as_dict().items()) if ct.timeouts else (),
         )
 
     # --- ports, zones, links -------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ovsmgr.policy.diagnostics import Collector, PolicyError, Span, did_you_mean
 from ovsmgr.policy.loader import Path_, SourceMap
 from ovsmgr.policy.model import (
     Conntrack,
+    ConntrackTimeouts,
     Firewall,
     FirewallRule,
     NatRule,
@@ -48,6 +49,7 @@ UNITS: dict[Path_, type[BaseModel] | None] = {
 """Containers of independent items: an item with an error is pruned alone."""
 SECTIONS: dict[Path_, type[BaseModel]] = {
     (): Policy, ("switch",): Switch, ("firewall",): Firewall, ("conntrack",): Conntrack,
+    ("conntrack", "timeouts"): ConntrackTimeouts,
 }
 LIST_UNITS = (("firewall", "rules"), ("nat",), ("switch", "links"))
 SECTION_PLACEHOLDERS: dict[Path_, Any] = {("version",): 1, ("switch",): {"bridge": "br0"},

@@ -33,7 +33,12 @@ from ovsmgr.switch.plan import (
     make_plan,
 )
 from ovsmgr.switch.rollback import arm_rollback
-from ovsmgr.switch.settings import ApplyError, datapath_type, ensure_switch_settings
+from ovsmgr.switch.settings import (
+    ApplyError,
+    check_switch_support,
+    datapath_type,
+    ensure_switch_settings,
+)
 
 __all__ = ["ApplyError", "ApplyResult", "Desire", "apply_policy", "desire", "plan_policy"]
 
@@ -114,6 +119,7 @@ def apply_policy(
             plan = full_replacement(current, desired) if full else make_plan(current, desired)
             previous, files = rec.read_record(target, bridge), rec.RecordFiles.read(target, bridge)
             try:
+                check_switch_support(db, policy, target)
                 table.push(plan.bundle(wanted.names))
                 warnings = ensure_switch_settings(db, policy, target)
                 generation = (previous.generation if previous else 0) + 1

@@ -1,4 +1,5 @@
-"""What a policy sets on a switch besides flows: the bridge, its ports, the conntrack zone limit.
+"""What a policy sets on a switch besides flows: the bridge, its ports, the conntrack zone's limit
+and timeout policy.
 
 Shared by `apply` and the controller, so both treat ports and limits the same way.
 """
@@ -22,8 +23,32 @@ def datapath_type(policy_datapath: str, target: SwitchTarget) -> str:
     return policy_datapath
 
 
+def check_switch_support(db: SwitchDB, policy: ResolvedPolicy, target: SwitchTarget) -> None:
+    """Refuse, before anything is pushed, a policy that needs what the switch's datapath lacks:
+    `conntrack.timeouts` needs the `ct_timeout` capability (OVS reports it in the Datapath row)."""
+    if not policy.ct_timeouts:
+        return
+    dp_type = datapath_type(policy.datapath, target)
+    caps = db.datapath_capabilities(dp_type, policy.bridge)
+    if caps.get("ct_timeout") != "true":
+        # Nothing of this bridge's can be set on such a datapath: removing what it owns there takes
+        # back only the Datapath row the check itself may have created.
+        db.set_zone_timeouts(dp_type, None, {}, policy.bridge)
+        raise ApplyError(f"conntrack.timeouts: the {dp_type} datapath of this switch cannot apply conntrack timeout "
+                         f"policies (its capability ct_timeout is {caps.get('ct_timeout', 'not reported')})")
+
+
+def sync_zone_timeouts(db: SwitchDB, policy: ResolvedPolicy, target: SwitchTarget) -> None:
+    """The zone's CT_Timeout_Policy as the policy says; removed (with every other one this bridge set)
+    when the policy has none."""
+    dp_type = datapath_type(policy.datapath, target)
+    zone = policy.ct_zone if policy.ct_timeouts else None
+    db.set_zone_timeouts(dp_type, zone, dict(policy.ct_timeouts), policy.bridge)
+
+
 def ensure_switch_settings(db: SwitchDB, policy: ResolvedPolicy, target: SwitchTarget) -> list[str]:
-    """Bridge settings, ports and the conntrack zone limit; returns warnings for the operator."""
+    """Bridge settings, ports, the conntrack zone's limit and timeout policy; returns warnings for the
+    operator."""
     db.ensure_bridge(policy.bridge, datapath_type=datapath_type(policy.datapath, target), fail_mode=policy.fail_mode)
     have = db.ofports(policy.bridge)
     for port in policy.ports.values():
@@ -34,6 +59,7 @@ def ensure_switch_settings(db: SwitchDB, policy: ResolvedPolicy, target: SwitchT
         elif port.name in have and have[port.name] != port.ofport:
             raise ApplyError(f"port {port.name} is ofport {have[port.name]} on {policy.bridge}, "
                              f"the policy says {port.ofport}")
+    sync_zone_timeouts(db, policy, target)
     return sync_zone_limit(target, policy.ct_zone, policy.max_connections)
 
 
