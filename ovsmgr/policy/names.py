@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from typing import TypeVar
 
 from ovsmgr.policy.diagnostics import Collector, did_you_mean
 from ovsmgr.policy.ir import IPNetwork, Service
@@ -24,8 +25,15 @@ from ovsmgr.policy.terms import (
     parse_service,
 )
 
+T = TypeVar("T")
 MAX_SET_NESTING = 32
 """Sets may include sets; a chain deeper than this is a mistake (and would exhaust the stack)."""
+
+
+def _distinct(items: list[T]) -> tuple[T, ...]:
+    """`items` without repeats, in order; most rules name one address or service, which needs no
+    de-duplicating (and prefixes and services hash in Python, not in C)."""
+    return tuple(items) if len(items) < 2 else tuple(dict.fromkeys(items))
 
 
 class AddressBook:
@@ -109,7 +117,7 @@ class AddressBook:
             if not self.broken.address_set(ref):
                 self.diag.error(self.src.span(at), f'unknown address set "@{ref}"{did_you_mean(ref, self.defs, "@")}')
             ok = False
-        return tuple(dict.fromkeys(out)), ok
+        return _distinct(out), ok
 
 
 class ServiceBook:
@@ -156,7 +164,7 @@ class ServiceBook:
                 ok = False
                 if not self.broken.service(item):
                     self.diag.error(self.src.span(at), f'unknown service "{item}"{self._hint(item)}')
-        return tuple(dict.fromkeys(out)), ok
+        return _distinct(out), ok
 
     def _hint(self, item: str) -> str:
         head, sep, rest = item.partition("/")
