@@ -25,10 +25,10 @@ from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.lab.spec import LabPort, LabSpec, lab_spec_from_policy
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import Kind, generate_policy
-from ovsmgr.policy.ir import NatRule
 from ovsmgr.policy.loader import load_file
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.apply import apply_policy
+from ovsmgr.switch.settings import snat_source_ports
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 BENCH_COOKIE = 0xBE0C
@@ -179,18 +179,11 @@ def switch_pipeline(bed: _PipelineSwitch, config: Config) -> tuple[dict[str, Any
                 flows=len(compiled.flowset), changed=sum(result.plan.counts().values()))
     snat = [r for r in compiled.policy.nat if r.kind == "snat"]
     bed.nat_address = str(snat[0].translate_lo) if snat else None
-    bed.nat_ports = snat_port_space(snat[0]) if snat else 0
+    bed.nat_ports = snat_source_ports(snat[0]) if snat else 0
     if config.nat_meter is not None or config.nat_flags:
         info["variant_flows"] = apply_variant(bed.ofctl, compiled, config.nat_meter, config.nat_flags, BENCH_COOKIE)
     return info, bool(compiled.policy.nat)
 
-
-def snat_port_space(rule: NatRule) -> int:
-    """Source ports an SNAT rule has per destination (address, port): its addresses x ports.
-    Without a port range OVS keeps a source port of 1024 or above, or picks one in
-    1024-65535 (ports below 1024 map to their own small ranges; the bench's load never has them)."""
-    lo, hi = rule.ports if rule.ports else (1024, 65535)
-    return (int(rule.translate_hi) - int(rule.translate_lo) + 1) * (hi - lo + 1)
 
 
 def set_plain(ofctl: Callable[..., str], on: bool, ofports: tuple[int, int]) -> None:

@@ -7,6 +7,7 @@ Shared by `apply` and the controller, so both treat ports and limits the same wa
 from __future__ import annotations
 
 from ovsmgr.policy import ResolvedPolicy
+from ovsmgr.policy.ir import NatRule
 from ovsmgr.southbound.conntrack import set_zone_limit
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
@@ -60,7 +61,39 @@ def ensure_switch_settings(db: SwitchDB, policy: ResolvedPolicy, target: SwitchT
             raise ApplyError(f"port {port.name} is ofport {have[port.name]} on {policy.bridge}, "
                              f"the policy says {port.ofport}")
     sync_zone_timeouts(db, policy, target)
-    return sync_zone_limit(target, policy.ct_zone, policy.max_connections)
+    return [*sync_zone_limit(target, policy.ct_zone, policy.max_connections), *snat_exhaustion_warnings(policy)]
+
+
+FIRST_EPHEMERAL_PORT = 1024
+"""An SNAT without a port range keeps a source port of 1024 or above, or picks one in 1024-65535."""
+
+
+def snat_source_ports(rule: NatRule) -> int:
+    """Source ports an SNAT rule can give connections to one destination (address and port): its
+    addresses x its port range. The reply direction of each translation must be unique, so this
+    many connections to one destination exhaust it."""
+    lo, hi = rule.ports if rule.ports else (FIRST_EPHEMERAL_PORT, 65535)
+    return (int(rule.translate_hi) - int(rule.translate_lo) + 1) * (hi - lo + 1)
+
+
+def snat_exhaustion_warnings(policy: ResolvedPolicy) -> list[str]:
+    """SNAT rules whose source ports a flood to one destination can exhaust before the zone is full.
+
+    Once they are exhausted, ovs-vswitchd's userspace conntrack searches the port range (up to 240
+    lookups) for every new connection it cannot translate: a flood of SYNs to one destination then
+    starves the established traffic through the switch (docs/bench.md, "NAT under connection
+    floods"). A zone limit below the rule's ports refuses new connections before any search."""
+    limit = policy.max_connections
+    out = []
+    for rule in policy.nat:
+        ports = snat_source_ports(rule) if rule.kind == "snat" else 0
+        if ports and (limit is None or limit >= ports):
+            have = "is not set" if limit is None else f"{limit:,} is not below that"
+            out.append(f"SNAT rule {rule.name} has {ports:,} source ports per destination and "
+                       f"conntrack.max_connections {have}: a flood of new connections to one destination "
+                       f"exhausts them, and then every new connection costs a search of the port range "
+                       f"that starves established traffic; a limit below {ports:,} refuses them instead")
+    return out
 
 
 def sync_zone_limit(target: SwitchTarget, zone: int, limit: int | None) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 from ovsmgr.bench.flood import ping_figures, port_space_figures, stream_figures
 from ovsmgr.bench.methods import plan_experiment
 from ovsmgr.bench.natvariant import meter_command, variant_flows, with_flags, with_meter
-from ovsmgr.bench.pipelines import BENCH_COOKIE, Config, compiled_for, snat_port_space
+from ovsmgr.bench.pipelines import BENCH_COOKIE, Config, compiled_for
 from ovsmgr.bench.report import evaluate_targets, render_report
 from ovsmgr.bench.results import FORMAT, point_record
 from ovsmgr.bench.runner import repeat_starved
@@ -22,6 +22,7 @@ from ovsmgr.bench.spec import Destinations, NatMeter, Rate, SpecError
 from ovsmgr.bench.specfile import load_spec, parse_spec
 from ovsmgr.bench.testbed import LOAD_PORT_DROP
 from ovsmgr.bench.traffic import Endpoints, trafgen_config
+from ovsmgr.switch.settings import snat_exhaustion_warnings, snat_source_ports
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 ENDS = Endpoints("aa:00:00:00:00:01", "aa:00:00:00:00:02", "10.1.0.2", "10.2.0.2", "10.1.0.0/16", "10.2.0.0/16")
@@ -143,11 +144,19 @@ def test_variants_of_the_seed_nat() -> None:
         variant_flows(firewall, NatMeter("syn", 100), (), BENCH_COOKIE)
 
 
-def test_the_port_space_of_an_snat_rule() -> None:
+def test_the_port_space_of_an_snat_rule_and_the_warning_when_a_flood_can_exhaust_it() -> None:
     compiled, _ = compiled_for(Config("ovs", "seed-nat"))
-    assert snat_port_space(compiled.policy.nat[0]) == 64512
+    assert snat_source_ports(compiled.policy.nat[0]) == 64512
     wide, _ = compiled_for(Config("ovs", str(BENCH / "nat" / "seed-nat-8-addresses.yaml")))
-    assert snat_port_space(wide.policy.nat[0]) == 8 * 64512
+    assert snat_source_ports(wide.policy.nat[0]) == 8 * 64512
+    limited, _ = compiled_for(Config("ovs", str(BENCH / "nat" / "seed-nat-zone-limit.yaml")))
+    assert snat_exhaustion_warnings(limited.policy) == []
+    (warning,) = snat_exhaustion_warnings(compiled.policy)
+    assert "masquerade has 64,512 source ports per destination" in warning and "is not set" in warning
+    (warning,) = snat_exhaustion_warnings(wide.policy)
+    assert "516,096" in warning
+    firewall, _ = compiled_for(Config("ovs", "seed-firewall"))
+    assert snat_exhaustion_warnings(firewall.policy) == []
     assert port_space_figures(32256, 64512, 1) == {"conntrack_connections": 32256.0, "port_space_used": 0.5}
     assert port_space_figures(500, 0, 1) == {"conntrack_connections": 500.0}
     assert port_space_figures(None, 64512, 1) == {}
@@ -226,3 +235,22 @@ def test_targets_nat_cps_over_spread_destinations_and_established_traffic_under_
 
 def _pipeline(verdict: dict[str, Any]) -> str | None:
     return verdict["point"]["params"]["pipeline"] if verdict["point"] else None
+
+
+def test_connections_are_counted_where_the_datapath_cannot_count_them() -> None:
+    from ovsmgr.bench.testbed import conntrack_count
+
+    def userspace(args: list[str]) -> str:
+        return "1234\n"
+
+    def kernel(args: list[str]) -> str:
+        if args == ["dpctl/ct-get-nconns"]:
+            raise RuntimeError("ct-get-nconns: operation not supported")
+        return "tcp,orig=(src=10.1.0.2,...)\nicmp,orig=(src=10.1.0.2,...)\n\n"
+
+    def broken(args: list[str]) -> str:
+        raise OSError("no control socket")
+
+    assert conntrack_count(userspace) == 1234
+    assert conntrack_count(kernel) == 2
+    assert conntrack_count(broken) is None
