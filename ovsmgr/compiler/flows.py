@@ -15,6 +15,7 @@ from ovsmgr.compiler.pipeline import TABLES, Table
 FIELD_ORDER = (
     "in_port", "reg0", "reg1", "reg2", "reg3", "reg4", "conj_id", "ct_state", "ct_zone", "ct_mark",
     "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
+    "nw_frag", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
     "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code",
 )
 _RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
@@ -243,6 +244,13 @@ def _merge_conjunctions(a: Flow, b: Flow) -> Flow:
     if all(isinstance(x, Conjunction) for x in (*a.actions, *b.actions)):
         actions = tuple(sorted({*a.actions, *b.actions}, key=lambda c: (c.id, c.clause)))  # type: ignore[union-attr]
         return Flow(a.table, a.priority, a.match, actions, a.cookie, a.rule)
-    if a.actions == b.actions:
+    if a.actions == b.actions or _is_fragment_follower(a):
         return a
     raise FlowError(f"two different flows with one match: {a} / {b}")
+
+
+def _is_fragment_follower(flow: Flow) -> bool:
+    """A FILTER flow for later fragments (`filter._fragment_followers`): disjoint rules of one level
+    can make the same one, and the first rule's stands."""
+    item = flow.match.get("nw_frag")
+    return flow.table == Table.FILTER and item is not None and item.value == 3

@@ -53,23 +53,36 @@ def port_masks(lo: int, hi: int, width: int = 16) -> list[tuple[int, int | None]
     return out
 
 
+TRACKED_VALID = ct_state("+trk-inv")
+"""What a flow that matches the conntrack tuple (`ct_nw_proto`, `ct_tp_*`) must also match: OVS
+refuses those fields on a flow that does not say the packet is tracked and valid."""
+
+
 def service_matches(service: Service) -> list[Match]:
-    """Matches for one service item (several when a port range needs masks), without the IP family:
-    the rule's base match carries dl_type, so a service match adds only fields ranked after it."""
+    """Matches for one service item (several when a port range needs masks), without the IP family
+    and `TRACKED_VALID` (the rule's base match carries them), so a service match adds only fields
+    ranked after them.
+
+    A service is matched on the connection's original-direction tuple from conntrack, not on the
+    packet's own L4 fields: every fragment of a datagram carries the tuple of the whole datagram
+    (OVS's userspace conntrack reassembles to track, then forwards the fragments, each with the
+    datagram's tuple; the kernel's ct() forwards the reassembled datagram), while only the first
+    fragment has ports. So all fragments of a datagram take the same way through FILTER and NAT.
+    For ICMP the tuple's source port is the type and its destination port the code."""
     proto = _PROTO_ITEMS[service.proto]
     if service.ports is not None:
         lo, hi = service.ports
         if lo == hi:
-            return [Match((proto, MatchItem("tp_dst", lo)))]
+            return [Match((proto, MatchItem("ct_tp_dst", lo)))]
         if (lo, hi) == (1, 65535):
             return [Match((proto,))]
-        return [Match((proto, MatchItem("tp_dst", v, m))) for v, m in port_masks(lo, hi)]
+        return [Match((proto, MatchItem("ct_tp_dst", v, m))) for v, m in port_masks(lo, hi)]
     items = [proto]
     if service.icmp_type is not None:
-        items.append(MatchItem("icmp_type", service.icmp_type))
+        items.append(MatchItem("ct_tp_src", service.icmp_type))
     if service.icmp_code is not None:
-        items.append(MatchItem("icmp_code", service.icmp_code))
+        items.append(MatchItem("ct_tp_dst", service.icmp_code))
     return [Match(tuple(items))]
 
 
-_PROTO_ITEMS = {name: MatchItem("nw_proto", number) for name, number in IP_PROTO_NUMBERS.items()}
+_PROTO_ITEMS = {name: MatchItem("ct_nw_proto", number) for name, number in IP_PROTO_NUMBERS.items()}

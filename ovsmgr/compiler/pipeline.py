@@ -57,7 +57,11 @@ class TableSpec:
 
 
 _REGS = frozenset({"reg0", "reg1", "reg2", "reg3", "reg4"})
-_L3 = frozenset({"dl_type", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
+_CT_TUPLE = frozenset({"ct_nw_proto", "ct_tp_src", "ct_tp_dst"})
+"""The original-direction tuple conntrack gives a tracked packet: the same for every fragment of a
+datagram (userspace conntrack copies it from the datagram it reassembled to each fragment), so FILTER
+and NAT judge services by it, never by the packet's own L4 fields (a later fragment has none)."""
+_L3 = _CT_TUPLE | frozenset({"nw_frag", "dl_type", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
                  "icmp_type", "icmp_code"})
 _CT = frozenset({"ct_state", "ct_mark", "ct_zone"})
 
@@ -68,7 +72,8 @@ TABLES: dict[Table, TableSpec] = {
     ),
     Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state"}), frozenset({Table.EGRESS})),
     Table.EGRESS: TableSpec(frozenset({"in_port", "dl_type", "nw_dst", "ipv6_dst"}), frozenset({Table.STATE})),
-    Table.STATE: TableSpec(_CT | frozenset({"dl_type", "nw_proto", "tcp_flags"}), frozenset({Table.FILTER, Table.OUTPUT})),
+    Table.STATE: TableSpec(_CT | frozenset({"dl_type", "nw_proto", "nw_frag", "tcp_flags"}),
+                           frozenset({Table.FILTER, Table.OUTPUT})),
     Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.NAT, Table.OUTPUT})),
     # A translating commit recirculates (ct(commit,table=OUTPUT_TRANSLATED,nat(...))) so the
     # next table sees the translated packet and can set the receiver's MAC.
@@ -165,6 +170,7 @@ class Priority(IntEnum):
     STATE_STALE_REPLY = 200
     STATE_NEW = 250
     STATE_NOT_SYN = 260
+    STATE_TCP_FRAGMENT = 265
     STATE_ESTABLISHED = 300
     STATE_INVALID = 400
     FILTER_TOP = 60000
@@ -175,6 +181,7 @@ class Priority(IntEnum):
     OUTPUT_PORT = 100
     OUTPUT_TRANSLATED_CONN = 200
     OUTPUT_UNTRANSLATED = 300
+    OUTPUT_INVALID = 400
     MAC_BINDING_LEARNED = 100
 
 

@@ -51,10 +51,12 @@ NXM = {
 }
 SET_FIELD_NAMES = {"dl_src": "eth_src", "dl_dst": "eth_dst"}
 _REST_ORDER = {name: i for i, name in enumerate((
-    "in_port", "arp_spa", "arp_tpa", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "arp_op",
+    "in_port", "arp_spa", "arp_tpa", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "nw_frag", "arp_op",
     "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code",
 ))}
 """The order `ovs-ofctl dump-flows` prints fields in after the protocol shorthand and registers."""
+FRAG_NAMES = {(0, 1): "no", (1, 1): "yes", (1, 3): "first", (3, 3): "later", (0, 2): "not_later"}
+"""`nw_frag` value/mask pairs by the names ovs-ofctl reads and prints."""
 CT_FLAG_ORDER = sorted(CT_STATE_BITS.items(), key=lambda kv: kv[1])
 TCP_FLAG_ORDER = sorted(TCP_FLAG_BITS.items(), key=lambda kv: kv[1])
 
@@ -99,6 +101,8 @@ def _item_text(item: MatchItem) -> str:
         return f"{name}={_prefix_text(item, 6)}"
     if name == "ct_state":
         return f"ct_state={_ct_state_text(item)}"
+    if name == "nw_frag":
+        return f"nw_frag={FRAG_NAMES[(item.value, item.mask or 3)]}"
     if name == "tcp_flags":
         return f"tcp_flags={_flags_text(item, TCP_FLAG_ORDER)}"
     if name.startswith("reg") or name in ("ct_mark", "dl_type"):

@@ -153,6 +153,21 @@ class CtResult:
     events: tuple[str, ...]
     cache: CtCache | None = None
 
+    @property
+    def tuple(self) -> tuple[int, int, int]:
+        """(ct_nw_proto, ct_tp_src, ct_tp_dst): the original direction of the packet's connection,
+        or of the packet itself when it starts one (what OVS writes for every tracked, valid packet,
+        and copies to each fragment of a datagram); zeros for an invalid one."""
+        if self.state & INV or not self.state & TRK:
+            return (0, 0, 0)
+        key = self.cache.original if self.cache is not None else packet_key(self.packet)
+        if key is None:
+            return (0, 0, 0)
+        if key.proto in ICMP_PROTOS:  # type and code; the model keeps no code, and queries have 0
+            code = self.packet.icmp_code or 0 if self.cache is None else 0
+            return (key.proto, key.sport, code)
+        return (key.proto, key.sport, key.dport)
+
 
 def packet_key(packet: Packet) -> ConnKey | None:
     """The tuple conntrack files the packet under (None: not IP, so never tracked)."""

@@ -51,13 +51,24 @@ from ovsmgr.sim.conntrack import (
     format_ct_state,
     run_ct,
 )
-from ovsmgr.sim.fields import DL_TYPE_ARP, DL_TYPE_IP, METADATA_FIELDS, field_ref, format_value
+from ovsmgr.sim.fields import (
+    DL_TYPE_ARP,
+    DL_TYPE_IP,
+    FRAG_LATER,
+    L4_FIELDS,
+    METADATA_FIELDS,
+    field_ref,
+    format_value,
+)
 from ovsmgr.sim.flowtable import FlowTables, Hit
 from ovsmgr.sim.forwarding import NormalForwarding
 from ovsmgr.sim.packet import Packet
 from ovsmgr.sim.trace import Delivery, Step, Trace, Verdict, describe_action
 
 MAX_TABLE_VISITS = 64
+LATER_FRAGMENT_ZEROS = L4_FIELDS | {"ct_tp_src", "ct_tp_dst"}
+"""What a later fragment's flow key shows as 0 on the userspace datapath: it has no L4 header, and
+Open vSwitch before 3.6 (the lab's 3.1) leaves the conntrack tuple's ports out with it."""
 LEARNED_PRIORITY = 100
 """The priority `learn()` gives MAC bindings, as `render.ofctl` writes it (`learn(...,priority=100,...)`)."""
 
@@ -102,6 +113,8 @@ class _State:
     ct_cache: CtCache | None = None
 
     def read(self, name: str) -> int:
+        if name in LATER_FRAGMENT_ZEROS and (self.packet.nw_frag or 0) & FRAG_LATER:
+            return 0
         if name in self.meta:
             return self.meta[name]
         value = getattr(self.packet, name, None)
@@ -118,7 +131,7 @@ class _State:
 
     def untrack(self) -> None:
         """What every ct() leaves for the actions after it: -trk, ct fields cleared (OVS)."""
-        self.meta.update(ct_state=0, ct_zone=0, ct_mark=0)
+        self.meta.update(ct_state=0, ct_zone=0, ct_mark=0, ct_nw_proto=0, ct_tp_src=0, ct_tp_dst=0)
 
 
 class _Walk:
@@ -220,6 +233,7 @@ class _Walk:
         tracked = state.copy()
         result = self.ct(action, tracked, events)
         tracked.meta.update(ct_state=result.state, ct_zone=action.zone or 0, ct_mark=result.mark)
+        tracked.meta.update(zip(("ct_nw_proto", "ct_tp_src", "ct_tp_dst"), result.tuple, strict=True))
         state.untrack()
         state.ct_cache = tracked.ct_cache
         events.append(f"recirculate to table {action.table} with ct_state={format_ct_state(result.state)}")

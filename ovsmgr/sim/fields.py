@@ -13,20 +13,27 @@ from dataclasses import dataclass
 
 PACKET_FIELDS = (
     "in_port", "dl_src", "dl_dst", "dl_type", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
-    "tp_src", "tp_dst", "icmp_type", "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
+    "nw_frag", "tp_src", "tp_dst", "icmp_type", "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
     "tcp_flags",
 )
 """Header fields of a packet, in the order they print."""
 
-METADATA_FIELDS = ("reg0", "reg1", "reg2", "reg3", "reg4", "conj_id", "ct_state", "ct_zone", "ct_mark")
-"""Pipeline metadata: registers and conntrack results; all start at 0."""
+METADATA_FIELDS = ("reg0", "reg1", "reg2", "reg3", "reg4", "conj_id", "ct_state", "ct_zone", "ct_mark",
+                   "ct_nw_proto", "ct_tp_src", "ct_tp_dst")
+"""Pipeline metadata: registers and conntrack results (the ct_ tuple: the original direction of the
+packet's connection, for ICMP its type and code); all start at 0."""
+FRAG_ANY, FRAG_LATER = 1, 2
+"""`nw_frag` bits: the packet is a fragment; it is not the first one (no L4 header: flows see its
+ports, ICMP type and code and TCP flags as 0)."""
+L4_FIELDS = frozenset({"tp_src", "tp_dst", "icmp_type", "icmp_code", "tcp_flags"})
+FRAG_WORDS = {"no": 0, "first": FRAG_ANY, "later": FRAG_ANY | FRAG_LATER}
 
 WIDTHS: dict[str, int] = {
     "in_port": 32, "dl_src": 48, "dl_dst": 48, "dl_type": 16, "nw_proto": 8, "nw_src": 32, "nw_dst": 32,
     "ipv6_src": 128, "ipv6_dst": 128, "tp_src": 16, "tp_dst": 16, "icmp_type": 8, "icmp_code": 8,
     "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48, "tcp_flags": 12,
     "reg0": 32, "reg1": 32, "reg2": 32, "reg3": 32, "reg4": 32, "conj_id": 32, "ct_state": 32,
-    "ct_zone": 16, "ct_mark": 32,
+    "ct_zone": 16, "ct_mark": 32, "ct_nw_proto": 8, "ct_tp_src": 16, "ct_tp_dst": 16, "nw_frag": 2,
 }
 
 MAC_FIELDS = frozenset({"dl_src", "dl_dst", "arp_sha", "arp_tha"})
@@ -105,6 +112,8 @@ def field_ref(text: str) -> FieldRef:
 
 def format_value(name: str, value: int) -> str:
     """A field's value the way ofctl prints it: addresses as addresses, flags by name."""
+    if name == "nw_frag":
+        return next((word for word, bits in FRAG_WORDS.items() if bits == value), str(value))
     if name in MAC_FIELDS:
         return ":".join(f"{b:02x}" for b in value.to_bytes(6, "big"))
     if name in IPV4_FIELDS:
@@ -121,6 +130,8 @@ def format_value(name: str, value: int) -> str:
 def parse_value(name: str, text: str) -> int:
     """The inverse of `format_value`; numbers may be decimal or 0x-hex."""
     text = text.strip()
+    if name == "nw_frag" and text in FRAG_WORDS:
+        return FRAG_WORDS[text]
     try:
         if name in MAC_FIELDS:
             return int(text.replace(":", "").replace("-", ""), 16) if len(text) == 17 else _bad(name, text)

@@ -34,7 +34,8 @@ from ovsmgr.sim.trace import Step, Trace
 
 REGISTERS = ("reg0", "reg1", "reg2", "reg3", "reg4")
 ADDRESS_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst")
-STATE_FIELDS = ("ct_state", "ct_zone", "ct_mark", *REGISTERS)
+CT_TUPLE = ("ct_nw_proto", "ct_tp_src", "ct_tp_dst")
+STATE_FIELDS = ("ct_state", "ct_zone", "ct_mark", *CT_TUPLE, *REGISTERS)
 _RULE = "=" * 79
 _RECIRC = re.compile(r"^recirc\((?P<id>0x[0-9a-f]+)\)(?: - resume conntrack with (?:default )?"
                      r"ct_state=(?P<state>[a-z|]+))?")
@@ -139,7 +140,12 @@ def trace_request(trace: Trace, packet: Packet | None = None) -> TraceRequest:
     passes = sim_passes(trace)
     later = [p.start.metadata or {} for p in passes[1:]]
     mark = later[0].get("ct_mark", 0) if later else 0
-    flow = flow_string(packet or trace.packet_in, {"ct_mark": mark})
+    metadata = {"ct_mark": mark}
+    if later and later[0].get("ct_nw_proto"):
+        # ofproto/trace keeps a flow's conntrack tuple across recirculations but sets none itself:
+        # the traced flow starts with the one the first ct() gives (it needs a tracked ct_state).
+        metadata |= {"ct_state": later[0].get("ct_state", 0), **{n: later[0].get(n, 0) for n in CT_TUPLE}}
+    flow = flow_string(packet or trace.packet_in, metadata)
     return TraceRequest(flow, tuple(ct_state_flags(m.get("ct_state", 0)) for m in later))
 
 

@@ -91,6 +91,10 @@ class Packet:
     arp_sha: int | None = None
     arp_tha: int | None = None
     tcp_flags: int | None = None
+    nw_frag: int | None = None
+    """Set on a fragment (`fields.FRAG_WORDS`). A fragment here stands for its datagram: its
+    fields are the datagram's, which conntrack sees (it reassembles); flows see a later
+    fragment's L4 fields as 0."""
     inner: Inner | None = None
 
     def fields(self) -> dict[str, int]:

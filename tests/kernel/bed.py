@@ -63,7 +63,9 @@ DPIF = f"{BRIDGE_TYPE}@ovs-{BRIDGE_TYPE}"
 """The datapath as ``dpctl/show`` names it: one per network namespace (system) or per
 ovs-vswitchd (netdev), shared by every bridge of that type."""
 _DPDK_DEVICES = itertools.count(1)
-"""DPDK af_packet device numbers (``net_af_packetN``): unique in the ovs-vswitchd's life."""
+"""DPDK device numbers (``net_pcapN``): unique in the ovs-vswitchd's life. The bed's DPDK ports are
+libpcap devices on the veths, not af_packet ones: DPDK's af_packet driver lets the kernel reassemble
+fragments before it reads them (docs/datapaths.md, "Fragments on DPDK test ports")."""
 DB = f"unix:{os.environ.get('OVS_RUNDIR') or '/var/run/openvswitch'}/db.sock"
 """The switch's OVSDB, as ovs-vsctl finds it by default (``OVS_RUNDIR``)."""
 STATE_DIR = Path(os.environ.get("OVSMGR_STATE_DIR") or "/var/lib/ovsmgr")
@@ -155,7 +157,7 @@ class Bed:
             db.ensure_bridge(self.bridge, datapath_type=BRIDGE_TYPE, fail_mode="secure")
             for port in self.ports:
                 if DATAPATH == "dpdk":
-                    devargs = f"net_af_packet{next(_DPDK_DEVICES)},iface={self.switch_iface(port)}"
+                    devargs = f"net_pcap{next(_DPDK_DEVICES)},iface={self.switch_iface(port)}"
                     db.ensure_port(self.bridge, port.name, port.ofport, "dpdk", {"dpdk-devargs": devargs})
                 else:
                     db.ensure_port(self.bridge, port.name, port.ofport)
@@ -333,9 +335,10 @@ def concurrently(*calls: Callable[[], T]) -> list[T]:
         return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
-def ping(bed: Bed, port: str, address: str, count: int = 1, deadline: float = 3) -> bool:
-    """True when ``count`` echo replies come back within ``deadline`` seconds."""
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), address]
+def ping(bed: Bed, port: str, address: str, count: int = 1, deadline: float = 3, size: int = 56) -> bool:
+    """True when ``count`` echo replies come back within ``deadline`` seconds (``size``: payload
+    bytes; above 1,472 the request leaves the host in fragments)."""
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), "-s", str(size), address]
     return bed.exec(port, argv, timeout=deadline + 30).returncode == 0
 
 

@@ -1,14 +1,14 @@
 """Fragmented UDP for the ``fragments`` scenario; stdlib only (run with ``python -I -S``).
 
 ``serve PORT... [--timeout S]``
-    answer every datagram with a short JSON line, ``{"peer": IP, "len": N}``: the answer
+    answer every datagram (IPv4 and IPv6) with a short JSON line, ``{"peer": IP, "len": N}``: the answer
     itself is never fragmented, so only the request's fragments cross the switch.
 ``send ADDRESS PORT --size N [--order kernel|reverse|overlap] [--timeout S]``
     one datagram of N payload bytes, then wait for the answer; prints
     ``{"ok": bool, "len": N the server got}``.
 
     - ``kernel``: from a UDP socket with ``IP_PMTUDISC_DONT``: the sender's kernel cuts it
-      into fragments of the interface's MTU, in order.
+      into fragments of the interface's MTU, in order. The only order for an IPv6 ADDRESS.
     - ``reverse``: the same fragments (1,480 bytes of IP payload each, the MTU of a veth),
       built by hand and sent last first, through a raw socket.
     - ``overlap``: three fragments by hand, the second of which overlaps the first by 280
@@ -29,16 +29,20 @@ import time
 FRAGMENT = 1480
 """IP payload bytes per fragment: a 1,500-byte MTU minus the 20-byte header (a multiple of 8)."""
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
-"""<linux/in.h>; the socket module does not name them."""
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT = 23, 0
+"""<linux/in.h>, <linux/in6.h>; the socket module does not name them."""
 
 
 def serve(ports: list[int], timeout: float) -> int:
     selector = selectors.DefaultSelector()
     for port in ports:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
-        selector.register(sock, selectors.EVENT_READ)
+        for family, bind in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((bind, port))
+            selector.register(sock, selectors.EVENT_READ)
     print(json.dumps({"listening": ports}), flush=True)
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
@@ -82,12 +86,16 @@ def _fragment(src: str, dst: str, ident: int, offset: int, chunk: bytes, more: b
 def send(address: str, port: int, size: int, order: str, timeout: float) -> int:
     payload = (b"fragments " * (size // 10 + 1))[:size]
     result: dict[str, object] = {"ok": False}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+    v6 = ":" in address
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         sock.settimeout(timeout)
         sock.connect((address, port))  # picks the source address and port the answer comes to
-        src, sport = sock.getsockname()
-        if order == "kernel":
+        src, sport = sock.getsockname()[:2]
+        if order == "kernel" or v6:
             sock.send(payload)
         else:
             datagram = _udp(src, address, sport, port, payload)

@@ -514,7 +514,7 @@ FRAG = [AGENT[0], "-I", "-S", str(Path(__file__).with_name("fragprobe.py"))]
 # -- the datapath differences ------------------------------------------------------------------
 def fragments(ctx: Context) -> str:
     """A UDP datagram larger than the MTU (3,000 bytes: three fragments) through the seed
-    firewall (its rule has no ports), then through a rule for one UDP port."""
+    firewall (its rule has no ports), then through rules for one UDP port and for echo requests."""
 
     def send(src: str, address: str, port: int, order: str = "kernel", size: int = 3000) -> str:
         argv = [*FRAG, "send", address, str(port), "--size", str(size), "--order", order,
@@ -539,11 +539,14 @@ def fragments(ctx: Context) -> str:
             partial(send, "outside", INSIDE, 7000)), strict=True))
         for what, seen in seed.items():
             ctx.fact(what, seen)
-        bed.apply(ctx.write("udp-7000.yaml", policy_text(rule("udp-7000", "udp/7000"))))
+        bed.apply(ctx.write("udp-7000.yaml", policy_text(rule("udp-7000", "udp/7000"),
+                                                         rule("ping", "icmp/echo-request"))))
         ported = dict(zip(PORT_FRAGMENT_CASES, concurrently(
             partial(send, "inside", OUTSIDE, 7000, size=1000),
             partial(send, "inside", OUTSIDE, 7000),
-            partial(send, "inside", OUTSIDE, 7001)), strict=True))
+            partial(send, "inside", OUTSIDE, 7000, "reverse"),
+            partial(send, "inside", OUTSIDE, 7001),
+            lambda: answered(ping(bed, "inside", OUTSIDE, size=1600))), strict=True))
         for what, seen in ported.items():
             ctx.fact(what, seen)
         # Where the reassembly for conntrack happens: ovs-vswitchd's ipf (netdev) or the kernel.
@@ -566,7 +569,9 @@ SEED_FRAGMENT_CASES = (
 PORT_FRAGMENT_CASES = (
     "rule udp/7000: 1,000-byte datagram to udp/7000 (not fragmented)",
     "rule udp/7000: 3,000-byte datagram to udp/7000",
+    "rule udp/7000: the same, its fragments built by hand and sent last first",
     "rule udp/7000: 3,000-byte datagram to udp/7001",
+    "rule icmp/echo-request: a 1,600-byte ping inside -> outside",
 )
 
 

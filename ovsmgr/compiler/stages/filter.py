@@ -27,7 +27,7 @@ from ovsmgr.compiler.flows import (
     SetField,
 )
 from ovsmgr.compiler.ids import fingerprint, rule_id
-from ovsmgr.compiler.matchbuild import family, prefix, reg, service_matches
+from ovsmgr.compiler.matchbuild import TRACKED_VALID, family, prefix, reg, service_matches
 from ovsmgr.compiler.pipeline import (
     REG_FROM_ZONE,
     REG_RULE,
@@ -87,7 +87,30 @@ def compile_rule(
     flows: list[Flow] = []
     for version in sorted(rule.match.families()):
         flows.extend(_rule_flows(policy, rule, version, priority, actions, flow_cookie, conj_ids))
+        if rule.action == "allow" and rule.stateful and rule.match.services:
+            flows.extend(_fragment_followers(policy, rule, version, priority, actions, flow_cookie))
     return flows
+
+
+LATER_FRAGMENT = MatchItem("nw_frag", 3)
+"""`nw_frag=later`; OVS writes the full two-bit mask as no mask."""
+
+
+def _fragment_followers(
+    policy: ResolvedPolicy, rule: Rule, version: int, priority: int, actions: tuple[Action, ...], flow_cookie: int,
+) -> list[Flow]:
+    """Flows that take the later fragments of a datagram to NAT's commit with this rule's mark.
+
+    Open vSwitch before 3.6 puts no conntrack ports (`ct_tp_*`) in a later fragment's flow key on
+    the userspace datapath (its first fragment and the kernel's reassembled datagram have them),
+    so a later fragment meets the rule by zones and protocol only. That passes nothing by itself:
+    the commit's ct() reassembles the datagram, and it is whole only if its first fragment, judged
+    by the full rule, reached the same ct(); else the fragments are held there and expire as
+    invalid, which NAT's and OUTPUT's flows drop. Rules of one level are disjoint, so several may
+    make the same follower: the first rule's stands (`FlowSet.add`)."""
+    base = _zone_match(policy, rule.match, version) + Match.of(LATER_FRAGMENT)
+    protos = dict.fromkeys(service_matches(service)[0].items[0] for service in rule.match.for_family(version).services)
+    return [Flow(Table.FILTER, priority, base + Match.of(proto), actions, flow_cookie, rule.name) for proto in protos]
 
 
 def compile_default(policy: ResolvedPolicy, marks: dict[int, str]) -> Flow:
@@ -116,15 +139,18 @@ def _rule_actions(
 
 def _zone_match(policy: ResolvedPolicy, match: RuleMatch, version: int) -> Match:
     to_id = None if match.to_zone is None else policy.zones[match.to_zone].id
-    return _zones_and_family(policy.zones[match.from_zone].id, to_id, version)
+    return _zones_and_family(policy.zones[match.from_zone].id, to_id, version, bool(match.services))
 
 
 @functools.cache
-def _zones_and_family(from_id: int, to_id: int | None, version: int) -> Match:
-    """Every flow of a rule starts with these; a policy has few zones, so they are made once."""
+def _zones_and_family(from_id: int, to_id: int | None, version: int, services: bool = False) -> Match:
+    """Every flow of a rule starts with these; a policy has few zones, so they are made once. A rule
+    with services matches them on the conntrack tuple, which needs `TRACKED_VALID`."""
     items = [reg(REG_FROM_ZONE, from_id)]
     if to_id is not None:
         items.append(reg(REG_TO_ZONE, to_id))
+    if services:
+        items.append(TRACKED_VALID)
     return Match.of(*items) + family(version)
 
 

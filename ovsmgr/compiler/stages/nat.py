@@ -14,7 +14,6 @@ from ovsmgr.compiler.flows import (
     Action,
     Ct,
     Flow,
-    GotoTable,
     Match,
     MatchItem,
     Move,
@@ -25,7 +24,7 @@ from ovsmgr.compiler.flows import (
     SetField,
 )
 from ovsmgr.compiler.ids import rule_id
-from ovsmgr.compiler.matchbuild import family, reg
+from ovsmgr.compiler.matchbuild import ct_state, family, reg
 from ovsmgr.compiler.pipeline import (
     CT_MARK_TRANSLATED,
     FLAG_REVALIDATE,
@@ -47,8 +46,13 @@ MARK_TRANSLATED = Move(f"{REG_FLAGS.reg}[1]", "ct_mark[31]")
 
 
 def _commit(policy: ResolvedPolicy) -> Ct:
-    """Commit as is; ct_mark bit 31 is left alone, so a revalidated translated connection keeps it."""
-    return Ct(commit=True, zone=policy.ct_zone, exec=(MARK_RULE,))
+    """Commit as is; ct_mark bit 31 is left alone, so a revalidated translated connection keeps it.
+
+    The commit recirculates into OUTPUT instead of going on in the same pass, as every ct() of the
+    pipeline does: OVS's userspace conntrack hands fragments it held until they expired, marked
+    invalid, to whatever packets pass a ct() next, and they go where those go; a recirculation
+    lets OUTPUT drop them (`compile_output`)."""
+    return Ct(commit=True, table=Table.OUTPUT, zone=policy.ct_zone, exec=(MARK_RULE,))
 
 
 def _translating_commit(policy: ResolvedPolicy, nat: NatSpec) -> tuple[Action, ...]:
@@ -59,7 +63,6 @@ def _translating_commit(policy: ResolvedPolicy, nat: NatSpec) -> tuple[Action, .
 
 
 def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
-    to_output = GotoTable(Table.OUTPUT)
     flows = [Flow(Table.NAT, Priority.DEFAULT, Match(), (), INFRA)]
     revalidate = Match.of(reg(REG_FLAGS, FLAG_REVALIDATE, FLAG_REVALIDATE))
     translated = Match.of(MatchItem("ct_mark", CT_MARK_TRANSLATED, CT_MARK_TRANSLATED))
@@ -69,9 +72,8 @@ def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
                              exec=(MARK_RULE,))
     for version in (4, 6):
         flows += [
-            Flow(Table.NAT, Priority.NAT_COMMIT, family(version), (_commit(policy), to_output), INFRA),
-            Flow(Table.NAT, Priority.NAT_REVALIDATE, family(version) + revalidate,
-                 (_commit(policy), to_output), INFRA),
+            Flow(Table.NAT, Priority.NAT_COMMIT, family(version), (_commit(policy),), INFRA),
+            Flow(Table.NAT, Priority.NAT_REVALIDATE, family(version) + revalidate, (_commit(policy),), INFRA),
             Flow(Table.NAT, Priority.NAT_REVALIDATE, family(version) + revalidate + translated,
                  (recommit_translated,), INFRA),
         ]
@@ -121,6 +123,9 @@ def compile_output(policy: ResolvedPolicy) -> list[Flow]:
              # untranslated, with its private address.
              Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_UNTRANSLATED,
                   Match.of(MatchItem("ct_mark", 0, CT_MARK_TRANSLATED)), (), INFRA)]
+    if policy.invalid == "drop":  # what conntrack let through invalid: expired fragments (see `_commit`)
+        flows += [Flow(table, Priority.OUTPUT_INVALID, Match.of(ct_state("+inv")), (), INFRA)
+                  for table in (Table.OUTPUT, Table.OUTPUT_TRANSLATED)]
     for version in (4, 6):
         flows.append(Flow(
             Table.OUTPUT, Priority.OUTPUT_TRANSLATED_CONN, family(version) + Match.of(translated),

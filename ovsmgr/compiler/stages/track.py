@@ -77,6 +77,7 @@ def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str])
     ]
     if policy.invalid == "drop":
         flows.extend(_not_syn_flows())
+    flows.extend(_tcp_fragment_flows())
     if not policy.cut_on_rule_removal:
         flows.append(Flow(Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk")), to_output, INFRA))
         return flows
@@ -93,6 +94,19 @@ def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str])
         Flow(Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk-rpl")), revalidate, INFRA),
     ]
     return flows
+
+
+def _tcp_fragment_flows() -> list[Flow]:
+    """A fragmented TCP segment never opens a connection (stacks fragment nothing with a SYN; TCP
+    sizes its segments to the path): drop every fragment of one, alike. Only the first fragment
+    has TCP flags, so the not-SYN check below would part them, and a datagram whose fragments take
+    different ways through the pipeline is reassembled at no later ct() and cannot pass whole."""
+    return [
+        Flow(Table.STATE, Priority.STATE_TCP_FRAGMENT,
+             Match.of(ct_state("+trk+new"), MatchItem("ct_mark", 0), MatchItem("nw_proto", 6),
+                      MatchItem("nw_frag", 1, 1)) + family(version), (), INFRA)
+        for version in (4, 6)
+    ]
 
 
 def _not_syn_flows() -> list[Flow]:

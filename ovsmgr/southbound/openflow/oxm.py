@@ -87,6 +87,10 @@ HEADERS: dict[str, Header] = {
     "ct_state": _nx(105, 4),
     "ct_zone": _nx(106, 2),
     "ct_mark": _nx(107, 4),
+    "nw_frag": _nx(26, 1),
+    "ct_nw_proto": _nx(119, 1),
+    "ct_tp_src": _nx(124, 2),
+    "ct_tp_dst": _nx(125, 2),
 }
 
 # Headers a match may arrive with: the above, plus the NXM spellings of OXM fields and OF1.5's.
@@ -124,13 +128,13 @@ def _wire_name(name: str, dl_type: int | None, nw_proto: int | None) -> str:
 
 _OVS_RANK: dict[str, int] = {name: i for i, name in enumerate((
     "conj_id", "in_port", "dl_src", "dl_dst", "dl_type",
-    "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "tp_src", "tp_dst", "tcp_flags", "icmp_type",
+    "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_frag", "nw_proto", "tp_src", "tp_dst", "tcp_flags", "icmp_type",
     "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
-    *_REGS, "ct_state", "ct_zone", "ct_mark",
+    *_REGS, "ct_state", "ct_zone", "ct_mark", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
 ))}
 """Open vSwitch's order (nx_put_raw): conj_id, in_port, Ethernet, L3, L4, ARP, registers, conntrack.
 IP and ARP fields never meet in one valid match, so one order serves both."""
-_L3 = frozenset(("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "tp_src", "tp_dst", "tcp_flags",
+_L3 = frozenset(("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_frag", "nw_proto", "tp_src", "tp_dst", "tcp_flags",
                  "icmp_type", "icmp_code"))
 _ARP = frozenset(("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha"))
 
