@@ -22,6 +22,14 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+from ovsmgr.southbound.ctzones import (
+    OWNER_KEY,
+    SCHEMA,
+    DatapathCapabilities,
+    EnsureDatapath,
+    SetZoneTimeouts,
+    ZoneTimeouts,
+)
 from ovsmgr.southbound.ovslib import (
     connection,
     idlutils,
@@ -37,7 +45,6 @@ DEFAULT_PROTOCOLS: tuple[str, ...] = ("OpenFlow10", "OpenFlow13", "OpenFlow14", 
 TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller", "Datapath", "CT_Zone", "CT_Timeout_Policy")
 """What ovsmgr reads and writes; only these are fetched at connect (a switch's whole database can be
 large: QoS, mirrors, flow tables' settings, every interface's statistics)."""
-SCHEMA = "Open_vSwitch"
 
 
 class OvsdbError(Exception):
@@ -123,102 +130,6 @@ class _EnsurePort(ovs_command.BaseCommand):
         for column, value in self.iface_columns.items():
             if _scalar(getattr(iface, column), None) != value:
                 setattr(iface, column, value)
-
-
-OWNER_KEY = "ovsmgr-bridge"
-"""external_ids key on the CT_Zone and CT_Timeout_Policy rows ovsmgr writes: the bridge whose policy
-set them. A Datapath row ovsmgr had to create carries it too, so it is removed with its last zone."""
-
-
-def _system_row(api: Any) -> Any:
-    rows = list(api.tables[SCHEMA].rows.values())
-    if not rows:
-        raise OvsdbError("the database has no Open_vSwitch row (not initialised)")
-    return rows[0]
-
-
-class _EnsureDatapath(ovs_command.BaseCommand):
-    """The Datapath row of a datapath type, created (owned by `owner`) when there is none.
-
-    ovs-vswitchd reports a datapath's capabilities only in its Datapath row, so the row must
-    exist before they can be checked."""
-
-    def __init__(self, api: Any, dp_type: str, owner: str) -> None:
-        super().__init__(api)
-        self.dp_type = dp_type
-        self.owner = owner
-
-    def run_idl(self, txn: Any) -> None:
-        system = _system_row(self.api)
-        if self.dp_type not in system.datapaths:
-            row = txn.insert(self.api.tables["Datapath"])
-            row.external_ids = {OWNER_KEY: self.owner}
-            system.setkey("datapaths", self.dp_type, row)
-
-
-class _SetZoneTimeouts(ovs_command.BaseCommand):
-    """Give conntrack zone `zone` of a datapath the timeout policy `timeouts`; drop every other
-    zone entry `owner` set (a policy whose zone changed), and a Datapath row it created that is
-    left without zones. An entry someone else set for the zone is not overwritten."""
-
-    def __init__(self, api: Any, dp_type: str, zone: int | None, timeouts: dict[str, int], owner: str) -> None:
-        super().__init__(api)
-        self.dp_type = dp_type
-        self.zone = zone
-        self.timeouts = timeouts
-        self.owner = owner
-
-    def run_idl(self, txn: Any) -> None:
-        system = _system_row(self.api)
-        for dp_type, datapath in list(system.datapaths.items()):
-            for zone, entry in list(datapath.ct_zones.items()):
-                if entry.external_ids.get(OWNER_KEY) == self.owner and (dp_type, zone) != (self.dp_type, self.zone):
-                    datapath.delkey("ct_zones", zone)
-            if self.zone is None or dp_type != self.dp_type:
-                self._drop_if_unused(system, dp_type, datapath)
-        if self.zone is not None:
-            self._set(txn, system.datapaths[self.dp_type])
-
-    def _set(self, txn: Any, datapath: Any) -> None:
-        entry = datapath.ct_zones.get(self.zone)
-        if entry is not None and entry.external_ids.get(OWNER_KEY) != self.owner:
-            raise OvsdbError(f"conntrack zone {self.zone} of the {self.dp_type} datapath already has a "
-                             "timeout policy that ovsmgr did not set for this bridge; it is left alone")
-        policy = entry.timeout_policy[0] if entry is not None and entry.timeout_policy else None
-        if policy is not None and dict(policy.timeouts) == self.timeouts:
-            return
-        policy = txn.insert(self.api.tables["CT_Timeout_Policy"])
-        policy.timeouts = self.timeouts
-        policy.external_ids = {OWNER_KEY: self.owner}
-        if entry is None:
-            entry = txn.insert(self.api.tables["CT_Zone"])
-            entry.external_ids = {OWNER_KEY: self.owner}
-            datapath.setkey("ct_zones", self.zone, entry)
-        entry.timeout_policy = [policy]
-
-    def _drop_if_unused(self, system: Any, dp_type: str, datapath: Any) -> None:
-        if datapath.external_ids.get(OWNER_KEY) == self.owner and not datapath.ct_zones:
-            system.delkey("datapaths", dp_type)
-
-
-class _ZoneTimeouts(ovs_command.ReadOnlyCommand):
-    def run_idl(self, txn: Any) -> None:
-        out = {}
-        for dp_type, datapath in _system_row(self.api).datapaths.items():
-            for zone, entry in datapath.ct_zones.items():
-                policy = entry.timeout_policy[0] if entry.timeout_policy else None
-                out[(dp_type, zone)] = (dict(policy.timeouts) if policy else {}, dict(entry.external_ids))
-        self.result = out
-
-
-class _DatapathCapabilities(ovs_command.ReadOnlyCommand):
-    def __init__(self, api: Any, dp_type: str) -> None:
-        super().__init__(api)
-        self.dp_type = dp_type
-
-    def run_idl(self, txn: Any) -> None:
-        datapath = _system_row(self.api).datapaths.get(self.dp_type)
-        self.result = None if datapath is None else dict(datapath.capabilities)
 
 
 def _bridge_of_port(api: Any, port: Any) -> str | None:
@@ -414,10 +325,10 @@ class SwitchDB:
         """The capabilities ovs-vswitchd reports for a datapath type (`system`, `netdev`), from its
         Datapath row; the row is created (owned by `owner`) if there is none, and then read until
         ovs-vswitchd has filled it in (empty if it never does)."""
-        self._run(f"ensure the {dp_type} Datapath row", [_EnsureDatapath(self._api, dp_type, owner)])
+        self._run(f"ensure the {dp_type} Datapath row", [EnsureDatapath(self._api, dp_type, owner)])
         deadline = time.monotonic() + self.timeout
         while True:
-            caps = self._read(f"read the {dp_type} datapath's capabilities", _DatapathCapabilities(self._api, dp_type))
+            caps = self._read(f"read the {dp_type} datapath's capabilities", DatapathCapabilities(self._api, dp_type))
             if caps or time.monotonic() > deadline:
                 return caps or {}
             time.sleep(0.05)
@@ -431,7 +342,7 @@ class SwitchDB:
         if zone is not None and list(have) == [(dp_type, zone)] and have[(dp_type, zone)][0] == dict(timeouts):
             return
         what = f"set the timeout policy of conntrack zone {zone}" if zone is not None else "remove timeout policies"
-        self._run(what, [_SetZoneTimeouts(self._api, dp_type, zone, dict(timeouts), owner)])
+        self._run(what, [SetZoneTimeouts(self._api, dp_type, zone, dict(timeouts), owner)])
 
     def _owned_datapaths(self, owner: str) -> list[str]:
         rows = self._read("read the Datapath rows", self._api.db_find("Datapath", ("external_ids", "=",
@@ -440,7 +351,7 @@ class SwitchDB:
 
     def zone_timeouts(self) -> dict[tuple[str, int], tuple[dict[str, int], dict[str, str]]]:
         """Every CT_Zone with a timeout policy: (datapath type, zone) -> (timeouts, external_ids)."""
-        return dict(self._read("read the Datapath rows", _ZoneTimeouts(self._api)))
+        return dict(self._read("read the Datapath rows", ZoneTimeouts(self._api)))
 
     def bridges(self) -> list[str]:
         """Names of every bridge in the database."""
