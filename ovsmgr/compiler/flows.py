@@ -16,7 +16,7 @@ FIELD_ORDER = (
     "in_port", "reg0", "reg1", "reg2", "reg3", "reg4", "conj_id", "ct_state", "ct_zone", "ct_mark",
     "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
     "nw_frag", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
-    "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code",
+    "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code", "nd_target", "nd_sll",
 )
 _RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 
@@ -155,10 +155,13 @@ class Controller:
 
 @dataclass(frozen=True)
 class LearnMacBinding:
-    """From an ARP packet, learn `nw_dst=arp_spa -> dl_dst=dl_src` into `table`."""
+    """Learn where an address lives into `table`: from an ARP packet `nw_dst=arp_spa -> dl_dst=dl_src`
+    (version 4), from an IPv6 neighbour solicitation or advertisement `ipv6_dst=ipv6_src ->
+    dl_dst=dl_src` (version 6)."""
 
     table: Table
     idle_timeout: int = 300
+    version: int = 4
 
 
 Action = (

@@ -18,8 +18,13 @@ class Table(IntEnum):
     """Pipeline stages, in the order a packet meets them."""
 
     CLASSIFY = 0
-    """Ingress: classify the in_port into its zone (REG_FROM_ZONE); answer ARP for NAT-owned
-    addresses; switch ARP and IPv6 neighbour discovery normally; drop unknown ports."""
+    """Ingress: classify the in_port into its zone (REG_FROM_ZONE); answer ARP and IPv6 neighbour
+    solicitations for NAT-owned addresses; switch ARP and IPv6 neighbour discovery normally,
+    learning where senders live; drop unknown ports."""
+    ND_ANSWER = 5
+    """Finish the neighbour advertisement CLASSIFY made of a solicitation for a NAT-owned IPv6
+    address: its target link-layer address is the switch's MAC (OVS lets a flow set that only on a
+    packet it matches as an advertisement); send it back out of the asking port."""
     CONNTRACK = 10
     """Send IP traffic through conntrack in the policy's zone, without `nat`: every stage up to
     OUTPUT sees packets as they arrived, as the policy's rules speak of them."""
@@ -46,7 +51,8 @@ class Table(IntEnum):
     """Send a translated packet out, after setting the destination MAC of the host that now
     receives it (looked up in MAC_BINDING by the translated destination address)."""
     MAC_BINDING = 70
-    """Learned IPv4-to-MAC bindings, from ARP seen by CLASSIFY (only flows the switch learns)."""
+    """Learned address-to-MAC bindings, from ARP (and, with IPv6 NAT, neighbour solicitations and
+    advertisements) seen by CLASSIFY (only flows the switch learns)."""
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,11 @@ _CT = frozenset({"ct_state", "ct_mark", "ct_zone"})
 
 TABLES: dict[Table, TableSpec] = {
     Table.CLASSIFY: TableSpec(
-        frozenset({"in_port", "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "icmp_type"}),
-        frozenset({Table.CONNTRACK}),
+        frozenset({"in_port", "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "ipv6_src", "icmp_type",
+                   "nd_target", "nd_sll"}),
+        frozenset({Table.CONNTRACK, Table.ND_ANSWER}),
     ),
+    Table.ND_ANSWER: TableSpec(frozenset({"dl_type", "nw_proto", "icmp_type"}), frozenset()),
     Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state"}), frozenset({Table.EGRESS})),
     Table.EGRESS: TableSpec(frozenset({"in_port", "dl_type", "nw_dst", "ipv6_dst"}), frozenset({Table.STATE})),
     Table.STATE: TableSpec(_CT | frozenset({"dl_type", "nw_proto", "nw_frag", "tcp_flags"}),
@@ -80,7 +88,7 @@ TABLES: dict[Table, TableSpec] = {
     Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.OUTPUT, Table.OUTPUT_TRANSLATED})),
     Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.OUTPUT_TRANSLATED})),
     Table.OUTPUT_TRANSLATED: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.MAC_BINDING})),
-    Table.MAC_BINDING: TableSpec(frozenset({"dl_type", "nw_dst"}), frozenset(), learned_by=Table.CLASSIFY),
+    Table.MAC_BINDING: TableSpec(frozenset({"dl_type", "nw_dst", "ipv6_dst"}), frozenset(), learned_by=Table.CLASSIFY),
 }
 
 
@@ -162,7 +170,11 @@ class Priority(IntEnum):
     CLASSIFY_ARP = 200
     CLASSIFY_ARP_LEARN = 210
     CLASSIFY_ND = 250
+    CLASSIFY_ND_LEARN = 255
     CLASSIFY_ARP_RESPONDER = 300
+    CLASSIFY_ND_RESPONDER = 310
+    CLASSIFY_ND_UNANSWERED = 320
+    ND_ANSWER = 100
     TRACK = 100
     EGRESS_LINK = 100
     EGRESS_PREFIX_BASE = 100

@@ -20,20 +20,36 @@ from ovsmgr.sim.trace import Trace, Verdict
 from ovsmgr.sim.wire import Frame
 
 COMPARED_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst", "icmp_type", "icmp_code",
-                   "tcp_flags", "arp_op", "arp_spa", "arp_tpa")
+                   "tcp_flags", "arp_op", "arp_spa", "arp_tpa", "nd_target", "nd_tll")
 """Fields of a delivered packet the simulator and the real switch must agree on (MACs are named
 differently by the two: the simulator derives them from addresses, the lab from ofports)."""
 REJECT_NOTE = ("reject: no controller runs in the lab, so nobody answers the sender and the real "
                "switch shows a reject as not delivered")
 
 
-SnatRange = tuple[int, int, int, int]
-"""(first address, last address, first port, last port) of an SNAT rule with a port range."""
+@dataclass(frozen=True)
+class Picked:
+    """Translations NAT picks among for a connection, which OVS picks by a hash and the simulator
+    takes the first free one of: an SNAT rule's address or port range (`side` "src"), the backends
+    of a load-balanced DNAT rule ("dst"). Each of `ranges` is (first address, last address, first
+    port, last port)."""
+
+    side: str
+    ranges: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return ("nw_src", "ipv6_src", "tp_src") if self.side == "src" else ("nw_dst", "ipv6_dst", "tp_dst")
+
+    def holds(self, packet: Packet) -> bool:
+        address, port = (packet.src, packet.tp_src) if self.side == "src" else (packet.dst, packet.tp_dst)
+        return address is not None and any(
+            lo <= address <= hi and (port is None or p_lo <= port <= p_hi) for lo, hi, p_lo, p_hi in self.ranges)
 
 
 class Addressing(Protocol):
     @property
-    def snat_ranges(self) -> tuple[SnatRange, ...]: ...
+    def picked(self) -> tuple[Picked, ...]: ...
 
     def accepts(self, port: str, mac: int) -> bool: ...
 
@@ -123,11 +139,11 @@ def compare_step(scenario: Scenario, number: int, outcome: StepOutcome, real: Ob
                  addressing: Addressing) -> StepReport:
     step, sim = outcome.step, outcome.trace
     notes = [REJECT_NOTE] if "reject" in (sim.verdict, step.expect.verdict) else []
-    differences = disagreements(sim, real, addressing.snat_ranges)
-    notes += [d for d in differences if PICKED_PORT in d]
+    differences = disagreements(sim, real, addressing.picked)
+    notes += [d for d in differences if PICKED in d]
     return StepReport(scenario, number, step, sim, real, outcome.problems,
                       tuple(check_real(step.expect, real, addressing)),
-                      tuple(d for d in differences if PICKED_PORT not in d), tuple(notes))
+                      tuple(d for d in differences if PICKED not in d), tuple(notes))
 
 
 def check_real(expect: Expectation, real: Observation, addressing: Addressing) -> list[str]:
@@ -155,11 +171,11 @@ def check_real(expect: Expectation, real: Observation, addressing: Addressing) -
     return problems + list(real.late)
 
 
-def disagreements(sim: Trace, real: Observation, snat_ranges: Sequence[SnatRange] = ()) -> list[str]:
+def disagreements(sim: Trace, real: Observation, picked: Sequence[Picked] = ()) -> list[str]:
     """Where the simulator and the real switch differ (a simulated reject equals a real drop).
 
-    A source port an SNAT rule picked from its port range differs by nature (OVS picks
-    at random, the simulator the first free one): that difference says `PICKED_PORT`.
+    An address or port NAT picked from a range or among backends differs by nature (OVS
+    picks by a hash, the simulator the first free one): that difference says `PICKED`.
     """
     if real.error is not None:
         return [f"the real step was not sent ({real.error})"]
@@ -174,33 +190,24 @@ def disagreements(sim: Trace, real: Observation, snat_ranges: Sequence[SnatRange
     for delivery in sim.deliveries:
         got = real.packet_at(delivery.port)
         if got is not None:
-            out += [f"at {delivery.port}: {d}" for d in field_differences(delivery.packet, got, snat_ranges)]
+            out += [f"at {delivery.port}: {d}" for d in field_differences(delivery.packet, got, picked)]
     return out
 
 
-PICKED_PORT = "picked from the SNAT port range"
+PICKED = "picked by NAT from a range or among backends"
 
 
-def field_differences(simulated: Packet, real: Packet, snat_ranges: Sequence[SnatRange] = ()) -> list[str]:
+def field_differences(simulated: Packet, real: Packet, picked: Sequence[Picked] = ()) -> list[str]:
     out = []
     for name in COMPARED_FIELDS:
         a, b = getattr(simulated, name), getattr(real, name)
         if a != b:
-            picked = name == "tp_src" and _picked(simulated, real, snat_ranges)
-            why = f" ({PICKED_PORT}: tables do not check it)" if picked else ""
+            chosen = any(name in p.fields and p.holds(simulated) and p.holds(real) for p in picked)
+            why = f" ({PICKED}: tables do not check it)" if chosen else ""
             out.append(f"{name}: simulator {_show(name, a)}, real {_show(name, b)}{why}")
     if simulated.inner != real.inner:
         out.append(f"quoted packet: simulator {_inner(simulated.inner)}, real {_inner(real.inner)}")
     return out
-
-
-def _picked(simulated: Packet, real: Packet, snat_ranges: Sequence[SnatRange]) -> bool:
-    """Both packets leave from the same SNAT address with ports of that rule's range."""
-    source, ports = real.src, (simulated.tp_src, real.tp_src)
-    if source is None or source != simulated.src or None in ports:
-        return False
-    return any(lo <= source <= hi and all(p_lo <= (p or 0) <= p_hi for p in ports)
-               for lo, hi, p_lo, p_hi in snat_ranges)
 
 
 def _show(name: str, value: int | None) -> str:

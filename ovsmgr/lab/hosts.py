@@ -14,11 +14,11 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ovsmgr.lab.compare import SnatRange
+from ovsmgr.lab.compare import Picked
 from ovsmgr.lab.ovs import LabPort
 from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.sim.fields import DL_TYPE_ARP
-from ovsmgr.sim.packet import BROADCAST_MAC, Packet
+from ovsmgr.sim.packet import BROADCAST_MAC, Packet, host_mac
 from ovsmgr.sim.wire import Frame
 
 SYN, FIN, ACK = 0x02, 0x01, 0x10
@@ -26,6 +26,14 @@ SYN, FIN, ACK = 0x02, 0x01, 0x10
 
 def _mac(text: str) -> int:
     return int(text.replace(":", ""), 16)
+
+
+def picked_by_nat(policy: ResolvedPolicy) -> tuple[Picked, ...]:
+    """The translations of `policy` that OVS picks by a hash: SNAT rules with a port range or more
+    than one address."""
+    return tuple(Picked("src", ((int(r.translate_lo), int(r.translate_hi), *(r.ports or (1, 65535))),))
+                 for r in policy.nat
+                 if r.kind == "snat" and (r.ports is not None or r.translate_lo != r.translate_hi))
 
 
 @dataclass(frozen=True)
@@ -36,22 +44,24 @@ class LabAddressing:
     owners: Mapping[ipaddress.IPv4Address | ipaddress.IPv6Address, str]
     nat_mac: int
     nat_owned: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]
-    snat_ranges: tuple[SnatRange, ...] = ()
-    """SNAT rules with a port range: OVS picks the source port, so it is not compared."""
+    picked: tuple[Picked, ...] = ()
+    """What OVS picks by a hash (SNAT address and port ranges): not compared with the simulator."""
 
     @staticmethod
     def of(policy: ResolvedPolicy, hosts: Mapping[str, Sequence[str]]) -> LabAddressing:
         macs = {name: _mac(LabPort(name, port.ofport).mac) for name, port in policy.ports.items()}
         owners = {ipaddress.ip_interface(a).ip: port for port, addresses in hosts.items() for a in addresses}
-        ranges = tuple((int(r.translate_lo), int(r.translate_hi), *r.ports) for r in policy.nat
-                       if r.kind == "snat" and r.ports is not None)
-        return LabAddressing(macs, owners, _mac(policy.mac), frozenset(policy.nat_owned_addresses()), ranges)
+        return LabAddressing(macs, owners, _mac(policy.mac), frozenset(policy.nat_owned_addresses()),
+                             picked_by_nat(policy))
 
     def mac_for(self, address: int, version: int) -> int:
-        """The MAC a host on the segment learns by ARP/ND for `address`."""
+        """The MAC a host on the segment learns by ARP/ND for `address` (a multicast address maps to
+        its Ethernet multicast address)."""
         ip = ipaddress.IPv4Address(address) if version == 4 else ipaddress.IPv6Address(address)
         if ip in self.nat_owned:
             return self.nat_mac
+        if ip.is_multicast:
+            return host_mac(address, version)
         owner = self.owners.get(ip)
         # nobody has it: a MAC no switch has learned (a real host would not even send)
         return self.port_macs[owner] if owner is not None else (0x02 << 40) | (address & 0xFFFF_FFFF)

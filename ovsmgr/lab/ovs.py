@@ -19,9 +19,10 @@ OVS's run/db/log files and ``lab.json``, which records every namespace and
 daemon as soon as it exists, so ``down``/``status``/``exec`` work from another
 process and after a half-failed ``up``.
 
-ARP: ovsmgr's pipeline learns each host's MAC from the ARP it sends. ``up`` has
-every IPv4 host send a gratuitous ARP, but an empty secure bridge drops it: call
-``announce()`` again once a policy is applied.
+ARP: ovsmgr's pipeline learns each host's MAC from the ARP it sends (and, with
+IPv6 NAT, from neighbour discovery). ``up`` has every IPv4 host send a gratuitous
+ARP and every IPv6 host an unsolicited neighbour advertisement, but an empty
+secure bridge drops them: call ``announce()`` again once a policy is applied.
 
 Controllers: OVS inside ``<name>-sw`` cannot reach a controller on the host's
 loopback, but the file system is shared between namespaces, so a controller on
@@ -39,6 +40,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -65,14 +67,22 @@ COMMAND_TIMEOUT = 60.0
 LAB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 
+PROBE = Path(__file__).with_name("probe.py")
+"""The traffic agent, run as a script (standard library only) where a process start is costly."""
+
+
 def _arping_commands(ports: list[dict[str, Any]]) -> list[list[str]]:
-    """A gratuitous ARP (``arping -U``) from each IPv4 host of a lab (ports as in lab.json)."""
+    """A gratuitous ARP (``arping -U``) from each IPv4 host of a lab (ports as in lab.json), an
+    unsolicited neighbour advertisement of its IPv6 addresses from each IPv6 host."""
     commands = []
     for port in ports:
         iface = ipaddress.ip_interface(port["address"]) if port.get("address") else None
         if iface is not None and iface.version == 4:
             commands.append(["ip", "netns", "exec", port["netns"], "arping", "-U", "-c", "1",
                              "-I", "eth0", str(iface.ip)])
+        elif iface is not None:
+            commands.append(["ip", "netns", "exec", port["netns"], sys.executable, "-I", "-S", str(PROBE),
+                             "announce", "eth0"])
     return commands
 
 
@@ -277,13 +287,14 @@ class Lab:
 
     # -- gratuitous ARP ----------------------------------------------------------------------
     def announce(self) -> None:
-        """Make every IPv4 host send one gratuitous ARP; returns once they are sent.
+        """Make every IPv4 host send one gratuitous ARP, every IPv6 host an unsolicited neighbour
+        advertisement of each of its addresses; returns once they are sent.
 
-        The compiled pipeline learns IPv4 -> MAC bindings from ARP (table MAC_BINDING)
-        to set the destination MAC of DNAT'd and un-SNAT'd packets: a host that has sent
-        no ARP yet (a DNAT target nobody talked to) would get frames addressed to the
-        switch's MAC and ignore them. ``up`` announces too, but an empty secure
-        bridge drops those frames, so run this after applying a policy.
+        The compiled pipeline learns address -> MAC bindings from ARP and, with IPv6 NAT,
+        neighbour discovery (table MAC_BINDING) to set the destination MAC of DNAT'd and
+        un-SNAT'd packets: a host that has said nothing yet (a DNAT target nobody talked to)
+        would get frames addressed to the switch's MAC and ignore them. ``up`` announces too,
+        but an empty secure bridge drops those frames, so run this after applying a policy.
         Takes about a second (arping's fixed interval); all hosts announce at once.
         """
         running = [(argv, subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -296,10 +307,11 @@ class Lab:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out, _ = proc.communicate()
-            if proc.returncode != 0 or "Sent 1 probe" not in out:  # a down link sends 0, exits 0
+            sent = "Sent 1 probe" in out or '"announced": ["' in out  # a down link sends 0, exits 0
+            if proc.returncode != 0 or not sent:
                 errors.append(f"{shlex.join(argv)} ({proc.returncode}): {' '.join(out.split())}")
         if errors:
-            raise LabError(f"lab {self.name}: gratuitous ARP failed: " + "; ".join(errors))
+            raise LabError(f"lab {self.name}: announcing the hosts failed: " + "; ".join(errors))
 
     def _announce_in_background(self, ports: list[dict[str, Any]]) -> None:
         """``announce`` without the wait, for ``up``: arping is detached (sh -c '... &')

@@ -4,6 +4,8 @@
 is costly, ``python -I -S .../ovsmgr/lab/probe.py CMD ...`` (standard library only).
 Every command is bounded by a timeout or a duration: it never hangs a test.
 
+- ``announce``: an unsolicited neighbour advertisement for each global IPv6 address of an
+  interface, so a switch learns where the host is (``arping -U`` does this for IPv4).
 - ``serve``/``connect``: one message, one answer (TCP or UDP). The answer carries the peer
   address the server saw: the client learns how the switch translated the connection
   without capturing packets. ``echo``/``session``: a long-lived TCP connection, a line at
@@ -231,6 +233,39 @@ def tcp_stream(address: str, port: int, interval: float, duration: float, timeou
     return 0
 
 
+# --- telling the segment where an IPv6 host is ----------------------------------------------------
+ALL_NODES = socket.inet_pton(socket.AF_INET6, "ff02::1")
+
+
+def _global_ipv6(iface: str) -> list[bytes]:
+    """The interface's global IPv6 addresses (/proc/net/if_inet6: address, index, length, scope...)."""
+    with open("/proc/net/if_inet6") as table:
+        rows = [line.split() for line in table]
+    return [bytes.fromhex(row[0]) for row in rows if len(row) == 6 and row[5] == iface and row[3] == "00"]
+
+
+def neighbour_advertisement(mac: bytes, address: bytes) -> bytes:
+    """An unsolicited advertisement of `address` at `mac` to all nodes (override set), as a frame."""
+    icmp = struct.pack("!BBHI", 136, 0, 0, 0x2000_0000) + address + struct.pack("!BB", 2, 1) + mac
+    pseudo = address + ALL_NODES + struct.pack("!I3xB", len(icmp), 58)
+    icmp = icmp[:2] + struct.pack("!H", _checksum(pseudo + icmp)) + icmp[4:]
+    ip = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + address + ALL_NODES
+    return b"\x33\x33\x00\x00\x00\x01" + mac + b"\x86\xdd" + ip + icmp
+
+
+def announce(iface: str) -> int:
+    """Advertise every global IPv6 address of `iface` (an IPv4 host has `arping -U` for this)."""
+    with open(f"/sys/class/net/{iface}/address") as text:
+        mac = bytes.fromhex(text.read().strip().replace(":", ""))
+    addresses = _global_ipv6(iface)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((iface, 0))
+        for address in addresses:
+            sock.send(neighbour_advertisement(mac, address))
+    _print({"announced": [socket.inet_ntop(socket.AF_INET6, a) for a in addresses]})
+    return 0
+
+
 # --- one-way latency -----------------------------------------------------------------------------
 def _checksum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -376,6 +411,8 @@ COMMANDS: dict[str, tuple[Callable[..., Any], str, list[tuple[str, Any, Any]]]] 
     "connect": (connect, "one message, one answer expected", [
         ("proto", _PROTO, ...), ("address", _S, ...), ("port", _I, ...), ("--timeout", _F, 2),
         ("--message", _S, "hello"), ("--sport", _I, None), ("--src", _S, None)]),
+    "announce": (announce, "an unsolicited neighbour advertisement for each global IPv6 address", [
+        ("iface", _S, ...)]),
     "echo": (echo, "TCP server echoing lines on every connection, until timeout", [
         ("port", _I, ...), ("--timeout", _F, 60)]),
     "session": (session, "TCP client: each stdin line is sent, its echo printed", [

@@ -5,8 +5,8 @@ For a table, `ScenarioLab` takes a lab whose hosts are the table's (`lab_spec_fo
 hosts' kernels and taps their eth0 (`ovsmgr.lab.taps`), and runs every scenario
 twice: in the simulator (`run_scenario`) and for real. For real, each scenario
 starts with an empty conntrack (`dpctl/flush-conntrack`) and every host
-announcing its IPv4 addresses with a gratuitous ARP (the frame `arping -U`
-sends); then each step's packet goes out of the in-port host's eth0 as a frame,
+announcing its addresses (a gratuitous ARP, the frame `arping -U` sends; an
+unsolicited neighbour advertisement); then each step's packet goes out of the in-port host's eth0 as a frame,
 and the runner records which hosts received it and how it looked (`Observation`).
 
 What a real host would do is modelled only as far as the switch can tell:
@@ -21,8 +21,9 @@ What a real host would do is modelled only as far as the switch can tell:
 - Frames of a step carry its number in the IPv4 identification (IPv6 flow
   label), which NAT keeps, so frames are told apart from earlier ones; a frame
   of an earlier step that shows up late is reported.
-- Only IPv4 addresses are announced (the tables have no IPv6 hosts; an IPv6
-  host would need neighbour advertisements for NORMAL to learn its MAC).
+- Hosts announce their IPv4 addresses with a gratuitous ARP and their IPv6
+  addresses with an unsolicited neighbour advertisement, so NORMAL and the
+  switch's MAC bindings know them.
 
 Verdict: `allow` when the frame arrived at some host, else `drop`. A `reject`
 needs the controller to answer, and none runs here, so it looks like a drop.
@@ -51,8 +52,8 @@ from ovsmgr.lab.hosts import LabAddressing, TcpBook
 from ovsmgr.lab.ovs import Datapath, Lab, LabPort, LabSpec
 from ovsmgr.lab.taps import HostTaps, Received, guarded_hosts
 from ovsmgr.policy import ResolvedPolicy, load_policy
-from ovsmgr.sim.fields import DL_TYPE_ARP, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
-from ovsmgr.sim.packet import BROADCAST_MAC, Packet, PacketSpecError, icmp_error_for, reply_of
+from ovsmgr.sim.fields import DL_TYPE_ARP, ND_ADVERT, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
+from ovsmgr.sim.packet import Packet, PacketSpecError, announcement, icmp_error_for, reply_of
 from ovsmgr.sim.scenarios import Scenario, ScenarioStep, ScenarioTable, load_table, run_scenario
 from ovsmgr.sim.session import ICMP_ERROR, REPLY, SimulatedSwitch
 from ovsmgr.sim.wire import WireExtras, decode, encode
@@ -168,33 +169,30 @@ class ScenarioLab:
 
     # --- per scenario ------------------------------------------------------------------------
     def reset(self) -> None:
-        """Empty conntrack, then every host announces its IPv4 addresses (as `arping -U` does)."""
+        """Empty conntrack, then every host announces its addresses: a gratuitous ARP (as `arping -U`
+        sends it) or an unsolicited neighbour advertisement."""
         self.lab.appctl(["dpctl/flush-conntrack"])
         taps = self._require_taps()
         announced = set()
         for port, addresses in sorted(self.table.hosts.items()):
             for text in addresses:
                 ip = ipaddress.ip_interface(text).ip
-                if ip.version == 4:
-                    taps.send(port, self._gratuitous_arp(port, int(ip)))
-                    announced.add(int(ip))
+                frame = encode(announcement(int(ip), ip.version, self.addressing.port_macs[port]))
+                taps.send(port, frame[:42] if ip.version == 4 else frame)  # arping sends 42 bytes, unpadded
+                announced.add(int(ip))
         heard: set[int] = set()
 
         def all_heard(got: list[Received]) -> bool:
             for r in got:
-                frame = decode(r.data)
-                if frame.packet.dl_type == DL_TYPE_ARP and frame.packet.arp_spa == frame.packet.arp_tpa:
-                    heard.add(frame.packet.arp_spa or 0)
+                packet = decode(r.data).packet
+                if packet.dl_type == DL_TYPE_ARP and packet.arp_spa == packet.arp_tpa:
+                    heard.add(packet.arp_spa or 0)
+                elif packet.icmp_type == ND_ADVERT and packet.nd_target == packet.ipv6_src:
+                    heard.add(packet.nd_target or 0)
             return heard >= announced
 
         self._late_frames = self._late(taps.wait_for(self.timing.announce_wait, all_heard))
         self._counts = self._filter_counts()
-
-    def _gratuitous_arp(self, port: str, address: int) -> bytes:
-        mac = self.addressing.port_macs[port]
-        packet = Packet(dl_src=mac, dl_dst=BROADCAST_MAC, dl_type=DL_TYPE_ARP, arp_op=1, arp_spa=address,
-                        arp_tpa=address, arp_sha=mac, arp_tha=BROADCAST_MAC)
-        return encode(packet)[:42]  # arping sends 42 bytes, unpadded
 
     def _require_taps(self) -> HostTaps:
         if self._taps is None:

@@ -46,13 +46,14 @@ PROTO_NAMES = {
 NXM = {
     "dl_src": "NXM_OF_ETH_SRC[]", "dl_dst": "NXM_OF_ETH_DST[]", "arp_sha": "NXM_NX_ARP_SHA[]",
     "arp_tha": "NXM_NX_ARP_THA[]", "arp_spa": "NXM_OF_ARP_SPA[]", "arp_tpa": "NXM_OF_ARP_TPA[]",
-    "ct_mark": "NXM_NX_CT_MARK[]", "nw_dst": "NXM_OF_IP_DST[]",
+    "ct_mark": "NXM_NX_CT_MARK[]", "nw_dst": "NXM_OF_IP_DST[]", "ipv6_src": "NXM_NX_IPV6_SRC[]",
+    "ipv6_dst": "NXM_NX_IPV6_DST[]",
     **{f"reg{i}": f"NXM_NX_REG{i}[]" for i in range(16)},
 }
 SET_FIELD_NAMES = {"dl_src": "eth_src", "dl_dst": "eth_dst"}
 _REST_ORDER = {name: i for i, name in enumerate((
     "in_port", "arp_spa", "arp_tpa", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "nw_frag", "arp_op",
-    "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code",
+    "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code", "nd_target", "nd_sll",
 ))}
 """The order `ovs-ofctl dump-flows` prints fields in after the protocol shorthand and registers."""
 FRAG_NAMES = {(0, 1): "no", (1, 1): "yes", (1, 3): "first", (3, 3): "later", (0, 2): "not_later"}
@@ -97,8 +98,10 @@ def _item_text(item: MatchItem) -> str:
     name = item.field
     if name in ("nw_src", "nw_dst", "arp_spa", "arp_tpa"):
         return f"{name}={_prefix_text(item, 4)}"
-    if name in ("ipv6_src", "ipv6_dst"):
+    if name in ("ipv6_src", "ipv6_dst", "nd_target"):
         return f"{name}={_prefix_text(item, 6)}"
+    if name == "nd_sll":
+        return f"{name}={mac_text(item.value)}"
     if name == "ct_state":
         return f"ct_state={_ct_state_text(item)}"
     if name == "nw_frag":
@@ -136,7 +139,7 @@ def match_text(match: Match) -> str:
 
 def _nat_text(nat: NatSpec) -> str:
     lo, hi = _ip_text(nat.addr_lo, nat.version), _ip_text(nat.addr_hi, nat.version)
-    if nat.version == 6:  # each address bracketed, as OVS prints and parses an IPv6 range
+    if nat.version == 6 and nat.port_lo is not None:  # as OVS prints it: brackets keep the port apart
         lo, hi = f"[{lo}]", f"[{hi}]"
     addr = lo if lo == hi else f"{lo}-{hi}"
     ports = ""
@@ -147,11 +150,13 @@ def _nat_text(nat: NatSpec) -> str:
 
 def _set_field_text(action: SetField) -> str:
     name = SET_FIELD_NAMES.get(action.field, action.field)
-    if action.field in ("dl_src", "dl_dst", "arp_sha", "arp_tha"):
+    if action.field in ("dl_src", "dl_dst", "arp_sha", "arp_tha", "nd_sll", "nd_tll"):
         value = mac_text(action.value)
     elif action.field in ("arp_spa", "arp_tpa"):
         value = _ip_text(action.value, 4)
-    elif action.field == "arp_op":
+    elif action.field in ("ipv6_src", "ipv6_dst"):
+        value = _ip_text(action.value, 6)
+    elif action.field in ("arp_op", "icmpv6_type", "nd_reserved", "nd_options_type"):
         value = str(action.value)
     else:
         value = f"{action.value:#x}"
@@ -184,10 +189,12 @@ def action_text(action: Action) -> str:
             return f"conjunction({cid},{clause}/{n})"
         case Controller(userdata):
             return f"controller(userdata={'.'.join(f'{b:02x}' for b in userdata)})"
-        case LearnMacBinding(table, idle):
+        case LearnMacBinding(table, idle, version):
+            learned = ("eth_type=0x800,NXM_OF_IP_DST[]=NXM_OF_ARP_SPA[]" if version == 4
+                       else "eth_type=0x86dd,NXM_NX_IPV6_DST[]=NXM_NX_IPV6_SRC[]")
             return (f"learn(table={int(table)},idle_timeout={idle},priority={int(Priority.MAC_BINDING_LEARNED)},"
-                    f"cookie={cookie(CookieKind.LEARNED):#x},eth_type=0x800,"
-                    "NXM_OF_IP_DST[]=NXM_OF_ARP_SPA[],load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])")
+                    f"cookie={cookie(CookieKind.LEARNED):#x},{learned},"
+                    "load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])")
         case Ct():
             return _ct_text(action)
     raise TypeError(f"cannot render {action!r}")

@@ -54,6 +54,7 @@ from ovsmgr.sim.conntrack import (
 from ovsmgr.sim.fields import (
     DL_TYPE_ARP,
     DL_TYPE_IP,
+    DL_TYPE_IPV6,
     FRAG_LATER,
     L4_FIELDS,
     METADATA_FIELDS,
@@ -123,6 +124,8 @@ class _State:
     def write(self, name: str, value: int) -> None:
         if name in self.meta:
             self.meta[name] = value
+        elif name == "nd_options_type":
+            self.packet = self.packet.with_nd_option_type(value)
         else:
             self.packet = self.packet.replace(**{name: value})
 
@@ -308,14 +311,19 @@ class _Walk:
             events.append(f"packet-in with userdata {data.hex()}")
 
     def learn(self, action: LearnMacBinding, state: _State, events: list[str]) -> None:
+        """ARP teaches `nw_dst=arp_spa`, neighbour discovery `ipv6_dst=ipv6_src`: the sender's MAC."""
         packet = state.packet
-        if packet.dl_type != DL_TYPE_ARP or packet.arp_spa is None:
+        if action.version == 4 and packet.dl_type == DL_TYPE_ARP and packet.arp_spa is not None:
+            dl_type, field, address = DL_TYPE_IP, "nw_dst", packet.arp_spa
+        elif action.version == 6 and packet.dl_type == DL_TYPE_IPV6 and packet.ipv6_src is not None:
+            dl_type, field, address = DL_TYPE_IPV6, "ipv6_dst", packet.ipv6_src
+        else:
             return
-        match = Match.of(MatchItem("dl_type", DL_TYPE_IP), MatchItem("nw_dst", packet.arp_spa))
+        match = Match.of(MatchItem("dl_type", dl_type), MatchItem(field, address))
         flow = Flow(action.table, LEARNED_PRIORITY, match, (SetField("dl_dst", packet.dl_src),),
                     cookie(CookieKind.LEARNED))
         self.learned = [f for f in self.learned if f.key != flow.key] + [flow]
-        events.append(f"learned: nw_dst={format_value('nw_dst', packet.arp_spa)} -> "
+        events.append(f"learned: {field}={format_value(field, address)} -> "
                       f"dl_dst={format_value('dl_dst', packet.dl_src)}")
 
     def port_name(self, port: int) -> str:

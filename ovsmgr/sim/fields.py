@@ -14,9 +14,11 @@ from dataclasses import dataclass
 PACKET_FIELDS = (
     "in_port", "dl_src", "dl_dst", "dl_type", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
     "nw_frag", "tp_src", "tp_dst", "icmp_type", "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
-    "tcp_flags",
+    "tcp_flags", "nd_target", "nd_sll", "nd_tll", "nd_reserved", "nd_options_type",
 )
-"""Header fields of a packet, in the order they print."""
+"""Header fields of a packet, in the order they print. The nd_ fields are those of an IPv6
+neighbour solicitation or advertisement: its target, its (one) link-layer address option, the
+flags word, and the option's type."""
 
 METADATA_FIELDS = ("reg0", "reg1", "reg2", "reg3", "reg4", "conj_id", "ct_state", "ct_zone", "ct_mark",
                    "ct_nw_proto", "ct_tp_src", "ct_tp_dst")
@@ -32,19 +34,24 @@ WIDTHS: dict[str, int] = {
     "in_port": 32, "dl_src": 48, "dl_dst": 48, "dl_type": 16, "nw_proto": 8, "nw_src": 32, "nw_dst": 32,
     "ipv6_src": 128, "ipv6_dst": 128, "tp_src": 16, "tp_dst": 16, "icmp_type": 8, "icmp_code": 8,
     "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48, "tcp_flags": 12,
+    "nd_target": 128, "nd_sll": 48, "nd_tll": 48, "nd_reserved": 32, "nd_options_type": 8,
     "reg0": 32, "reg1": 32, "reg2": 32, "reg3": 32, "reg4": 32, "conj_id": 32, "ct_state": 32,
     "ct_zone": 16, "ct_mark": 32, "ct_nw_proto": 8, "ct_tp_src": 16, "ct_tp_dst": 16, "nw_frag": 2,
 }
 
-MAC_FIELDS = frozenset({"dl_src", "dl_dst", "arp_sha", "arp_tha"})
+MAC_FIELDS = frozenset({"dl_src", "dl_dst", "arp_sha", "arp_tha", "nd_sll", "nd_tll"})
 IPV4_FIELDS = frozenset({"nw_src", "nw_dst", "arp_spa", "arp_tpa"})
-IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst"})
+IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst", "nd_target"})
 
 DL_TYPE_IP = 0x0800
 DL_TYPE_ARP = 0x0806
 DL_TYPE_IPV6 = 0x86DD
 PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_SCTP = 1, 6, 17, 58, 132
 PORT_PROTOS = frozenset({PROTO_TCP, PROTO_UDP, PROTO_SCTP})
+ND_SOLICIT, ND_ADVERT = 135, 136
+ND_OPTION_SOURCE, ND_OPTION_TARGET = 1, 2
+"""Neighbour discovery: the ICMPv6 types of a solicitation and an advertisement, and the types of
+their link-layer address option."""
 ICMP_PROTOS = frozenset({PROTO_ICMP, PROTO_ICMPV6})
 
 TCP_FLAG_BITS: dict[str, int] = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20}

@@ -71,7 +71,7 @@ def flow_string(packet: Packet, metadata: Mapping[str, int] | None = None) -> st
     for name in ("dl_src", "dl_dst"):
         words.append(f"{name}={format_value(name, getattr(packet, name))}")
     fields = ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha") if packet.dl_type == DL_TYPE_ARP else (
-        *ADDRESS_FIELDS, "icmp_type", "icmp_code")
+        *ADDRESS_FIELDS, "icmp_type", "icmp_code", "nd_target", "nd_sll", "nd_tll")
     for name in fields:
         value = getattr(packet, name)
         if value is not None:

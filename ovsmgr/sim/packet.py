@@ -17,6 +17,10 @@ from ovsmgr.sim.fields import (
     DL_TYPE_IP,
     DL_TYPE_IPV6,
     ICMP_PROTOS,
+    ND_ADVERT,
+    ND_OPTION_SOURCE,
+    ND_OPTION_TARGET,
+    ND_SOLICIT,
     PACKET_FIELDS,
     PORT_PROTOS,
     PROTO_ICMP,
@@ -95,6 +99,11 @@ class Packet:
     """Set on a fragment (`fields.FRAG_WORDS`). A fragment here stands for its datagram: its
     fields are the datagram's, which conntrack sees (it reassembles); flows see a later
     fragment's L4 fields as 0."""
+    nd_target: int | None = None
+    nd_sll: int | None = None
+    nd_tll: int | None = None
+    nd_reserved: int | None = None
+    nd_options_type: int | None = None
     inner: Inner | None = None
 
     def fields(self) -> dict[str, int]:
@@ -107,6 +116,16 @@ class Packet:
 
     def replace(self, **changes: object) -> Packet:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def with_nd_option_type(self, option_type: int) -> Packet:
+        """The neighbour discovery message with its link-layer option retyped (the same six bytes
+        now a source or a target address), as setting `nd_options_type` does on the wire."""
+        mac = self.nd_sll if self.nd_sll is not None else self.nd_tll
+        if option_type == ND_OPTION_SOURCE:
+            return self.replace(nd_options_type=option_type, nd_sll=mac, nd_tll=None)
+        if option_type == ND_OPTION_TARGET:
+            return self.replace(nd_options_type=option_type, nd_sll=None, nd_tll=mac)
+        return self.replace(nd_options_type=option_type)
 
     @property
     def version(self) -> int | None:
@@ -201,7 +220,23 @@ def _fill_defaults(values: dict[str, int], spec: str) -> None:
         values.setdefault("icmp_type", 8 if proto == PROTO_ICMP else 128)
         values.setdefault("icmp_code", 0)
     values.setdefault("dl_src", host_mac(values[src]))
-    values.setdefault("dl_dst", host_mac(values[dst]))
+    values.setdefault("dl_dst", host_mac(values[dst], 6 if dl_type == DL_TYPE_IPV6 else 4))
+    if proto == PROTO_ICMPV6 and values["icmp_type"] in (ND_SOLICIT, ND_ADVERT):
+        _fill_nd(values, spec)
+
+
+def _fill_nd(values: dict[str, int], spec: str) -> None:
+    """A neighbour solicitation carries the sender's MAC as its source option (none when it comes
+    from ::, duplicate address detection), an advertisement the target's MAC as its target option."""
+    if "nd_target" not in values:
+        raise PacketSpecError(f"{spec!r}: a neighbour solicitation or advertisement needs nd_target")
+    solicit = values["icmp_type"] == ND_SOLICIT
+    values.setdefault("nd_reserved", 0 if solicit else 0x6000_0000)
+    option = "nd_sll" if solicit else "nd_tll"
+    if option not in values and not (solicit and values["ipv6_src"] == 0):
+        values[option] = values["dl_src"]
+    if option in values:
+        values.setdefault("nd_options_type", ND_OPTION_SOURCE if solicit else ND_OPTION_TARGET)
 
 
 def _fill_arp(values: dict[str, int], spec: str) -> None:
@@ -230,8 +265,27 @@ def _parse_inner(text: dict[str, str], outer: dict[str, int]) -> Inner:
                  int(text.get("inner_tp_src", default_sport)), int(text.get("inner_tp_dst", 0)))
 
 
-def host_mac(address: int) -> int:
-    """A stable locally administered MAC for a host address (MACs never decide a verdict here)."""
+ALL_NODES = int(ipaddress.IPv6Address("ff02::1"))
+ALL_NODES_MAC = 0x3333_0000_0001
+ND_OVERRIDE = 0x2000_0000
+
+
+def announcement(address: int, version: int, mac: int) -> Packet:
+    """What a host sends to tell the segment where `address` lives: a gratuitous ARP (as `arping -U`
+    sends it), or an unsolicited neighbour advertisement to all nodes (override set)."""
+    if version == 4:
+        return Packet(dl_src=mac, dl_dst=BROADCAST_MAC, dl_type=DL_TYPE_ARP, arp_op=1, arp_spa=address,
+                      arp_tpa=address, arp_sha=mac, arp_tha=BROADCAST_MAC)
+    return Packet(dl_src=mac, dl_dst=ALL_NODES_MAC, dl_type=DL_TYPE_IPV6, nw_proto=PROTO_ICMPV6, ipv6_src=address,
+                  ipv6_dst=ALL_NODES, icmp_type=ND_ADVERT, icmp_code=0, nd_target=address, nd_reserved=ND_OVERRIDE,
+                  nd_tll=mac, nd_options_type=ND_OPTION_TARGET)
+
+
+def host_mac(address: int, version: int = 4) -> int:
+    """A stable locally administered MAC for a host address (MACs never decide a verdict here); for
+    an IPv6 multicast address, the Ethernet multicast address it maps to (33:33 and its low 32 bits)."""
+    if version == 6 and address >> 120 == 0xFF:
+        return 0x3333 << 32 | (address & 0xFFFF_FFFF)
     return (0x02 << 40) | (address & 0xFFFF_FFFF)
 
 

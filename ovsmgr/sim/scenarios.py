@@ -209,7 +209,7 @@ def source_problems(table: ScenarioTable, switch: SimulatedSwitch) -> list[str]:
                 continue
             packet = switch.packet(step.in_port, step.send)
             source = packet.src if packet.version else packet.arp_spa
-            if source is not None and not _host_has(table.hosts.get(step.in_port, ()), source, packet):
+            if source and not _host_has(table.hosts.get(step.in_port, ()), source, packet):  # :: is no address
                 problems.append(f"{scenario.name}: {step.send!r} enters by {step.in_port}, "
                                 f"whose host does not have its source address")
     return problems

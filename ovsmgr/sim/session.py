@@ -20,7 +20,15 @@ from ovsmgr.sim.conntrack import Conntrack
 from ovsmgr.sim.engine import Pipeline, run_packet
 from ovsmgr.sim.flowtable import FlowTables
 from ovsmgr.sim.forwarding import UNRESOLVED, normal_forwarding
-from ovsmgr.sim.packet import Packet, PacketSpecError, icmp_error_for, parse_packet, reply_of
+from ovsmgr.sim.packet import (
+    Packet,
+    PacketSpecError,
+    announcement,
+    host_mac,
+    icmp_error_for,
+    parse_packet,
+    reply_of,
+)
 from ovsmgr.sim.trace import Trace
 
 REPLY = "reply"
@@ -110,20 +118,21 @@ class Conversation:
             packet = self.switch.packet(port, packet)
         else:
             packet = packet.replace(in_port=self.switch.port_numbers[port])
-        if self.announce and packet.version == 4 and packet.nw_src is not None:
-            self.arp_from(port, packet.nw_src)
+        if self.announce and packet.version is not None and packet.src:  # not from :: or 0.0.0.0
+            self.announce_from(port, packet.src, packet.version)
         trace = self._run(packet)
         self.traces.append(trace)
         self.ports.append(port)
         return trace
 
-    def arp_from(self, port: str, address: int) -> None:
-        """A gratuitous ARP from `address` on `port`, once; its trace goes to `background`."""
+    def announce_from(self, port: str, address: int, version: int = 4) -> None:
+        """A gratuitous ARP (IPv6: an unsolicited neighbour advertisement) from `address` on `port`,
+        once; its trace goes to `background`."""
         if (port, address) in self._announced:
             return
         self._announced.add((port, address))
-        text = str(ipaddress.IPv4Address(address))
-        self.background.append(self._run(self.switch.packet(port, f"arp,arp_spa={text},arp_tpa={text}")))
+        packet = announcement(address, version, host_mac(address))
+        self.background.append(self._run(packet.replace(in_port=self.switch.port_numbers[port])))
 
     def _run(self, packet: Packet) -> Trace:
         trace = self.switch.run(packet, self.state)
@@ -152,12 +161,12 @@ class Conversation:
         return self.send(port, what)
 
     def announce_hosts(self) -> None:
-        """Every lab host sends a gratuitous ARP for each address, as lab setup does (`arping -U`)."""
+        """Every lab host announces each address, as the lab runner does (gratuitous ARP, unsolicited
+        neighbour advertisement)."""
         for port, addresses in sorted(self.switch.hosts.items()):
             for text in addresses:
                 address = ipaddress.ip_interface(text).ip
-                if address.version == 4:
-                    self.arp_from(port, int(address))
+                self.announce_from(port, int(address), address.version)
 
     def _last(self, doing: str) -> Trace:
         if not self.traces:

@@ -23,6 +23,10 @@ from ovsmgr.sim.fields import (
     DL_TYPE_ARP,
     DL_TYPE_IP,
     DL_TYPE_IPV6,
+    ND_ADVERT,
+    ND_OPTION_SOURCE,
+    ND_OPTION_TARGET,
+    ND_SOLICIT,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_SCTP,
@@ -117,7 +121,12 @@ def _ip(packet: Packet, extras: WireExtras) -> bytes:
                              proto, 0, src, dst)
         return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + l4
     first = (6 << 28) | (extras.ident & 0xFFFFF)
-    return struct.pack("!IHBB", first, len(l4), proto, 64) + src + dst + l4
+    hops = 255 if _is_nd(packet) else 64  # neighbour discovery from anything else is refused
+    return struct.pack("!IHBB", first, len(l4), proto, hops) + src + dst + l4
+
+
+def _is_nd(packet: Packet) -> bool:
+    return packet.nw_proto == PROTO_ICMPV6 and packet.icmp_type in (ND_SOLICIT, ND_ADVERT)
 
 
 def _l4(packet: Packet, extras: WireExtras, version: int, src: bytes, dst: bytes) -> bytes:
@@ -156,6 +165,13 @@ def _icmp(packet: Packet, extras: WireExtras, proto: int) -> bytes:
         return struct.pack("!BBHI", kind, code, 0, 0) + quote
     if kind in _ECHO_TYPES[proto]:
         return struct.pack("!BBHHH", kind, code, 0, extras.icmp_id, extras.icmp_seq) + _ECHO_DATA
+    if _is_nd(packet):
+        message = struct.pack("!BBHI", kind, code, 0, packet.nd_reserved or 0) + (packet.nd_target or 0).to_bytes(16, "big")
+        mac = packet.nd_sll if packet.nd_sll is not None else packet.nd_tll
+        if mac is not None:
+            option = packet.nd_options_type or (ND_OPTION_SOURCE if packet.nd_sll is not None else ND_OPTION_TARGET)
+            message += struct.pack("!BB", option, 1) + _mac(mac)
+        return message
     return struct.pack("!BBHI", kind, code, 0, 0)
 
 
@@ -245,9 +261,21 @@ def _decode_l4(packet: Packet, proto: int, l4: bytes) -> tuple[Packet, WireExtra
         packet = packet.replace(icmp_type=kind, icmp_code=code)
         if kind in _ICMP_ERRORS[proto]:
             return packet.replace(inner=_decode_inner(l4[8:])), WireExtras(quote=l4[8:])
+        if _is_nd(packet) and len(l4) >= 24:
+            return _decode_nd(packet, l4), WireExtras()
         icmp_id, icmp_seq = struct.unpack("!HH", l4[4:8])
         return packet, WireExtras(icmp_id=icmp_id, icmp_seq=icmp_seq)
     return packet, WireExtras(payload=l4)
+
+
+def _decode_nd(packet: Packet, l4: bytes) -> Packet:
+    """A solicitation or advertisement: its flags word, target and first link-layer address option."""
+    packet = packet.replace(nd_reserved=struct.unpack("!I", l4[4:8])[0], nd_target=int.from_bytes(l4[8:24], "big"))
+    if len(l4) >= 32 and l4[25] == 1 and l4[24] in (ND_OPTION_SOURCE, ND_OPTION_TARGET):
+        mac = int.from_bytes(l4[26:32], "big")
+        field = "nd_sll" if l4[24] == ND_OPTION_SOURCE else "nd_tll"
+        packet = packet.replace(nd_options_type=l4[24], **{field: mac})
+    return packet
 
 
 def _decode_inner(quote: bytes) -> Inner | None:

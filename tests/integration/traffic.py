@@ -15,9 +15,11 @@ PY = [sys.executable, "-m", "ovsmgr.lab.probe"]
 
 
 @contextmanager
-def server(lab: Lab, port: str, proto: str, tport: int, timeout: float = 30) -> Iterator[subprocess.Popen[str]]:
-    """A traffic agent server (`ovsmgr.lab.probe serve`) in `port`'s host, ready when the block starts, stopped after."""
-    proc = lab.popen(port, [*PY, "serve", proto, str(tport), "--timeout", str(timeout)],
+def server(lab: Lab, port: str, proto: str, tport: int, timeout: float = 30,
+           bind: str = "0.0.0.0") -> Iterator[subprocess.Popen[str]]:
+    """A traffic agent server (`ovsmgr.lab.probe serve`) in `port`'s host, ready when the block starts,
+    stopped after; `bind` "::" for IPv6."""
+    proc = lab.popen(port, [*PY, "serve", proto, str(tport), "--timeout", str(timeout), "--bind", bind],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -56,5 +58,6 @@ class Pinged:
 
 def ping(lab: Lab, port: str, address: str, count: int = 1, deadline: float = 3) -> Pinged:
     """Whether `count` echo replies come back before `deadline` seconds (requests are resent)."""
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), address]
+    family = ["-6"] if ":" in address else []
+    argv = ["ping", *family, "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), address]
     return Pinged(lab.exec(port, argv, capture_output=True, text=True, timeout=deadline + 5))

@@ -10,6 +10,7 @@ from ovsmgr.compiler import compile_policy
 from ovsmgr.lab.compare import (
     Arrival,
     Observation,
+    Picked,
     StepReport,
     TableReport,
     compare_step,
@@ -62,7 +63,7 @@ def test_hosts_address_frames_to_the_owner_or_to_the_nat_mac() -> None:
     assert (arp.dl_dst, arp.arp_sha) == (0xFFFFFFFFFFFF, 0x020000000003)
     assert addressing.accepts("lan0", 0x020000000001) and addressing.accepts("lan0", 0xFFFFFFFFFFFF)
     assert not addressing.accepts("lan0", addressing.nat_mac)
-    assert addressing.snat_ranges == ((0xC8C8C8C8, 0xC8C8C8C8, 1024, 65535),)
+    assert addressing.picked == (Picked("src", ((0xC8C8C8C8, 0xC8C8C8C8, 1024, 65535),)),)
 
 
 def test_tcp_endpoints_ack_what_they_received() -> None:
@@ -117,7 +118,7 @@ def test_a_port_picked_from_the_snat_range_is_a_note_not_a_disagreement() -> Non
                          0x020000000003)
     report = _first_step_report("lan web out", (delivered,), "lan-out")
     assert report.ok, report
-    assert any("picked from the SNAT port range" in note for note in report.notes)
+    assert any("picked by NAT from a range" in note for note in report.notes)
 
 
 def test_a_frame_at_another_port_or_with_a_foreign_mac_is_reported() -> None:

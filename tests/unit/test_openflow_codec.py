@@ -61,13 +61,18 @@ def test_os_ken_reads_every_flow_mod_as_ovsmgr_wrote_it(path: Path, version: int
 def _same_nat(parsed: object, flow: Flow) -> None:
     ct = next(a for a in flow.actions if isinstance(a, Ct) and a.nat is not None)
     actions = [a for inst in parsed.instructions for a in getattr(inst, "actions", [])]  # type: ignore[attr-defined]
-    nested = next(a for a in actions if type(a).__name__ == "NXActionCT").actions
-    nat = next(a for a in nested if type(a).__name__ == "NXActionNAT")
+    nat = next(n for a in actions if type(a).__name__ == "NXActionCT"  # the ct() that translates
+               for n in a.actions if type(n).__name__ == "NXActionNAT")
     assert ct.nat is not None
     assert nat.flags == (1 if ct.nat.kind == "src" else 2)
-    assert nat.range_ipv4_min == str(ipaddress.ip_address(ct.nat.addr_lo))
+    family = "ipv4" if ct.nat.version == 4 else "ipv6"
+    assert getattr(nat, f"range_{family}_min") == str(ipaddress.ip_address(ct.nat.addr_lo))
+    if ct.nat.addr_hi != ct.nat.addr_lo:  # a range: both ends, whatever the family
+        assert getattr(nat, f"range_{family}_max") == str(ipaddress.ip_address(ct.nat.addr_hi))
     if ct.nat.port_lo is not None:
         assert nat.range_proto_min == ct.nat.port_lo
+    if ct.nat.port_hi not in (None, ct.nat.port_lo):
+        assert nat.range_proto_max == ct.nat.port_hi
 
 
 def test_flows_pack_and_read_back_from_a_flow_stats_reply() -> None:

@@ -1,4 +1,5 @@
-"""Table CLASSIFY: ports to zones, ARP (answered for NAT-owned addresses, else switched), ND."""
+"""Table CLASSIFY: ports to zones; ARP and neighbour discovery (answered for NAT-owned addresses,
+else switched, the senders' MAC bindings learned where NAT needs them)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,20 @@ from ovsmgr.compiler.flows import (
     MatchItem,
     Move,
     Normal,
+    Resubmit,
     SetField,
 )
 from ovsmgr.compiler.matchbuild import ETH_ARP, ETH_IPV6, prefix
 from ovsmgr.compiler.pipeline import REG_FROM_ZONE, CookieKind, Priority, Table, cookie
+from ovsmgr.compiler.stages.nat import translated_families
 from ovsmgr.policy.ir import IPNetwork, ResolvedPolicy
 
 ND_TYPES = (133, 134, 135, 136, 137)
 """Router/neighbour solicitation and advertisement, redirect: IPv6 does not work without them."""
+ND_SOLICIT, ND_ADVERT = 135, 136
+ND_FLAGS_SOLICITED_OVERRIDE = 0x6000_0000
+"""The R, S and O bits of an advertisement's first word: S (an answer) and O (override the cache)."""
+ND_OPTION_TARGET_LLADDR = 2
 
 
 def mac_int(mac: str) -> int:
@@ -31,6 +38,7 @@ def compile_classify(policy: ResolvedPolicy) -> list[Flow]:
     """Only ports of a zone get anything through, ARP and neighbour discovery included."""
     infra = cookie(CookieKind.INFRA)
     flows = [Flow(Table.CLASSIFY, Priority.DEFAULT, Match(), (), infra)]
+    learn_nd = 6 in translated_families(policy)
     for zone in policy.zones.values():
         for name in zone.ports:
             port = policy.ports.get(name)
@@ -40,10 +48,32 @@ def compile_classify(policy: ResolvedPolicy) -> list[Flow]:
             flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_PORT, in_port,
                               (SetField(REG_FROM_ZONE.reg, zone.id), GotoTable(Table.CONNTRACK)), infra))
             flows.extend(_arp_flows(in_port, zone.networks))
-            for nd_type in ND_TYPES:
-                nd = Match.of(MatchItem("dl_type", ETH_IPV6), MatchItem("nw_proto", 58), MatchItem("icmp_type", nd_type))
-                flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_ND, in_port + nd, (Normal(),), infra))
+            flows.extend(_nd_flows(in_port, zone.networks, learn_nd))
     flows.extend(_arp_responders(policy))
+    flows.extend(_nd_responders(policy))
+    return flows
+
+
+def _nd(nd_type: int) -> Match:
+    return Match.of(MatchItem("dl_type", ETH_IPV6), MatchItem("nw_proto", 58), MatchItem("icmp_type", nd_type))
+
+
+def _nd_flows(in_port: Match, networks: tuple[IPNetwork, ...], learn: bool) -> list[Flow]:
+    """Switch neighbour discovery normally; with IPv6 NAT, learn MAC bindings from solicitations and
+    advertisements (their source is the sender's own address), only for addresses the zone may have,
+    as `_arp_flows` does for IPv4."""
+    infra = cookie(CookieKind.INFRA)
+    learning = (LearnMacBinding(Table.MAC_BINDING, version=6), Normal())
+    v6 = [n for n in networks if n.version == 6]
+    flows = []
+    for nd_type in ND_TYPES:
+        teaches = learn and nd_type in (ND_SOLICIT, ND_ADVERT)
+        actions = learning if teaches and not v6 else (Normal(),)
+        flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_ND, in_port + _nd(nd_type), actions, infra))
+        if teaches:
+            flows += [Flow(Table.CLASSIFY, Priority.CLASSIFY_ND_LEARN,
+                           in_port + _nd(nd_type) + Match.of(prefix("nw_src", network)), learning, infra)
+                      for network in v6]
     return flows
 
 
@@ -81,4 +111,32 @@ def _arp_responders(policy: ResolvedPolicy) -> list[Flow]:
             SetField("arp_spa", int(address)), InPort(),
         )
         flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP_RESPONDER, match, actions, cookie(CookieKind.INFRA)))
+    return flows
+
+
+def _nd_responders(policy: ResolvedPolicy) -> list[Flow]:
+    """Answer neighbour solicitations for IPv6 addresses NAT owns with an advertisement from the
+    switch's MAC, out of the asking port: the solicitation turned around in place, as the ARP
+    responder turns a request into a reply. Its source link-layer option becomes the target
+    option (type 2) whose address ND_ANSWER sets. A solicitation without that option (duplicate
+    address detection, from ::) has no room for one: it is not answered."""
+    infra = cookie(CookieKind.INFRA)
+    mac = mac_int(policy.mac)
+    flows = []
+    for address in policy.nat_owned_addresses():
+        if not isinstance(address, ipaddress.IPv6Address):
+            continue
+        asked = _nd(ND_SOLICIT) + Match.of(MatchItem("nd_target", int(address)))
+        actions = (
+            Move("dl_src", "dl_dst"), SetField("dl_src", mac), Move("ipv6_src", "ipv6_dst"),
+            SetField("ipv6_src", int(address)), SetField("icmpv6_type", ND_ADVERT),
+            SetField("nd_reserved", ND_FLAGS_SOLICITED_OVERRIDE),
+            SetField("nd_options_type", ND_OPTION_TARGET_LLADDR), Resubmit(Table.ND_ANSWER),
+        )
+        flows += [Flow(Table.CLASSIFY, Priority.CLASSIFY_ND_RESPONDER, asked, actions, infra),
+                  Flow(Table.CLASSIFY, Priority.CLASSIFY_ND_UNANSWERED, asked + Match.of(MatchItem("nd_sll", 0)),
+                       (), infra)]
+    if flows:
+        flows.append(Flow(Table.ND_ANSWER, Priority.ND_ANSWER, _nd(ND_ADVERT),
+                          (SetField("nd_tll", mac), InPort()), infra))
     return flows

@@ -98,6 +98,12 @@ def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
     return flows
 
 
+def translated_families(policy: ResolvedPolicy) -> frozenset[int]:
+    """The IP versions NAT translates to: only they need MAC bindings of the hosts that receive
+    translated packets."""
+    return frozenset(rule.translate_lo.version for rule in policy.nat)
+
+
 def nat_spec(rule: NatRule) -> NatSpec:
     if rule.kind == "snat":
         lo, hi = rule.ports if rule.ports else (None, None)
@@ -131,10 +137,11 @@ def compile_output(policy: ResolvedPolicy) -> list[Flow]:
             Table.OUTPUT, Priority.OUTPUT_TRANSLATED_CONN, family(version) + Match.of(translated),
             (Ct(table=Table.OUTPUT_TRANSLATED, zone=policy.ct_zone, apply_nat=True),), INFRA,
         ))
+    bound = sorted({4} | translated_families(policy))
     for port, out in _out_targets(policy):
         out_match = Match.of(reg(REG_OUT_PORT, port))
         flows.append(Flow(Table.OUTPUT, Priority.OUTPUT_PORT, out_match, (out,), INFRA))
         flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_PORT, out_match, (out,), INFRA))
-        flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_TRANSLATED_CONN, out_match + family(4),
-                          (Resubmit(Table.MAC_BINDING), out), INFRA))
+        flows += [Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_TRANSLATED_CONN, out_match + family(version),
+                       (Resubmit(Table.MAC_BINDING), out), INFRA) for version in bound]
     return flows

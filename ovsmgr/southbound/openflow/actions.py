@@ -68,13 +68,15 @@ def _nxm(oxm_class: int, field: int, width: int) -> int:
 NXM_HEADERS: dict[str, int] = {
     "dl_dst": _nxm(0, 1, 6), "dl_src": _nxm(0, 2, 6), "dl_type": _nxm(0, 3, 2), "nw_src": _nxm(0, 7, 4),
     "nw_dst": _nxm(0, 8, 4), "arp_op": _nxm(0, 15, 2), "arp_spa": _nxm(0, 16, 4), "arp_tpa": _nxm(0, 17, 4),
-    "arp_sha": _nxm(1, 17, 6), "arp_tha": _nxm(1, 18, 6), "ct_mark": _nxm(1, 107, 4),
+    "arp_sha": _nxm(1, 17, 6), "arp_tha": _nxm(1, 18, 6), "ipv6_src": _nxm(1, 19, 16),
+    "ipv6_dst": _nxm(1, 20, 16), "ct_mark": _nxm(1, 107, 4),
     **{f"reg{i}": _nxm(1, i, 4) for i in range(16)},
 }
 _NXM_NAMES = {header: name for name, header in NXM_HEADERS.items()}
 _SET_FIELD_NAMES = {(h.oxm_class, h.field): name for name, h in HEADERS.items()
                     if name in ("dl_src", "dl_dst", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
-                                "ct_mark") or name.startswith("reg")}
+                                "ipv6_src", "ipv6_dst", "icmpv6_type", "nd_sll", "nd_tll", "nd_reserved",
+                                "nd_options_type", "ct_mark") or name.startswith("reg")}
 LEARN_COOKIE = cookie(CookieKind.LEARNED)
 
 
@@ -122,8 +124,8 @@ def encode_action(action: Action) -> bytes:
             prop = _pad8(struct.pack("!HH", NXAC2PT_USERDATA, 4 + len(userdata)) + userdata)
             return _NX_HEADER.pack(OFPAT_EXPERIMENTER, 16 + len(prop), NX_VENDOR, NXAST_CONTROLLER2) \
                 + bytes(6) + prop
-        case LearnMacBinding(table, idle):
-            return _learn(table, idle)
+        case LearnMacBinding(table, idle, version):
+            return _learn(table, idle, version)
     raise TypeError(f"cannot encode {action!r}")
 
 
@@ -174,11 +176,18 @@ def _nat(nat: NatSpec) -> bytes:
     return _NAT.pack(OFPAT_EXPERIMENTER, 16 + len(body), NX_VENDOR, NXAST_NAT, flags, present) + body
 
 
-def _learn(table: Table, idle: int) -> bytes:
+_LEARNED_FROM = {4: (0x0800, "arp_spa", "nw_dst", 32), 6: (0x86DD, "ipv6_src", "ipv6_dst", 128)}
+"""By IP version: the learned flow's eth_type, the field the address is taken from, the field the
+learned flow matches it in, and its width."""
+
+
+def _learn(table: Table, idle: int, version: int = 4) -> bytes:
     """`learn(table=T,idle_timeout=I,priority=..,cookie=..,eth_type=0x800,
-    NXM_OF_IP_DST[]=NXM_OF_ARP_SPA[],load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])`."""
-    specs = (struct.pack("!HHIH", LEARN_SRC_IMMEDIATE | 16, 0x0800, NXM_HEADERS["dl_type"], 0)
-             + struct.pack("!HIHIH", 32, NXM_HEADERS["arp_spa"], 0, NXM_HEADERS["nw_dst"], 0)
+    NXM_OF_IP_DST[]=NXM_OF_ARP_SPA[],load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])` (IPv6: eth_type=0x86dd,
+    NXM_NX_IPV6_DST[]=NXM_NX_IPV6_SRC[])."""
+    eth_type, src, dst, bits = _LEARNED_FROM[version]
+    specs = (struct.pack("!HHIH", LEARN_SRC_IMMEDIATE | 16, eth_type, NXM_HEADERS["dl_type"], 0)
+             + struct.pack("!HIHIH", bits, NXM_HEADERS[src], 0, NXM_HEADERS[dst], 0)
              + struct.pack("!HIHIH", LEARN_DST_LOAD | 48, NXM_HEADERS["dl_src"], 0, NXM_HEADERS["dl_dst"], 0))
     body = _pad8(bytes(32) + specs)[32:]
     return _LEARN.pack(OFPAT_EXPERIMENTER, 32 + len(body), NX_VENDOR, NXAST_LEARN, idle, 0,
@@ -330,10 +339,10 @@ def _decode_controller2(raw: bytes) -> Action:
 def _decode_learn(raw: bytes) -> Action:
     table = _LEARN.unpack_from(raw)[9]
     idle = _LEARN.unpack_from(raw)[4]
-    candidate = _learn(_table(table), idle)
-    if raw != candidate:
-        raise ActionDecodeError("a learn action ovsmgr does not write")
-    return LearnMacBinding(_table(table), idle)
+    for version in _LEARNED_FROM:
+        if raw == _learn(_table(table), idle, version):
+            return LearnMacBinding(_table(table), idle, version)
+    raise ActionDecodeError("a learn action ovsmgr does not write")
 
 
 _NX_DECODERS = {

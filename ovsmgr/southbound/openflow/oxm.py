@@ -22,6 +22,8 @@ OXM_OF = 0x8000
 NXM_OF = 0x0000
 NXM_NX = 0x0001
 EXPERIMENTER = 0xFFFF
+ERICSSON = 0x1000
+"""The OXM class of the neighbour discovery fields Ericsson added to Open vSwitch (ERICOXM_OF_)."""
 ONF_EXPERIMENTER_ID = 0x4F4E4600
 
 ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
@@ -83,6 +85,11 @@ HEADERS: dict[str, Header] = {
     "arp_tpa": _oxm(23, 4),
     "arp_sha": _oxm(24, 6),
     "arp_tha": _oxm(25, 6),
+    "nd_target": _oxm(31, 16),
+    "nd_sll": _oxm(32, 6),
+    "nd_tll": _oxm(33, 6),
+    "nd_reserved": Header(ERICSSON, 1, 4),
+    "nd_options_type": Header(ERICSSON, 2, 1),
     **{f"reg{i}": _nx(i, 4) for i in range(16)},
     "ct_state": _nx(105, 4),
     "ct_zone": _nx(106, 2),
@@ -101,7 +108,8 @@ _WIRE_NAMES.update({
     (NXM_OF, 10): "tcp_dst", (NXM_OF, 11): "udp_src", (NXM_OF, 12): "udp_dst", (NXM_OF, 13): "icmpv4_type",
     (NXM_OF, 14): "icmpv4_code", (NXM_OF, 15): "arp_op", (NXM_OF, 16): "arp_spa", (NXM_OF, 17): "arp_tpa",
     (NXM_NX, 17): "arp_sha", (NXM_NX, 18): "arp_tha", (NXM_NX, 19): "ipv6_src", (NXM_NX, 20): "ipv6_dst",
-    (NXM_NX, 21): "icmpv6_type", (NXM_NX, 22): "icmpv6_code", (NXM_NX, 34): "tcp_flags",
+    (NXM_NX, 21): "icmpv6_type", (NXM_NX, 22): "icmpv6_code", (NXM_NX, 23): "nd_target",
+    (NXM_NX, 24): "nd_sll", (NXM_NX, 25): "nd_tll", (NXM_NX, 34): "tcp_flags",
     (OXM_OF, 42): "tcp_flags",
 })
 _PACKET_TYPE = (OXM_OF, 44)
@@ -129,13 +137,13 @@ def _wire_name(name: str, dl_type: int | None, nw_proto: int | None) -> str:
 _OVS_RANK: dict[str, int] = {name: i for i, name in enumerate((
     "conj_id", "in_port", "dl_src", "dl_dst", "dl_type",
     "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_frag", "nw_proto", "tp_src", "tp_dst", "tcp_flags", "icmp_type",
-    "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
+    "icmp_code", "nd_target", "nd_sll", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
     *_REGS, "ct_state", "ct_zone", "ct_mark", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
 ))}
 """Open vSwitch's order (nx_put_raw): conj_id, in_port, Ethernet, L3, L4, ARP, registers, conntrack.
 IP and ARP fields never meet in one valid match, so one order serves both."""
 _L3 = frozenset(("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_frag", "nw_proto", "tp_src", "tp_dst", "tcp_flags",
-                 "icmp_type", "icmp_code"))
+                 "icmp_type", "icmp_code", "nd_target", "nd_sll"))
 _ARP = frozenset(("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha"))
 
 
