@@ -6,19 +6,46 @@
 #   OVSMGR_SRC        the repository (default /vagrant, the synced folder)
 #   OVSMGR_WHEELHOUSE install offline from these wheels: vagrant/guest/kernel-test fetched the
 #                     run-time part of requirements.lock into it (hashes checked then) and
-#                     pins.txt names their versions; the kernel-test image has no network
+#                     pins.txt names their versions; the kernel-test image has no network.
+#                     ovsmgr itself is its wheel there if it has one (the kernel-test image),
+#                     else built from OVSMGR_SRC. The box `make vagrant-box` builds carries one
+#                     in /opt/ovsmgr/wheelhouse, used when every pin is in requirements.lock.
 #
 # Either way the versions are requirements.lock's, the ones scripts/install gives the host.
 set -euo pipefail
 
 SRC=${OVSMGR_SRC:-/vagrant}
 VENV=/opt/ovsmgr/venv
+BOX_WHEELHOUSE=/opt/ovsmgr/wheelhouse
 
+box_wheelhouse() {  # the box's wheelhouse, if it holds exactly requirements.lock's versions
+  local pin
+  [ -f "$BOX_WHEELHOUSE/pins.txt" ] || return 1
+  while read -r pin; do
+    if ! grep -qxF -- "$pin \\" "$SRC/requirements.lock"; then
+      echo "provision: the box has $pin, requirements.lock does not: installing from the index" \
+        "(make vagrant-box builds a box from this lock)" >&2
+      return 1
+    fi
+  done < "$BOX_WHEELHOUSE/pins.txt"
+  echo "$BOX_WHEELHOUSE"
+}
+
+WHEELHOUSE=${OVSMGR_WHEELHOUSE:-$(box_wheelhouse || true)}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-if [ -n "${OVSMGR_WHEELHOUSE:-}" ]; then
-  "$VENV/bin/python" -m pip install -q --no-index --find-links "$OVSMGR_WHEELHOUSE" --no-deps \
-    -r "$OVSMGR_WHEELHOUSE/pins.txt"
-  "$VENV/bin/python" -m pip install -q --no-index --find-links "$OVSMGR_WHEELHOUSE" --no-deps ovsmgr
+if [ -n "$WHEELHOUSE" ]; then
+  # The box's venv has them already (pip takes a minute to find that out on an emulated CPU).
+  if ! cmp -s "$WHEELHOUSE/pins.txt" "$VENV/.ovsmgr-pins"; then
+    "$VENV/bin/python" -m pip install -q --no-index --find-links "$WHEELHOUSE" --no-deps \
+      -r "$WHEELHOUSE/pins.txt"
+    cp "$WHEELHOUSE/pins.txt" "$VENV/.ovsmgr-pins"
+  fi
+  if compgen -G "$WHEELHOUSE/ovsmgr-*.whl" >/dev/null; then
+    "$VENV/bin/python" -m pip install -q --no-index --find-links "$WHEELHOUSE" --no-deps ovsmgr
+  else  # this checkout, with the locked setuptools the pins brought
+    "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-build-isolation \
+      --force-reinstall "$SRC"
+  fi
 else
   # The whole lock with its hashes, pip and setuptools first (ovsmgr is built with them).
   installer=$(mktemp)
@@ -28,7 +55,7 @@ else
   "$VENV/bin/python" -m pip install -q --require-hashes --no-deps --no-build-isolation \
     -r "$SRC/requirements.lock"
   # A copy, not an editable install: the synced folder may be rsync'd anew under it.
-  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --upgrade "$SRC"
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --force-reinstall "$SRC"
 fi
 "$VENV/bin/python" -m pip check >/dev/null  # nothing ovsmgr needs is missing
 ln -sf "$VENV/bin/ovsmgr" /usr/local/bin/ovsmgr
