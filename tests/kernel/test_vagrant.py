@@ -27,14 +27,17 @@ VAGRANT = REPO / "vagrant"
 SCRIPTS = sorted((VAGRANT / "provision").glob("*.sh"))
 
 
-def _runner() -> ModuleType:
-    path = VAGRANT / "guest" / "kernel-test"
-    loader = importlib.machinery.SourceFileLoader("kernel_test_runner", str(path))
+def _script(path: Path, name: str) -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
+
+
+def _runner() -> ModuleType:
+    return _script(VAGRANT / "guest" / "kernel-test", "kernel_test_runner")
 
 
 @pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (scripts/install)")
@@ -69,7 +72,8 @@ def test_data_link_macs_agree_with_the_guest_scenario() -> None:
     assert f'"--address", "{scenarios.SINK}/16"' in text
 
 
-@pytest.mark.parametrize("script", [*SCRIPTS, VAGRANT / "guest" / "build-image"], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [*SCRIPTS, VAGRANT / "guest" / "build-image",
+                                    VAGRANT / "guest" / "build-box"], ids=lambda p: p.name)
 def test_shell_scripts_parse(script: Path) -> None:
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -160,3 +164,69 @@ def test_fragprobe_fragments_reassemble_to_the_datagram() -> None:
         assert bool(flags_offset & 0x2000) == more and (flags_offset & 0x1FFF) * 8 == off
         rebuilt[off:off + len(chunk)] = packet[20:]
     assert bytes(rebuilt) == datagram
+
+
+def test_the_vagrantfile_box_is_the_one_make_vagrant_box_adds() -> None:
+    """The Vagrantfile's default box is the name vagrant-box adds, and vagrant/run looks for its
+    volume under that name; a public box only when asked (OVSMGR_VAGRANT_BOX)."""
+    text = (VAGRANT / "Vagrantfile").read_text()
+    local = re.search(r'^LOCAL_BOX = "([^"]+)"$', text, re.M)
+    assert local is not None
+    assert 'BOX = ENV.fetch("OVSMGR_VAGRANT_BOX", LOCAL_BOX)' in text
+    box_name = _script(VAGRANT / "guest" / "vagrant-box", "vagrant_box").BOX_NAME
+    assert box_name == local[1]
+    run = _script(VAGRANT / "run", "vagrant_run")
+    assert run.BOX_VOLUME_PREFIX.startswith(local[1].replace("/", "-VAGRANTSLASH-") + "_")
+    assert f'libvirt.default_prefix = "{run.PREFIX}"' in text
+    assert set(run.NETWORKS) == {f"ovsmgr-{n}" for n in ("mgmt", "gen-dut", "dut-sink")}
+
+
+def test_box_packages_are_named_and_not_installed_on_the_host() -> None:
+    install = REPO / "scripts" / "install"
+    box = subprocess.run(["bash", str(install), "--list", "box"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert {"openssh-server", "sudo", "rsync", "ifupdown", "systemd-sysv"} <= set(box)
+    everything = subprocess.run(["bash", str(install), "--list"], capture_output=True, text=True,
+                                check=True).stdout.split()
+    assert "systemd-sysv" not in everything  # the box's init is not the host's business
+
+
+VAGRANT_UP = """\
+Bringing machine 'gen' up with 'libvirt' provider...
+==> dut: Creating image (snapshot of base box volume).
+==> gen: Starting domain.
+==> dut: Starting domain.
+==> gen: Machine booted and ready!
+==> dut: Machine booted and ready!
+==> gen: Rsyncing folder: /src/ => /vagrant
+==> gen: Running provisioner: packages (shell)...
+    gen: provision: packages installed
+==> dut: Running provisioner: packages (shell)...
+    gen: provision: data0 10.1.0.2/16
+    dut: provision: dut: br0
+"""
+
+
+def test_phases_per_machine_from_vagrant_up() -> None:
+    lines = [(100.0 + 10 * i, line) for i, line in enumerate(VAGRANT_UP.splitlines())]
+    times = _script(VAGRANT / "run", "vagrant_run").phases(lines, 95.0)
+    assert times == {
+        "gen": {"create": 25.0, "boot": 20.0, "setup": 30.0, "provision": 30.0},
+        "dut": {"create": 35.0, "boot": 20.0, "setup": 40.0, "provision": 20.0},
+    }  # sink never started: no times rather than made-up ones
+
+
+def test_bench_smoke_fails_unless_frames_reached_sink() -> None:
+    run = _script(VAGRANT / "run", "vagrant_run")
+    good = {"interrupted": False,
+            "experiments": [{"name": "sweep", "status": "done"}],
+            "points": [{"params": {"pipeline": "seed-firewall"}, "figures": {"delivered_pps": 980.0},
+                        "baseline": {"figures": {"delivered_pps": 990.0}}}]}
+    run.check_results(good)
+    for broken in ({**good, "points": []},
+                   {**good, "interrupted": True},
+                   {**good, "experiments": [{"name": "sweep", "status": "failed", "error": "ssh"}]},
+                   {**good, "points": [{**good["points"][0], "figures": {"delivered_pps": 0.0}}]},
+                   {**good, "points": [{**good["points"][0], "baseline": {"figures": {}}}]}):
+        with pytest.raises(run.RunError):
+            run.check_results(broken)
