@@ -41,7 +41,9 @@ def check_switch_support(db: SwitchDB, policy: ResolvedPolicy, target: SwitchTar
 
 def sync_zone_timeouts(db: SwitchDB, policy: ResolvedPolicy, target: SwitchTarget) -> None:
     """The zone's CT_Timeout_Policy as the policy says; removed (with every other one this bridge set)
-    when the policy has none."""
+    when the policy has none. Checked against the datapath here too: the controller writes settings
+    without apply's check before the push."""
+    check_switch_support(db, policy, target)
     dp_type = datapath_type(policy.datapath, target)
     zone = policy.ct_zone if policy.ct_timeouts else None
     db.set_zone_timeouts(dp_type, zone, dict(policy.ct_timeouts), policy.bridge)

@@ -60,6 +60,13 @@ def test_the_zone_gets_the_policys_timeouts_and_loses_them_with_it() -> None:
     assert fake.zones == {}
 
 
+def test_the_sync_refuses_too_when_the_controller_writes_settings() -> None:
+    fake = Datapaths({"ct_timeout": "false"})
+    with pytest.raises(ApplyError, match="ct_timeout is false"):
+        sync_zone_timeouts(_db(fake), load_policy_text(POLICY), TARGET)
+    assert fake.zones == {}
+
+
 def test_a_policy_without_timeouts_asks_the_datapath_nothing() -> None:
     fake = Datapaths({})
     check_switch_support(_db(fake), load_policy_text(two_ports("")), TARGET)
