@@ -87,7 +87,7 @@ def test_apply_reaches_a_switch_on_another_host_through_its_openflow_listener(la
     done = lab.switch_exec(argv, capture_output=True, text=True, timeout=60, env=state)
     assert done.returncode == 0, done.stderr
     assert "Applied generation 1" in done.stdout
-    assert "ct(commit,zone=1" in lab.ofctl(["dump-flows", "table=50"])
+    assert "ct(commit,table=60,zone=1," in lab.ofctl(["dump-flows", "table=50"])
 
 
 def test_refused_push_leaves_flow_table_byte_identical(lab_factory):
