@@ -39,7 +39,7 @@ from ovsmgr.switch.incremental import (
 )
 from ovsmgr.switch.statefile import atomic_write
 
-FORMAT = 3
+FORMAT = 4
 _CODE = ("compiler", "switch/incremental.py", "southbound/openflow/oxm.py", "southbound/openflow/actions.py",
          "southbound/openflow/messages.py", "policy/ir.py")
 
@@ -125,7 +125,7 @@ def save(path: Path, policy: ResolvedPolicy, compiled: Compiled) -> None:
     data = {
         "format": FORMAT, "code": code_version(), "context": context_digest(policy),
         "names": [r.name for r in inc.rules], "fingerprints": compiled.fingerprints, "levels": inc.levels,
-        "conj": inc.conj, "collisions": inc.collisions, "owners": inc.owners.packed(), "index": inc.index,
+        "conj": inc.conj, "passed_over": sorted(inc.passed_over), "owners": inc.owners.packed(), "index": inc.index,
         "keys": list(inc.flows), "bodies": [mod.body for mod in inc.flows.values()],
     }
     atomic_write(path, marshal.dumps(data), durable=False)
@@ -150,7 +150,7 @@ def restore(policy: ResolvedPolicy, data: dict[str, Any]) -> IncrementalFlows:
     inc.positions = {name: i for i, name in enumerate(data["names"])}
     inc.owners = Owners(data["owners"])
     inc.conj = data["conj"]
-    inc.collisions = data["collisions"]
+    inc.passed_over = set(data["passed_over"])
     inc.conj_owner = {v: n for n, values in inc.conj.items() for v in values}
     inc.index = data["index"]
     inc.flows = dict(zip(data["keys"], map(FlowMod, data["keys"], data["bodies"]), strict=True))

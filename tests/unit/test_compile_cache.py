@@ -16,6 +16,7 @@ from ovsmgr.policy import load_policy_text
 from ovsmgr.policy.generate import generate_policy
 from ovsmgr.switch import cache
 from ovsmgr.switch.plan import desired_flows
+from tests.support.policies import two_ports
 from tests.unit.test_controller_engine import POLICY
 
 Data = dict[str, Any]
@@ -90,6 +91,12 @@ EDITS = st.sampled_from([
     _toggle("spare", "enabled", (False, True)), _toggle("admin-ssh", "enabled", (True, False)),
     _toggle("dns", "stateful", (False, True)), _toggle("no-telnet", "action", ("reject", "drop")),
     _toggle("web", "log", (False, True)), _swap, _nat, _default,
+    # r16737 and r39033 have the same rule id, so the same conjunction id base: a collision
+    _add({"name": "r16737", "from": "inside", "src": ["10.0.0.70", "10.0.0.71"], "services": ["tcp/70", "tcp/71"],
+          "action": "drop"}, 1),
+    _add({"name": "r39033", "from": "inside", "src": ["10.0.0.72", "10.0.0.73"], "services": ["tcp/72", "tcp/73"],
+          "action": "drop"}, 4),
+    _remove("r16737"), _toggle("r39033", "action", ("drop", "reject")),
 ])
 
 
@@ -140,3 +147,30 @@ def test_a_cache_that_does_not_fit_is_not_used(tmp_path: Path, monkeypatch: pyte
     compiled = cache.compile_with_cache(policy, path)
     assert not compiled.from_cache
     assert compiled.flows.sorted_flows() == full(data)
+
+
+def test_a_conjunction_id_collision_recompiles_all_only_when_a_change_touches_it(tmp_path: Path) -> None:
+    """At 100,000 rules a policy has about two collisions: edits elsewhere must stay incremental."""
+    def drop(name: str, n: int) -> str:
+        return (f"    - {{name: {name}, from: inside, src: [10.1.{n}.1, 10.1.{n}.2], "
+                f"services: [tcp/{1000 + n}, tcp/{2000 + n}], action: drop}}\n")
+    names = ["r16737", *(f"other-{i}" for i in range(20)), "r39033"]  # r16737 and r39033: one rule id
+    text = two_ports("firewall:\n  rules:\n" + "".join(drop(name, i) for i, name in enumerate(names)))
+    path = tmp_path / "ovsmgr-br0.cache"
+    first = cache.compile_with_cache(policy := load_policy_text(text, "p.yaml"), path)
+    held = first.flows.conj["r16737"]
+    assert first.flows.passed_over == set(held) and first.flows.conj["r39033"] != held
+    cache.save(path, policy, first)
+    other, holder, mover = drop("other-5", 6), drop("r16737", 0), drop("r39033", 21)
+    for old, new, incremental in (
+        (other, other.replace("tcp/2006]", "tcp/3006]"), True),      # no part in the collision
+        (holder, holder.replace("tcp/2000]", "tcp/3000]"), True),     # keeps the id r39033 moved past
+        (mover, mover.replace("tcp/2021]", "tcp/3021]"), False),   # recompiled alone it would take it
+        (holder, holder.replace("10.1.0.1, 10.1.0.2", "2001:db8::1, 2001:db8::2"), False),  # frees it (IPv6)
+        (holder, "", False),                                         # frees it: removed
+    ):
+        edited = text.replace(old, new)
+        compiled = cache.compile_with_cache(policy := load_policy_text(edited, "p.yaml"), path)
+        assert edited != text and compiled.from_cache is incremental, new
+        assert compiled.rules_compiled == (1 if incremental else len(policy.rules)), new
+        assert compiled.flows.sorted_flows() == sorted(desired_flows(compile_policy(policy).flows).values())
