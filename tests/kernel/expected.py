@@ -44,6 +44,7 @@ FRAGMENTS = "Fragments"
 NAT_PORTS = "NAT port allocation"
 LIMITS = "Zone limits"
 OFFLOAD = "TX checksum offload on veths"
+TIMEOUTS = "Conntrack timeouts"
 
 EXPECTED: dict[str, dict[str, Any]] = {
     "seed-firewall": {
@@ -114,6 +115,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "zone 7 in dpctl/dump-conntrack, both closed": "2 entries, TIME_WAIT",
         "ovsmgr status, both closed": Differs("0 of 2 connections", "2 of 2 connections, full", LIMITS),
         "zone 7, both closed: a new connection": Differs("answered", "no answer", LIMITS),
+    },
+    "conntrack-timeouts": {
+        "zone 9's timeout policy in OVSDB": "udp_first=6, udp_single=15",
+        "a flow of one unanswered UDP datagram lives": Differs("udp_single", "udp_first", TIMEOUTS),
+        "the flow, once its timeout has passed": "expired",
+        "zone 9's timeout policy after a policy without timeouts": "none",
     },
 }
 

@@ -704,6 +704,49 @@ def zone_limit(ctx: Context) -> str:
                 f"(conntrack: {' '.join(entries)}); then a new one {answered(late['ok'])}")
 
 
+UDP_FIRST, UDP_SINGLE = 6, 15
+"""conntrack-timeouts' two UDP keys: far apart, so the remaining timeout says which one applied,
+and the first long enough that the entry is still there when the client (a refused datagram, no
+wait) has returned, also on a busy host."""
+
+
+def conntrack_timeouts(ctx: Context) -> str:
+    """`conntrack.timeouts` on zone 9: the CT_Zone row, which key times a UDP flow of one datagram
+    nobody answers, the flow expiring, and the row going with the policy."""
+    timeouts = f"conntrack:\n  zone: 9\n  timeouts: {{udp_first: {UDP_FIRST}, udp_single: {UDP_SINGLE}}}\n"
+    with Bed("br0", SEED_PORTS) as bed:
+        bed.apply(ctx.write("timeouts.yaml", policy_text(rule("udp-7000", "udp/7000"), extra=timeouts)))
+        ctx.fact("zone 9's timeout policy in OVSDB", _zone_policy(9))
+        connect(bed, "inside", "udp", OUTSIDE, 7000, timeout=BLOCK_TIMEOUT)  # nobody serves 7000
+        left = _udp_timeouts(9)
+        check(left, "the datagram left no UDP entry in zone 9")
+        key = "udp_first" if max(left) <= UDP_FIRST else "udp_single" if max(left) <= UDP_SINGLE else "neither"
+        ctx.fact("a flow of one unanswered UDP datagram lives", key)
+        deadline = time.monotonic() + UDP_SINGLE + 20
+        while _udp_timeouts(9) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        ctx.fact("the flow, once its timeout has passed", "expired" if not _udp_timeouts(9) else "still there")
+        bed.apply(ctx.write("no-timeouts.yaml", policy_text(rule("udp-7000", "udp/7000"),
+                                                            extra="conntrack:\n  zone: 9\n")))
+        ctx.fact("zone 9's timeout policy after a policy without timeouts", _zone_policy(9))
+        return f"timeouts left {left}; the flow followed {key}"
+
+
+def _zone_policy(zone: int) -> str:
+    from ovsmgr.southbound.ovsdb import SwitchDB
+
+    with SwitchDB(DB) as db:
+        found = [timeouts for (_, z), (timeouts, _) in db.zone_timeouts().items() if z == zone]
+    return ", ".join(f"{k}={v}" for k, v in sorted(found[0].items())) if found else "none"
+
+
+def _udp_timeouts(zone: int) -> list[int]:
+    """Seconds left of the zone's UDP entries (`dpctl/dump-conntrack -s`)."""
+    out = run(["ovs-appctl", "dpctl/dump-conntrack", "-s", f"zone={zone}"]).stdout
+    return [int(m[1]) for line in out.splitlines() if line.startswith("udp")
+            if (m := re.search(r"timeout=(\d+)", line))]
+
+
 def _usage(usage: dict[str, Any]) -> str:
     return f"{usage['connections']} of {usage['limit']} connections" + (", full" if usage["full"] else "")
 
@@ -720,6 +763,7 @@ SCENARIOS: dict[str, Callable[[Context], str]] = {
     "fragments": fragments,
     "nat-ports": nat_ports,
     "zone-limit": zone_limit,
+    "conntrack-timeouts": conntrack_timeouts,
 }
 
 
