@@ -9,6 +9,7 @@ from ovsmgr.compiler.flows import Flow, FlowSet
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.stages.classify import compile_classify
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_filter
+from ovsmgr.compiler.stages.helpers import rule_helpers, used_helpers, with_helper_commits
 from ovsmgr.compiler.stages.nat import compile_nat, compile_output
 from ovsmgr.compiler.stages.track import compile_conntrack, compile_egress, compile_state
 from ovsmgr.policy.gcpause import gc_paused
@@ -30,22 +31,24 @@ class CompiledPolicy:
         return self.flowset.sorted()
 
 
-def compile_policy(policy: ResolvedPolicy) -> CompiledPolicy:
-    """Compile; no I/O, no clock, the same policy always gives the same flows in the same order."""
+def compile_policy(policy: ResolvedPolicy, helpers: tuple[str, ...] | None = None) -> CompiledPolicy:
+    """Compile; no I/O, no clock, the same policy always gives the same flows in the same order.
+    `helpers`: the conntrack helpers NAT's commits come in variants for (default: those the
+    policy's rules use; the incremental compile gives them for a policy without its rules)."""
     with gc_paused():  # compiling makes no reference cycles (see gcpause)
-        return _compile(policy)
+        return _compile(policy, helpers)
 
 
-def _compile(policy: ResolvedPolicy) -> CompiledPolicy:
+def _compile(policy: ResolvedPolicy, helpers: tuple[str, ...] | None) -> CompiledPolicy:
     flowset = FlowSet()
     filtered = compile_filter(policy)
     for flows in (
         compile_classify(policy),
         compile_conntrack(policy),
         compile_egress(policy),
-        compile_state(policy, filtered.stateful_fingerprints),
+        compile_state(policy, filtered.stateful_fingerprints, rule_helpers(policy.rules)),
         filtered.flows,
-        compile_nat(policy),
+        with_helper_commits(compile_nat(policy), used_helpers(policy.rules) if helpers is None else helpers),
         compile_output(policy),
     ):
         flowset.extend(flows)

@@ -62,7 +62,7 @@ class TableSpec:
     learned_by: Table | None = None
 
 
-_REGS = frozenset({"reg0", "reg1", "reg2", "reg3", "reg4"})
+_REGS = frozenset({"reg0", "reg1", "reg2", "reg3", "reg4", "reg5"})
 _CT_TUPLE = frozenset({"ct_nw_proto", "ct_tp_src", "ct_tp_dst"})
 """The original-direction tuple conntrack gives a tracked packet: the same for every fragment of a
 datagram (userspace conntrack copies it from the datagram it reassembled to each fragment), so FILTER
@@ -80,8 +80,9 @@ TABLES: dict[Table, TableSpec] = {
     Table.ND_ANSWER: TableSpec(frozenset({"dl_type", "nw_proto", "icmp_type"}), frozenset()),
     Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state"}), frozenset({Table.EGRESS})),
     Table.EGRESS: TableSpec(frozenset({"in_port", "dl_type", "nw_dst", "ipv6_dst"}), frozenset({Table.STATE})),
+    # A helper's related connection is committed here, a translated one recirculating like NAT's.
     Table.STATE: TableSpec(_CT | frozenset({"dl_type", "nw_proto", "nw_frag", "tcp_flags"}),
-                           frozenset({Table.FILTER, Table.OUTPUT})),
+                           frozenset({Table.FILTER, Table.OUTPUT, Table.OUTPUT_TRANSLATED})),
     Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.NAT, Table.OUTPUT})),
     # A translating commit recirculates (ct(commit,table=OUTPUT_TRANSLATED,nat(...))) so the
     # next table sees the translated packet and can set the receiver's MAC.
@@ -114,7 +115,12 @@ REG_OUT_PORT = RegField("reg2", "OpenFlow port the packet leaves by; 0 means OVS
 REG_RULE = RegField("reg3", "Fingerprint of the stateful allow rule that matched; copied to ct_mark at commit.")
 REG_FLAGS = RegField("reg4", "Flags: bit 0 REVALIDATE (an established connection re-checked against the current "
                      "rules); bit 1 TRANSLATED (the commit translates; copied to ct_mark bit 31).")
-REGISTERS = (REG_FROM_ZONE, REG_TO_ZONE, REG_OUT_PORT, REG_RULE, REG_FLAGS)
+REG_HELPER = RegField("reg5", "Conntrack helper (ALG) the allowing rule asks for, as OVS numbers it (its port): 0 none, "
+                      "21 ftp, 69 tftp; NAT's commits take it.")
+REGISTERS = (REG_FROM_ZONE, REG_TO_ZONE, REG_OUT_PORT, REG_RULE, REG_FLAGS, REG_HELPER)
+
+HELPER_ALGS = {"ftp": 21, "tftp": 69}
+"""`ct(alg=...)` as OpenFlow carries it: the helper's well-known port."""
 
 FLAG_REVALIDATE = 0x1
 FLAG_TRANSLATED = 0x2
@@ -184,6 +190,7 @@ class Priority(IntEnum):
     STATE_NOT_SYN = 260
     STATE_TCP_FRAGMENT = 265
     STATE_ESTABLISHED = 300
+    STATE_RELATED_COMMIT = 350
     STATE_INVALID = 400
     FILTER_TOP = 60000
     NAT_REVALIDATE = 50000

@@ -126,6 +126,8 @@ class Rule:
     stateful: bool
     log: bool
     span: Span
+    helper: Literal["ftp", "tftp"] | None = None
+    """Conntrack helper (ALG) its connections are committed with; related data connections pass."""
 
 
 @dataclass(frozen=True)

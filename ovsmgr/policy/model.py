@@ -89,6 +89,11 @@ class FirewallRule(_Frozen):
     action: Action = Field(description="allow (stateful unless stateful: false), drop (silently) or reject.")
     stateful: bool = Field(default=True, description="allow only: replies and related packets pass by themselves.")
     log: bool = Field(default=False, description="Log each match (rate-limited).")
+    helper: Literal["ftp", "tftp"] | None = Field(
+        default=None,
+        description="Conntrack helper (ALG) for the connections this stateful allow rule opens: ftp (tcp "
+                    "services) or tftp (udp services); their related data connections pass, also through NAT.",
+    )
     enabled: bool = Field(default=True, description="A disabled rule is kept but compiles to nothing.")
     description: str | None = None
 

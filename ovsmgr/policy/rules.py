@@ -24,6 +24,13 @@ from ovsmgr.policy.terms import TermError, parse_address_range, parse_port_range
 _FAMILY_NAMES = {frozenset({4}): "IPv4 only", frozenset({6}): "IPv6 only"}
 
 
+HELPER_PROTOCOLS = {"ftp": "tcp", "tftp": "udp"}
+HELPER_EXAMPLES = {"ftp": "services: [tcp/21]", "tftp": "services: [udp/69]"}
+HELPER_PORTS = {"ftp": 21, "tftp": 69}
+"""The ports OVS's userspace helpers read (`get_alg_ctl_type` in lib/conntrack.c): a ct() without
+`alg=` (all but the commit) hands them only packets to or from these."""
+
+
 class RuleResolver:
     def __init__(
         self, shape: Shape, zones: dict[str, ZoneInfo], addresses: AddressBook, services: ServiceBook,
@@ -46,9 +53,44 @@ class RuleResolver:
             path = ("firewall", "rules", i)
             self._unique_name(raw.name, path, ("firewall", i))
             match = self._match(raw, path)
-            if match is not None and raw.enabled and i not in self.broken.rules:
-                out.append(Rule(raw.name, i, match, raw.action, raw.stateful, raw.log, self.src.span(path)))
+            helper_ok = self._helper_ok(raw, path, match)
+            if match is not None and helper_ok and raw.enabled and i not in self.broken.rules:
+                out.append(Rule(raw.name, i, match, raw.action, raw.stateful, raw.log, self.src.span(path),
+                                raw.helper))
         return tuple(out)
+
+    def _helper_ok(self, raw: FirewallRule, path: Path_, match: RuleMatch | None) -> bool:
+        """A helper watches the control connections a stateful allow rule opens: ftp's are TCP,
+        tftp's UDP, so every service of the rule must be of that protocol (and there must be one:
+        a helper on every port of every protocol would parse traffic that is not its own)."""
+        if raw.helper is None:
+            return True
+        span = self.src.span((*path, "helper"))
+        if raw.action != "allow" or not raw.stateful:
+            what = f"action: {raw.action}" if raw.action != "allow" else "stateful: false"
+            self.diag.error(span, f'helper: {raw.helper} needs a stateful allow rule; rule "{raw.name}" has {what}')
+            return False
+        proto = HELPER_PROTOCOLS[raw.helper]
+        if raw.services is None:
+            self.diag.error(span, f'helper: {raw.helper} needs services: the {proto} port(s) of the control '
+                                  f'connection (rule "{raw.name}" has none), e.g. {HELPER_EXAMPLES[raw.helper]}')
+            return False
+        if match is None:
+            return True  # its services were reported already
+        others = sorted({str(s) for s in match.services if s.proto != proto})
+        if others:
+            self.diag.error(self.src.span((*path, "services")),
+                            f'helper: {raw.helper} watches {proto} control connections; rule "{raw.name}" '
+                            f'also has {", ".join(others)}')
+            return False
+        port = HELPER_PORTS[raw.helper]
+        if self.m.switch.datapath != "system" and not any(s.ports and s.ports[0] <= port <= s.ports[1]
+                                                          for s in match.services):
+            self.diag.warning(self.src.span((*path, "services")),
+                              f'helper: {raw.helper} on the {self.m.switch.datapath} datapath reads control '
+                              f'connections on {proto}/{port} only; rule "{raw.name}" does not include it, so '
+                              "its data connections will not pass")
+        return True
 
     def nat(self) -> tuple[NatRule, ...]:
         out = []

@@ -214,6 +214,8 @@ def _ct_text(ct: Ct) -> str:
         args.append("nat")
     if ct.exec:
         args.append(f"exec({','.join(action_text(a) for a in ct.exec)})")
+    if ct.alg is not None:
+        args.append(f"alg={ct.alg}")
     return f"ct({','.join(args)})"
 
 

@@ -26,6 +26,7 @@ from ovsmgr.sim.fields import (
     PROTO_TCP,
     format_value,
 )
+from ovsmgr.sim.helpers import Expected, expectations, related_translation
 from ovsmgr.sim.packet import ACK, SYN, Inner, Packet
 
 NEW, EST, REL, RPL, INV, TRK, SNAT, DNAT = (CT_STATE_BITS[n] for n in (
@@ -74,11 +75,16 @@ class Connection:
     seen_reply: bool = False
     originals: int = 0
     """Original-direction packets seen after the one that committed it."""
+    helper: str | None = None
+    """The conntrack helper committed with it (`ct(alg=...)`)."""
+    related: bool = False
+    """A connection a helper expected: userspace conntrack calls all its packets `+rel`."""
 
     def describe(self) -> str:
         nat = f",nat={'+'.join(sorted(self.nat))}" if self.nat else ""
+        helper = f",helper={self.helper}" if self.helper else ""
         return (f"proto={self.original.proto},orig=({self.original.describe()}),"
-                f"reply=({self.reply.describe()}),zone={self.zone},mark={self.mark:#x}{nat}")
+                f"reply=({self.reply.describe()}),zone={self.zone},mark={self.mark:#x}{nat}{helper}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,8 @@ class Conntrack:
     connections: tuple[Connection, ...] = ()
     limits: tuple[tuple[int, int], ...] = ()
     """(zone, max_connections): commits beyond the limit fail, like `dpctl/ct-set-limits`."""
+    expected: tuple[Expected, ...] = ()
+    """Connections helpers expect (`sim.helpers`)."""
 
     @cached_property
     def _index(self) -> dict[tuple[int, ConnKey], tuple[int, bool]]:
@@ -111,6 +119,15 @@ class Conntrack:
     def with_limit(self, zone: int, limit: int) -> Conntrack:
         return dataclasses.replace(self, limits=(*(z for z in self.limits if z[0] != zone), (zone, limit)))
 
+    def expectation(self, zone: int, key: ConnKey) -> tuple[Expected, Connection] | None:
+        """The expectation a new connection `key` meets, with its control connection."""
+        for expected in self.expected:
+            if expected.matches(zone, key.proto, key.src, key.dst, key.dport):
+                found = self.find(zone, expected.master)
+                if found is not None:
+                    return expected, found[0]
+        return None
+
     def updated(self, old: Connection | None, new: Connection) -> Conntrack:
         kept = tuple(new if c is old else c for c in self.connections)
         return dataclasses.replace(self, connections=kept if old is not None else (*kept, new))
@@ -129,6 +146,7 @@ class CtRequest:
     nat: NatSpec | None = None
     apply_nat: bool = False
     mark: int | None = None
+    alg: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,7 +264,7 @@ def _existing(conntrack: Conntrack, packet: Packet, request: CtRequest, conn: Co
     if packet.nw_proto == PROTO_TCP and (why := invalid_tcp_flags(packet.tcp_flags or 0)):
         return CtResult(conntrack, packet, TRK | INV, 0, (f"zone {request.zone}: {why}: +inv",))
     still_new = not reply and _still_new(conn, packet)
-    state = TRK | (NEW if still_new else EST) | (RPL if reply else 0)
+    state = TRK | (NEW if still_new else EST) | (RPL if reply else 0) | (REL if conn.related else 0)
     events = [f"zone {request.zone}: {'reply of' if reply else 'packet of'} {conn.original.describe()}"]
     if still_new:
         events.append("committed, but nothing came back yet: still +new")
@@ -299,12 +317,18 @@ def _new(conntrack: Conntrack, packet: Packet, request: CtRequest, key: ConnKey)
     if why_invalid:
         return CtResult(conntrack, packet, TRK | INV, 0, (f"zone {request.zone}: {why_invalid}: +inv",))
     events = [f"zone {request.zone}: new connection {key.describe()}"]
+    expected = conntrack.expectation(request.zone, key)
+    new, mark = (TRK | NEW, 0) if expected is None else (TRK | NEW | REL, expected[1].mark)
+    if expected is not None:
+        events.append(f"expected by the {expected[1].helper} helper of {expected[1].original.describe()}")
     if not request.commit:
-        return CtResult(conntrack, packet, TRK | NEW, 0, tuple(events))
+        return CtResult(conntrack, packet, new, mark, tuple(events))
     limit = conntrack.limit(request.zone)
     if limit is not None and len(conntrack.in_zone(request.zone)) >= limit:
         events.append(f"zone {request.zone} holds {limit} connections: not committed")
-        return CtResult(conntrack, packet, TRK | NEW, 0, tuple(events))
+        return CtResult(conntrack, packet, new, mark, tuple(events))
+    if expected is not None:
+        return _commit_related(conntrack, packet, request, key, *expected, events)
     translated, nat = key, frozenset[str]()
     if request.nat is not None:
         chosen = _choose_translation(conntrack, request.zone, key, request.nat)
@@ -315,11 +339,33 @@ def _new(conntrack: Conntrack, packet: Packet, request: CtRequest, key: ConnKey)
         packet = _rewrite(packet, translated)
         events.append(f"nat: now {translated.describe()}")
     mark = request.mark or 0
-    conn = Connection(request.zone, key, translated.reversed(), mark, nat)
-    events.append(f"commit, ct_mark={mark:#x}")
+    conn = Connection(request.zone, key, translated.reversed(), mark, nat, helper=request.alg)
+    events.append(f"commit, ct_mark={mark:#x}" + (f", helper {request.alg}" if request.alg else ""))
     state = TRK | NEW | _nat_bits(nat, False)
     cache = CtCache(request.zone, key, state)
-    return CtResult(conntrack.updated(None, conn), packet, state, mark, tuple(events), cache)
+    conntrack = conntrack.updated(None, conn)
+    if request.alg:
+        conntrack = dataclasses.replace(
+            conntrack, expected=(*conntrack.expected, *expectations(request.alg, request.zone, conn)))
+    return CtResult(conntrack, packet, state, mark, tuple(events), cache)
+
+
+def _commit_related(conntrack: Conntrack, packet: Packet, request: CtRequest, key: ConnKey,
+                    expected: Expected, master: Connection, events: list[str]) -> CtResult:
+    """Commit a connection a helper expected: the control connection's mark (unless the commit sets
+    one) and, with `nat`, its translation; the expectation is used up."""
+    translated, nat = key, frozenset[str]()
+    if request.nat is not None or request.apply_nat:
+        translated, nat = related_translation(expected, master, key)
+        packet = _rewrite(packet, translated)
+        events.append(f"nat as the control connection: now {translated.describe()}")
+    mark = request.mark or master.mark
+    conn = Connection(request.zone, key, translated.reversed(), mark, nat, related=True)
+    events.append(f"commit, ct_mark={mark:#x}")
+    state = TRK | NEW | REL | _nat_bits(nat, False)
+    conntrack = dataclasses.replace(conntrack.updated(None, conn),
+                                    expected=tuple(e for e in conntrack.expected if e != expected))
+    return CtResult(conntrack, packet, state, mark, tuple(events), CtCache(request.zone, key, state))
 
 
 def why_invalid_new(packet: Packet) -> str:

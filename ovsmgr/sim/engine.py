@@ -244,7 +244,7 @@ class _Walk:
 
     def ct(self, action: Ct, state: _State, events: list[str]) -> CtResult:
         mark = self.exec_mark(action.exec, state, events) if action.commit else None
-        request = CtRequest(action.zone or 0, action.commit, action.nat, action.apply_nat, mark)
+        request = CtRequest(action.zone or 0, action.commit, action.nat, action.apply_nat, mark, action.alg)
         result = run_ct(self.conntrack, state.packet, request, state.ct_cache)
         self.conntrack = result.conntrack
         state.packet = result.packet

@@ -216,4 +216,6 @@ def _describe_ct(ct: Ct) -> str:
         parts.append("nat")
     if ct.exec:
         parts.append(f"exec({', '.join(describe_action(a) for a in ct.exec)})")
+    if ct.alg is not None:
+        parts.append(f"alg={ct.alg}")
     return f"ct({','.join(parts)})"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import ovsmgr
+from ovsmgr.compiler.stages.helpers import used_helpers
 from ovsmgr.policy.ir import ResolvedPolicy, Rule
 from ovsmgr.southbound.openflow import FlowMod
 from ovsmgr.southbound.target import SwitchTarget
@@ -62,10 +63,12 @@ def code_version() -> str:
 
 
 def context_digest(policy: ResolvedPolicy) -> str:
-    """What every rule's flows depend on besides the rule: all of the policy but its rules."""
+    """What every rule's flows depend on besides the rule: all of the policy but its rules, and the
+    helpers the rules use (NAT's commits come in a variant per helper)."""
     parts = (policy.bridge, policy.forwarding, policy.mac, sorted(policy.ports.items()),
              sorted(policy.links.items()), sorted(policy.zones.items()), nat_signature(policy.nat),
-             policy.default_action, policy.ct_zone, policy.invalid, policy.cut_on_rule_removal)
+             policy.default_action, policy.ct_zone, policy.invalid, policy.cut_on_rule_removal,
+             used_helpers(policy.rules))
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
@@ -74,7 +77,7 @@ def fingerprint(rule: Rule) -> bytes:
     m = rule.match
     text = "\x1f".join((rule.name, rule.action, "s" if rule.stateful else "", "l" if rule.log else "",
                         m.from_zone, m.to_zone or "", ",".join(map(str, m.src)), ",".join(map(str, m.dst)),
-                        ",".join(map(str, m.services))))
+                        ",".join(map(str, m.services)), rule.helper or ""))
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 

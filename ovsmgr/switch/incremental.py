@@ -44,6 +44,7 @@ from ovsmgr.compiler import compile_policy
 from ovsmgr.compiler.flows import Flow, FlowSet
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_rule, conj_id_base, rule_levels
+from ovsmgr.compiler.stages.helpers import rule_helpers, used_helpers
 from ovsmgr.compiler.stages.track import compile_state
 from ovsmgr.policy.analysis import RuleIndex, overlaps
 from ovsmgr.policy.ir import NatRule, ResolvedPolicy, Rule
@@ -231,7 +232,8 @@ class IncrementalFlows:
         positions = self.positions if same_order else {r.name: i for i, r in enumerate(rules)}
         levels, first, stop = self._levels(rules, positions, changed)
         owners: dict[str, tuple[FlowMod, ...] | None] = {}
-        if nat is not None and nat_signature(nat) != nat_signature(self.policy.nat):
+        if (nat is not None and nat_signature(nat) != nat_signature(self.policy.nat)) \
+                or used_helpers(rules) != used_helpers(self.rules):
             owners[BASE] = _base_flows(policy)
         recompile = [rules[i] for i in range(first, stop)
                      if rules[i].name in changed or levels[i] != self._old_level(rules[i].name)]
@@ -400,7 +402,7 @@ def _conj_bases(rule: Rule) -> tuple[int, ...]:
 
 def _base_flows(policy: ResolvedPolicy) -> tuple[FlowMod, ...]:
     """Every flow that does not come from a firewall rule: the policy compiled without its rules."""
-    flows = compile_policy(dataclasses.replace(policy, rules=())).flowset.flows.values()
+    flows = compile_policy(dataclasses.replace(policy, rules=()), used_helpers(policy.rules)).flowset.flows.values()
     return tuple(encode_flow(f) for f in flows)
 
 
@@ -409,5 +411,5 @@ def _rule_flows(policy: ResolvedPolicy, rule: Rule, level: int, conj_ids: set[in
     marks: dict[int, str] = {}
     flows: list[Flow] = compile_rule(policy, rule, level, marks, conj_ids)
     if marks:
-        flows += [f for f in compile_state(policy, marks) if f.rule == rule.name]
+        flows += [f for f in compile_state(policy, marks, rule_helpers([rule])) if f.rule == rule.name]
     return tuple(encode_flow(f) for f in flows)

@@ -97,6 +97,9 @@ EDITS = st.sampled_from([
     _add({"name": "r39033", "from": "inside", "src": ["10.0.0.72", "10.0.0.73"], "services": ["tcp/72", "tcp/73"],
           "action": "drop"}, 4),
     _remove("r16737"), _toggle("r39033", "action", ("drop", "reject")),
+    _add({"name": "ftp", "from": "inside", "services": ["tcp/21"], "helper": "ftp", "action": "allow"}, 2),
+    _add({"name": "tftp", "from": "inside", "services": ["udp/69"], "helper": "tftp", "action": "allow"}, 99),
+    _remove("ftp"), _toggle("ftp", "enabled", (True, False)),
 ])
 
 

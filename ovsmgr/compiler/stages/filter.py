@@ -29,7 +29,9 @@ from ovsmgr.compiler.flows import (
 from ovsmgr.compiler.ids import fingerprint, rule_id
 from ovsmgr.compiler.matchbuild import TRACKED_VALID, family, prefix, reg, service_matches
 from ovsmgr.compiler.pipeline import (
+    HELPER_ALGS,
     REG_FROM_ZONE,
+    REG_HELPER,
     REG_RULE,
     REG_TO_ZONE,
     CookieKind,
@@ -82,7 +84,7 @@ def compile_rule(
     priority = Priority.FILTER_TOP - level
     if priority <= Priority.DEFAULT:
         raise FlowError("more than 60,000 levels of overlapping firewall rules")
-    actions = _rule_actions(rule.name, rule.action, rule.stateful, rule.log, rule.match, marks)
+    actions = _rule_actions(rule.name, rule.action, rule.stateful, rule.log, rule.match, marks, rule.helper)
     flow_cookie = cookie(CookieKind.FIREWALL, rule_id(rule.name))
     flows: list[Flow] = []
     for version in sorted(rule.match.families()):
@@ -121,6 +123,7 @@ def compile_default(policy: ResolvedPolicy, marks: dict[int, str]) -> Flow:
 
 def _rule_actions(
     name: str, action: str, stateful: bool, log: bool, match: RuleMatch | None, marks: dict[int, str],
+    helper: str | None = None,
 ) -> tuple[Action, ...]:
     rid = rule_id(name)
     out: list[Action] = []
@@ -129,7 +132,10 @@ def _rule_actions(
     if action == "allow" and stateful:
         mark = fingerprint(name, match)
         marks[mark] = name
-        out += [SetField(REG_RULE.reg, mark), GotoTable(Table.NAT)]
+        out.append(SetField(REG_RULE.reg, mark))
+        if helper is not None:  # NAT's commit attaches it (`helpers`)
+            out.append(SetField(REG_HELPER.reg, HELPER_ALGS[helper]))
+        out.append(GotoTable(Table.NAT))
     elif action == "allow":
         out.append(GotoTable(Table.OUTPUT))
     elif action == "reject":

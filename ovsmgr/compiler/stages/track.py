@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ovsmgr.compiler.flows import Ct, Flow, GotoTable, Match, MatchItem, SetField
 from ovsmgr.compiler.matchbuild import ct_state, family, prefix
 from ovsmgr.compiler.pipeline import (
@@ -16,6 +18,7 @@ from ovsmgr.compiler.pipeline import (
     Table,
     cookie,
 )
+from ovsmgr.compiler.stages.helpers import related_commits
 from ovsmgr.policy.ir import ResolvedPolicy
 
 INFRA = cookie(CookieKind.INFRA)
@@ -55,7 +58,8 @@ def compile_egress(policy: ResolvedPolicy) -> list[Flow]:
     return flows
 
 
-def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str]) -> list[Flow]:
+def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str],
+                  helpers: Mapping[str, str] | None = None) -> list[Flow]:
     """Traffic of a committed connection passes on the mark of a rule the current policy still has.
 
     Every committed connection carries a non-zero mark, so `+new` with mark 0 is a
@@ -78,6 +82,8 @@ def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str])
     if policy.invalid == "drop":
         flows.extend(_not_syn_flows())
     flows.extend(_tcp_fragment_flows())
+    if helpers:  # `helpers`: rule name -> helper; their expected connections are committed first
+        flows.extend(related_commits(policy.ct_zone, stateful_fingerprints, helpers, INFRA))
     if not policy.cut_on_rule_removal:
         flows.append(Flow(Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk")), to_output, INFRA))
         return flows

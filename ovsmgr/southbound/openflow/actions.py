@@ -28,7 +28,7 @@ from ovsmgr.compiler.flows import (
     Resubmit,
     SetField,
 )
-from ovsmgr.compiler.pipeline import CookieKind, Priority, Table, cookie
+from ovsmgr.compiler.pipeline import HELPER_ALGS, CookieKind, Priority, Table, cookie
 from ovsmgr.southbound.openflow.oxm import HEADERS
 
 NX_VENDOR = 0x00002320
@@ -73,6 +73,7 @@ NXM_HEADERS: dict[str, int] = {
     **{f"reg{i}": _nxm(1, i, 4) for i in range(16)},
 }
 _NXM_NAMES = {header: name for name, header in NXM_HEADERS.items()}
+_HELPER_NAMES = {number: name for name, number in HELPER_ALGS.items()}
 _SET_FIELD_NAMES = {(h.oxm_class, h.field): name for name, h in HEADERS.items()
                     if name in ("dl_src", "dl_dst", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
                                 "ipv6_src", "ipv6_dst", "icmpv6_type", "nd_sll", "nd_tll", "nd_reserved",
@@ -153,8 +154,9 @@ def _ct(ct: Ct) -> bytes:
         nested += _NAT.pack(OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_NAT, 0, 0)
     nested += b"".join(encode_action(a) for a in ct.exec)
     table = NX_CT_RECIRC_NONE if ct.table is None else int(ct.table)
+    alg = 0 if ct.alg is None else HELPER_ALGS[ct.alg]
     return _CT.pack(OFPAT_EXPERIMENTER, 24 + len(nested), NX_VENDOR, NXAST_CT,
-                    NX_CT_F_COMMIT if ct.commit else 0, 0, ct.zone or 0, table, 0) + nested
+                    NX_CT_F_COMMIT if ct.commit else 0, 0, ct.zone or 0, table, alg) + nested
 
 
 def _nat(nat: NatSpec) -> bytes:
@@ -279,7 +281,8 @@ def _decode_reg_move(raw: bytes) -> Action:
 
 def _decode_ct(raw: bytes) -> Action:
     _, _, _, _, flags, zone_src, zone, table, alg = _CT.unpack_from(raw)
-    if flags & ~NX_CT_F_COMMIT or zone_src or alg:
+    helper = _HELPER_NAMES.get(alg) if alg else None
+    if flags & ~NX_CT_F_COMMIT or zone_src or (alg and helper is None):
         raise ActionDecodeError("ct with flags, a zone field or an ALG ovsmgr does not write")
     nat: NatSpec | None = None
     apply_nat = False
@@ -290,7 +293,8 @@ def _decode_ct(raw: bytes) -> Action:
     if not all(isinstance(a, SetField | Move) for a in nested):
         raise ActionDecodeError("ct exec with actions ovsmgr does not write")
     return Ct(commit=bool(flags & NX_CT_F_COMMIT), table=None if table == NX_CT_RECIRC_NONE else _table(table),
-              zone=zone or None, nat=nat, apply_nat=apply_nat, exec=tuple(nested))  # type: ignore[arg-type]
+              zone=zone or None, nat=nat, apply_nat=apply_nat, exec=tuple(nested),  # type: ignore[arg-type]
+              alg=helper)
 
 
 class _NatAction:
