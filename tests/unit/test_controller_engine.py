@@ -89,6 +89,11 @@ OPS = st.sampled_from([
     ("remove", "web"), ("remove", "blocked"), ("remove", "new-drop"),
     ("enable", "spare"), ("disable", "spare"), ("disable", "admin-ssh"), ("enable", "admin-ssh"),
     ("disable", "blocked"),
+    ("add", {"name": "ftp", "from": "inside", "services": ["tcp/21"], "helper": "ftp", "action": "allow"},
+     "web", None),
+    ("add", {"name": "tftp", "from": "inside", "services": ["udp/69"], "helper": "tftp", "action": "allow"},
+     None, None),
+    ("remove", "ftp"), ("disable", "tftp"), ("enable", "tftp"),
 ])
 
 
