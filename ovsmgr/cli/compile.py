@@ -6,7 +6,7 @@ import click
 
 from ovsmgr.cli.common import echo_json, load_or_exit, output_option, policy_files
 from ovsmgr.compiler import compile_policy
-from ovsmgr.render.ofctl import flow_json
+from ovsmgr.render.ofctl import flow_json, meter_text
 from ovsmgr.render.text import render_flows
 
 
@@ -23,6 +23,7 @@ def compile_cmd(files: tuple[str, ...], output: str) -> None:
         echo_json({
             "bridge": compiled.policy.bridge,
             "flows": [flow_json(f) for f in compiled.flows],
+            "meters": [{"id": m.id, "rule": m.rule, "meter": meter_text(m)} for m in compiled.meters],
             "fingerprints": {f"{k:#x}": v for k, v in sorted(compiled.fingerprints.items())},
         })
     else:

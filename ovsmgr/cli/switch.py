@@ -202,6 +202,9 @@ def status(bridge: str, output: str, target: SwitchTarget) -> None:
         limit = f" of {ct['limit']}" if ct["limit"] else " (no limit)"
         full = ": FULL, new connections are refused" if ct["full"] else ""
         click.echo(f"  conntrack zone {ct['zone']}: {ct['connections']}{limit} connections{full}")
+    for meter in info["meters"]:
+        click.echo(f"  limit of rule {meter['rule'] or '(unknown)'}: {meter['meter']}; "
+                   f"{meter['packets']} packets, {meter['dropped_packets']} dropped")
     drift = info["drift"] or {}
     click.echo("  drifted: " + (f"yes ({drift['add']} missing, {drift['delete']} unexpected, "
                                  f"{drift['change']} changed)" if info["drifted"] else "no"))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ovsmgr.compiler.flows import Flow, FlowSet
+from ovsmgr.compiler.flows import Flow, FlowSet, MeterConfig
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.stages.classify import compile_classify
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_filter
 from ovsmgr.compiler.stages.helpers import rule_helpers, used_helpers, with_helper_commits
+from ovsmgr.compiler.stages.limits import compile_meters
 from ovsmgr.compiler.stages.nat import compile_nat, compile_output
 from ovsmgr.compiler.stages.track import compile_conntrack, compile_egress, compile_state
 from ovsmgr.policy.gcpause import gc_paused
@@ -23,7 +24,10 @@ class CompiledPolicy:
     fingerprints: dict[int, str]
     """ct_mark value -> the stateful allow rule whose connections carry it."""
     rule_ids: dict[int, str]
-    """Cookie low 32 bits -> rule name, to name the rule behind a flow read back from a switch."""
+    """Cookie low 32 bits -> rule name, to name the rule behind a flow read back from a switch
+    (and meter id -> rule name, for the meters of rules with a `limit:`)."""
+    meters: tuple[MeterConfig, ...] = ()
+    """The meters the flows use (`limit:`), which must be on the switch before the flows."""
 
     @functools.cached_property
     def flows(self) -> list[Flow]:
@@ -46,14 +50,17 @@ def _compile(policy: ResolvedPolicy, helpers: tuple[str, ...] | None) -> Compile
         compile_classify(policy),
         compile_conntrack(policy),
         compile_egress(policy),
-        compile_state(policy, filtered.stateful_fingerprints, rule_helpers(policy.rules)),
+        compile_state(policy, filtered.stateful_fingerprints, rule_helpers(policy.rules),
+                      {r.name: r.limit for r in policy.rules if r.limit}),
         filtered.flows,
         with_helper_commits(compile_nat(policy), used_helpers(policy.rules) if helpers is None else helpers),
         compile_output(policy),
     ):
         flowset.extend(flows)
     names = [r.name for r in policy.rules] + [r.name for r in policy.nat] + [DEFAULT_RULE]
-    return CompiledPolicy(policy, flowset, dict(filtered.stateful_fingerprints), {rule_id(n): n for n in names})
+    meters = compile_meters(policy)
+    ids = {rule_id(n): n for n in names} | {m.id: m.rule for m in meters}
+    return CompiledPolicy(policy, flowset, dict(filtered.stateful_fingerprints), ids, meters)
 
 
-__all__ = ["CompiledPolicy", "Flow", "FlowSet", "compile_policy"]
+__all__ = ["CompiledPolicy", "Flow", "FlowSet", "MeterConfig", "compile_policy"]

@@ -142,6 +142,26 @@ class Ct:
 
 
 @dataclass(frozen=True)
+class Meter:
+    """Send the packet through meter `id` first (OpenFlow's meter instruction); it drops what is
+    above the meter's rate. Always a flow's first action."""
+
+    id: int
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    """A meter ovsmgr puts on the switch for a rule's `limit:`: one drop band of `rate` (packets or
+    kilobits per second, `unit`) with a burst of `burst` (packets or kilobits)."""
+
+    id: int
+    unit: str  # "pktps" | "kbps"
+    rate: int
+    burst: int
+    rule: str
+
+
+@dataclass(frozen=True)
 class Conjunction:
     id: int
     clause: int
@@ -168,7 +188,7 @@ class LearnMacBinding:
 
 Action = (
     Output | InPort | Normal | GotoTable | Resubmit | SetField | Move | Ct | Conjunction | Controller
-    | LearnMacBinding
+    | LearnMacBinding | Meter
 )
 
 

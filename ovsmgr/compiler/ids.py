@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK
+from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK, METER_IDS
 from ovsmgr.policy.ir import RuleMatch
 
 
@@ -21,6 +21,13 @@ def _hash32(text: str) -> int:
 def rule_id(name: str) -> int:
     """Low 32 bits of the cookie of every flow a rule makes; names are unique in a policy."""
     return _hash32(f"rule:{name}")
+
+
+@functools.cache
+def meter_id(name: str) -> int:
+    """The id of the meter of a rule with a `limit:` (in `METER_IDS`), from its name like its cookie,
+    so adding a limit to one rule renumbers no other rule's meter."""
+    return METER_IDS.start + _hash32(f"meter:{name}") % len(METER_IDS)
 
 
 def match_text(match: RuleMatch) -> str:

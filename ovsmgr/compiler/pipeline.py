@@ -154,6 +154,18 @@ class CookieKind(IntEnum):
     DEFAULT = 3
     LEARNED = 4
     """Flows the switch learned itself (MAC bindings); never diffed or deleted by ovsmgr."""
+    METER = 5
+    """A rule's meter (`limit:`); the low 32 bits are the meter id. Meters have no cookie on the
+    switch: ovsmgr gives its meter entries this one, and owns the meters by their id (`METER_IDS`)."""
+
+
+METER_IDS = range(0x8000_0000, 0xFFFF_0000)
+"""Meter ids ovsmgr owns (the upper half of OpenFlow's, below its reserved ids): only meters with
+these ids are read, changed or deleted, as only flows with `COOKIE_MAGIC` are."""
+METER_BURST_SECONDS = 0.1
+"""A meter's burst: this many seconds of its rate (at least one packet, or 16 kbit: two full-size
+frames, so a bandwidth meter passes large frames at all)."""
+METER_MIN_BURST_KBIT = 16
 
 
 def cookie(kind: CookieKind, rule_id: int = 0) -> int:

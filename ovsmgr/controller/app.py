@@ -78,7 +78,8 @@ class OvsmgrApp(app_manager.OSKenApp):
             self.hooks.switch_state(dpid, None)
 
     @set_ev_cls([ofp_event.EventOFPErrorMsg, ofp_event.EventOFPBarrierReply, ofp_event.EventONFBundleCtrlMsg,
-                 ofp_event.EventOFPExperimenter], MAIN_DISPATCHER)
+                 ofp_event.EventOFPExperimenter, ofp_event.EventOFPMeterConfigStatsReply,
+                 ofp_event.EventOFPMeterStatsReply], MAIN_DISPATCHER)
     def _reply(self, ev: Any) -> None:
         """Replies and errors for a `DatapathChannel`'s own requests."""
         if self._ours(ev.msg.datapath):

@@ -199,6 +199,13 @@ class Engine(RuntimeUpdates):
             return self._result(plan.counts(), len(built.inc.rules), started)
 
     # --- reading ------------------------------------------------------------------------------------
+    def limit_drops(self) -> dict[str, int]:
+        """Packets each rule's `limit:` dropped, by rule name (its meter's band count); read over the
+        switch connection under the lock, as every exchange on it is."""
+        with self.lock:
+            stats = self._table().meter_stats()
+        return {self.names.get(meter, f"(meter {meter:#x})"): s.dropped_packets for meter, s in sorted(stats.items())}
+
     def rule_info(self, rid: int) -> tuple[str, str]:
         """Name and action of the rule behind a cookie or packet-in (no lock: a read of dicts)."""
         name = DEFAULT_RULE if rid == 0 else self.names.get(rid, f"(rule {rid:#010x})")

@@ -1,7 +1,8 @@
 """Prometheus metrics of controller mode, collected when scraped.
 
 Per-rule packet and byte counters come from OpenFlow flow statistics (polled
-by the app) mapped back through cookies to rule names; conntrack entries of the
+by the app) mapped back through cookies to rule names, the drops of each rule's
+`limit:` from its meter's statistics; conntrack entries of the
 policy's zone from ovs-vswitchd's `dpctl/ct-stats-show` (OpenFlow has no conntrack
 statistics). A flow replaced by an update starts counting from zero again,
 which Prometheus' rate() treats as a counter reset.
@@ -108,6 +109,11 @@ def _rule_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
         octets.add_metric([*bridge, rule, kind], b)
     yield packets
     yield octets
+    dropped = CounterMetricFamily("ovsmgr_limit_dropped_packets", "Packets a rule's limit: dropped (its meter).",
+                                  labels=["bridge", "rule"])
+    for rule, count in sorted(snap.get("limit_drops", {}).items()):
+        dropped.add_metric([*bridge, rule], count)
+    yield dropped
 
 
 def _gauge(name: str, doc: str, labels: list[str], values: list[str], value: float) -> GaugeMetricFamily:

@@ -33,7 +33,7 @@ from ovsmgr.controller.ofchannel import DatapathChannel
 from ovsmgr.controller.relay import UnixRelay
 from ovsmgr.controller.switchdb import ControllerDB
 from ovsmgr.policy import PolicyError
-from ovsmgr.southbound.openflow import SwitchFlowTable
+from ovsmgr.southbound.openflow import OpenFlowError, SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget
 
 log = logging.getLogger("ovsmgr.controller")
@@ -268,6 +268,14 @@ class Controller:
                     packet_ins=dict(self.counters.packet_ins), log_suppressed=self.counters.log_suppressed)
         return info
 
+    def _limit_drops(self) -> dict[str, int]:
+        """Drops of each rule's `limit:`; none while the switch is away."""
+        try:
+            return self.engine.limit_drops() if self.engine.status.connected else {}
+        except OpenFlowError as exc:
+            log.warning("meter statistics: %s", exc)
+            return {}
+
     def metrics_snapshot(self) -> dict[str, Any]:
         s = self.engine.status
         policy = self.engine.policy
@@ -276,7 +284,7 @@ class Controller:
             "last_change_seconds": s.last_change_seconds, "connected": s.connected,
             "flows": len(self.engine.entries), "reload_failures": s.reload_failures,
             "update_failures": s.update_failures, "counters": self.counters, "stats": self.fresh_stats(),
-            "names": self.engine.names, "zone": policy.ct_zone,
+            "names": self.engine.names, "zone": policy.ct_zone, "limit_drops": self._limit_drops(),
             "conntrack": conntrack_entries(self.options.target.appctl(), policy.ct_zone),
         }
 

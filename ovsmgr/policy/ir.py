@@ -118,6 +118,16 @@ class RuleMatch:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A rule's `limit:`: a rate in packets per second (`pktps`) or kilobits per second (`kbps`),
+    as an OpenFlow meter counts; `text` as written."""
+
+    unit: Literal["pktps", "kbps"]
+    rate: int
+    text: str
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     index: int
@@ -128,6 +138,7 @@ class Rule:
     span: Span
     helper: Literal["ftp", "tftp"] | None = None
     """Conntrack helper (ALG) its connections are committed with; related data connections pass."""
+    limit: Limit | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,8 @@ class NatRule:
     ports: tuple[int, int] | None
     port: int | None
     span: Span
+    limit: Limit | None = None
+    """New connections per second the rule translates (packets only)."""
 
 
 @dataclass(frozen=True)

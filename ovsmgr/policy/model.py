@@ -94,6 +94,9 @@ class FirewallRule(_Frozen):
         description="Conntrack helper (ALG) for the connections this stateful allow rule opens: ftp (tcp "
                     "services) or tftp (udp services); their related data connections pass, also through NAT.",
     )
+    limit: str | None = Field(
+        default=None, description="Packets of the rule above this rate are dropped (an OpenFlow meter): "
+                                  "N/s or N/m packets, Nkbit/s or Nmbit/s.")
     enabled: bool = Field(default=True, description="A disabled rule is kept but compiles to nothing.")
     description: str | None = None
 
@@ -120,6 +123,9 @@ class NatRule(_Frozen):
     port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         default=None, description="dnat: new destination port."
     )
+    limit: str | None = Field(
+        default=None, description="New connections the rule translates above this rate are dropped (an "
+                                  "OpenFlow meter on their first packets): N/s or N/m.")
     enabled: bool = True
     description: str | None = None
 

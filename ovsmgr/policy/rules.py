@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from ovsmgr.policy.diagnostics import Collector, Span, did_you_mean
-from ovsmgr.policy.ir import IPAddress, NatRule, Rule, RuleMatch, ZoneInfo
+from ovsmgr.policy.ir import IPAddress, Limit, NatRule, Rule, RuleMatch, ZoneInfo
 from ovsmgr.policy.loader import Path_, SourceMap
 from ovsmgr.policy.model import FirewallRule, Policy
 from ovsmgr.policy.model import NatRule as NatRuleModel
 from ovsmgr.policy.names import AddressBook, ServiceBook
 from ovsmgr.policy.shape import Shape
-from ovsmgr.policy.terms import TermError, parse_address_range, parse_port_range
+from ovsmgr.policy.terms import TermError, parse_address_range, parse_limit, parse_port_range
 
 _FAMILY_NAMES = {frozenset({4}): "IPv4 only", frozenset({6}): "IPv6 only"}
 
@@ -54,9 +54,10 @@ class RuleResolver:
             self._unique_name(raw.name, path, ("firewall", i))
             match = self._match(raw, path)
             helper_ok = self._helper_ok(raw, path, match)
-            if match is not None and helper_ok and raw.enabled and i not in self.broken.rules:
+            limit, limit_ok = self._limit(raw, path)
+            if match is not None and helper_ok and limit_ok and raw.enabled and i not in self.broken.rules:
                 out.append(Rule(raw.name, i, match, raw.action, raw.stateful, raw.log, self.src.span(path),
-                                raw.helper))
+                                raw.helper, limit))
         return tuple(out)
 
     def _helper_ok(self, raw: FirewallRule, path: Path_, match: RuleMatch | None) -> bool:
@@ -101,10 +102,30 @@ class RuleResolver:
             if i in self.broken.nat:
                 continue
             translation = self._translation(raw, path, match)
-            if match is not None and translation is not None and raw.enabled:
+            limit, limit_ok = self._limit(raw, path)
+            if match is not None and translation is not None and limit_ok and raw.enabled:
                 lo, hi, ports = translation
-                out.append(NatRule(raw.name, i, raw.type, match, lo, hi, ports, raw.port, self.src.span(path)))
+                out.append(NatRule(raw.name, i, raw.type, match, lo, hi, ports, raw.port, self.src.span(path),
+                                   limit))
         return tuple(out)
+
+    def _limit(self, raw: FirewallRule | NatRuleModel, path: Path_) -> tuple[Limit | None, bool]:
+        """The rule's `limit:` (None without one), and whether it is sound."""
+        if raw.limit is None:
+            return None, True
+        span = self.src.span((*path, "limit"))
+        try:
+            limit = parse_limit(raw.limit)
+        except TermError as exc:
+            self.diag.error(span, str(exc))
+            return None, False
+        if isinstance(raw, NatRuleModel) and limit.unit != "pktps":
+            self.diag.error(span, f'a NAT rule\'s limit counts new connections: write N/s or N/m, not "{raw.limit}"')
+            return None, False
+        if isinstance(raw, FirewallRule) and raw.action == "drop":
+            self.diag.error(span, f'rule "{raw.name}" drops every packet it matches: a limit has nothing to limit')
+            return None, False
+        return limit, True
 
     def _unique_name(self, name: str, path: Path_, where: tuple[str, int]) -> None:
         if where in self.broken.anonymous:

@@ -10,7 +10,7 @@ import difflib
 import ipaddress
 import re
 
-from ovsmgr.policy.ir import IPAddress, IPNetwork, Service
+from ovsmgr.policy.ir import IPAddress, IPNetwork, Limit, Service
 
 ICMP_TYPES: dict[str, int] = {
     "echo-reply": 0,
@@ -136,6 +136,36 @@ def parse_port_range(text: str) -> tuple[int, int]:
     if hi < lo:
         raise TermError(f'"{text}" is an empty port range (the high end is below the low end)')
     return lo, hi
+
+
+_LIMIT = re.compile(r"^\s*([0-9]+)\s*(kbit|mbit)?\s*/\s*(s|m)\s*$")
+MAX_METER_RATE = 0xFFFF_FFFF
+"""An OpenFlow meter band's rate is 32 bits (packets or kilobits per second)."""
+
+
+def parse_limit(text: str) -> Limit:
+    """`500/s`, `600/m` (packets), `64kbit/s`, `10mbit/s`; as an OpenFlow meter counts: whole packets
+    or kilobits per second."""
+    found = _LIMIT.match(text)
+    if found is None:
+        raise TermError(f'"{text}" is not a rate: write N/s or N/m (packets), or Nkbit/s or Nmbit/s')
+    count, unit, per = int(found[1]), found[2], found[3]
+    if count == 0:
+        raise TermError(f'"{text}" is a rate of 0: a rule that passes nothing is action: drop')
+    if unit and per == "m":
+        raise TermError(f'"{text}": a bandwidth is per second (kbit/s or mbit/s)')
+    if unit:
+        rate, kind = count * (1000 if unit == "mbit" else 1), "kbps"
+    elif per == "m":
+        if count % 60:
+            raise TermError(f'"{text}" is {count / 60:.3g} packets a second, and an OpenFlow meter counts whole '
+                            f"packets a second: write a multiple of 60/m, or N/s")
+        rate, kind = count // 60, "pktps"
+    else:
+        rate, kind = count, "pktps"
+    if rate > MAX_METER_RATE:
+        raise TermError(f'"{text}" is above what an OpenFlow meter can count ({MAX_METER_RATE} a second)')
+    return Limit(kind, rate, text.strip())  # type: ignore[arg-type]
 
 
 def parse_service(text: str) -> Service:

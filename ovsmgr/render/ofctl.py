@@ -21,6 +21,8 @@ from ovsmgr.compiler.flows import (
     LearnMacBinding,
     Match,
     MatchItem,
+    Meter,
+    MeterConfig,
     Move,
     NatSpec,
     Normal,
@@ -197,7 +199,15 @@ def action_text(action: Action) -> str:
                     "load:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])")
         case Ct():
             return _ct_text(action)
+        case Meter(meter):
+            return f"meter:{meter}"
     raise TypeError(f"cannot render {action!r}")
+
+
+def meter_text(meter: MeterConfig) -> str:
+    """A meter as `ovs-ofctl add-meter` takes it (and `dump-meters` prints it)."""
+    return (f"meter={meter.id} {meter.unit} burst stats bands=type=drop rate={meter.rate} "
+            f"burst_size={meter.burst}")
 
 
 def _ct_text(ct: Ct) -> str:

@@ -11,7 +11,7 @@ import jinja2
 from ovsmgr import __version__
 from ovsmgr.compiler import CompiledPolicy
 from ovsmgr.compiler import pipeline as pl
-from ovsmgr.render.ofctl import flow_text
+from ovsmgr.render.ofctl import flow_text, meter_text
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("ovsmgr.render", "templates"),
@@ -48,7 +48,7 @@ def render_flows(compiled: CompiledPolicy) -> str:
     return _ENV.get_template("flows.ofctl.j2").render(
         version=__version__, bridge=policy.bridge,
         sources=", ".join(Path(s).name for s in policy.sources) or "<policy>",
-        count=len(compiled.flowset), tables=tables,
+        count=len(compiled.flowset), tables=tables, meters=[meter_text(m) for m in compiled.meters],
     )
 
 
@@ -76,6 +76,8 @@ _KIND_DOCS = {
     "NAT": "flows of a NAT rule",
     "DEFAULT": "the firewall's default action",
     "LEARNED": "MAC bindings the switch learns from ARP; never diffed or deleted",
+    "METER": "a rule's meter (`limit:`) as ovsmgr keeps it beside its flows; the low 32 bits are the meter "
+             "id, and ovsmgr owns the meters whose ids are in 0x80000000-0xfffeffff",
 }
 
 

@@ -28,6 +28,7 @@ from ovsmgr.compiler.flows import (
     LearnMacBinding,
     Match,
     MatchItem,
+    Meter,
     Move,
     Normal,
     Output,
@@ -229,6 +230,8 @@ class _Walk:
             self.controller(action, events)
         elif isinstance(action, LearnMacBinding):
             self.learn(action, state, events)
+        elif isinstance(action, Meter):
+            events.append(f"meter {action.id:#x}: rates are not simulated, the packet passes")
 
     # --- conntrack -------------------------------------------------------------------------
     def recirculate(self, action: Ct, state: _State, events: list[str]) -> _State:

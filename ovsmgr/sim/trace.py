@@ -22,6 +22,7 @@ from ovsmgr.compiler.flows import (
     LearnMacBinding,
     Match,
     MatchItem,
+    Meter,
     Move,
     Normal,
     Output,
@@ -195,6 +196,8 @@ def describe_action(action: Action, port_names: Mapping[int, str] | None = None)
             return f"controller({kind}, rule id {int.from_bytes(data[4:8], 'big'):#x})"
         case LearnMacBinding(table=table):
             return f"learn(mac binding -> {table_name(table)})"
+        case Meter(id=meter):
+            return f"meter:{meter}"
     return repr(action)
 
 

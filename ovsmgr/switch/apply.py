@@ -27,8 +27,8 @@ from ovsmgr.switch.lockout import Endpoint, LiveSwitchView, LockoutError, check_
 from ovsmgr.switch.plan import (
     Desired,
     Plan,
-    desired_flows,
     desired_mods,
+    desired_of,
     full_replacement,
     make_plan,
 )
@@ -75,7 +75,7 @@ class Desire:
 def desire(source: ResolvedPolicy | CompiledPolicy, target: SwitchTarget) -> Desire:
     """A policy's flows, through the compile cache; a `CompiledPolicy`'s flows as they are."""
     if isinstance(source, CompiledPolicy):
-        return Desire(source.policy, desired_flows(source.flows), source.rule_ids, None, source)
+        return Desire(source.policy, desired_of(source), source.rule_ids, None, source)
     compiled = compile_with_cache(source, cache_path(target, source.bridge))
     return Desire(source, dict(compiled.flows.flows), compiled.flows.rule_names(), compiled)
 

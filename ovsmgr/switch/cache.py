@@ -42,7 +42,7 @@ from ovsmgr.switch.statefile import atomic_write
 
 FORMAT = 4
 _CODE = ("compiler", "switch/incremental.py", "southbound/openflow/oxm.py", "southbound/openflow/actions.py",
-         "southbound/openflow/messages.py", "policy/ir.py")
+         "southbound/openflow/messages.py", "southbound/openflow/meters.py", "policy/ir.py")
 
 
 def cache_path(target: SwitchTarget, bridge: str) -> Path:
@@ -76,6 +76,7 @@ def fingerprint(rule: Rule) -> bytes:
     """What a rule's flows are made from (not where it stands in the file)."""
     m = rule.match
     text = "\x1f".join((rule.name, rule.action, "s" if rule.stateful else "", "l" if rule.log else "",
+                        f"{rule.limit.unit}:{rule.limit.rate}" if rule.limit else "",
                         m.from_zone, m.to_zone or "", ",".join(map(str, m.src)), ",".join(map(str, m.dst)),
                         ",".join(map(str, m.services)), rule.helper or ""))
     return hashlib.blake2b(text.encode(), digest_size=16).digest()

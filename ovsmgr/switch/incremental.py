@@ -13,7 +13,8 @@ disk between two `apply` runs:
   made by `compile_policy` of the policy without firewall rules: cheap, and it
   follows whatever the stages do;
 - one owner per firewall rule: its FILTER flows (`filter.compile_rule`) and,
-  for a stateful allow, its STATE flow for its fingerprint.
+  for a stateful allow, its STATE flow for its fingerprint; with a `limit:`, its
+  meter (an entry of the table, `southbound.openflow.meters`).
 
 An update names the rules it changed; only they are recompiled, plus the rules
 whose *level* (priority) moved. Levels come from a greedy pass in rule order
@@ -42,14 +43,16 @@ from dataclasses import dataclass, field
 
 from ovsmgr.compiler import compile_policy
 from ovsmgr.compiler.flows import Flow, FlowSet
-from ovsmgr.compiler.ids import rule_id
+from ovsmgr.compiler.ids import meter_id, rule_id
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_rule, conj_id_base, rule_levels
 from ovsmgr.compiler.stages.helpers import rule_helpers, used_helpers
+from ovsmgr.compiler.stages.limits import meter_config
 from ovsmgr.compiler.stages.track import compile_state
 from ovsmgr.policy.analysis import RuleIndex, overlaps
 from ovsmgr.policy.ir import NatRule, ResolvedPolicy, Rule
 from ovsmgr.southbound.openflow import FlowMod, decode_flow, encode_flow
 from ovsmgr.southbound.openflow.messages import pack_flows, unpack_flows
+from ovsmgr.southbound.openflow.meters import meter_entry
 
 FlowKey = bytes
 """A flow's wire key (table, priority, match: `FlowMod.key`)."""
@@ -153,7 +156,7 @@ class Owners:
 
 def nat_signature(nat: Iterable[NatRule]) -> tuple[object, ...]:
     """What of the NAT rules the flows depend on (not their index or source span)."""
-    return tuple((n.name, n.kind, n.match, n.translate_lo, n.translate_hi, n.ports, n.port) for n in nat)
+    return tuple((n.name, n.kind, n.match, n.translate_lo, n.translate_hi, n.ports, n.port, n.limit) for n in nat)
 
 
 class IncrementalFlows:
@@ -217,7 +220,8 @@ class IncrementalFlows:
         cached = self._names
         if cached is None:
             names = [r.name for r in self.rules] + [n.name for n in self.policy.nat] + [DEFAULT_RULE]
-            cached = self._names = {rule_id(n): n for n in names}
+            limited = [r.name for r in self.rules if r.limit] + [n.name for n in self.policy.nat if n.limit]
+            cached = self._names = {rule_id(n): n for n in names} | {meter_id(n): n for n in limited}
         return cached
 
     # --- preparing an update ------------------------------------------------------------------
@@ -401,15 +405,18 @@ def _conj_bases(rule: Rule) -> tuple[int, ...]:
 
 
 def _base_flows(policy: ResolvedPolicy) -> tuple[FlowMod, ...]:
-    """Every flow that does not come from a firewall rule: the policy compiled without its rules."""
-    flows = compile_policy(dataclasses.replace(policy, rules=()), used_helpers(policy.rules)).flowset.flows.values()
-    return tuple(encode_flow(f) for f in flows)
+    """Every flow that does not come from a firewall rule: the policy compiled without its rules
+    (and the NAT rules' meters)."""
+    compiled = compile_policy(dataclasses.replace(policy, rules=()), used_helpers(policy.rules))
+    return (*(encode_flow(f) for f in compiled.flowset.flows.values()), *map(meter_entry, compiled.meters))
 
 
 def _rule_flows(policy: ResolvedPolicy, rule: Rule, level: int, conj_ids: set[int]) -> tuple[FlowMod, ...]:
-    """One rule's FILTER flows and, for a stateful allow, its STATE flow."""
+    """One rule's FILTER flows and, for a stateful allow, its STATE flow; its meter, if it has a limit."""
     marks: dict[int, str] = {}
     flows: list[Flow] = compile_rule(policy, rule, level, marks, conj_ids)
+    limits = {rule.name: rule.limit} if rule.limit else {}
     if marks:
-        flows += [f for f in compile_state(policy, marks, rule_helpers([rule])) if f.rule == rule.name]
-    return tuple(encode_flow(f) for f in flows)
+        flows += [f for f in compile_state(policy, marks, rule_helpers([rule]), limits) if f.rule == rule.name]
+    meter = (meter_entry(meter_config(rule.name, rule.limit)),) if rule.limit else ()
+    return (*(encode_flow(f) for f in flows), *meter)

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ovsmgr.compiler import CompiledPolicy
 from ovsmgr.compiler.flows import Flow
 from ovsmgr.compiler.pipeline import CookieKind, cookie_parts
 from ovsmgr.southbound.openflow import (
@@ -25,6 +26,7 @@ from ovsmgr.southbound.openflow import (
     describe,
     encode_flow,
 )
+from ovsmgr.southbound.openflow.meters import is_meter, meter_entry, meter_text
 
 Desired = dict[bytes, FlowMod]
 """Wire key (table, priority, match) -> the flow in its wire form."""
@@ -38,6 +40,13 @@ def desired_flows(flows: Iterable[Flow], models: dict[FlowMod, Flow] | None = No
         out[mod.key] = mod
         if models is not None:
             models[mod] = flow
+    return out
+
+
+def desired_of(compiled: CompiledPolicy, models: dict[FlowMod, Flow] | None = None) -> Desired:
+    """A compiled policy's flows and meters in wire form."""
+    out = desired_flows(compiled.flows, models)
+    out.update((entry.key, entry) for entry in map(meter_entry, compiled.meters))
     return out
 
 
@@ -148,6 +157,8 @@ def flow_line(mod: FlowMod, models: dict[FlowMod, Flow] | None = None) -> str:
     """`table=..,priority=..,MATCH actions=..` of a flow (decoded when its model is not at hand)."""
     from ovsmgr.render.ofctl import actions_text, match_text  # for people only: not on apply's path
 
+    if is_meter(mod):
+        return meter_text(mod)
     flow = (models or {}).get(mod) or decode_flow(mod)
     if flow is None:
         return describe(mod)

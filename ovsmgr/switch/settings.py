@@ -78,23 +78,34 @@ def snat_source_ports(rule: NatRule) -> int:
     return (int(rule.translate_hi) - int(rule.translate_lo) + 1) * (hi - lo + 1)
 
 
+SYN_SENT_SECONDS = {"system": 120, "netdev": 30, "dpdk": 30}
+"""How long a connection whose SYN was never answered stays in conntrack, by datapath, unless the
+zone's `tcp_syn_sent` timeout says otherwise (Linux's nf_conntrack default; OVS's userspace one)."""
+
+
 def snat_exhaustion_warnings(policy: ResolvedPolicy) -> list[str]:
     """SNAT rules whose source ports a flood to one destination can exhaust before the zone is full.
 
     Once they are exhausted, ovs-vswitchd's userspace conntrack searches the port range (up to 240
     lookups) for every new connection it cannot translate: a flood of SYNs to one destination then
     starves the established traffic through the switch (docs/bench.md, "NAT under connection
-    floods"). A zone limit below the rule's ports refuses new connections before any search."""
+    floods"). A zone limit below the rule's ports refuses new connections before any search; a
+    `limit:` on the rule keeps a flood from filling them, if its rate over the time an unanswered
+    SYN stays in conntrack is below them."""
     limit = policy.max_connections
+    syn_sent = dict(policy.ct_timeouts).get("tcp_syn_sent", SYN_SENT_SECONDS.get(policy.datapath, 120))
     out = []
     for rule in policy.nat:
         ports = snat_source_ports(rule) if rule.kind == "snat" else 0
-        if ports and (limit is None or limit >= ports):
+        capped = rule.limit is not None and rule.limit.rate * syn_sent < ports
+        if ports and not capped and (limit is None or limit >= ports):
             have = "is not set" if limit is None else f"{limit:,} is not below that"
             out.append(f"SNAT rule {rule.name} has {ports:,} source ports per destination and "
                        f"conntrack.max_connections {have}: a flood of new connections to one destination "
                        f"exhausts them, and then every new connection costs a search of the port range "
-                       f"that starves established traffic; a limit below {ports:,} refuses them instead")
+                       f"that starves established traffic; a limit below {ports:,} refuses them instead, "
+                       f"or a limit: on the rule below {ports // syn_sent:,}/s new connections keeps them "
+                       f"from filling ({syn_sent} s of unanswered SYNs)")
     return out
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ovsmgr.southbound.conntrack import zone_usage
+from ovsmgr.southbound.openflow import InstalledFlow
+from ovsmgr.southbound.openflow.meters import MeterStats, is_meter, meter_id, meter_text
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch import record as rec
@@ -22,6 +24,7 @@ def switch_status(target: SwitchTarget, bridge: str) -> dict[str, Any]:
         info = db.bridge_info(bridge)
     with flow_table(target, bridge) as table:
         current = table.read()
+        stats = table.meter_stats() if any(is_meter(s.mod) for s in current) else {}
     ext = {k.removeprefix(f"{rec.EXT}-"): v for k, v in info["external_ids"].items() if k.startswith(f"{rec.EXT}-")}
     recorded = rec.read_flows(target, bridge) if record else None
     drift = drift_counts(current, recorded) if recorded is not None else None
@@ -32,7 +35,21 @@ def switch_status(target: SwitchTarget, bridge: str) -> dict[str, Any]:
         "generation": int(ext["generation"]) if "generation" in ext else None,
         "applied_at": ext.get("applied-at"), "applied_by": ext.get("applied-by"),
         "sources": ext.get("sources"), "digest": ext.get("digest"),
-        "flows": len(current), "drifted": bool(drift and any(drift.values())),
+        "flows": sum(1 for s in current if not is_meter(s.mod)),
+        "meters": _meters(current, stats, record.rules if record else {}),
+        "drifted": bool(drift and any(drift.values())),
         "drift": drift, "rollback_pending": rollback_path(target, bridge).exists(),
         "conntrack": zone_usage(ctl, record.ct_zone).to_json() if ctl and record else None,
     }
+
+
+def _meters(current: list[InstalledFlow], stats: dict[int, MeterStats], names: dict[int, str]) -> list[dict[str, Any]]:
+    """ovsmgr's meters on the switch (the rules' `limit:`), with what each passed and dropped."""
+    out = []
+    for mod in (s.mod for s in current if is_meter(s.mod)):
+        meter = meter_id(mod)
+        counts = stats.get(meter)
+        out.append({"id": meter, "rule": names.get(meter), "meter": meter_text(mod),
+                    "packets": counts.packets if counts else None,
+                    "dropped_packets": counts.dropped_packets if counts else None})
+    return sorted(out, key=lambda m: (m["rule"] or "", m["id"]))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,31 @@ def _eventually(check, timeout: float):  # type: ignore[no-untyped-def]
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.2)
+
+
+def test_a_limited_rule_s_meter_goes_with_its_flows_and_its_drops_are_exported(lab_factory, tmp_path):
+    """The controller pushes the meter before the flows that use it (else the switch refuses the
+    bundle), finds it unchanged when it reconnects, puts it back after a switch restart, and exports
+    what it dropped."""
+    lab = lab_factory(PORTS)
+    path = write_policy(tmp_path / "p.yaml", ALLOW_OUT.replace("action: allow}", "action: allow, limit: 50/s}"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with controller(lab, [path], tmp_path, ["--metrics", f"127.0.0.1:{port}"]) as ctl:
+        meters = lab.ofctl(["dump-meters"])
+        assert "pktps" in meters and "rate=50 burst_size=5" in meters, meters
+        with probe_stream(lab, "inside", "outside", OUTSIDE, 9000, duration=2, interval=0.002) as received:
+            pass
+        assert 0 < len(received) < 1000 / 2, f"{len(received)} of 1,000 datagrams passed a limit of 50/s"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        dropped = re.search(r'ovsmgr_limit_dropped_packets_total\{bridge="br0",rule="allow-out"\} (\S+)', text)
+        assert dropped and float(dropped[1]) > 500, text[-3000:]
+        ctl.kill(signal.SIGKILL)
+        before = len(ctl.log())
+        ctl.start()
+        assert "reconciled" not in ctl.log()[before:], "a restarted controller finds the meter and flows as they are"
+        lab.restart_vswitchd()
+        assert _eventually(lambda: "rate=50 burst_size=5" in lab.ofctl(["dump-meters"]), 15), \
+            ctl.log()[-2000:]
+        assert _eventually(lambda: "meter:" in lab.ofctl(["dump-flows", "table=40"]), 15)

@@ -4,7 +4,9 @@
   OpenFlow connection byte-identical to ovsmgr's encoding of the same compiled flows (so a
   plan compares bytes, and an unchanged flow is never seen as changed);
 - flows pushed in ovsmgr's own bundle are what `ovs-ofctl dump-flows`, an independent
-  reader, prints for the rendered policy.
+  reader, prints for the rendered policy;
+- meters (`limit:`, policies/limits.yaml) added with `ovs-ofctl add-meter` as the compiled
+  text's header says read back as ovsmgr's meter entries, and go after the flows using them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import pytest
 from ovsmgr.compiler import compile_policy
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import generate_policy
-from ovsmgr.render.ofctl import flow_text
+from ovsmgr.render.ofctl import flow_text, meter_text
 from ovsmgr.southbound.openflow import BundleOp, SwitchConnection, SwitchFlowTable, encode_flow
+from ovsmgr.southbound.openflow.meters import meter_entry
 
 from .switch import POLICIES, target_of
 
@@ -39,17 +42,22 @@ def _sorted_dump(text: str) -> list[str]:
 @pytest.mark.parametrize("case", CASES)
 def test_the_switch_reports_every_flow_as_ovsmgr_encodes_it(lab_factory, case: str) -> None:  # type: ignore[no-untyped-def]
     lab = lab_factory()
-    flows = compiled(case).flows
+    policy = compiled(case)
+    flows = policy.flows
+    for meter in policy.meters:  # as the compiled text's header says (limits.yaml)
+        lab.ofctl(["add-meter", meter_text(meter)])
     lab.ofctl(["add-flows", "-"], input="".join(f"{flow_text(f)}\n" for f in flows))
+    meters = {meter_entry(m) for m in policy.meters}
     with SwitchConnection(target_of(lab).openflow("br0")) as connection:
         table = SwitchFlowTable(connection)
         read = {s.mod for s in table.read()}
-        assert read == {encode_flow(f) for f in flows}
+        assert read == {encode_flow(f) for f in flows} | meters
         # and back: ovsmgr's own bundle gives what ovs-ofctl prints for the rendered flows
         rendered = _sorted_dump(lab.ofctl(["dump-flows", "--no-stats"]))
         table.push([BundleOp(m, True) for m in read])
         assert _sorted_dump(lab.ofctl(["dump-flows", "--no-stats"])) == []
-        table.push([BundleOp(encode_flow(f), False) for f in flows])
+        assert not table.read(), "the meters went after the flows that used them"
+        table.push([BundleOp(encode_flow(f), False) for f in flows] + [BundleOp(m, False) for m in meters])
     assert _sorted_dump(lab.ofctl(["dump-flows", "--no-stats"])) == rendered
 
 

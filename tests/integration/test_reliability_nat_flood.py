@@ -1,10 +1,12 @@
-"""A SYN flood to one destination through SNAT: with the zone limit below the NAT's source ports,
-established traffic is delivered and the switch never searches an exhausted port range.
+"""A SYN flood to one destination through SNAT: with either mitigation (a zone limit below the
+NAT's source ports, or a `limit:` on the NAT rule's new connections) established traffic is
+delivered and the switch never searches an exhausted port range.
 
 The SNAT rule gets a narrow source port range (`NAT_PORTS`), so a flood from a CI machine
-exhausts it in well under a second. Without the limit OVS logs the exhaustion (the control: the
-flood is real and reaches the port range); with ``max_connections`` below the range the zone
-fills first and refuses the rest before any port is searched. Figures for the same on the full
+exhausts it in well under a second. Without a mitigation OVS logs the exhaustion (the control:
+the flood is real and reaches the port range); with ``max_connections`` below the range the zone
+fills first and refuses the rest before any port is searched; with ``limit:`` on the NAT rule its
+meter drops the SYNs above the rate before they are committed, so the range is never used up. Figures for the same on the full
 port range, at the generator's full rate, are `ovsmgr bench run bench/nat.yaml` (docs/bench.md);
 nothing here is timed.
 """
@@ -21,9 +23,10 @@ import pytest
 
 from ovsmgr.bench.testbed import Host, drop_load_at_host
 from ovsmgr.lab.ovs import Lab, LabPort
+from ovsmgr.switch.status import switch_status
 
 from .reliability import zone_limits
-from .switch import apply, compiled_text
+from .switch import apply, compiled_text, target_of
 from .test_reliability_conntrack import INSIDE_OUT, OUTSIDE, policy, say
 from .traffic import PY
 
@@ -33,11 +36,14 @@ PORTS = (LabPort("inside", 1, "10.0.0.10/24"), LabPort("outside", 2, "198.51.100
 NAT_PORTS = (20000, 20999)
 LIMIT = 900
 """Below the 1,000 source ports of `NAT_PORTS`: the zone is full before they run out."""
+NEW_PER_SECOND = 100
+"""The NAT rule's `limit:`: FLOOD_SECONDS of it (and its burst) stay below the 1,000 ports."""
 FLOOD_SECONDS = 3
 REPLY_WAIT = 30
 EXHAUSTED = "Unable to NAT due to tuple space exhaustion"
 MASQUERADE = ("nat:\n  - {name: masq, type: snat, from: inside, to: outside, translate_to: 200.200.200.200, "
               f"ports: {NAT_PORTS[0]}-{NAT_PORTS[1]}}}")
+MASQUERADE_LIMITED = MASQUERADE.replace("}", f", limit: {NEW_PER_SECOND}/s}}")
 
 
 def vswitchd_log(lab: Lab) -> str:
@@ -72,11 +78,14 @@ def session(lab: Lab, port: int = 9000) -> Iterator[subprocess.Popen[str]]:
                 proc.wait()
 
 
-@pytest.mark.parametrize("limited", [False, True], ids=["no-limit", "zone-limit-below-nat-ports"])
-def test_a_flood_to_one_destination_through_snat(lab_factory, limited: bool) -> None:
+@pytest.mark.parametrize("mitigation", [None, "zone-limit", "nat-limit"],
+                         ids=["none", "zone-limit-below-nat-ports", "limit-on-the-nat-rule"])
+def test_a_flood_to_one_destination_through_snat(lab_factory, mitigation: str | None) -> None:
     lab = lab_factory(PORTS)
-    conntrack = f"conntrack: {{max_connections: {LIMIT}}}" if limited else ""
-    apply(lab, compiled_text(policy(INSIDE_OUT, nat=MASQUERADE, conntrack=conntrack)))
+    conntrack = f"conntrack: {{max_connections: {LIMIT}}}" if mitigation == "zone-limit" else ""
+    nat = MASQUERADE_LIMITED if mitigation == "nat-limit" else MASQUERADE
+    compiled = compiled_text(policy(INSIDE_OUT, nat=nat, conntrack=conntrack))
+    apply(lab, compiled)
     lab.announce()
     with session(lab) as established:
         assert say(established, "before") == "reply before"
@@ -87,13 +96,19 @@ def test_a_flood_to_one_destination_through_snat(lab_factory, limited: bool) -> 
         after = say(established, "after")
         exhausted = EXHAUSTED in vswitchd_log(lab)
         connections = int(lab.appctl(["dpctl/ct-get-nconns"]).strip())
-    if not limited:
+    if mitigation is None:
         assert exhausted, "the control: the flood reaches the NAT's port range and exhausts it"
         assert connections >= NAT_PORTS[1] - NAT_PORTS[0] + 1
         return
-    assert not exhausted, "a full zone refuses new connections before OVS searches for a free port"
-    assert zone_limits(lab, 1) == (LIMIT, LIMIT), "the flood fills the zone, and no more"
+    assert not exhausted, "the mitigation keeps OVS from searching an exhausted port range"
+    if mitigation == "zone-limit":
+        assert zone_limits(lab, 1) == (LIMIT, LIMIT), "the flood fills the zone, and no more"
+    else:
+        meters = switch_status(target_of(lab), "br0")["meters"]
+        assert [m["rule"] for m in meters] == ["masq"] and meters[0]["dropped_packets"] > 0, \
+            "the NAT rule's meter dropped the flood above its rate"
+        assert connections < NAT_PORTS[1] - NAT_PORTS[0] + 1
     assert (during, after) == ("reply during", "reply after"), "the established session is served"
     flows = lab.ofctl(["dump-flows"])  # the switch still answers its management connection
     assert "nat(src=200.200.200.200:20000-20999)" in flows
-    apply(lab, compiled_text(policy(INSIDE_OUT, nat=MASQUERADE, conntrack=conntrack)))
+    apply(lab, compiled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ovsmgr.southbound.openflow import BundleOp, FlowMod, InstalledFlow
+from ovsmgr.southbound.openflow.meters import MeterStats
 from ovsmgr.switch.plan import flow_line
 
 
@@ -18,6 +19,9 @@ class FakeTable:
 
     def read(self, ours_only: bool = True) -> list[InstalledFlow]:
         return [InstalledFlow(mod, 0, 0) for mod in self.flows.values()]
+
+    def meter_stats(self) -> dict[int, MeterStats]:
+        return {}
 
     def push(self, ops: Sequence[BundleOp]) -> None:
         self.pushes.append(list(ops))

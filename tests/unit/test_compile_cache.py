@@ -15,7 +15,7 @@ from ovsmgr.controller.policydata import resolve_data
 from ovsmgr.policy import load_policy_text
 from ovsmgr.policy.generate import generate_policy
 from ovsmgr.switch import cache
-from ovsmgr.switch.plan import desired_flows
+from ovsmgr.switch.plan import desired_of
 from tests.support.policies import two_ports
 from tests.unit.test_controller_engine import POLICY
 
@@ -28,7 +28,7 @@ def base_data() -> Data:
 
 
 def full(data: Data) -> list[object]:
-    return sorted(desired_flows(compile_policy(resolve_data(data, "<full>")).flows).values())
+    return sorted(desired_of(compile_policy(resolve_data(data, "<full>"))).values())
 
 
 def rules(data: Data) -> list[dict[str, Any]]:
@@ -75,6 +75,11 @@ def _nat(data: Data) -> None:
                                                "translate_to": "198.51.100.200"}]
 
 
+def _nat_limit(data: Data) -> None:
+    for rule in data.get("nat", []):
+        rule["limit"] = None if rule.get("limit") else "300/s"
+
+
 def _default(data: Data) -> None:
     data["firewall"]["default"] = "reject" if data["firewall"]["default"] == "drop" else "drop"
 
@@ -90,7 +95,8 @@ EDITS = st.sampled_from([
     _remove("web"), _remove("blocked"), _remove("new-drop"), _remove("first"),
     _toggle("spare", "enabled", (False, True)), _toggle("admin-ssh", "enabled", (True, False)),
     _toggle("dns", "stateful", (False, True)), _toggle("no-telnet", "action", ("reject", "drop")),
-    _toggle("web", "log", (False, True)), _swap, _nat, _default,
+    _toggle("web", "log", (False, True)), _toggle("web", "limit", (None, "100/s")),
+    _toggle("dns", "limit", (None, "2mbit/s")), _swap, _nat, _nat_limit, _default,
     # r16737 and r39033 have the same rule id, so the same conjunction id base: a collision
     _add({"name": "r16737", "from": "inside", "src": ["10.0.0.70", "10.0.0.71"], "services": ["tcp/70", "tcp/71"],
           "action": "drop"}, 1),
@@ -129,7 +135,7 @@ def test_one_edited_rule_of_many_is_the_only_rule_compiled(tmp_path: Path) -> No
     edited_text = text.replace(line, line.replace("tcp/", "udp/"), 1)
     edited = cache.compile_with_cache(policy := load_policy_text(edited_text, "big.yaml"), path)
     assert edited.from_cache and 1 <= edited.rules_compiled <= 3, edited.rules_compiled
-    assert edited.flows.sorted_flows() == sorted(desired_flows(compile_policy(policy).flows).values())
+    assert edited.flows.sorted_flows() == sorted(desired_of(compile_policy(policy)).values())
 
 
 @pytest.mark.parametrize("damage", ["garbage", "context", "code"])
@@ -176,4 +182,4 @@ def test_a_conjunction_id_collision_recompiles_all_only_when_a_change_touches_it
         compiled = cache.compile_with_cache(policy := load_policy_text(edited, "p.yaml"), path)
         assert edited != text and compiled.from_cache is incremental, new
         assert compiled.rules_compiled == (1 if incremental else len(policy.rules)), new
-        assert compiled.flows.sorted_flows() == sorted(desired_flows(compile_policy(policy).flows).values())
+        assert compiled.flows.sorted_flows() == sorted(desired_of(compile_policy(policy)).values())

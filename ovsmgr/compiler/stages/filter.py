@@ -41,6 +41,7 @@ from ovsmgr.compiler.pipeline import (
     cookie,
     packet_in_userdata,
 )
+from ovsmgr.compiler.stages.limits import metered
 from ovsmgr.policy.analysis import RuleIndex, overlaps
 from ovsmgr.policy.ir import ResolvedPolicy, Rule, RuleMatch
 
@@ -84,7 +85,8 @@ def compile_rule(
     priority = Priority.FILTER_TOP - level
     if priority <= Priority.DEFAULT:
         raise FlowError("more than 60,000 levels of overlapping firewall rules")
-    actions = _rule_actions(rule.name, rule.action, rule.stateful, rule.log, rule.match, marks, rule.helper)
+    actions = metered(rule.name, rule.limit, _rule_actions(rule.name, rule.action, rule.stateful, rule.log,
+                                                           rule.match, marks, rule.helper))
     flow_cookie = cookie(CookieKind.FIREWALL, rule_id(rule.name))
     flows: list[Flow] = []
     for version in sorted(rule.match.families()):

@@ -38,6 +38,7 @@ from ovsmgr.compiler.pipeline import (
     cookie,
 )
 from ovsmgr.compiler.stages.filter import _zone_match, expand_match, match_dimensions
+from ovsmgr.compiler.stages.limits import metered
 from ovsmgr.policy.ir import NatRule, ResolvedPolicy
 
 INFRA = cookie(CookieKind.INFRA)
@@ -83,7 +84,7 @@ def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
         top = Priority.NAT_DNAT_TOP if rule.kind == "dnat" else Priority.NAT_SNAT_TOP
         priority = top - counters[rule.kind]
         counters[rule.kind] += 1
-        actions = _translating_commit(policy, nat_spec(rule))
+        actions = metered(rule.name, rule.limit, _translating_commit(policy, nat_spec(rule)))
         rid = rule_id(rule.name)
         for version in sorted(rule.match.families()):
             if version != rule.translate_lo.version:

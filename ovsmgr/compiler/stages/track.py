@@ -19,7 +19,8 @@ from ovsmgr.compiler.pipeline import (
     cookie,
 )
 from ovsmgr.compiler.stages.helpers import related_commits
-from ovsmgr.policy.ir import ResolvedPolicy
+from ovsmgr.compiler.stages.limits import metered
+from ovsmgr.policy.ir import Limit, ResolvedPolicy
 
 INFRA = cookie(CookieKind.INFRA)
 
@@ -59,7 +60,8 @@ def compile_egress(policy: ResolvedPolicy) -> list[Flow]:
 
 
 def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str],
-                  helpers: Mapping[str, str] | None = None) -> list[Flow]:
+                  helpers: Mapping[str, str] | None = None, limits: Mapping[str, Limit] | None = None,
+                  ) -> list[Flow]:
     """Traffic of a committed connection passes on the mark of a rule the current policy still has.
 
     Every committed connection carries a non-zero mark, so `+new` with mark 0 is a
@@ -69,7 +71,8 @@ def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str],
     passes like established traffic. With cut_on_rule_removal, a connection whose
     mark names no current rule is revalidated: its original-direction packets go
     through FILTER again (re-marked if a rule still allows them, else dropped); its
-    reply and related packets are dropped until then.
+    reply and related packets are dropped until then. A rule with a limit (`limits`, by name)
+    meters its connections' packets here (see `limits`).
     """
     to_output = (GotoTable(Table.OUTPUT),)
     flows = [
@@ -87,11 +90,12 @@ def compile_state(policy: ResolvedPolicy, stateful_fingerprints: dict[int, str],
     if not policy.cut_on_rule_removal:
         flows.append(Flow(Table.STATE, Priority.STATE_STALE, Match.of(ct_state("+trk")), to_output, INFRA))
         return flows
+    limits = limits or {}
     for mark, name in sorted(stateful_fingerprints.items()):
         flows.append(Flow(
             Table.STATE, Priority.STATE_ESTABLISHED,
             Match.of(ct_state("+trk"), MatchItem("ct_mark", mark, CT_MARK_RULE_MASK)),
-            to_output, INFRA, rule=name,
+            metered(name, limits.get(name), to_output), INFRA, rule=name,
         ))
     revalidate = (SetField(REG_FLAGS.reg, FLAG_REVALIDATE), GotoTable(Table.FILTER))
     flows += [

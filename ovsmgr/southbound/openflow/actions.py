@@ -21,6 +21,7 @@ from ovsmgr.compiler.flows import (
     GotoTable,
     InPort,
     LearnMacBinding,
+    Meter,
     Move,
     NatSpec,
     Normal,
@@ -33,7 +34,7 @@ from ovsmgr.southbound.openflow.oxm import HEADERS
 
 NX_VENDOR = 0x00002320
 OFPAT_OUTPUT, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 25, 0xFFFF
-OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
+OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS, OFPIT_METER = 1, 4, 6
 NXAST_REG_MOVE, NXAST_RESUBMIT_TABLE, NXAST_LEARN = 6, 14, 16
 NXAST_CONJUNCTION, NXAST_CT, NXAST_NAT, NXAST_CONTROLLER2 = 34, 35, 36, 37
 OFPP_IN_PORT, OFPP_NORMAL = 0xFFFFFFF8, 0xFFFFFFFA
@@ -88,10 +89,13 @@ def _pad8(data: bytes) -> bytes:
 # --- encoding ------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1 << 16)
 def encode_instructions(actions: tuple[Action, ...]) -> bytes:
-    """The instruction set of a flow with these actions (empty for `drop`)."""
+    """The instruction set of a flow with these actions (empty for `drop`); a first `Meter` is the
+    meter instruction, which OVS writes before the others."""
+    out = b""
+    if actions and isinstance(actions[0], Meter):
+        out, actions = struct.pack("!HHI", OFPIT_METER, 8, actions[0].id), actions[1:]
     goto = actions[-1] if actions and isinstance(actions[-1], GotoTable) else None
     apply = actions[:-1] if goto is not None else actions
-    out = b""
     if apply:
         body = b"".join(encode_action(a) for a in apply)
         out += struct.pack("!HH4x", OFPIT_APPLY_ACTIONS, 8 + len(body)) + body
@@ -205,7 +209,9 @@ def decode_instructions(data: bytes | memoryview) -> tuple[Action, ...]:
         kind, length = struct.unpack_from("!HH", data, offset)
         if length < 8 or offset + length > len(data):
             raise ActionDecodeError("bad instruction length")
-        if kind == OFPIT_APPLY_ACTIONS:
+        if kind == OFPIT_METER and length == 8 and not actions:
+            actions.append(Meter(struct.unpack_from("!I", data, offset + 4)[0]))
+        elif kind == OFPIT_APPLY_ACTIONS:
             actions += decode_actions(data[offset + 8:offset + length])
         elif kind == OFPIT_GOTO_TABLE:
             actions.append(GotoTable(_table(data[offset + 4])))

@@ -1,4 +1,4 @@
-"""Requests over an OpenFlow channel: one atomic bundle, a flow dump. The same for both channels.
+"""Requests over an OpenFlow channel: one atomic bundle, a flow dump, meters. The same for both channels.
 
 A `Channel` is anything that sends OpenFlow messages to one switch and hands back
 the replies to ours: `SwitchConnection` (a short-lived connection of `apply`,
@@ -12,11 +12,12 @@ import itertools
 import random
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ovsmgr.southbound.openflow import messages as m
+from ovsmgr.southbound.openflow import meters
 
 DEFAULT_TIMEOUT = 300.0
 """A bundle of 150,000 flows takes OVS seconds to check and commit; a dump as long to send."""
@@ -121,21 +122,79 @@ def _refusal(errors: Sequence[m.ErrorMsg], by_xid: dict[int, BundleOp]) -> str:
 def dump_flows(channel: Channel, cookie: int = 0, cookie_mask: int = 0,
                timeout: float = DEFAULT_TIMEOUT) -> list[m.FlowStats]:
     """Every flow of every table (only those whose cookie matches under the mask, if given)."""
-    deadline = time.monotonic() + timeout
     xid = channel.next_xid()
-    channel.send(m.flow_stats_request(xid, cookie, cookie_mask, channel.version))
     out: list[m.FlowStats] = []
+    for reply in _multipart(channel, xid, m.flow_stats_request(xid, cookie, cookie_mask, channel.version),
+                            m.OFPMP_FLOW, "a flow dump", timeout):
+        out += m.flow_stats_entries(reply)
+    return out
+
+
+def dump_meters(channel: Channel, timeout: float = DEFAULT_TIMEOUT) -> list[m.FlowMod]:
+    """ovsmgr's meters on the switch, as entries of the flow table (`meters.meter_entry`)."""
+    xid = channel.next_xid()
+    out: list[m.FlowMod] = []
+    for reply in _multipart(channel, xid, meters.meter_request(xid, meters.OFPMP_METER_CONFIG, channel.version),
+                            meters.OFPMP_METER_CONFIG, "a meter dump", timeout):
+        out += meters.meter_config_entries(reply)
+    return out
+
+
+def meter_stats(channel: Channel, timeout: float = DEFAULT_TIMEOUT) -> dict[int, meters.MeterStats]:
+    """The counters of ovsmgr's meters, by meter id."""
+    xid = channel.next_xid()
+    out: dict[int, meters.MeterStats] = {}
+    for reply in _multipart(channel, xid, meters.meter_request(xid, meters.OFPMP_METER, channel.version),
+                            meters.OFPMP_METER, "meter statistics", timeout):
+        out.update(meters.meter_stats_entries(reply))
+    return out
+
+
+def _multipart(channel: Channel, xid: int, request: bytes, kind: int, what: str,
+               timeout: float) -> Iterator[bytes]:
+    """The replies of one multipart request, until the last."""
+    deadline = time.monotonic() + timeout
+    channel.send(request)
     while True:
         reply = channel.receive(deadline)
-        kind, reply_xid = reply[1], m.HEADER.unpack_from(reply)[3]
+        reply_kind, reply_xid = reply[1], m.HEADER.unpack_from(reply)[3]
         if reply_xid != xid:
             continue
-        if kind == m.OFPT_ERROR:
-            raise OpenFlowError(f"the switch refused a flow dump: {m.parse_error(reply).describe()}")
-        if kind == m.OFPT_MULTIPART_REPLY and struct.unpack_from("!H", reply, 8)[0] == m.OFPMP_FLOW:
-            out += m.flow_stats_entries(reply)
+        if reply_kind == m.OFPT_ERROR:
+            raise OpenFlowError(f"the switch refused {what}: {m.parse_error(reply).describe()}")
+        if reply_kind == m.OFPT_MULTIPART_REPLY and struct.unpack_from("!H", reply, 8)[0] == kind:
+            yield reply
             if not m.multipart_more(reply):
-                return out
+                return
+
+
+def push_meters(channel: Channel, ops: Sequence[tuple[int, BundleOp]], timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Send meter_mods (command, the meter's op) and wait for them: OpenFlow has no bundle for
+    meters (Open vSwitch refuses a meter_mod inside one, OFPBFC_MSG_UNSUP). Each meter_mod is
+    atomic by itself; OpenFlowError names the meters the switch refused."""
+    if not ops:
+        return
+    deadline = time.monotonic() + timeout
+    by_xid: dict[int, tuple[int, BundleOp]] = {}
+    parts = []
+    for command, op in ops:
+        xid = channel.next_xid()
+        by_xid[xid] = (command, op)
+        parts.append(meters.meter_mod(command, op.flow, xid, channel.version))
+    barrier_xid = channel.next_xid()
+    parts.append(m.message(m.OFPT_BARRIER_REQUEST, barrier_xid, version=channel.version))
+    channel.send(b"".join(parts))
+    errors = _errors_until(channel, deadline, barrier_xid, set(by_xid))
+    if errors:
+        lines = []
+        for error in errors:
+            sent = by_xid.get(error.xid)
+            what = f"{_METER_VERBS[sent[0]]} {sent[1].about or meters.meter_text(sent[1].flow)}: " if sent else ""
+            lines.append(what + error.describe())
+        raise OpenFlowError("the switch refused a meter: " + "; ".join(lines))
+
+
+_METER_VERBS = {meters.OFPMC_ADD: "adding", meters.OFPMC_MODIFY: "changing", meters.OFPMC_DELETE: "deleting"}
 
 
 def barrier(channel: Channel, timeout: float = 30.0) -> None:

@@ -16,8 +16,17 @@ from typing import Protocol
 from ovsmgr.compiler.flows import Flow, FlowError
 from ovsmgr.compiler.pipeline import COOKIE_MAGIC, COOKIE_MASK, CookieKind, Table
 from ovsmgr.southbound.openflow import messages as m
+from ovsmgr.southbound.openflow import meters
 from ovsmgr.southbound.openflow.actions import ActionDecodeError, decode_instructions
-from ovsmgr.southbound.openflow.channel import BundleOp, Channel, dump_flows, push_bundle
+from ovsmgr.southbound.openflow.channel import (
+    BundleOp,
+    Channel,
+    dump_flows,
+    dump_meters,
+    meter_stats,
+    push_bundle,
+    push_meters,
+)
 from ovsmgr.southbound.openflow.oxm import MatchDecodeError, decode_match
 
 InstalledFlow = m.FlowStats
@@ -35,9 +44,12 @@ def decode_flow(mod: m.FlowMod) -> Flow | None:
 
 
 def describe(mod: m.FlowMod) -> str:
-    """`cookie=..,table=..,priority=..,MATCH actions=..` (ovs-ofctl's spelling, when decodable)."""
+    """`cookie=..,table=..,priority=..,MATCH actions=..` (ovs-ofctl's spelling, when decodable); a
+    meter as `meter=ID ... bands=...`."""
     from ovsmgr.render.ofctl import flow_text
 
+    if meters.is_meter(mod):
+        return meters.meter_text(mod)
     flow = decode_flow(mod)
     if flow is not None:
         return flow_text(flow)
@@ -57,6 +69,8 @@ class FlowTable(Protocol):
 
     def push(self, ops: Sequence[BundleOp]) -> None: ...
 
+    def meter_stats(self) -> dict[int, meters.MeterStats]: ...
+
 
 class SwitchFlowTable:
     """A `FlowTable` over an OpenFlow channel (a `SwitchConnection` or the controller's datapath)."""
@@ -65,9 +79,32 @@ class SwitchFlowTable:
         self.channel = channel
 
     def read(self, ours_only: bool = True) -> list[InstalledFlow]:
+        """ovsmgr's flows (or every flow), and ovsmgr's meters as entries (`meters.meter_entry`)."""
         if ours_only:
-            return [s for s in dump_flows(self.channel, m.OURS, COOKIE_MASK) if is_managed(s.mod.cookie)]
-        return dump_flows(self.channel)
+            flows = [s for s in dump_flows(self.channel, m.OURS, COOKIE_MASK) if is_managed(s.mod.cookie)]
+        else:
+            flows = dump_flows(self.channel)
+        return flows + [InstalledFlow(mod, 0, 0) for mod in dump_meters(self.channel)]
 
     def push(self, ops: Sequence[BundleOp]) -> None:
-        push_bundle(self.channel, ops)
+        """The flows in one atomic bundle; meters around it, in the order that never leaves a flow
+        without its meter or the switch looser than both policies: new and changed meters first (a
+        flow that names a meter is refused until the meter exists; a changed meter takes the new
+        policy's rate a moment before its flows change), the flows, then the meters no flow uses any
+        more (deleting a meter deletes the flows that still use it). A refused bundle leaves the new
+        meters in place, unused; `apply` and the controller put back what they read."""
+        meter_ops = [op for op in ops if meters.is_meter(op.flow)]
+        if not meter_ops:
+            push_bundle(self.channel, ops)
+            return
+        there = {mod.key for mod in dump_meters(self.channel)}  # ADD or MODIFY: the switch says which
+        wanted = {op.flow.key: op for op in meter_ops if not op.delete}
+        gone = [op for op in meter_ops if op.delete and op.flow.key not in wanted and op.flow.key in there]
+        push_meters(self.channel, [(meters.OFPMC_MODIFY if key in there else meters.OFPMC_ADD, op)
+                                   for key, op in wanted.items()])
+        push_bundle(self.channel, [op for op in ops if not meters.is_meter(op.flow)])
+        push_meters(self.channel, [(meters.OFPMC_DELETE, op) for op in gone])
+
+    def meter_stats(self) -> dict[int, meters.MeterStats]:
+        """Counters of ovsmgr's meters by id (drops of `limit:`)."""
+        return meter_stats(self.channel)
