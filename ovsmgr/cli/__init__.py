@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reload": ("ovsmgr.cli.controller", "reload"),
     "restore": ("ovsmgr.cli.controller", "restore"),
     "bench": ("ovsmgr.cli.bench", "bench"),
+    "fleet": ("ovsmgr.cli.fleet", "fleet"),
 }
 LAB_EXTENSIONS = ("ovsmgr.cli.lab_probe", "ovsmgr.cli.lab_scenarios")
 """Modules that add subcommands (`lab probe`, `lab scenarios`) to the lab group when imported."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,20 +172,9 @@ class OvsInstance:
         pid = self.pids.get(daemon)
         if pid is None:
             return []
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            cmdline = ""
-        if str(self.dir) in cmdline:  # else gone, or the pid was reused by another process
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    break
-                if netns.wait_gone([pid], 5.0):
-                    break
-            else:
-                return [f"{daemon} (pid {pid}) survived SIGKILL"]
+        problem = netns.stop_process(pid, str(self.dir), daemon)
+        if problem:
+            return [problem]
         del self.pids[daemon]
         self.on_change()
         return []

@@ -121,3 +121,22 @@ def wait_gone(processes: Sequence[int], timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def stop_process(pid: int, marker: str, what: str) -> str | None:
+    """SIGTERM, then SIGKILL after 5 s, but only while `pid` still runs a command line containing
+    `marker` (else it is gone, or the pid was reused by another process); the problem, if any."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    if marker not in cmdline:
+        return None
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return None
+        if wait_gone([pid], 5.0):
+            return None
+    return f"{what} (pid {pid}) survived SIGKILL"

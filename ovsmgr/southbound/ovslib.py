@@ -31,6 +31,8 @@ with warnings.catch_warnings():
         import ovs.poller
         from ovs import jsonrpc, stream
         from ovs.unixctl import client as unixctl_client
+        from ovsdbapp import api as ovsdbapp_api
+        from ovsdbapp.backend import ovs_idl
         from ovsdbapp.backend.ovs_idl import command as ovs_command
         from ovsdbapp.backend.ovs_idl import connection, idlutils, transaction
         from ovsdbapp.schema.open_vswitch import commands as vs_commands
@@ -39,5 +41,5 @@ with warnings.catch_warnings():
         if _hidden:
             del sys.modules["eventlet"]
 
-__all__ = ["connection", "idlutils", "impl_idl", "jsonrpc", "ovs", "ovs_command", "stream", "transaction",
-           "unixctl_client", "vs_commands"]
+__all__ = ["connection", "idlutils", "impl_idl", "jsonrpc", "ovs", "ovs_command", "ovs_idl", "ovsdbapp_api", "stream",
+           "transaction", "unixctl_client", "vs_commands"]

@@ -51,7 +51,7 @@ def appctl(target: str, command: str, *args: str, timeout: float = DEFAULT_TIMEO
         raise OvsToolError(f"{shown}: cannot connect: {os.strerror(error)}")
     conn = jsonrpc.Connection(conn_stream)
     try:
-        reply = _transact(conn, jsonrpc.Message.create_request(command, list(args)), deadline, shown)
+        reply = transact(conn, jsonrpc.Message.create_request(command, list(args)), deadline, shown)
     finally:
         conn.close()
     if reply.error is not None:
@@ -59,7 +59,7 @@ def appctl(target: str, command: str, *args: str, timeout: float = DEFAULT_TIMEO
     return str(reply.result)
 
 
-def _transact(conn: jsonrpc.Connection, request: jsonrpc.Message, deadline: float, shown: str) -> jsonrpc.Message:
+def transact(conn: jsonrpc.Connection, request: jsonrpc.Message, deadline: float, shown: str) -> jsonrpc.Message:
     """`Connection.transact_block` with a deadline (the library's waits for ever)."""
     error = conn.send(request)
     while not error:

@@ -1,0 +1,244 @@
+"""The fleet's store: ovsmgr's own OVSDB database (`ovsmgr-fleet.ovsschema`), usually a Raft cluster.
+
+Reached through the `ovs` library's IDL under ovsdbapp, as ovsmgr reaches every OVSDB: the IDL
+speaks to the cluster's leader (`leader_only`), follows it when it changes, and re-sends a
+transaction the leader did not commit. Every write is one ovsdbapp transaction run with
+`check_error=True`; what goes wrong comes back as `StoreError` naming the store.
+
+Tables (docs/fleet.md has the whole schema):
+
+- `Fleet` (one row): the fleet's `generation`, the rollout in progress or last; `active_controller`
+  and `role_generation` are kept for controllers in HA (not written yet);
+- `Policy`: a policy's files (name and text, in merge order) and runtime changes, by digest;
+- `Switch`: per switch, what the fleet file wants (`policy`, `desired_generation`), what the rollout
+  released to it (`release`, `released_generation`), and what was observed (`applied_*`,
+  `connected`, `drifted`, `error`), each part written by its own writer.
+
+A client may hold an OVSDB lock (`lock=`): then every transaction it makes asserts the lock, so a
+client that lost it (a rollout or a controller that was partitioned away) can no longer write.
+A client may watch one switch only (`switch=`): the server then sends it that switch's row and the
+policies it refers to, nothing else (conditional monitoring, as ovn-controller does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from ovsmgr.fleet.state import (
+    DATABASE,
+    OBSERVED,
+    SCHEMA_FILE,
+    DesiredSwitch,
+    StoreError,
+    StoreState,
+    opt,
+    policy_of,
+    switch_of,
+)
+from ovsmgr.fleet.storecmds import Release, SetColumns, SetFleet, WriteGeneration
+from ovsmgr.southbound.ovslib import connection, jsonrpc, ovs_command, ovs_idl, ovsdbapp_api, stream
+from ovsmgr.southbound.tls import handshake_problem, needs_tls
+from ovsmgr.southbound.tools import OvsToolError, transact
+
+ROLLOUT_LOCK = "ovsmgr_rollout"
+DEFAULT_TIMEOUT = 30.0
+
+
+class _Idl(connection.OvsdbIdl):
+    """The IDL, telling the store of every change (in the IDL's thread)."""
+
+    on_change: Callable[[], None] = staticmethod(lambda: None)
+
+    def notify(self, event: Any, row: Any, updates: Any = None) -> None:
+        self.on_change()
+
+
+def probe(endpoints: Sequence[str], timeout: float) -> list[str]:
+    """Why each endpoint cannot serve the fleet database (empty: at least one can)."""
+    problems = []
+    for endpoint in endpoints:
+        error, strm = stream.Stream.open_block(stream.Stream.open(endpoint), int(timeout * 1000))
+        if error:
+            problems.append(f"{endpoint}: {_why(endpoint, error, timeout)}")
+            continue
+        rpc = jsonrpc.Connection(strm)
+        try:
+            reply = transact(rpc, jsonrpc.Message.create_request("list_dbs", []), time.monotonic() + timeout,
+                             f"list_dbs at {endpoint}")
+        except OvsToolError as exc:
+            problems.append(f"{endpoint}: {_why(endpoint, 0, timeout) or exc}")
+            continue
+        finally:
+            rpc.close()
+        if reply.error:
+            problems.append(f"{endpoint}: {reply.error}")
+        elif DATABASE not in reply.result:
+            problems.append(f"{endpoint}: has no {DATABASE} database (create it: docs/fleet.md)")
+        else:
+            return []
+    return problems
+
+
+def _why(endpoint: str, error: int, timeout: float) -> str:
+    """The reason a connection failed; for TLS, the handshake's own words (an unknown certificate)."""
+    if needs_tls(endpoint):
+        reason = handshake_problem(endpoint, timeout)
+        if reason:
+            return reason
+    return os.strerror(error) if error > 0 else "connection closed"
+
+
+class FleetStore:
+    """A connection to the store; use it as a context manager."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, lock: str | None = None,
+                 switch: str | None = None, on_change: Callable[[], None] | None = None) -> None:
+        self.endpoints = list(endpoints)
+        self.where = ",".join(self.endpoints)
+        self.timeout = timeout
+        self.switch = switch
+        problems = probe(self.endpoints, min(timeout, 10.0))
+        if problems:
+            raise StoreError("cannot reach the fleet store: " + "; ".join(problems))
+        helper = connection.idlutils.create_schema_helper(json.loads(SCHEMA_FILE.read_text()))
+        helper.register_all()
+        idl = _Idl(self.where, helper, leader_only=True)
+        self.idl = idl
+        self.changed = threading.Condition()
+        self._policy_condition: list[Any] | None = None  # the Policy rows asked for
+        self._user_on_change = on_change or (lambda: None)
+        idl.on_change = self._changed
+        if lock is not None:
+            idl.set_lock(lock)
+        if switch is not None:
+            idl.cond_change("Switch", [["name", "==", switch]])
+            idl.cond_change("Policy", [False])
+        conn = connection.Connection(idl, timeout)
+        api_class = type("FleetStoreIdl", (_Backend,), {})  # ovsdbapp keeps the connection on the class
+        try:
+            self._api = api_class(conn)
+        except Exception as exc:
+            conn.stop(timeout)
+            raise StoreError(f"cannot connect to the fleet store at {self.where}: {exc}") from exc
+
+    def __enter__(self) -> FleetStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._api.ovsdb_connection.stop(self.timeout)
+
+    # --- watching -------------------------------------------------------------------------------
+    def _changed(self) -> None:
+        if self.switch is not None:
+            self._follow_policies()
+        with self.changed:
+            self.changed.notify_all()
+        self._user_on_change()
+
+    def _follow_policies(self) -> None:
+        """Watching one switch: ask for the policies its row refers to, and only those. The row's
+        references are read as the server sent them: the IDL hides references to rows it does not
+        have, and it has no Policy row until it asks for one."""
+        refs: list[Any] = [["_uuid", "==", ["uuid", str(atom.value)]]
+                           for row in self.idl.tables["Switch"].rows.values()
+                           for column in ("policy", "release") for atom in row._data[column].values]
+        wanted: list[Any] = refs or [False]
+        if wanted != self._policy_condition:
+            self._policy_condition = wanted
+            self.idl.cond_change("Policy", wanted)
+
+    def wait(self, until: Callable[[StoreState], bool], timeout: float) -> StoreState:
+        """The store's state once `until` holds; StoreError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                state = self.state()
+                if until(state):
+                    return state
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StoreError(f"the fleet store did not reach the expected state in {timeout:g} s")
+                self.changed.wait(min(remaining, 1.0))
+
+    @property
+    def has_lock(self) -> bool:
+        return bool(self.idl.has_lock)
+
+    def wait_lock(self, timeout: float) -> None:
+        """Wait until this client holds its lock; StoreError naming the lock if another client keeps it."""
+        try:
+            self.wait(lambda _state: self.has_lock, timeout)
+        except StoreError:
+            raise StoreError(f"the fleet store's lock {self.idl.lock_name} is held by another client "
+                             f"(another rollout or controller) for more than {timeout:g} s") from None
+
+    # --- reading --------------------------------------------------------------------------------
+    def state(self) -> StoreState:
+        """Everything this client sees, as plain data."""
+        with self._api.ovsdb_connection.lock:
+            tables = self._api.tables
+            policies = {row.uuid: policy_of(row) for row in tables["Policy"].rows.values()}
+            switches = {row.name: switch_of(row, policies) for row in tables["Switch"].rows.values()}
+            fleet = next(iter(tables["Fleet"].rows.values()), None)
+            by_digest = {p.digest: p for p in policies.values()}
+            if fleet is None:
+                return StoreState(switches=switches, policies=by_digest)
+            return StoreState(int(fleet.generation), int(fleet.role_generation), opt(fleet.active_controller),
+                              dict(fleet.rollout), switches, by_digest)
+
+    # --- writing --------------------------------------------------------------------------------
+    def _run(self, what: str, command: ovs_command.BaseCommand) -> Any:
+        """One transaction. A lock holder whose connection moved to a new leader holds no lock until
+        that leader grants it again: it waits for it (once), and if another client got it meanwhile
+        the write is refused."""
+        for attempt in (1, 2):
+            try:
+                with self._api.transaction(check_error=True, log_errors=False) as txn:
+                    txn.add(command)
+                break
+            except StoreError:
+                raise
+            except Exception as exc:
+                if attempt == 1 and self.idl.lock_name and not self.has_lock:
+                    self.wait_lock(self.timeout)
+                    continue
+                raise StoreError(f"fleet store {self.where}: {what} failed: {exc}") from exc
+        return command.result
+
+    def write_generation(self, expected: int, switches: dict[str, DesiredSwitch],
+                         rollout: dict[str, str]) -> int:
+        """Record what every switch should run as generation `expected + 1`, in one transaction;
+        switches not named leave the fleet. StoreConflict if the generation is no longer `expected`."""
+        return int(self._run("writing a new generation", WriteGeneration(self._api, expected, switches, rollout)))
+
+    def release(self, names: Iterable[str], generation: int) -> None:
+        """Let the rollout through to these switches: each gets the policy the fleet wants now."""
+        self._run(f"releasing generation {generation}", Release(self._api, list(names), generation))
+
+    def observe(self, name: str, **columns: Any) -> None:
+        """Write what was observed of one switch (`OBSERVED` columns)."""
+        unknown = set(columns) - set(OBSERVED)
+        if unknown:
+            raise ValueError(f"not observed columns: {sorted(unknown)}")
+        self._run(f"recording the state of {name}", SetColumns(self._api, "Switch", ("name", name), columns))
+
+    def set_rollout(self, rollout: dict[str, str]) -> None:
+        self._run("recording the rollout", SetFleet(self._api, {"rollout": rollout}))
+
+
+class _Backend(ovs_idl.Backend, ovsdbapp_api.API):
+    """ovsdbapp's generic commands (db_*) and transactions, for the fleet schema."""
+
+    schema = DATABASE
+
+

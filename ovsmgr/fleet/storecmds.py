@@ -1,0 +1,126 @@
+"""The fleet store's changes as ovsdbapp commands: each runs inside one transaction (`FleetStore._run`).
+
+A command reads the IDL's copy of the store and changes rows in the transaction; `verify` makes the
+server refuse the transaction if a column it read changed meanwhile (the IDL then runs the command
+again on fresh data, and it decides again). Raising refuses the whole transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ovsmgr.fleet.state import DesiredSwitch, StoreConflict, StoreError
+from ovsmgr.southbound.ovslib import idlutils, ovs_command
+
+
+def _fleet_row(api: Any, txn: Any) -> Any:
+    """The one Fleet row, made when the store is new."""
+    rows = list(api.tables["Fleet"].rows.values())
+    if rows:
+        return rows[0]
+    row = txn.insert(api.tables["Fleet"])
+    row.generation = 0
+    row.role_generation = 0
+    return row
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class WriteGeneration(ovs_command.BaseCommand):
+    """A new generation: every switch's desired policy, switches gone from the fleet removed."""
+
+    def __init__(self, api: Any, expected: int, switches: dict[str, DesiredSwitch], rollout: dict[str, str]) -> None:
+        super().__init__(api)
+        self.expected = expected
+        self.switches = switches
+        self.rollout = rollout
+
+    def run_idl(self, txn: Any) -> None:
+        fleet = _fleet_row(self.api, txn)
+        fleet.verify("generation")
+        if int(fleet.generation) != self.expected:
+            raise StoreConflict(f"the fleet is at generation {fleet.generation} now, not {self.expected}: "
+                                "someone else applied meanwhile; plan again")
+        generation = self.expected + 1
+        policies = {str(row.digest): row for row in self.api.tables["Policy"].rows.values()}
+        existing = {str(row.name): row for row in self.api.tables["Switch"].rows.values()}
+        for name, want in self.switches.items():
+            policy = policies.get(want.policy.digest)
+            if policy is None:
+                policy = txn.insert(self.api.tables["Policy"])
+                policy.digest = want.policy.digest
+                policy.sources = want.policy.sources_json()
+                policy.runtime = want.policy.runtime
+                policies[want.policy.digest] = policy
+            row = existing.get(name)
+            if row is None:
+                row = txn.insert(self.api.tables["Switch"])
+                row.name = name
+            row.bridge = want.bridge
+            row.datapath_id = [f"{want.datapath_id:#018x}"] if want.datapath_id is not None else []
+            row.policy = policy
+            row.desired_generation = generation
+        for name, row in existing.items():
+            if name not in self.switches:
+                row.delete()
+        fleet.generation = generation
+        fleet.rollout = {**self.rollout, "generation": str(generation)}
+        self.result = generation
+
+
+class Release(ovs_command.BaseCommand):
+    """The rollout reached these switches: each gets the policy the fleet wants for it now."""
+
+    def __init__(self, api: Any, names: list[str], generation: int) -> None:
+        super().__init__(api)
+        self.names = names
+        self.generation = generation
+
+    def run_idl(self, txn: Any) -> None:
+        fleet = _fleet_row(self.api, txn)
+        fleet.verify("generation")
+        if int(fleet.generation) != self.generation:
+            raise StoreConflict(f"the fleet moved on to generation {fleet.generation}: this rollout of "
+                                f"generation {self.generation} stops")
+        for name in self.names:
+            row = idlutils.row_by_value(self.api.idl, "Switch", "name", name, None)
+            if row is None:
+                raise StoreError(f"switch {name} is not in the store")
+            row.verify("policy")
+            row.release = row.policy
+            row.released_generation = self.generation
+
+
+class SetColumns(ovs_command.BaseCommand):
+    """Columns of one row, found by an indexed column (nothing if the row is gone)."""
+
+    def __init__(self, api: Any, table: str, key: tuple[str, str], columns: dict[str, Any]) -> None:
+        super().__init__(api)
+        self.table = table
+        self.key = key
+        self.columns = columns
+
+    def run_idl(self, txn: Any) -> None:
+        row = idlutils.row_by_value(self.api.idl, self.table, self.key[0], self.key[1], None)
+        if row is None:
+            return
+        for column, value in self.columns.items():
+            if value is None:
+                value = []
+            current = getattr(row, column)
+            if current != value and current != [value]:
+                setattr(row, column, value)
+
+
+class SetFleet(ovs_command.BaseCommand):
+    def __init__(self, api: Any, columns: dict[str, Any]) -> None:
+        super().__init__(api)
+        self.columns = columns
+
+    def run_idl(self, txn: Any) -> None:
+        fleet = _fleet_row(self.api, txn)
+        for column, value in self.columns.items():
+            setattr(fleet, column, value)

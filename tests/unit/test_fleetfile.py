@@ -1,0 +1,94 @@
+"""The fleet file: strict YAML, every mistake at file:line:column, every switch's policy validated
+before anything is contacted; the rollout's order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ovsmgr.cli import main
+from ovsmgr.fleet.fleetfile import load_fleet, load_policies
+from ovsmgr.fleet.rollout import batches
+from ovsmgr.policy import PolicyError
+from tests.support.policies import two_ports
+
+GOOD_POLICY = two_ports("firewall:\n  default: drop\n  rules:\n    - {name: out, from: inside, action: allow}\n")
+BAD_POLICY = two_ports("firewall:\n  default: drop\n  rules:\n    - {name: out, from: nowhere, action: allow}\n")
+
+
+def fleet(tmp_path: Path, body: str, policies: dict[str, str] | None = None) -> str:
+    for name, text in (policies or {"good.yaml": GOOD_POLICY}).items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(body)
+    return str(path)
+
+
+FLEET = """version: 1
+store: [unix:/nonexistent/s1.sock, unix:/nonexistent/s2.sock]
+rollout: {canary: [b], batch: 2, stop_on_failure: false, confirm: 30}
+switches:
+  a: {policy: good.yaml, db: unix:/nonexistent/a.sock, datapath_id: "0x1"}
+  b: {policy: [good.yaml], db: unix:/nonexistent/b.sock}
+  c: {policy: good.yaml, db: unix:/nonexistent/c.sock}
+  d: {policy: good.yaml, db: unix:/nonexistent/d.sock}
+"""
+
+
+def messages(path: str) -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        load_fleet(path)
+    return [str(d) for d in info.value.diagnostics]
+
+
+def test_a_fleet_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
+    loaded = load_fleet(fleet(tmp_path, FLEET))
+    assert list(loaded.switches) == ["a", "b", "c", "d"]
+    assert loaded.switches["a"].policy == (str(tmp_path / "good.yaml"),)
+    assert loaded.switches["a"].datapath_id == 1
+    assert loaded.rollout.canary == ("b",) and loaded.rollout.batch == 2 and not loaded.rollout.stop_on_failure
+    assert set(load_policies(loaded)) == {"a", "b", "c", "d"}
+
+
+def test_the_rollout_goes_canaries_first_then_batches_in_file_order(tmp_path: Path) -> None:
+    loaded = load_fleet(fleet(tmp_path, FLEET))
+    assert batches(loaded, list(loaded.switches)) == [["b"], ["a", "c"], ["d"]]
+
+
+@pytest.mark.parametrize(("change", "where", "says"), [
+    (("  a: {policy: good.yaml,", "  a: {polcy: good.yaml,"), ":5:7:", 'unknown key "polcy"'),
+    (("canary: [b]", "canary: [e]"), ":3:20:", 'canary "e" is not a switch'),
+    (("unix:/nonexistent/s2.sock", "tcp:127.0.0.1:6641"), ":2:36:", "plain TCP is refused"),
+    (("b.sock}", 'b.sock, datapath_id: "0x01"}'), ":6:", "datapath_id 0x0000000000000001 is also switch a's"),
+    (("batch: 2", "batch: 0"), ":3:", "batch"),
+    (("version: 1", "version: 2"), ":1:", "only version 1"),
+])
+def test_mistakes_are_reported_at_their_place(tmp_path: Path, change: tuple[str, str], where: str, says: str) -> None:
+    found = messages(fleet(tmp_path, FLEET.replace(*change)))
+    assert any(where in m and says in m for m in found), found
+
+
+def test_ssl_endpoints_need_tls_files(tmp_path: Path) -> None:
+    found = messages(fleet(tmp_path, FLEET.replace("unix:/nonexistent/s1.sock", "ssl:127.0.0.1:6641")))
+    assert any("ssl: endpoints need tls:" in m for m in found), found
+
+
+def test_one_bad_policy_fails_the_whole_fleet_with_its_place_and_switch(tmp_path: Path) -> None:
+    text = FLEET.replace("c: {policy: good.yaml", "c: {policy: bad.yaml")
+    loaded = load_fleet(fleet(tmp_path, text, {"good.yaml": GOOD_POLICY, "bad.yaml": BAD_POLICY}))
+    with pytest.raises(PolicyError) as info:
+        load_policies(loaded)
+    found = [str(d) for d in info.value.diagnostics]
+    assert found and all(m.startswith(f"{tmp_path / 'bad.yaml'}:") and m.endswith("(switch c)") for m in found)
+
+
+def test_fleet_apply_with_a_bad_policy_contacts_nothing(tmp_path: Path) -> None:
+    """The store and the switches are unreachable paths: an apply that tried them would say so."""
+    text = FLEET.replace("c: {policy: good.yaml", "c: {policy: bad.yaml")
+    path = fleet(tmp_path, text, {"good.yaml": GOOD_POLICY, "bad.yaml": BAD_POLICY})
+    result = CliRunner().invoke(main, ["fleet", "apply", path])
+    assert result.exit_code == 1
+    assert "bad.yaml:" in result.output and "nothing was changed on any switch" in result.output
+    assert "nonexistent" not in result.output
