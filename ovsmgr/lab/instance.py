@@ -32,6 +32,10 @@ SCHEMA_FILE = "/usr/share/openvswitch/vswitch.ovsschema"
 DAEMONS = ("ovs-vswitchd", "ovsdb-server")
 """Stop order: ovs-vswitchd first."""
 OVS_TOOLS = ("ip", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd")
+TLS_FROM_DB = ("--private-key=db:Open_vSwitch,SSL,private_key", "--certificate=db:Open_vSwitch,SSL,certificate",
+               "--ca-cert=db:Open_vSwitch,SSL,ca_cert")
+"""As Open vSwitch's own start scripts do: the daemons take their TLS files from the SSL table
+(`SwitchDB.set_ssl`), and ovsdb-server its listeners from the Manager table (`SwitchDB.add_manager`)."""
 
 
 def _meminfo_kb(field: str) -> int:
@@ -128,7 +132,8 @@ class OvsInstance:
         (self.dir / "conf.db").unlink(missing_ok=True)
         netns.run(["ovsdb-tool", "create", f"{self.dir}/conf.db", SCHEMA_FILE])
         self._start_daemon("ovsdb-server", ["ovsdb-server", f"--remote=punix:{self.dir}/db.sock",
-                                            f"{self.dir}/conf.db"])
+                                            "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+                                            *TLS_FROM_DB, f"{self.dir}/conf.db"])
         with SwitchDB(self.db_endpoint) as db:
             db.init_system(self._dpdk_config() if self.datapath == "dpdk" else {})
         if self.datapath == "dpdk":
@@ -143,7 +148,7 @@ class OvsInstance:
     def start_vswitchd(self) -> None:
         """Start ovs-vswitchd (again: it reads its bridges from the database, not its flows)."""
         binary = DPDK_VSWITCHD if self.datapath == "dpdk" else "ovs-vswitchd"
-        self._start_daemon("ovs-vswitchd", [binary, self.db_endpoint])
+        self._start_daemon("ovs-vswitchd", [binary, self.db_endpoint, *TLS_FROM_DB])
         program = Path(binary).name
         if program != "ovs-vswitchd":
             # The DPDK build names its control socket after itself: link the usual name to it,

@@ -42,7 +42,8 @@ from ovsmgr.southbound.ovslib import (
 )
 
 DEFAULT_PROTOCOLS: tuple[str, ...] = ("OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15")
-TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller", "Datapath", "CT_Zone", "CT_Timeout_Policy")
+TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller", "Manager", "SSL", "Datapath", "CT_Zone",
+          "CT_Timeout_Policy")
 """What ovsmgr reads and writes; only these are fetched at connect (a switch's whole database can be
 large: QoS, mirrors, flow tables' settings, every interface's statistics)."""
 
@@ -130,6 +131,21 @@ class _EnsurePort(ovs_command.BaseCommand):
         for column, value in self.iface_columns.items():
             if _scalar(getattr(iface, column), None) != value:
                 setattr(iface, column, value)
+
+
+class _SetSsl(ovs_command.BaseCommand):
+    """`ovs-vsctl set-ssl KEY CERT CA`: one SSL row, referred to by the Open_vSwitch row."""
+
+    def __init__(self, api: Any, private_key: str, certificate: str, ca_cert: str) -> None:
+        super().__init__(api)
+        self.files = {"private_key": private_key, "certificate": certificate, "ca_cert": ca_cert}
+
+    def run_idl(self, txn: Any) -> None:
+        system = next(iter(self.api.tables[SCHEMA].rows.values()))
+        ssl = txn.insert(self.api.tables["SSL"])
+        for column, path in self.files.items():
+            setattr(ssl, column, path)
+        system.ssl = ssl
 
 
 def _bridge_of_port(api: Any, port: Any) -> str | None:
@@ -277,6 +293,16 @@ class SwitchDB:
         """Replace the bridge's controller list (``[]`` removes all)."""
         cmd = self._api.set_controller(bridge, targets) if targets else self._api.del_controller(bridge)
         self._run(f"set controllers of {bridge}", [cmd])
+
+    def add_manager(self, target: str) -> None:
+        """An OVSDB listener (`pssl:PORT[:ADDR]`) or manager connection, served by an ovsdb-server
+        started with `--remote=db:Open_vSwitch,Open_vSwitch,manager_options` (as OVS's scripts do)."""
+        self._run(f"add manager {target}", [self._api.add_manager(target)], wait_vswitchd=False)
+
+    def set_ssl(self, private_key: str, certificate: str, ca_cert: str) -> None:
+        """The switch's TLS files (the SSL table), for its OpenFlow and OVSDB listeners and connections."""
+        self._run("set the switch's TLS files", [_SetSsl(self._api, private_key, certificate, ca_cert)],
+                  wait_vswitchd=False)
 
     def get_controllers(self, bridge: str) -> list[str]:
         return sorted(self._read(f"get controllers of {bridge}", self._api.get_controller(bridge)))

@@ -42,7 +42,7 @@ def arm_rollback(target: SwitchTarget, bridge: str, previous: list[FlowMod],
     info = {
         "deadline": deadline, "db": target.db, "rundir": str(target.rundir) if target.rundir else None,
         "state_dir": str(target.state_dir), "bridge": bridge, "openflow": target.openflow_target,
-        "record": previous_record.to_json() if previous_record else None,
+        "record": previous_record.to_json() if previous_record else None, "tls": _tls_files(),
     }
     save_rollback(path, info, previous)
     proc = subprocess.Popen(
@@ -51,6 +51,16 @@ def arm_rollback(target: SwitchTarget, bridge: str, previous: list[FlowMod],
     )
     atomic_write(path, json.dumps({**info, "watcher": proc.pid}))
     return deadline
+
+
+def _tls_files() -> list[str] | None:
+    """The TLS files this process uses, if any (the watcher is a process of its own)."""
+    if "ovsmgr.southbound.tls" not in sys.modules:
+        return None
+    from ovsmgr.southbound.tls import configured
+
+    files = configured()
+    return [str(files.private_key), str(files.certificate), str(files.ca_cert)] if files else None
 
 
 def save_rollback(path: Path, info: dict[str, object], previous: list[FlowMod]) -> None:
@@ -82,6 +92,10 @@ def run_rollback(path: Path) -> bool:
         previous = rec.decode_flows(_flows_file(path).read_bytes())
     except FileNotFoundError:
         return False
+    if data.get("tls"):  # the apply reached the switch over TLS: so does its rollback
+        from ovsmgr.southbound.tls import TlsFiles, configure
+
+        configure(TlsFiles(*(Path(f) for f in data["tls"])))
     target = SwitchTarget(data["db"], Path(data["rundir"]) if data["rundir"] else None, Path(data["state_dir"]),
                           openflow_target=data.get("openflow"))
     bridge = data["bridge"]

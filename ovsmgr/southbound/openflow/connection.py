@@ -3,7 +3,8 @@
 `apply`, `plan`, `status`, `restore` and rollbacks reach the bridge's management
 socket (`unix:RUNDIR/BRIDGE.mgmt`, which every Open vSwitch bridge listens on) or,
 for a remote switch, a passive listener configured on the bridge (`tcp:HOST:PORT`
-for a `ptcp:` target). The connection says HELLO with OpenFlow 1.4 only (bundles
+for a `ptcp:` target, `ssl:HOST:PORT` for a `pssl:` one: TLS with the process's TLS files,
+`southbound.tls`). The connection says HELLO with OpenFlow 1.4 only (bundles
 need 1.4), answers the switch's echo requests, and hands every other message to
 the exchanges in `channel`.
 """
@@ -31,14 +32,33 @@ def _open_socket(target: str, timeout: float) -> socket.socket:
             sock.settimeout(timeout)
             sock.connect(where)
             return sock
-        if kind == "tcp":
+        if kind in ("tcp", "ssl"):
             host, _, port = where.rpartition(":")
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
+            return sock if kind == "tcp" else _tls(sock)
     except (OSError, ValueError) as exc:
         raise OpenFlowError(f"cannot connect to {target}: {exc}") from None
-    raise OpenFlowError(f"cannot connect to {target}: an OpenFlow target is unix:PATH or tcp:HOST:PORT")
+    raise OpenFlowError(f"cannot connect to {target}: an OpenFlow target is unix:PATH, tcp:HOST:PORT or "
+                        f"ssl:HOST:PORT")
+
+
+def _tls(sock: socket.socket) -> socket.socket:
+    """The TLS handshake on a connected socket, with the process's TLS files (`southbound.tls`): a switch
+    whose certificate the CA did not sign is refused here."""
+    from ovsmgr.southbound.tls import (  # the ovs library: only for ssl: targets
+        TlsError,
+        client_context,
+    )
+
+    try:
+        return client_context().wrap_socket(sock)
+    except TlsError as exc:
+        sock.close()
+        raise OpenFlowError(str(exc)) from None
+    except OSError:
+        sock.close()
+        raise
 
 
 class SwitchConnection:
