@@ -15,7 +15,8 @@ import click
 from ovsmgr.cli.common import echo_json, fail, load_or_exit, output_option, policy_files
 from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.render.ofctl import actions_text, match_text
-from ovsmgr.southbound.openflow import FlowMod, OpenFlowError, decode_flow
+from ovsmgr.southbound.openflow import FlowMod, OpenFlowError, decode_flow, is_group
+from ovsmgr.southbound.openflow.groups import group_id_of
 from ovsmgr.southbound.ovsdb import OvsdbError
 from ovsmgr.southbound.target import SwitchTarget, resolve_target
 from ovsmgr.southbound.tools import OvsToolError
@@ -49,6 +50,8 @@ def target_options(func: F) -> F:
 
 
 def _flow_json(mod: FlowMod) -> dict[str, Any]:
+    if is_group(mod):
+        return {"group": group_id_of(mod), "text": flow_line(mod)}
     flow = decode_flow(mod)
     if flow is None:
         return {"cookie": f"{mod.cookie:#x}", "table": mod.table, "priority": mod.priority,

@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ovsmgr.compiler.flows import Flow, FlowSet, MeterConfig
+from ovsmgr.compiler.flows import Flow, FlowSet, MeterConfig, SelectGroup
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.stages.classify import compile_classify
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_filter
+from ovsmgr.compiler.stages.hairpin import compile_hairpin
 from ovsmgr.compiler.stages.helpers import rule_helpers, used_helpers, with_helper_commits
 from ovsmgr.compiler.stages.limits import compile_meters
 from ovsmgr.compiler.stages.nat import compile_nat, compile_output
 from ovsmgr.compiler.stages.track import compile_conntrack, compile_egress, compile_state
+from ovsmgr.compiler.stages.twozones import compile_second_zone
 from ovsmgr.policy.gcpause import gc_paused
 from ovsmgr.policy.ir import ResolvedPolicy
 
@@ -25,7 +27,8 @@ class CompiledPolicy:
     """ct_mark value -> the stateful allow rule whose connections carry it."""
     rule_ids: dict[int, str]
     """Cookie low 32 bits -> rule name, to name the rule behind a flow read back from a switch
-    (and meter id -> rule name, for the meters of rules with a `limit:`)."""
+    (and meter id -> rule name, for the meters of rules with a `limit:`; group id -> the rule of
+    a select group)."""
     meters: tuple[MeterConfig, ...] = ()
     """The meters the flows use (`limit:`), which must be on the switch before the flows."""
 
@@ -33,6 +36,11 @@ class CompiledPolicy:
     def flows(self) -> list[Flow]:
         """In deterministic order; sorted once (a FlowSet is not changed after compile)."""
         return self.flowset.sorted()
+
+    @functools.cached_property
+    def groups(self) -> list[SelectGroup]:
+        """The select groups the flows use, by id."""
+        return self.flowset.sorted_groups()
 
 
 def compile_policy(policy: ResolvedPolicy, helpers: tuple[str, ...] | None = None) -> CompiledPolicy:
@@ -46,6 +54,7 @@ def compile_policy(policy: ResolvedPolicy, helpers: tuple[str, ...] | None = Non
 def _compile(policy: ResolvedPolicy, helpers: tuple[str, ...] | None) -> CompiledPolicy:
     flowset = FlowSet()
     filtered = compile_filter(policy)
+    nat = compile_nat(policy)
     for flows in (
         compile_classify(policy),
         compile_conntrack(policy),
@@ -53,14 +62,19 @@ def _compile(policy: ResolvedPolicy, helpers: tuple[str, ...] | None) -> Compile
         compile_state(policy, filtered.stateful_fingerprints, rule_helpers(policy.rules),
                       {r.name: r.limit for r in policy.rules if r.limit}),
         filtered.flows,
-        with_helper_commits(compile_nat(policy), used_helpers(policy.rules) if helpers is None else helpers),
+        with_helper_commits(nat.flows, used_helpers(policy.rules) if helpers is None else helpers),
+        compile_second_zone(policy),
         compile_output(policy),
+        compile_hairpin(policy),
     ):
         flowset.extend(flows)
+    for group in nat.groups:
+        flowset.add_group(group)
     names = [r.name for r in policy.rules] + [r.name for r in policy.nat] + [DEFAULT_RULE]
     meters = compile_meters(policy)
-    ids = {rule_id(n): n for n in names} | {m.id: m.rule for m in meters}
+    ids = {rule_id(n): n for n in names} | {m.id: m.rule for m in meters} | {g.group_id: g.rule for g in nat.groups
+                                                                               if g.rule}
     return CompiledPolicy(policy, flowset, dict(filtered.stateful_fingerprints), ids, meters)
 
 
-__all__ = ["CompiledPolicy", "Flow", "FlowSet", "MeterConfig", "compile_policy"]
+__all__ = ["CompiledPolicy", "Flow", "FlowSet", "MeterConfig", "SelectGroup", "compile_policy"]

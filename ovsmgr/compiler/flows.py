@@ -16,7 +16,7 @@ FIELD_ORDER = (
     "in_port", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "conj_id", "ct_state", "ct_zone", "ct_mark",
     "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
     "nw_frag", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
-    "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code", "nd_target", "nd_sll",
+    "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code", "nd_target", "nd_sll", "ct_label",
 )
 _RANK = {name: i for i, name in enumerate(FIELD_ORDER)}
 
@@ -186,10 +186,37 @@ class LearnMacBinding:
     version: int = 4
 
 
+@dataclass(frozen=True)
+class Group:
+    """Hand the packet to select group `group_id` (`FlowSet.groups`): one of its buckets' actions run."""
+
+    group_id: int
+
+
 Action = (
     Output | InPort | Normal | GotoTable | Resubmit | SetField | Move | Ct | Conjunction | Controller
-    | LearnMacBinding | Meter
+    | LearnMacBinding | Meter | Group
 )
+
+
+@dataclass(frozen=True)
+class Bucket:
+    weight: int
+    actions: tuple[Action, ...]
+
+
+@dataclass(frozen=True)
+class SelectGroup:
+    """An OpenFlow select group: each packet sent to it runs the actions of one bucket, picked by a
+    hash of its addresses and ports, weighted (OVS 3.1: `dp_hash` of the symmetric 5-tuple). Group
+    ids carry ovsmgr's magic (`pipeline.GROUP_ID_MAGIC`), as cookies do, since groups have none;
+    `table` is the table whose flows send packets here (what the buckets' actions may do is that
+    table's declaration)."""
+
+    group_id: int
+    table: Table
+    buckets: tuple[Bucket, ...]
+    rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,18 +252,31 @@ def check_flow(flow: Flow) -> None:
         if item.field not in spec.matches:
             extra = flow.match.fields() - spec.matches
             raise FlowError(f"table {flow.table.name} may not match on {sorted(extra)}: {flow}")
-    for target in _targets(flow.actions):
-        if target not in spec.next_tables:
-            raise FlowError(f"table {flow.table.name} may not go to {target.name}: {flow}")
+    _check_targets(flow.table, flow.actions, flow)
     if not 0 <= flow.priority <= 65535:
         raise FlowError(f"priority {flow.priority} out of range: {flow}")
 
 
+def _check_targets(table: Table, actions: Iterable[Action], what: object) -> None:
+    for target in _targets(actions):
+        if target not in TABLES[table].next_tables:
+            raise FlowError(f"table {table.name} may not go to {target.name}: {what}")
+
+
+def check_group(group: SelectGroup) -> None:
+    for bucket in group.buckets:
+        _check_targets(group.table, bucket.actions, group)
+        if not 1 <= bucket.weight <= 0xFFFF:
+            raise FlowError(f"bucket weight {bucket.weight} out of range: {group}")
+
+
 @dataclass
 class FlowSet:
-    """The compiled flows of a policy, in a deterministic order, with a key -> flow index."""
+    """The compiled flows of a policy, in a deterministic order, with a key -> flow index; and the
+    select groups its flows use, by id."""
 
     flows: dict[tuple[int, int, Match], Flow] = field(default_factory=dict)
+    groups: dict[int, SelectGroup] = field(default_factory=dict)
 
     def add(self, flow: Flow) -> None:
         check_flow(flow)
@@ -248,6 +288,14 @@ class FlowSet:
     def extend(self, flows: Iterable[Flow]) -> None:
         for flow in flows:
             self.add(flow)
+
+    def add_group(self, group: SelectGroup) -> None:
+        check_group(group)
+        if self.groups.setdefault(group.group_id, group) != group:
+            raise FlowError(f"two different groups with id {group.group_id:#x}")
+
+    def sorted_groups(self) -> list[SelectGroup]:
+        return [self.groups[gid] for gid in sorted(self.groups)]
 
     def sorted(self) -> list[Flow]:
         return sorted(self.flows.values(), key=_sort_key)

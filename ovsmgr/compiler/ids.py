@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 
-from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK, METER_IDS
+from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK, GROUP_ID_MAGIC, METER_IDS
 from ovsmgr.policy.ir import RuleMatch
 
 
@@ -28,6 +28,18 @@ def meter_id(name: str) -> int:
     """The id of the meter of a rule with a `limit:` (in `METER_IDS`), from its name like its cookie,
     so adding a limit to one rule renumbers no other rule's meter."""
     return METER_IDS.start + _hash32(f"meter:{name}") % len(METER_IDS)
+
+
+def group_id(name: str, version: int, used: set[int]) -> int:
+    """The select group of a load-balanced DNAT rule in one IP version: ovsmgr's magic in the high
+    16 bits, the rule's id in the low ones, the next free one if an earlier rule took it (`used`)."""
+    low = (rule_id(name) ^ (0x8000 if version == 6 else 0)) & 0xFFFF
+    for step in range(1 << 16):
+        value = GROUP_ID_MAGIC << 16 | ((low + step) & 0xFFFF)
+        if value not in used:
+            used.add(value)
+            return value
+    raise ValueError("more than 65,536 select groups")
 
 
 def match_text(match: RuleMatch) -> str:

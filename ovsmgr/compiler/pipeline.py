@@ -27,7 +27,9 @@ class Table(IntEnum):
     packet it matches as an advertisement); send it back out of the asking port."""
     CONNTRACK = 10
     """Send IP traffic through conntrack in the policy's zone, without `nat`: every stage up to
-    OUTPUT sees packets as they arrived, as the policy's rules speak of them."""
+    OUTPUT sees packets as they arrived, as the policy's rules speak of them. Packets addressed to
+    an address SNAT_AFTER_DNAT translates to first meet the second zone with `nat` (the replies of
+    connections translated in both zones, whose DNAT the policy's zone knows by the client's address)."""
     EGRESS = 20
     """Decide where the packet leaves: the linked port (forwarding: ports) or the zone whose
     networks hold the destination (forwarding: normal). Sets REG_TO_ZONE and REG_OUT_PORT."""
@@ -43,13 +45,21 @@ class Table(IntEnum):
     """Commit allowed connections: DNAT rules, then SNAT rules, then a plain commit; the
     allowing rule's fingerprint goes into ct_mark so a later policy can cut the connection.
     Translating commits recirculate into OUTPUT so it sees the translated packet."""
+    SNAT_AFTER_DNAT = 55
+    """A connection a DNAT rule has just translated, as translated, against the SNAT rules that may
+    follow (DNAT on arrival, SNAT after it): the first that matches translates it again in the
+    second conntrack zone (OVS applies one translation per zone) and marks it in ct_label, so its
+    later packets are translated in both zones; none: on to OUTPUT_TRANSLATED."""
     OUTPUT = 60
     """Send the packet out: to REG_OUT_PORT, or to OVS NORMAL switching when it is 0.
     Packets of translated connections (ct_mark TRANSLATED bit) first get their translation
     with ct(nat) and recirculate to OUTPUT_TRANSLATED."""
     OUTPUT_TRANSLATED = 65
     """Send a translated packet out, after setting the destination MAC of the host that now
-    receives it (looked up in MAC_BINDING by the translated destination address)."""
+    receives it (looked up in MAC_BINDING by the translated destination address). Packets of a
+    connection translated in both zones (ct_label) first get their second translation. A packet
+    whose new destination lies in the networks of the one-port zone it came from goes back out of
+    the port it came in by (hairpin NAT)."""
     MAC_BINDING = 70
     """Learned address-to-MAC bindings, from ARP (and, with IPv6 NAT, neighbour solicitations and
     advertisements) seen by CLASSIFY (only flows the switch learns)."""
@@ -69,7 +79,7 @@ datagram (userspace conntrack copies it from the datagram it reassembled to each
 and NAT judge services by it, never by the packet's own L4 fields (a later fragment has none)."""
 _L3 = _CT_TUPLE | frozenset({"nw_frag", "dl_type", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
                  "icmp_type", "icmp_code"})
-_CT = frozenset({"ct_state", "ct_mark", "ct_zone"})
+_CT = frozenset({"ct_state", "ct_mark", "ct_zone", "ct_label"})
 
 TABLES: dict[Table, TableSpec] = {
     Table.CLASSIFY: TableSpec(
@@ -78,7 +88,8 @@ TABLES: dict[Table, TableSpec] = {
         frozenset({Table.CONNTRACK, Table.ND_ANSWER}),
     ),
     Table.ND_ANSWER: TableSpec(frozenset({"dl_type", "nw_proto", "icmp_type"}), frozenset()),
-    Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state"}), frozenset({Table.EGRESS})),
+    Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state", "ct_zone", "nw_dst", "ipv6_dst"}),
+                               frozenset({Table.EGRESS, Table.CONNTRACK})),
     Table.EGRESS: TableSpec(frozenset({"in_port", "dl_type", "nw_dst", "ipv6_dst"}), frozenset({Table.STATE})),
     # A helper's related connection is committed here, a translated one recirculating like NAT's.
     Table.STATE: TableSpec(_CT | frozenset({"dl_type", "nw_proto", "nw_frag", "tcp_flags"}),
@@ -86,9 +97,12 @@ TABLES: dict[Table, TableSpec] = {
     Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.NAT, Table.OUTPUT})),
     # A translating commit recirculates (ct(commit,table=OUTPUT_TRANSLATED,nat(...))) so the
     # next table sees the translated packet and can set the receiver's MAC.
-    Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.OUTPUT, Table.OUTPUT_TRANSLATED})),
+    Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}),
+                         frozenset({Table.OUTPUT, Table.OUTPUT_TRANSLATED, Table.SNAT_AFTER_DNAT})),
+    Table.SNAT_AFTER_DNAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.OUTPUT_TRANSLATED})),
     Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.OUTPUT_TRANSLATED})),
-    Table.OUTPUT_TRANSLATED: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.MAC_BINDING})),
+    Table.OUTPUT_TRANSLATED: TableSpec(_REGS | _CT | frozenset({"dl_type", "nw_dst", "ipv6_dst"}),
+                                       frozenset({Table.MAC_BINDING, Table.OUTPUT_TRANSLATED})),
     Table.MAC_BINDING: TableSpec(frozenset({"dl_type", "nw_dst", "ipv6_dst"}), frozenset(), learned_by=Table.CLASSIFY),
 }
 
@@ -130,6 +144,8 @@ CT_MARK_RULE = (0, 30)
 CT_MARK_TRANSLATED = 1 << 31
 """ct_mark bit 31: the connection is translated by NAT; its packets get ct(nat) at OUTPUT."""
 CT_MARK_RULE_MASK = (1 << 31) - 1
+CT_LABEL_SECOND_ZONE = 1
+"""ct_label bit 0: the connection is translated in the second zone too (SNAT after DNAT)."""
 
 TCP_FLAG_BITS: dict[str, int] = {
     "fin": 0x001, "syn": 0x002, "rst": 0x004, "psh": 0x008, "ack": 0x010, "urg": 0x020, "ece": 0x040,
@@ -143,6 +159,13 @@ CT_STATE_BITS: dict[str, int] = {
 COOKIE_MAGIC = 0x0F5A
 """High 16 bits of every cookie ovsmgr writes; flows with another value are never touched."""
 COOKIE_MASK = 0xFFFF_0000_0000_0000
+GROUP_ID_MAGIC = COOKIE_MAGIC
+"""High 16 bits of every group id ovsmgr writes (groups have no cookie); groups with another id are
+never read, changed or deleted."""
+
+
+def is_our_group(group_id: int) -> bool:
+    return group_id >> 16 == GROUP_ID_MAGIC
 
 
 class CookieKind(IntEnum):
@@ -157,6 +180,9 @@ class CookieKind(IntEnum):
     METER = 5
     """A rule's meter (`limit:`); the low 32 bits are the meter id. Meters have no cookie on the
     switch: ovsmgr gives its meter entries this one, and owns the meters by their id (`METER_IDS`)."""
+    GROUP = 6
+    """Not a flow: a select group of a NAT rule, in a plan or a record beside the flows (its rule
+    id is the group id, which `names` maps to the rule)."""
 
 
 METER_IDS = range(0x8000_0000, 0xFFFF_0000)
@@ -194,6 +220,7 @@ class Priority(IntEnum):
     CLASSIFY_ND_UNANSWERED = 320
     ND_ANSWER = 100
     TRACK = 100
+    TRACK_SECOND_ZONE = 110
     EGRESS_LINK = 100
     EGRESS_PREFIX_BASE = 100
     STATE_STALE = 100
@@ -208,9 +235,12 @@ class Priority(IntEnum):
     NAT_REVALIDATE = 50000
     NAT_DNAT_TOP = 40000
     NAT_SNAT_TOP = 20000
+    SNAT_AFTER_DNAT_TOP = 20000
     NAT_COMMIT = 1
     OUTPUT_PORT = 100
     OUTPUT_TRANSLATED_CONN = 200
+    OUTPUT_HAIRPIN = 210
+    OUTPUT_SECOND_ZONE = 250
     OUTPUT_UNTRANSLATED = 300
     OUTPUT_INVALID = 400
     MAC_BINDING_LEARNED = 100

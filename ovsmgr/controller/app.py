@@ -8,7 +8,7 @@ in a worker thread, never in os-ken's event thread); packet-ins to
 `Hooks.packet_in`, which answers with the frames to send; flow statistics are
 requested when metrics are scraped and handed to `Hooks.flow_stats`. Each connected
 switch has a `DatapathChannel` (`Hooks.switch_state` gets it): the replies and errors
-answering its own requests (bundles, flow dumps) go there, not to the hooks.
+answering its own requests (bundles, flow and group dumps) go there, not to the hooks.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class OvsmgrApp(app_manager.OSKenApp):
 
     @set_ev_cls([ofp_event.EventOFPErrorMsg, ofp_event.EventOFPBarrierReply, ofp_event.EventONFBundleCtrlMsg,
                  ofp_event.EventOFPExperimenter, ofp_event.EventOFPMeterConfigStatsReply,
-                 ofp_event.EventOFPMeterStatsReply], MAIN_DISPATCHER)
+                 ofp_event.EventOFPMeterStatsReply, ofp_event.EventOFPGroupDescStatsReply], MAIN_DISPATCHER)
     def _reply(self, ev: Any) -> None:
         """Replies and errors for a `DatapathChannel`'s own requests."""
         if self._ours(ev.msg.datapath):

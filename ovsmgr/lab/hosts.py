@@ -30,10 +30,13 @@ def _mac(text: str) -> int:
 
 def picked_by_nat(policy: ResolvedPolicy) -> tuple[Picked, ...]:
     """The translations of `policy` that OVS picks by a hash: SNAT rules with a port range or more
-    than one address."""
-    return tuple(Picked("src", ((int(r.translate_lo), int(r.translate_hi), *(r.ports or (1, 65535))),))
+    than one address, the backends of load-balanced DNAT rules."""
+    snat = tuple(Picked("src", ((int(r.translate_lo), int(r.translate_hi), *(r.ports or (1, 65535))),))
                  for r in policy.nat
                  if r.kind == "snat" and (r.ports is not None or r.translate_lo != r.translate_hi))
+    pools = tuple(Picked("dst", tuple((int(b.address), int(b.address), *((b.port, b.port) if b.port else (1, 65535)))
+                                      for b in r.backends)) for r in policy.nat if r.backends)
+    return snat + pools
 
 
 @dataclass(frozen=True)

@@ -300,11 +300,13 @@ class ScenarioLab:
         if out.packet.inner is not None:  # an ICMP error quotes a packet going the other way
             proto, src, dst, sport, dport = wanted[0]
             wanted.append((proto, dst, src, dport, sport))
-        text = self.lab.appctl(["dpctl/dump-conntrack", f"zone={self.compiled.policy.ct_zone}"])
-        for line in text.splitlines():
-            entry = _conntrack_entry(line)
-            if entry is not None and any(_same(w, t) for w in wanted for t in entry[:2]):
-                return entry[2]
+        policy = self.compiled.policy
+        for zone in (policy.ct_zone, policy.second_zone):  # a reply of a connection translated twice is
+            text = self.lab.appctl(["dpctl/dump-conntrack", f"zone={zone}"])  # as sent in the second
+            for line in text.splitlines():
+                entry = _conntrack_entry(line)
+                if entry is not None and any(_same(w, t) for w in wanted for t in entry[:2]):
+                    return entry[2]
         return None
 
 

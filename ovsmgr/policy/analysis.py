@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ovsmgr.policy.diagnostics import Collector
-from ovsmgr.policy.ir import IPNetwork, NatRule, RuleMatch, Service
+from ovsmgr.policy.ir import IPAddress, IPNetwork, RuleMatch, Service
 from ovsmgr.policy.ruleindex import PrefixKey, RuleIndex
 from ovsmgr.policy.ruleindex import prefix_key as _prefix_key
 
@@ -100,17 +100,22 @@ def _check_shadowed(policy: ResolvedPolicy, diag: Collector) -> None:
 
 
 def _check_nat_overlaps(policy: ResolvedPolicy, diag: Collector) -> None:
+    """Two snat (or two dnat) rules that could match one connection: the second would not apply to
+    it. Static rules are compared with each other (by their halves) and take precedence over snat
+    and dnat rules, which then apply to the rest."""
     for kind in ("snat", "dnat"):
-        index = RuleIndex()
-        for rule in (r for r in policy.nat if r.kind == kind):
-            for match, earlier in index.candidates(rule.match, overlap=True):
-                if overlaps(match, rule.match):
-                    other: Any = earlier
-                    diag.error(rule.span, f'{kind} rule "{rule.name}" overlaps {kind} rule "{other.name}" '
-                                          f"({other.span}): a connection matching both would be translated "
-                                          "by the first only")
-                    break
-            index.add(rule.match, rule)
+        for static in (True, False):
+            index = RuleIndex()
+            for rule in (r for r in policy.nat if r.kind == kind and r.static == static):
+                for match, earlier in index.candidates(rule.match, overlap=True):
+                    if overlaps(match, rule.match):
+                        other: Any = earlier
+                        word = "static" if static else kind
+                        diag.error(rule.span, f'{word} rule "{rule.name}" overlaps {word} rule "{other.name}" '
+                                              f"({other.span}): a connection matching both would be translated "
+                                              "by the first only")
+                        break
+                index.add(rule.match, rule)
 
 
 def _check_nat_blocked(policy: ResolvedPolicy, diag: Collector) -> None:
@@ -129,24 +134,25 @@ def _check_nat_blocked(policy: ResolvedPolicy, diag: Collector) -> None:
     if not blocked:
         return
     for nat in policy.nat:
-        hit = _blocking_rule(nat, blocked, lengths)
-        if hit is not None:
-            field, fw = hit
-            diag.error(nat.span, f'{nat.kind} rule "{nat.name}" translates to {_target(nat)}, which rule '
-                                 f'"{fw.name}" ({fw.span}) blocks as {field}')
+        for lo, hi in nat.targets():
+            hit = _blocking_rule(lo, hi, blocked, lengths)
+            if hit is not None:
+                field, fw = hit
+                kind = "static" if nat.static else nat.kind
+                diag.error(nat.span, f'{kind} rule "{nat.name}" translates to {_target(lo, hi)}, which rule '
+                                     f'"{fw.name}" ({fw.span}) blocks as {field}')
+                break
 
 
-def _target(nat: NatRule) -> str:
-    if nat.translate_lo == nat.translate_hi:
-        return str(nat.translate_lo)
-    return f"{nat.translate_lo}-{nat.translate_hi}"
+def _target(lo: IPAddress, hi: IPAddress) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-def _blocking_rule(nat: NatRule, blocked: dict[PrefixKey, tuple[str, Any]],
+def _blocking_rule(translate_lo: IPAddress, translate_hi: IPAddress, blocked: dict[PrefixKey, tuple[str, Any]],
                    lengths: dict[int, set[int]]) -> tuple[str, Any] | None:
-    lo, hi = int(nat.translate_lo), int(nat.translate_hi)
-    version = nat.translate_lo.version
-    bits = nat.translate_lo.max_prefixlen
+    lo, hi = int(translate_lo), int(translate_hi)
+    version = translate_lo.version
+    bits = translate_lo.max_prefixlen
     hits: list[tuple[int, str, Any]] = []
     for n in lengths.get(version, ()):
         host_bits = bits - n

@@ -142,7 +142,22 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Backend:
+    """A server of a load-balanced dnat rule; `up` False leaves it out of the rule's select group (a
+    policy as written has every backend up)."""
+
+    address: IPAddress
+    port: int | None
+    weight: int
+    up: bool = True
+
+
+@dataclass(frozen=True)
 class NatRule:
+    """One translation. A `type: static` rule is two of these with its name, `static` set: an snat
+    of its inside address and a dnat of its public one. A load-balanced dnat rule has `backends`
+    (its translate_lo/hi are the first backend's address)."""
+
     name: str
     index: int
     kind: Literal["snat", "dnat"]
@@ -154,6 +169,14 @@ class NatRule:
     span: Span
     limit: Limit | None = None
     """New connections per second the rule translates (packets only)."""
+    backends: tuple[Backend, ...] = ()
+    static: bool = False
+
+    def targets(self) -> tuple[tuple[IPAddress, IPAddress], ...]:
+        """The address ranges the rule translates to (each backend's address alone)."""
+        if self.backends:
+            return tuple((b.address, b.address) for b in self.backends)
+        return ((self.translate_lo, self.translate_hi),)
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,9 @@ class ResolvedPolicy:
     invalid: Literal["drop", "allow"]
     cut_on_rule_removal: bool
     sources: tuple[str, ...] = field(default=())
+    nat_zone: int = 0
+    """The second conntrack zone: a connection a dnat rule translated is translated there again by an
+    snat rule (0: the policy's zone + 1, see `second_zone`)."""
     ct_timeouts: tuple[tuple[str, int], ...] = ()
     """The zone's conntrack timeout policy (key, seconds), in OVS's key order; empty: the datapath's
     defaults. Set through OVSDB, not by flows."""
@@ -204,6 +230,14 @@ class ResolvedPolicy:
     @property
     def switch(self) -> Switch:
         return self.model.switch
+
+    @property
+    def second_zone(self) -> int:
+        """Where an snat rule translates a connection a dnat rule translated already (OVS applies one
+        translation per connection and zone)."""
+        if self.nat_zone:
+            return self.nat_zone
+        return self.ct_zone + 1 if self.ct_zone < 65535 else self.ct_zone - 1
 
     def nat_owned_addresses(self) -> tuple[IPAddress, ...]:
         """Addresses the switch answers ARP/ND for: snat targets and dnat public addresses."""

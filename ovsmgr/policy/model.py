@@ -106,23 +106,41 @@ class Firewall(_Frozen):
     rules: list[FirewallRule] = Field(default_factory=list)
 
 
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Backend(_Frozen):
+    """One server of a load-balanced dnat rule."""
+
+    address: str = Field(description="The server's address, of the IP version the rule matches.")
+    port: PortNumber | None = Field(default=None, description="Its port; omitted: the port the connection was made to.")
+    weight: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=1, description="Its share of new connections, relative to the other backends' weights."
+    )
+
+
 class NatRule(_Frozen):
     """Address translation of connections the firewall allows; allows nothing by itself."""
 
     name: Name
-    type: Literal["snat", "dnat"] = Field(description="snat: rewrite the source; dnat: the destination.")
-    from_: Name = Field(alias="from")
-    to: Name | None = None
+    type: Literal["snat", "dnat", "static"] = Field(
+        description="snat: rewrite the source; dnat: the destination; static: 1:1 both ways."
+    )
+    from_: Name = Field(alias="from", description="The zone connections come from (static: the inside zone).")
+    to: Name | None = Field(default=None, description="The zone they leave by (static: the outside zone).")
     src: AddressList | None = None
     dst: AddressList | None = None
     services: list[str] | None = None
-    translate_to: str = Field(description="An address or a range a.b.c.d-a.b.c.e.")
+    translate_to: str | None = Field(
+        default=None, description="An address or a range a.b.c.d-a.b.c.e (a dnat with backends has none)."
+    )
+    backends: list[Backend] | None = Field(
+        default=None, description="dnat: servers to spread connections over by weight, instead of translate_to."
+    )
     ports: int | str | None = Field(
         default=None, description="snat: source port range low-high (or one port)."
     )
-    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
-        default=None, description="dnat: new destination port."
-    )
+    port: PortNumber | None = Field(default=None, description="dnat: new destination port.")
     limit: str | None = Field(
         default=None, description="New connections the rule translates above this rate are dropped (an "
                                   "OpenFlow meter on their first packets): N/s or N/m.")
@@ -176,6 +194,10 @@ class Conntrack(_Frozen):
     )
     timeouts: ConntrackTimeouts | None = Field(
         default=None, description="The zone's conntrack timeout policy in seconds (OVS CT_Timeout_Policy)."
+    )
+    nat_zone: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="The second zone, where a connection a dnat rule translated is translated again "
+        "by an snat rule (default: zone + 1, or zone - 1 for 65535)."
     )
 
 

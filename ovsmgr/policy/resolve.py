@@ -133,7 +133,16 @@ class _Resolver:
             ct_zone=ct.zone, max_connections=ct.max_connections, invalid=ct.invalid,
             cut_on_rule_removal=ct.cut_on_rule_removal, sources=self.files,
             ct_timeouts=tuple(ct.timeouts.as_dict().items()) if ct.timeouts else (),
+            nat_zone=self._nat_zone(),
         )
+
+    def _nat_zone(self) -> int:
+        ct = self.m.conntrack
+        if ct.nat_zone is not None and ct.nat_zone == ct.zone:
+            self.diag.error(self.src.span(("conntrack", "nat_zone")),
+                            f"nat_zone must differ from zone ({ct.zone}): a connection translated twice "
+                            "needs a second conntrack zone")
+        return ct.nat_zone or 0
 
     # --- ports, zones, links -------------------------------------------------------------------
     def _ports(self) -> dict[str, PortInfo]:

@@ -10,16 +10,23 @@ not say what its author wrote.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from ipaddress import ip_network
 from typing import Any
 
 from ovsmgr.policy.diagnostics import Collector, Span, did_you_mean
-from ovsmgr.policy.ir import IPAddress, Limit, NatRule, Rule, RuleMatch, ZoneInfo
+from ovsmgr.policy.ir import Backend, IPAddress, Limit, NatRule, Rule, RuleMatch, ZoneInfo
 from ovsmgr.policy.loader import Path_, SourceMap
 from ovsmgr.policy.model import FirewallRule, Policy
 from ovsmgr.policy.model import NatRule as NatRuleModel
 from ovsmgr.policy.names import AddressBook, ServiceBook
 from ovsmgr.policy.shape import Shape
-from ovsmgr.policy.terms import TermError, parse_address_range, parse_limit, parse_port_range
+from ovsmgr.policy.terms import (
+    TermError,
+    parse_address,
+    parse_address_range,
+    parse_limit,
+    parse_port_range,
+)
 
 _FAMILY_NAMES = {frozenset({4}): "IPv4 only", frozenset({6}): "IPv6 only"}
 
@@ -94,19 +101,25 @@ class RuleResolver:
         return True
 
     def nat(self) -> tuple[NatRule, ...]:
-        out = []
+        out: list[NatRule] = []
         for raw, i in zip(self.m.nat, self.shape.nat_index, strict=True):
             path = ("nat", i)
             self._unique_name(raw.name, path, ("nat", i))
             match = self._match(raw, path)
             if i in self.broken.nat:
                 continue
+            if raw.type == "static":
+                halves = self._static(raw, path, match)
+                if halves and raw.enabled:
+                    out += halves
+                continue
             translation = self._translation(raw, path, match)
             limit, limit_ok = self._limit(raw, path)
-            if match is not None and translation is not None and limit_ok and raw.enabled:
+            backends = self._backends(raw, path, match)
+            if match is not None and translation is not None and limit_ok and backends is not None and raw.enabled:
                 lo, hi, ports = translation
                 out.append(NatRule(raw.name, i, raw.type, match, lo, hi, ports, raw.port, self.src.span(path),
-                                   limit))
+                                   limit, backends))
         return tuple(out)
 
     def _limit(self, raw: FirewallRule | NatRuleModel, path: Path_) -> tuple[Limit | None, bool]:
@@ -202,11 +215,20 @@ class RuleResolver:
         ok = True
         lo: IPAddress | None = None
         hi: IPAddress | None = None
-        try:
-            lo, hi = parse_address_range(raw.translate_to)
-        except TermError as exc:
-            self.diag.error(self.src.span((*path, "translate_to")), str(exc))
+        if raw.backends:
+            first = self._backend_address(raw.backends[0].address, (*path, "backends", 0, "address"))
+            lo = hi = first
+            ok = first is not None
+        elif raw.translate_to is None:
+            needs = "translate_to or backends" if raw.type == "dnat" else "translate_to"
+            self.diag.error(self.src.span(path), f'{raw.type} rule "{raw.name}" needs {needs}')
             ok = False
+        else:
+            try:
+                lo, hi = parse_address_range(raw.translate_to)
+            except TermError as exc:
+                self.diag.error(self.src.span((*path, "translate_to")), str(exc))
+                ok = False
         ports = None
         for span, message in self._nat_kind_problems(raw, path, match):
             self.diag.error(span, message)
@@ -217,7 +239,7 @@ class RuleResolver:
             except TermError as exc:
                 self.diag.error(self.src.span((*path, "ports")), str(exc))
                 ok = False
-        if lo is not None and match is not None and lo.version not in match.families():
+        if lo is not None and match is not None and lo.version not in match.families() and not raw.backends:
             self.diag.error(self.src.span((*path, "translate_to")),
                             f"translate_to {raw.translate_to} is IPv{lo.version} but the rule matches only "
                             f"IPv{'/'.join(map(str, sorted(match.families())))}")
@@ -225,6 +247,89 @@ class RuleResolver:
         if not ok or lo is None or hi is None:
             return None
         return lo, hi, ports
+
+    def _backend_address(self, text: str, at: Path_) -> IPAddress | None:
+        try:
+            return parse_address(text)
+        except TermError as exc:
+            self.diag.error(self.src.span(at), str(exc))
+            return None
+
+    def _backends(self, raw: NatRuleModel, path: Path_, match: RuleMatch | None) -> tuple[Backend, ...] | None:
+        """The backends of a load-balanced dnat rule (empty for any other rule); None after an error."""
+        if not raw.backends:
+            return ()
+        ok, out = True, []
+        seen: dict[tuple[IPAddress, int | None], Path_] = {}
+        for n, backend in enumerate(raw.backends):
+            at = (*path, "backends", n)
+            address = self._backend_address(backend.address, (*at, "address"))
+            if address is None:
+                ok = False
+                continue
+            if match is not None and address.version not in match.families():
+                self.diag.error(self.src.span((*at, "address")), f"backend {address} is IPv{address.version} but "
+                                f"the rule matches only IPv{'/'.join(map(str, sorted(match.families())))}")
+                ok = False
+            key = (address, backend.port)
+            if key in seen:
+                self.diag.error(self.src.span(at), f"backend {address}{f':{backend.port}' if backend.port else ''} "
+                                f"is listed twice (also at {self.src.span(seen[key])})")
+                ok = False
+            seen.setdefault(key, at)
+            out.append(Backend(address, backend.port, backend.weight))
+        if any(b.port is not None for b in raw.backends) and match is not None \
+                and not any(s.ports for s in match.services):
+            self.diag.error(self.src.span((*path, "backends"), key=True),
+                            "a backend port needs services with tcp, udp or sctp ports to translate")
+            ok = False
+        return tuple(out) if ok else None
+
+    def _static(self, raw: NatRuleModel, path: Path_, match: RuleMatch | None) -> tuple[NatRule, ...]:
+        """A `type: static` rule as its two halves: the inside address leaves as the public one, and
+        connections to the public address from the outside zone reach the inside one."""
+        problems = [(key, f"{key} is not used by static NAT, which translates every connection of src")
+                    for key in ("dst", "services", "ports", "port", "backends", "limit")
+                    if getattr(raw, key) is not None]
+        for key, message in problems:
+            self.diag.error(self.src.span((*path, key), key=True), message)
+        meaning = {"to": "to (the outside zone)", "src": "src (the inside address)",
+                   "translate_to": "translate_to (its public address)"}
+        missing = [key for key in meaning if getattr(raw, key) is None]
+        if missing:
+            self.diag.error(self.src.span(path),
+                            f'static rule "{raw.name}" needs {" and ".join(meaning[k] for k in missing)}')
+        if problems or missing or match is None or raw.translate_to is None or raw.to is None:
+            return ()
+        inside = match.src[0] if len(match.src) == 1 and match.src[0].num_addresses == 1 else None
+        if inside is None:
+            self.diag.error(self.src.span((*path, "src")), f'static rule "{raw.name}": src must be one address '
+                            "(1:1 NAT maps one address to one address)")
+        try:
+            public, hi = parse_address_range(raw.translate_to)
+        except TermError as exc:
+            self.diag.error(self.src.span((*path, "translate_to")), str(exc))
+            return ()
+        if public != hi:
+            self.diag.error(self.src.span((*path, "translate_to")), f'static rule "{raw.name}": translate_to must '
+                            "be one address (1:1 NAT maps one address to one address)")
+            return ()
+        if inside is None:
+            return ()
+        if public.version != inside.version:
+            self.diag.error(self.src.span((*path, "translate_to")), f"translate_to {public} is IPv{public.version} "
+                            f"but src {inside.network_address} is IPv{inside.version}")
+            return ()
+        span = self.src.span(path)
+        private = inside.network_address
+        outbound = NatRule(raw.name, self._index(path), "snat", match, public, public, None, None, span, static=True)
+        inbound = NatRule(raw.name, self._index(path), "dnat", RuleMatch(raw.to, None, (), (ip_network(public),)),
+                          private, private, None, None, span, static=True)
+        return outbound, inbound
+
+    @staticmethod
+    def _index(path: Path_) -> int:
+        return int(path[1])
 
     def _nat_kind_problems(self, raw: NatRuleModel, path: Path_, match: RuleMatch | None) -> Iterator[tuple[Span, str]]:
         if raw.type == "dnat":
@@ -236,5 +341,14 @@ class RuleResolver:
             if raw.port is not None and match is not None and not any(s.ports for s in match.services):
                 yield (self.src.span((*path, "port"), key=True),
                        "port needs services with tcp, udp or sctp ports to translate")
-        elif raw.port is not None:
-            yield self.src.span((*path, "port"), key=True), "port (a new destination port) is for dnat; snat takes ports"
+            if raw.backends and raw.translate_to is not None:
+                yield (self.src.span((*path, "translate_to"), key=True),
+                       "translate_to or backends: a dnat rule translates to one or spreads over the other")
+            if raw.backends and raw.port is not None:
+                yield self.src.span((*path, "port"), key=True), "with backends, each backend has its own port"
+        else:
+            if raw.port is not None:
+                yield (self.src.span((*path, "port"), key=True),
+                       "port (a new destination port) is for dnat; snat takes ports")
+            if raw.backends:
+                yield self.src.span((*path, "backends"), key=True), "backends are for dnat rules"

@@ -60,7 +60,6 @@ UNIT_PLACEHOLDERS: dict[tuple[Path_, str], Callable[[int], Any]] = {
     (("firewall", "rules"), "action"): lambda i: "drop",
     (("nat",), "name"): lambda i: f"_nat{i}",
     (("nat",), "from"): lambda i: PLACEHOLDER_ZONE,
-    (("nat",), "translate_to"): lambda i: "0.0.0.0",
 }
 
 

@@ -17,6 +17,7 @@ from ovsmgr.compiler.flows import (
     Ct,
     Flow,
     GotoTable,
+    Group,
     InPort,
     LearnMacBinding,
     Match,
@@ -28,6 +29,7 @@ from ovsmgr.compiler.flows import (
     Normal,
     Output,
     Resubmit,
+    SelectGroup,
     SetField,
 )
 from ovsmgr.compiler.pipeline import (
@@ -110,7 +112,7 @@ def _item_text(item: MatchItem) -> str:
         return f"nw_frag={FRAG_NAMES[(item.value, item.mask or 3)]}"
     if name == "tcp_flags":
         return f"tcp_flags={_flags_text(item, TCP_FLAG_ORDER)}"
-    if name.startswith("reg") or name in ("ct_mark", "dl_type"):
+    if name.startswith("reg") or name in ("ct_mark", "ct_label", "dl_type"):
         masked = f"/{item.mask:#x}" if item.mask is not None else ""
         return f"{name}={item.value:#x}{masked}" if item.value else f"{name}=0{masked}"
     if item.mask is not None:
@@ -179,6 +181,8 @@ def action_text(action: Action) -> str:
             return "IN_PORT"
         case Normal():
             return "NORMAL"
+        case Group(group_id):
+            return f"group:{group_id}"
         case GotoTable(table):
             return f"goto_table:{int(table)}"
         case Resubmit(table):
@@ -241,6 +245,14 @@ def flow_text(flow: Flow, with_cookie: bool = True) -> str:
     match = match_text(flow.match)
     sep = "," if match else ""
     return f"{head}table={int(flow.table)},priority={flow.priority}{sep}{match} actions={actions_text(flow.actions)}"
+
+
+def group_text(group: SelectGroup) -> str:
+    """A select group in add-groups syntax, as `ovs-ofctl dump-groups` prints it (a bucket's weight
+    only when it is not 1, the default)."""
+    buckets = "".join(f",bucket={f'weight:{b.weight},' if b.weight != 1 else ''}actions={actions_text(b.actions)}"
+                      for b in group.buckets)
+    return f"group_id={group.group_id},type=select{buckets}"
 
 
 def flow_json(flow: Flow) -> dict[str, object]:

@@ -11,7 +11,7 @@ import jinja2
 from ovsmgr import __version__
 from ovsmgr.compiler import CompiledPolicy
 from ovsmgr.compiler import pipeline as pl
-from ovsmgr.render.ofctl import flow_text, meter_text
+from ovsmgr.render.ofctl import flow_text, group_text, meter_text
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("ovsmgr.render", "templates"),
@@ -36,10 +36,13 @@ def _table_doc(table: pl.Table) -> str:
 
 
 def render_flows(compiled: CompiledPolicy) -> str:
-    """The compiled flows as an ovs-ofctl add-flows file, deterministic byte for byte."""
+    """The compiled flows as an ovs-ofctl add-flows file, deterministic byte for byte. A policy with
+    select groups is written for `ovs-ofctl bundle` instead (`group add` and `flow add` lines), so
+    the groups and the flows that use them still load as one."""
+    bundle = bool(compiled.groups)
     by_table: dict[pl.Table, list[str]] = defaultdict(list)
     for flow in compiled.flows:
-        by_table[flow.table].append(flow_text(flow))
+        by_table[flow.table].append(("flow add " if bundle else "") + flow_text(flow))
     tables = [
         {"id": int(t), "name": t.name, "doc": _table_doc(t), "lines": by_table[t]}
         for t in pl.Table if by_table[t]
@@ -49,6 +52,7 @@ def render_flows(compiled: CompiledPolicy) -> str:
         version=__version__, bridge=policy.bridge,
         sources=", ".join(Path(s).name for s in policy.sources) or "<policy>",
         count=len(compiled.flowset), tables=tables, meters=[meter_text(m) for m in compiled.meters],
+        groups=[f"group add {group_text(g)}" for g in compiled.groups],
     )
 
 
@@ -75,9 +79,11 @@ _KIND_DOCS = {
     "FIREWALL": "flows of a firewall rule",
     "NAT": "flows of a NAT rule",
     "DEFAULT": "the firewall's default action",
-    "LEARNED": "MAC bindings the switch learns from ARP; never diffed or deleted",
+    "LEARNED": "MAC bindings the switch learns from ARP and neighbour discovery; never diffed or deleted",
     "METER": "a rule's meter (`limit:`) as ovsmgr keeps it beside its flows; the low 32 bits are the meter "
              "id, and ovsmgr owns the meters whose ids are in 0x80000000-0xfffeffff",
+    "GROUP": "not a flow: a NAT rule's select group where plans and records list it (groups have no "
+             "cookie: ovsmgr's are those whose id starts with the magic)",
 }
 
 

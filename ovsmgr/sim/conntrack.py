@@ -72,6 +72,7 @@ class Connection:
     mark: int = 0
     nat: frozenset[str] = frozenset()
     """The translations the connection makes: "src", "dst" or both."""
+    label: int = 0
     seen_reply: bool = False
     originals: int = 0
     """Original-direction packets seen after the one that committed it."""
@@ -83,8 +84,9 @@ class Connection:
     def describe(self) -> str:
         nat = f",nat={'+'.join(sorted(self.nat))}" if self.nat else ""
         helper = f",helper={self.helper}" if self.helper else ""
+        label = f",labels={self.label:#x}" if self.label else ""
         return (f"proto={self.original.proto},orig=({self.original.describe()}),"
-                f"reply=({self.reply.describe()}),zone={self.zone},mark={self.mark:#x}{nat}{helper}")
+                f"reply=({self.reply.describe()}),zone={self.zone},mark={self.mark:#x}{label}{nat}{helper}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class CtRequest:
     apply_nat: bool = False
     mark: int | None = None
     alg: str | None = None
+    label: int | None = None
+    """With commit: the ct_label to write (None: leave it)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ class CtResult:
     mark: int
     events: tuple[str, ...]
     cache: CtCache | None = None
+    label: int = 0
 
     @property
     def tuple(self) -> tuple[int, int, int]:
@@ -247,12 +252,23 @@ def _cached(conntrack: Conntrack, packet: Packet, request: CtRequest, conn: Conn
             packet = _rewrite(packet, (conn.original if reply else conn.reply).reversed())
         state |= _nat_bits(conn.nat, reply)
         events.append("nat applied")
-    updated = conn
-    if request.commit and request.mark is not None and request.mark != conn.mark:
-        events.append(f"ct_mark {conn.mark:#x} -> {request.mark:#x}")
-        updated = dataclasses.replace(conn, mark=request.mark)
+    updated = _committed(conn, request, events)
     cache = CtCache(request.zone, conn.original, state)
-    return CtResult(conntrack.updated(conn, updated), packet, state, updated.mark, tuple(events), cache)
+    return CtResult(conntrack.updated(conn, updated), packet, state, updated.mark, tuple(events), cache,
+                    updated.label)
+
+
+def _committed(conn: Connection, request: CtRequest, events: list[str]) -> Connection:
+    """The connection with what a commit writes (its mark, its label)."""
+    if not request.commit:
+        return conn
+    if request.mark is not None and request.mark != conn.mark:
+        events.append(f"ct_mark {conn.mark:#x} -> {request.mark:#x}")
+        conn = dataclasses.replace(conn, mark=request.mark)
+    if request.label is not None and request.label != conn.label:
+        events.append(f"ct_label {conn.label:#x} -> {request.label:#x}")
+        conn = dataclasses.replace(conn, label=request.label)
+    return conn
 
 
 def _is_icmp_error(packet: Packet) -> bool:
@@ -268,18 +284,16 @@ def _existing(conntrack: Conntrack, packet: Packet, request: CtRequest, conn: Co
     events = [f"zone {request.zone}: {'reply of' if reply else 'packet of'} {conn.original.describe()}"]
     if still_new:
         events.append("committed, but nothing came back yet: still +new")
-    updated = dataclasses.replace(conn, seen_reply=conn.seen_reply or reply,
-                                  originals=conn.originals + (0 if reply else 1))
-    if request.commit and request.mark is not None and request.mark != conn.mark:
-        events.append(f"ct_mark {conn.mark:#x} -> {request.mark:#x}")
-        updated = dataclasses.replace(updated, mark=request.mark)
+    updated = _committed(dataclasses.replace(conn, seen_reply=conn.seen_reply or reply,
+                                             originals=conn.originals + (0 if reply else 1)), request, events)
     if (request.nat is not None or request.apply_nat) and conn.nat:
         target = (conn.original if reply else conn.reply).reversed()
         packet = _rewrite(packet, target)
         state |= _nat_bits(conn.nat, reply)
         events.append(f"{'reverse ' if reply else ''}nat: now {target.describe()}")
     cache = CtCache(request.zone, conn.original, state)
-    return CtResult(conntrack.updated(conn, updated), packet, state, updated.mark, tuple(events), cache)
+    return CtResult(conntrack.updated(conn, updated), packet, state, updated.mark, tuple(events), cache,
+                    updated.label)
 
 
 def _still_new(conn: Connection, packet: Packet) -> bool:
@@ -309,7 +323,8 @@ def _related(conntrack: Conntrack, packet: Packet, request: CtRequest) -> CtResu
         packet = _rewrite_related(packet, conn, reply)
         state |= _nat_bits(conn.nat, reply)
         events.append("nat of the error and the packet it quotes")
-    return CtResult(conntrack, packet, state, conn.mark, tuple(events), CtCache(request.zone, conn.original, state))
+    return CtResult(conntrack, packet, state, conn.mark, tuple(events), CtCache(request.zone, conn.original, state),
+                    conn.label)
 
 
 def _new(conntrack: Conntrack, packet: Packet, request: CtRequest, key: ConnKey) -> CtResult:
@@ -338,16 +353,17 @@ def _new(conntrack: Conntrack, packet: Packet, request: CtRequest, key: ConnKey)
         translated, nat = chosen, frozenset({request.nat.kind})
         packet = _rewrite(packet, translated)
         events.append(f"nat: now {translated.describe()}")
-    mark = request.mark or 0
-    conn = Connection(request.zone, key, translated.reversed(), mark, nat, helper=request.alg)
-    events.append(f"commit, ct_mark={mark:#x}" + (f", helper {request.alg}" if request.alg else ""))
+    mark, label = request.mark or 0, request.label or 0
+    conn = Connection(request.zone, key, translated.reversed(), mark, nat, label, helper=request.alg)
+    events.append(f"commit, ct_mark={mark:#x}" + (f", ct_label={label:#x}" if label else "")
+                  + (f", helper {request.alg}" if request.alg else ""))
     state = TRK | NEW | _nat_bits(nat, False)
     cache = CtCache(request.zone, key, state)
     conntrack = conntrack.updated(None, conn)
     if request.alg:
         conntrack = dataclasses.replace(
             conntrack, expected=(*conntrack.expected, *expectations(request.alg, request.zone, conn)))
-    return CtResult(conntrack, packet, state, mark, tuple(events), cache)
+    return CtResult(conntrack, packet, state, mark, tuple(events), cache, label)
 
 
 def _commit_related(conntrack: Conntrack, packet: Packet, request: CtRequest, key: ConnKey,

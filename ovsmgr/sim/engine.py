@@ -14,16 +14,19 @@ miss drops; more than MAX_TABLE_VISITS lookups are taken for a loop and drop.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ovsmgr.compiler.flows import (
     Action,
+    Bucket,
     Controller,
     Ct,
     Flow,
     FlowSet,
     GotoTable,
+    Group,
     InPort,
     LearnMacBinding,
     Match,
@@ -33,6 +36,7 @@ from ovsmgr.compiler.flows import (
     Normal,
     Output,
     Resubmit,
+    SelectGroup,
     SetField,
 )
 from ovsmgr.compiler.pipeline import (
@@ -88,6 +92,8 @@ class Pipeline:
     normal: NormalForwarding = field(default_factory=NormalForwarding)
     own_mac: int | None = None
     """The MAC the switch answers ARP with for NAT-owned addresses; no host accepts frames to it."""
+    groups: Mapping[int, SelectGroup] = field(default_factory=dict)
+    """The select groups the flows use, by id."""
 
 
 def simulate(flowset: FlowSet | FlowTables, packet: Packet, conntrack: Conntrack, ports: Mapping[int, str], *,
@@ -95,7 +101,8 @@ def simulate(flowset: FlowSet | FlowTables, packet: Packet, conntrack: Conntrack
              normal: NormalForwarding | None = None, learned: Sequence[Flow] = ()) -> Trace:
     """Run `packet` through the flows; the trace carries the conntrack state after it."""
     tables = flowset if isinstance(flowset, FlowTables) else FlowTables.of(flowset.flows.values())
-    pipeline = Pipeline(tables, ports, fingerprints or {}, rule_ids or {}, normal or NormalForwarding())
+    groups = {} if isinstance(flowset, FlowTables) else dict(flowset.groups)
+    pipeline = Pipeline(tables, ports, fingerprints or {}, rule_ids or {}, normal or NormalForwarding(), groups=groups)
     return run_packet(pipeline, packet, conntrack, learned)
 
 
@@ -135,7 +142,7 @@ class _State:
 
     def untrack(self) -> None:
         """What every ct() leaves for the actions after it: -trk, ct fields cleared (OVS)."""
-        self.meta.update(ct_state=0, ct_zone=0, ct_mark=0, ct_nw_proto=0, ct_tp_src=0, ct_tp_dst=0)
+        self.meta.update(ct_state=0, ct_zone=0, ct_mark=0, ct_label=0, ct_nw_proto=0, ct_tp_src=0, ct_tp_dst=0)
 
 
 class _Walk:
@@ -199,6 +206,12 @@ class _Walk:
                 self.table(int(action.table), state, frame.depth + 1, resubmit=True)
                 frame.continued = True
                 self.open(frame)
+            elif isinstance(action, Group):
+                self.close(frame)
+                bucket = self.bucket(action.group_id, state, frame.events)
+                self.open(frame)
+                if bucket is not None and self.actions(bucket.actions, state, frame) is not None:
+                    frame.events.append("a goto_table in a bucket is not an OpenFlow action: ignored")
             elif isinstance(action, Ct) and action.table is not None:
                 tracked = self.recirculate(action, state, frame.events)
                 if i + 1 < len(actions):
@@ -238,7 +251,7 @@ class _Walk:
         """The copy of the packet that conntrack sends back to the pipeline, with its ct state."""
         tracked = state.copy()
         result = self.ct(action, tracked, events)
-        tracked.meta.update(ct_state=result.state, ct_zone=action.zone or 0, ct_mark=result.mark)
+        tracked.meta.update(ct_state=result.state, ct_zone=action.zone or 0, ct_mark=result.mark, ct_label=result.label)
         tracked.meta.update(zip(("ct_nw_proto", "ct_tp_src", "ct_tp_dst"), result.tuple, strict=True))
         state.untrack()
         state.ct_cache = tracked.ct_cache
@@ -246,8 +259,9 @@ class _Walk:
         return tracked
 
     def ct(self, action: Ct, state: _State, events: list[str]) -> CtResult:
-        mark = self.exec_mark(action.exec, state, events) if action.commit else None
-        request = CtRequest(action.zone or 0, action.commit, action.nat, action.apply_nat, mark, action.alg)
+        written = self.exec_fields(action.exec, state, events) if action.commit else {}
+        request = CtRequest(action.zone or 0, action.commit, action.nat, action.apply_nat, written.get("ct_mark"),
+                            action.alg, written.get("ct_label"))
         result = run_ct(self.conntrack, state.packet, request, state.ct_cache)
         self.conntrack = result.conntrack
         state.packet = result.packet
@@ -256,22 +270,36 @@ class _Walk:
         events.extend(f"  {e}" for e in result.events)
         return result
 
-    def exec_mark(self, actions: Sequence[SetField | Move], state: _State, events: list[str]) -> int | None:
-        """The ct_mark that `ct(commit, exec(...))` writes (None: exec leaves it alone)."""
-        mark: int | None = None
+    def exec_fields(self, actions: Sequence[SetField | Move], state: _State, events: list[str]) -> dict[str, int]:
+        """The ct_mark and ct_label that `ct(commit, exec(...))` writes (absent: exec leaves it alone)."""
+        written: dict[str, int] = {}
         for action in actions:
             dst = field_ref(action.field if isinstance(action, SetField) else action.dst)
-            if dst.name != "ct_mark":
-                events.append(f"exec({describe_action(action)}) ignored: only ct_mark is modelled")
+            if dst.name not in ("ct_mark", "ct_label"):
+                events.append(f"exec({describe_action(action)}) ignored: only ct_mark and ct_label are modelled")
                 continue
-            old = state.read("ct_mark") if mark is None else mark
+            old = written.get(dst.name, state.read(dst.name))
             if isinstance(action, SetField):
                 bits = action.value
             else:
                 src = field_ref(action.src)
                 bits = src.read(state.read(src.name))
-            mark = dst.write(old, bits)
-        return mark
+            written[dst.name] = dst.write(old, bits)
+        return written
+
+    def bucket(self, group_id: int, state: _State, events: list[str]) -> Bucket | None:
+        """The bucket a select group gives this packet (`pick_bucket`)."""
+        group = self.p.groups.get(group_id)
+        if group is None:
+            events.append(f"group:{group_id}: no such group: drop")
+            return None
+        chosen = pick_bucket(group, state.packet)
+        if chosen is None:
+            events.append(f"group:{group_id}: no bucket (no backend up): drop")
+            return None
+        index = group.buckets.index(chosen)
+        events.append(f"group:{group_id}: bucket {index + 1} of {len(group.buckets)} (weight {chosen.weight})")
+        return chosen
 
     # --- the rest --------------------------------------------------------------------------
     def move(self, action: Move, state: _State) -> None:
@@ -380,3 +408,20 @@ class _Frame:
         return Step(self.table, flow.priority, self.rule, flow.cookie, flow.match, flow.actions,
                     tuple(self.events), self.depth, self.hit.conjunction, self.continued,
                     packet=self.packet, metadata=self.metadata)
+
+
+def pick_bucket(group: SelectGroup, packet: Packet) -> Bucket | None:
+    """The bucket for the packet's connection, as OVS picks one: from a hash of its addresses and
+    ports that is the same both ways, in proportion to the buckets' weights. The hash is not OVS's
+    (a datapath's dp_hash), so a connection may get another backend than on a real switch; what
+    holds is that one connection always gets the same one and that connections spread by weight."""
+    total = sum(b.weight for b in group.buckets)
+    if not total:
+        return None
+    ends = sorted([(packet.src or 0, packet.tp_src or 0), (packet.dst or 0, packet.tp_dst or 0)])
+    point = zlib.crc32(repr((packet.nw_proto, ends)).encode()) % total
+    for bucket in group.buckets:
+        if point < bucket.weight:
+            return bucket
+        point -= bucket.weight
+    return None

@@ -59,7 +59,8 @@ class SimulatedSwitch:
         rules = {r.name for r in policy.rules}
         fingerprints = {mark: name for mark, name in compiled.fingerprints.items() if name in rules}
         pipeline = Pipeline(FlowTables.of(compiled.flowset.flows.values()), names, fingerprints,
-                            compiled.rule_ids, normal_forwarding(policy, hosts), own_mac=_mac(policy.mac))
+                            compiled.rule_ids, normal_forwarding(policy, hosts), own_mac=_mac(policy.mac),
+                            groups=dict(compiled.flowset.groups))
         return SimulatedSwitch(policy, compiled, pipeline, dict(hosts or {}))
 
     @property

@@ -18,6 +18,7 @@ from ovsmgr.compiler.flows import (
     Ct,
     Flow,
     GotoTable,
+    Group,
     InPort,
     LearnMacBinding,
     Match,
@@ -198,6 +199,8 @@ def describe_action(action: Action, port_names: Mapping[int, str] | None = None)
             return f"learn(mac binding -> {table_name(table)})"
         case Meter(id=meter):
             return f"meter:{meter}"
+        case Group(group_id=group_id):
+            return f"group:{group_id}"
     return repr(action)
 
 

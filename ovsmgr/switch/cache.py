@@ -42,7 +42,8 @@ from ovsmgr.switch.statefile import atomic_write
 
 FORMAT = 4
 _CODE = ("compiler", "switch/incremental.py", "southbound/openflow/oxm.py", "southbound/openflow/actions.py",
-         "southbound/openflow/messages.py", "southbound/openflow/meters.py", "policy/ir.py")
+         "southbound/openflow/messages.py", "southbound/openflow/meters.py", "southbound/openflow/groups.py",
+         "policy/ir.py")
 
 
 def cache_path(target: SwitchTarget, bridge: str) -> Path:
@@ -67,7 +68,7 @@ def context_digest(policy: ResolvedPolicy) -> str:
     helpers the rules use (NAT's commits come in a variant per helper)."""
     parts = (policy.bridge, policy.forwarding, policy.mac, sorted(policy.ports.items()),
              sorted(policy.links.items()), sorted(policy.zones.items()), nat_signature(policy.nat),
-             policy.default_action, policy.ct_zone, policy.invalid, policy.cut_on_rule_removal,
+             policy.default_action, policy.ct_zone, policy.second_zone, policy.invalid, policy.cut_on_rule_removal,
              used_helpers(policy.rules))
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 

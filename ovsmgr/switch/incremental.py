@@ -9,7 +9,8 @@ unchanged rule is neither recompiled nor encoded again; `switch.cache` keeps it 
 disk between two `apply` runs:
 
 - ``BASE``: everything that does not depend on the firewall rules (CLASSIFY,
-  CONNTRACK, EGRESS, the STATE skeleton, the default action, NAT, OUTPUT),
+  CONNTRACK, EGRESS, the STATE skeleton, the default action, NAT and its select
+  groups, OUTPUT),
   made by `compile_policy` of the policy without firewall rules: cheap, and it
   follows whatever the stages do;
 - one owner per firewall rule: its FILTER flows (`filter.compile_rule`) and,
@@ -47,10 +48,11 @@ from ovsmgr.compiler.ids import meter_id, rule_id
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_rule, conj_id_base, rule_levels
 from ovsmgr.compiler.stages.helpers import rule_helpers, used_helpers
 from ovsmgr.compiler.stages.limits import meter_config
+from ovsmgr.compiler.stages.nat import select_group_ids
 from ovsmgr.compiler.stages.track import compile_state
 from ovsmgr.policy.analysis import RuleIndex, overlaps
 from ovsmgr.policy.ir import NatRule, ResolvedPolicy, Rule
-from ovsmgr.southbound.openflow import FlowMod, decode_flow, encode_flow
+from ovsmgr.southbound.openflow import FlowMod, decode_flow, encode_flow, encode_group
 from ovsmgr.southbound.openflow.messages import pack_flows, unpack_flows
 from ovsmgr.southbound.openflow.meters import meter_entry
 
@@ -156,7 +158,8 @@ class Owners:
 
 def nat_signature(nat: Iterable[NatRule]) -> tuple[object, ...]:
     """What of the NAT rules the flows depend on (not their index or source span)."""
-    return tuple((n.name, n.kind, n.match, n.translate_lo, n.translate_hi, n.ports, n.port, n.limit) for n in nat)
+    return tuple((n.name, n.kind, n.match, n.translate_lo, n.translate_hi, n.ports, n.port, n.limit, n.backends,
+                  n.static) for n in nat)
 
 
 class IncrementalFlows:
@@ -215,13 +218,15 @@ class IncrementalFlows:
         return sorted(self.flows.values())
 
     def rule_names(self) -> dict[int, str]:
-        """Cookie rule id -> name, for every rule and NAT rule that has flows, and the default.
-        Made again only when rules come or go (shared: callers must not change it)."""
+        """Cookie rule id -> name, for every rule and NAT rule that has flows, and the default; group
+        id -> the NAT rule of the group. Made again only when rules come or go (shared: callers must
+        not change it)."""
         cached = self._names
         if cached is None:
             names = [r.name for r in self.rules] + [n.name for n in self.policy.nat] + [DEFAULT_RULE]
             limited = [r.name for r in self.rules if r.limit] + [n.name for n in self.policy.nat if n.limit]
-            cached = self._names = {rule_id(n): n for n in names} | {meter_id(n): n for n in limited}
+            groups = {gid: name for (name, _), gid in select_group_ids(self.policy).items()}
+            cached = self._names = {rule_id(n): n for n in names} | {meter_id(n): n for n in limited} | groups
         return cached
 
     # --- preparing an update ------------------------------------------------------------------
@@ -406,9 +411,10 @@ def _conj_bases(rule: Rule) -> tuple[int, ...]:
 
 def _base_flows(policy: ResolvedPolicy) -> tuple[FlowMod, ...]:
     """Every flow that does not come from a firewall rule: the policy compiled without its rules
-    (and the NAT rules' meters)."""
+    (and the NAT rules' meters and select groups)."""
     compiled = compile_policy(dataclasses.replace(policy, rules=()), used_helpers(policy.rules))
-    return (*(encode_flow(f) for f in compiled.flowset.flows.values()), *map(meter_entry, compiled.meters))
+    return (*(encode_flow(f) for f in compiled.flowset.flows.values()), *map(meter_entry, compiled.meters),
+            *map(encode_group, compiled.groups))
 
 
 def _rule_flows(policy: ResolvedPolicy, rule: Rule, level: int, conj_ids: set[int]) -> tuple[FlowMod, ...]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ovsmgr.compiler import CompiledPolicy
-from ovsmgr.compiler.flows import Flow
+from ovsmgr.compiler.flows import Flow, SelectGroup
 from ovsmgr.compiler.pipeline import CookieKind, cookie_parts
 from ovsmgr.southbound.openflow import (
     BundleOp,
@@ -25,6 +25,8 @@ from ovsmgr.southbound.openflow import (
     decode_flow,
     describe,
     encode_flow,
+    encode_group,
+    is_group,
 )
 from ovsmgr.southbound.openflow.meters import is_meter, meter_entry, meter_text
 
@@ -32,20 +34,25 @@ Desired = dict[bytes, FlowMod]
 """Wire key (table, priority, match) -> the flow in its wire form."""
 
 
-def desired_flows(flows: Iterable[Flow], models: dict[FlowMod, Flow] | None = None) -> Desired:
-    """Compiled flows in wire form; `models` (if given) remembers each one's model, for plans to print."""
+def desired_flows(flows: Iterable[Flow], models: dict[FlowMod, Flow] | None = None,
+                  groups: Iterable[SelectGroup] = ()) -> Desired:
+    """Compiled flows (and the select groups they use) in wire form; `models` (if given) remembers
+    each flow's model, for plans to print."""
     out: Desired = {}
     for flow in flows:
         mod = encode_flow(flow)
         out[mod.key] = mod
         if models is not None:
             models[mod] = flow
+    for group in groups:
+        mod = encode_group(group)
+        out[mod.key] = mod
     return out
 
 
 def desired_of(compiled: CompiledPolicy, models: dict[FlowMod, Flow] | None = None) -> Desired:
-    """A compiled policy's flows and meters in wire form."""
-    out = desired_flows(compiled.flows, models)
+    """A compiled policy's flows, select groups and meters in wire form."""
+    out = desired_flows(compiled.flows, models, compiled.groups)
     out.update((entry.key, entry) for entry in map(meter_entry, compiled.meters))
     return out
 
@@ -91,17 +98,24 @@ class Plan:
 
     def bundle(self, names: dict[int, str] | None = None) -> list[BundleOp]:
         """Deletes first, then adds (an add replaces a flow with the same key), each in ascending
-        (table, priority) order: the order Open vSwitch digests fastest (benchmarks/README.md)."""
+        (table, priority) order: the order Open vSwitch digests fastest (benchmarks/README.md).
+        Groups come in before the flows that use them and go after them (deleting a group deletes
+        the flows that still use it): flow deletes, group adds and changes, flow adds, group deletes."""
         names = names or {}
         deletes = sorted(s.mod for s in self.delete)
+        changed = {new.key for _, new in self.change}
         adds = sorted([*self.add, *(new for _, new in self.change)])
-        return ([BundleOp(mod, True, Named(mod, names)) for mod in deletes]
-                + [BundleOp(mod, False, Named(mod, names)) for mod in adds])
+
+        def ops(mods: list[FlowMod], delete: bool, groups: bool) -> list[BundleOp]:
+            return [BundleOp(mod, delete, Named(mod, names), mod.key in changed)
+                    for mod in mods if is_group(mod) == groups]
+
+        return ops(deletes, True, False) + ops(adds, False, True) + ops(adds, False, False) + ops(deletes, True, True)
 
     def inverse(self) -> Plan:
         """What takes this plan back (after it was pushed)."""
-        old = [installed.mod for installed, _ in self.change] + [s.mod for s in self.delete]
-        return Plan(add=old, delete=[InstalledFlow(mod, 0, 0) for mod in self.add])
+        return Plan(add=[s.mod for s in self.delete], delete=[InstalledFlow(mod, 0, 0) for mod in self.add],
+                    change=[(InstalledFlow(new, 0, 0), installed.mod) for installed, new in self.change])
 
 
 def make_plan(current: Iterable[InstalledFlow], desired: Desired) -> Plan:

@@ -6,7 +6,9 @@
 - flows pushed in ovsmgr's own bundle are what `ovs-ofctl dump-flows`, an independent
   reader, prints for the rendered policy;
 - meters (`limit:`, policies/limits.yaml) added with `ovs-ofctl add-meter` as the compiled
-  text's header says read back as ovsmgr's meter entries, and go after the flows using them.
+  text's header says read back as ovsmgr's meter entries, and go after the flows using them;
+- and the same for select groups (`ovs-ofctl dump-groups`), which go in the same bundle,
+  before the flows that use them, and away after them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ import pytest
 from ovsmgr.compiler import compile_policy
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import generate_policy
-from ovsmgr.render.ofctl import flow_text, meter_text
-from ovsmgr.southbound.openflow import BundleOp, SwitchConnection, SwitchFlowTable, encode_flow
+from ovsmgr.render.ofctl import flow_text, group_text, meter_text
+from ovsmgr.southbound.openflow import (
+    BundleOp,
+    SwitchConnection,
+    SwitchFlowTable,
+    encode_flow,
+    encode_group,
+)
 from ovsmgr.southbound.openflow.meters import meter_entry
+from ovsmgr.switch.plan import desired_flows, make_plan
 
 from .switch import POLICIES, target_of
 
@@ -43,22 +52,31 @@ def _sorted_dump(text: str) -> list[str]:
 def test_the_switch_reports_every_flow_as_ovsmgr_encodes_it(lab_factory, case: str) -> None:  # type: ignore[no-untyped-def]
     lab = lab_factory()
     policy = compiled(case)
-    flows = policy.flows
+    flows, groups = policy.flows, policy.groups
     for meter in policy.meters:  # as the compiled text's header says (limits.yaml)
         lab.ofctl(["add-meter", meter_text(meter)])
-    lab.ofctl(["add-flows", "-"], input="".join(f"{flow_text(f)}\n" for f in flows))
+    if groups:  # as `ovsmgr compile` writes it then: groups and flows in one `ovs-ofctl bundle`
+        lab.ofctl(["bundle", "-"], input="".join(f"group add {group_text(g)}\n" for g in groups)
+                  + "".join(f"flow add {flow_text(f)}\n" for f in flows))
+    else:
+        lab.ofctl(["add-flows", "-"], input="".join(f"{flow_text(f)}\n" for f in flows))
     meters = {meter_entry(m) for m in policy.meters}
+    wanted = {encode_flow(f) for f in flows} | {encode_group(g) for g in groups} | meters
     with SwitchConnection(target_of(lab).openflow("br0")) as connection:
         table = SwitchFlowTable(connection)
         read = {s.mod for s in table.read()}
-        assert read == {encode_flow(f) for f in flows} | meters
-        # and back: ovsmgr's own bundle gives what ovs-ofctl prints for the rendered flows
-        rendered = _sorted_dump(lab.ofctl(["dump-flows", "--no-stats"]))
-        table.push([BundleOp(m, True) for m in read])
-        assert _sorted_dump(lab.ofctl(["dump-flows", "--no-stats"])) == []
-        assert not table.read(), "the meters went after the flows that used them"
-        table.push([BundleOp(encode_flow(f), False) for f in flows] + [BundleOp(m, False) for m in meters])
-    assert _sorted_dump(lab.ofctl(["dump-flows", "--no-stats"])) == rendered
+        assert read == wanted
+        # and back: ovsmgr's own bundle gives what ovs-ofctl prints for the rendered flows and groups
+        rendered = _sorted_dump(lab.ofctl(["dump-flows", "--no-stats"])), _groups(lab)
+        table.push(make_plan(table.read(), {}).bundle())
+        assert (_sorted_dump(lab.ofctl(["dump-flows", "--no-stats"])), _groups(lab)) == ([], [])
+        assert not table.read(), "the meters and groups went after the flows that used them"
+        table.push(make_plan([], desired_flows(flows, groups=groups)).bundle() + [BundleOp(m, False) for m in meters])
+    assert (_sorted_dump(lab.ofctl(["dump-flows", "--no-stats"])), _groups(lab)) == rendered
+
+
+def _groups(lab) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(line.strip() for line in lab.ofctl(["dump-groups"]).splitlines() if "group_id=" in line)
 
 
 def test_a_refused_bundle_names_the_rule_and_changes_nothing(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -1,19 +1,28 @@
 """Tables NAT, OUTPUT and OUTPUT_TRANSLATED: commit allowed connections, translate, send out.
 
 One conntrack zone holds one translation per connection (OVS ignores a second
-`nat()` in the same zone), so a connection is translated by the first DNAT rule
-that matches it, else by the first SNAT rule, else committed as is. The commit
-copies the allowing rule's fingerprint into ct_mark bits 0..30 and, for a
-translating commit, sets bit 31 (TRANSLATED), so OUTPUT knows which
-connections need `ct(nat)` without translating every packet.
+`nat()` in the same zone), so in the policy's zone a connection is translated by
+the first DNAT rule that matches it, else by the first SNAT rule, else committed
+as is; an SNAT rule that also matches it after its DNAT translates it again in a
+second zone (`twozones`). Static rules' halves come first in their kind. The
+commit copies the allowing rule's fingerprint into ct_mark bits 0..30 and, for a
+translating commit, sets bit 31 (TRANSLATED), so OUTPUT knows which connections
+need `ct(nat)` without translating every packet. A load-balanced DNAT rule sends
+the connection's first packet to a select group whose buckets are translating
+commits, one per backend: conntrack then keeps the connection on the backend the
+group chose.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ovsmgr.compiler.flows import (
     Action,
+    Bucket,
     Ct,
     Flow,
+    Group,
     Match,
     MatchItem,
     Move,
@@ -21,9 +30,10 @@ from ovsmgr.compiler.flows import (
     Normal,
     Output,
     Resubmit,
+    SelectGroup,
     SetField,
 )
-from ovsmgr.compiler.ids import rule_id
+from ovsmgr.compiler.ids import group_id, rule_id
 from ovsmgr.compiler.matchbuild import ct_state, family, reg
 from ovsmgr.compiler.pipeline import (
     CT_MARK_TRANSLATED,
@@ -32,6 +42,7 @@ from ovsmgr.compiler.pipeline import (
     REG_FLAGS,
     REG_OUT_PORT,
     REG_RULE,
+    REG_TO_ZONE,
     CookieKind,
     Priority,
     Table,
@@ -39,7 +50,7 @@ from ovsmgr.compiler.pipeline import (
 )
 from ovsmgr.compiler.stages.filter import _zone_match, expand_match, match_dimensions
 from ovsmgr.compiler.stages.limits import metered
-from ovsmgr.policy.ir import NatRule, ResolvedPolicy
+from ovsmgr.policy.ir import Backend, IPAddress, NatRule, ResolvedPolicy, ZoneInfo
 
 INFRA = cookie(CookieKind.INFRA)
 MARK_RULE = Move(f"{REG_RULE.reg}[0..30]", "ct_mark[0..30]")
@@ -56,14 +67,24 @@ def _commit(policy: ResolvedPolicy) -> Ct:
     return Ct(commit=True, table=Table.OUTPUT, zone=policy.ct_zone, exec=(MARK_RULE,))
 
 
-def _translating_commit(policy: ResolvedPolicy, nat: NatSpec) -> tuple[Action, ...]:
-    """Translate and recirculate, so OUTPUT_TRANSLATED sees the translated packet."""
+def translating_commit(zone: int, nat: NatSpec, table: Table = Table.OUTPUT_TRANSLATED) -> tuple[Action, ...]:
+    """Translate and recirculate, so the next table sees the translated packet."""
     return (SetField(REG_FLAGS.reg, FLAG_TRANSLATED),
-            Ct(commit=True, table=Table.OUTPUT_TRANSLATED, zone=policy.ct_zone, nat=nat,
-               exec=(MARK_RULE, MARK_TRANSLATED)))
+            Ct(commit=True, table=table, zone=zone, nat=nat, exec=(MARK_RULE, MARK_TRANSLATED)))
 
 
-def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
+@dataclass(frozen=True)
+class NatStage:
+    flows: list[Flow]
+    groups: list[SelectGroup]
+
+
+def nat_order(policy: ResolvedPolicy) -> list[NatRule]:
+    """The NAT rules in the order they are tried within their kind: static rules' halves first."""
+    return sorted(policy.nat, key=lambda rule: not rule.static)
+
+
+def compile_nat(policy: ResolvedPolicy) -> NatStage:
     flows = [Flow(Table.NAT, Priority.DEFAULT, Match(), (), INFRA)]
     revalidate = Match.of(reg(REG_FLAGS, FLAG_REVALIDATE, FLAG_REVALIDATE))
     translated = Match.of(MatchItem("ct_mark", CT_MARK_TRANSLATED, CT_MARK_TRANSLATED))
@@ -80,15 +101,23 @@ def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
         ]
     counters = {"dnat": 0, "snat": 0}
     conj_ids: set[int] = set()
-    for rule in policy.nat:
+    group_ids = select_group_ids(policy)
+    groups: list[SelectGroup] = []
+    for rule in nat_order(policy):
         top = Priority.NAT_DNAT_TOP if rule.kind == "dnat" else Priority.NAT_SNAT_TOP
         priority = top - counters[rule.kind]
         counters[rule.kind] += 1
-        actions = metered(rule.name, rule.limit, _translating_commit(policy, nat_spec(rule)))
         rid = rule_id(rule.name)
         for version in sorted(rule.match.families()):
             if version != rule.translate_lo.version:
                 continue
+            if rule.backends:
+                group = _select_group(policy, rule, group_ids[rule.name, version])
+                groups.append(group)
+                actions: tuple[Action, ...] = metered(rule.name, rule.limit, (Group(group.group_id),))
+            else:
+                actions = metered(rule.name, rule.limit,
+                                  _commit_actions(policy, rule, nat_spec(rule), (rule.translate_lo, rule.translate_hi)))
             base = _zone_match(policy, rule.match, version)
             conj = (rid ^ 0x4000_0000 ^ (0x8000_0000 if version == 6 else 0)) or 1
             while conj in conj_ids:
@@ -96,7 +125,39 @@ def compile_nat(policy: ResolvedPolicy) -> list[Flow]:
             conj_ids.add(conj)
             flows.extend(expand_match(base, match_dimensions(rule.match, version), Table.NAT, priority,
                                       actions, cookie(CookieKind.NAT, rid), rule.name, conj))
-    return flows
+    return NatStage(flows, groups)
+
+
+def select_group_ids(policy: ResolvedPolicy) -> dict[tuple[str, int], int]:
+    """(rule name, IP version) -> the id of the select group of each load-balanced DNAT rule."""
+    used: set[int] = set()
+    return {(rule.name, version): group_id(rule.name, version, used) for rule in nat_order(policy)
+            if rule.backends for version in sorted(rule.match.families()) if version == rule.translate_lo.version}
+
+
+def _commit_actions(policy: ResolvedPolicy, rule: NatRule, nat: NatSpec,
+                    target: tuple[IPAddress, IPAddress]) -> tuple[Action, ...]:
+    """The translating commit of `rule` to `target`; a DNAT that an SNAT rule may follow goes on to
+    SNAT_AFTER_DNAT, with the zone the translated packet leaves by (forwarding: normal)."""
+    if rule.kind != "dnat" or not is_followed(policy, rule):
+        return translating_commit(policy.ct_zone, nat)
+    zone = post_dnat_zone(policy, rule, target)
+    prefix = (SetField(REG_TO_ZONE.reg, zone),) if zone is not None else ()
+    return prefix + translating_commit(policy.ct_zone, nat, Table.SNAT_AFTER_DNAT)
+
+
+def _select_group(policy: ResolvedPolicy, rule: NatRule, gid: int) -> SelectGroup:
+    """One bucket per backend that is up, weighted: a translating commit to the backend. With no
+    backend up the group has no bucket, and new connections are dropped."""
+    buckets = tuple(
+        Bucket(b.weight, _commit_actions(policy, rule, _backend_spec(b), (b.address, b.address)))
+        for b in rule.backends if b.up)
+    return SelectGroup(gid, Table.NAT, buckets, rule.name)
+
+
+def _backend_spec(backend: Backend) -> NatSpec:
+    return NatSpec("dst", int(backend.address), int(backend.address), backend.address.version,
+                   backend.port, backend.port)
 
 
 def translated_families(policy: ResolvedPolicy) -> frozenset[int]:
@@ -111,6 +172,48 @@ def nat_spec(rule: NatRule) -> NatSpec:
         return NatSpec("src", int(rule.translate_lo), int(rule.translate_hi), rule.translate_lo.version, lo, hi)
     return NatSpec("dst", int(rule.translate_lo), int(rule.translate_hi), rule.translate_lo.version,
                    rule.port, rule.port)
+
+
+def followers(policy: ResolvedPolicy) -> list[NatRule]:
+    """The SNAT rules that may translate a connection a DNAT rule translated (same ingress zone and
+    IP version), in the order they are tried."""
+    dnat = {(r.match.from_zone, r.translate_lo.version) for r in policy.nat if r.kind == "dnat"}
+    return [r for r in nat_order(policy)
+            if r.kind == "snat" and (r.match.from_zone, r.translate_lo.version) in dnat]
+
+
+def is_followed(policy: ResolvedPolicy, rule: NatRule) -> bool:
+    return any(s.match.from_zone == rule.match.from_zone and s.translate_lo.version == rule.translate_lo.version
+               for s in policy.nat if s.kind == "snat")
+
+
+def post_dnat_zone(policy: ResolvedPolicy, rule: NatRule, target: tuple[IPAddress, IPAddress]) -> int | None:
+    """The zone a packet leaves by once `rule` translated it to `target`, when it is not the one
+    EGRESS found for the packet as it arrived: back to its own zone for a hairpin (`hairpin_zone`);
+    with forwarding: normal, the zone whose networks hold the new destination. None: EGRESS's."""
+    own = hairpin_zone(policy, rule.match.from_zone, target)
+    if own is not None:
+        return own.id
+    if policy.forwarding != "normal":
+        return None
+    lo, hi = target
+    best: tuple[int, int] | None = None
+    for zone in policy.zones.values():
+        for network in zone.networks:
+            if lo in network and hi in network and (best is None or network.prefixlen > best[0]):
+                best = (network.prefixlen, zone.id)
+    return None if best is None else best[1]
+
+
+def hairpin_zone(policy: ResolvedPolicy, from_zone: str, target: tuple[IPAddress, IPAddress]) -> ZoneInfo | None:
+    """The zone a DNAT from `from_zone` to `target` hairpins in: `from_zone` itself when it has one
+    port and its networks hold the target (the translated packet goes back out of the port it came
+    in by, see `hairpin`)."""
+    zone = policy.zones.get(from_zone)
+    if zone is None or len(zone.ports) != 1:
+        return None
+    lo, hi = target
+    return zone if any(lo in n and hi in n for n in zone.networks) else None
 
 
 def _out_targets(policy: ResolvedPolicy) -> list[tuple[int, Action]]:

@@ -1,4 +1,4 @@
-"""Requests over an OpenFlow channel: one atomic bundle, a flow dump, meters. The same for both channels.
+"""Requests over an OpenFlow channel: one atomic bundle, a flow or group dump, meters. The same for both channels.
 
 A `Channel` is anything that sends OpenFlow messages to one switch and hands back
 the replies to ours: `SwitchConnection` (a short-lived connection of `apply`,
@@ -18,6 +18,16 @@ from typing import Protocol
 
 from ovsmgr.southbound.openflow import messages as m
 from ovsmgr.southbound.openflow import meters
+from ovsmgr.southbound.openflow.groups import (
+    OFPGC_ADD,
+    OFPGC_DELETE,
+    OFPGC_MODIFY,
+    OFPMP_GROUP_DESC,
+    group_desc_entries,
+    group_desc_request,
+    group_mod,
+    is_group,
+)
 
 DEFAULT_TIMEOUT = 300.0
 """A bundle of 150,000 flows takes OVS seconds to check and commit; a dump as long to send."""
@@ -52,14 +62,19 @@ _bundle_ids = itertools.count(random.randrange(1 << 30))
 
 @dataclass(frozen=True)
 class BundleOp:
-    """One flow_mod of a bundle: `encode(xid)` gives the message; `about` (its str(), made only when
-    the switch refuses the op) names the flow and its rule in the error."""
+    """One flow_mod (or group_mod) of a bundle: `encode(xid)` gives the message; `about` (its str(),
+    made only when the switch refuses the op) names the flow and its rule in the error. `replaces`:
+    the switch has an entry with this key already (an add replaces a flow, a group is modified)."""
 
     flow: m.FlowMod
     delete: bool
     about: object = None
+    replaces: bool = False
 
     def encode(self, xid: int, version: int) -> bytes:
+        if is_group(self.flow):
+            command = OFPGC_DELETE if self.delete else OFPGC_MODIFY if self.replaces else OFPGC_ADD
+            return group_mod(self.flow, command, xid, version)
         return m.flow_mod_delete(self.flow, xid, version) if self.delete else m.flow_mod_add(self.flow, xid, version)
 
 
@@ -127,6 +142,16 @@ def dump_flows(channel: Channel, cookie: int = 0, cookie_mask: int = 0,
     for reply in _multipart(channel, xid, m.flow_stats_request(xid, cookie, cookie_mask, channel.version),
                             m.OFPMP_FLOW, "a flow dump", timeout):
         out += m.flow_stats_entries(reply)
+    return out
+
+
+def dump_groups(channel: Channel, timeout: float = DEFAULT_TIMEOUT) -> list[m.FlowMod]:
+    """ovsmgr's select groups (`groups.is_our_group`), as entries beside the flows."""
+    xid = channel.next_xid()
+    out: list[m.FlowMod] = []
+    for reply in _multipart(channel, xid, group_desc_request(xid, channel.version), OFPMP_GROUP_DESC,
+                            "a group dump", timeout):
+        out += group_desc_entries(reply)
     return out
 
 

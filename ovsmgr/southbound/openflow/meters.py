@@ -43,7 +43,8 @@ def meter_entry(meter: MeterConfig) -> m.FlowMod:
 
 
 def is_meter(mod: m.FlowMod) -> bool:
-    return mod.key[0] == METER_TABLE
+    """A meter's entry (a select group's shares the table byte, with 1 where a meter has 0)."""
+    return mod.key[0] == METER_TABLE and mod.key[1:3] == b"\0\0"
 
 
 def meter_id(mod: m.FlowMod) -> int:

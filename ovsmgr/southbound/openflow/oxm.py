@@ -94,6 +94,7 @@ HEADERS: dict[str, Header] = {
     "ct_state": _nx(105, 4),
     "ct_zone": _nx(106, 2),
     "ct_mark": _nx(107, 4),
+    "ct_label": _nx(108, 16),
     "nw_frag": _nx(26, 1),
     "ct_nw_proto": _nx(119, 1),
     "ct_tp_src": _nx(124, 2),
@@ -138,7 +139,7 @@ _OVS_RANK: dict[str, int] = {name: i for i, name in enumerate((
     "conj_id", "in_port", "dl_src", "dl_dst", "dl_type",
     "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_frag", "nw_proto", "tp_src", "tp_dst", "tcp_flags", "icmp_type",
     "icmp_code", "nd_target", "nd_sll", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
-    *_REGS, "ct_state", "ct_zone", "ct_mark", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
+    *_REGS, "ct_state", "ct_zone", "ct_mark", "ct_label", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
 ))}
 """Open vSwitch's order (nx_put_raw): conj_id, in_port, Ethernet, L3, L4, ARP, registers, conntrack.
 IP and ARP fields never meet in one valid match, so one order serves both."""

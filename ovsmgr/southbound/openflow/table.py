@@ -22,11 +22,13 @@ from ovsmgr.southbound.openflow.channel import (
     BundleOp,
     Channel,
     dump_flows,
+    dump_groups,
     dump_meters,
     meter_stats,
     push_bundle,
     push_meters,
 )
+from ovsmgr.southbound.openflow.groups import decode_group, group_id_of, is_group
 from ovsmgr.southbound.openflow.oxm import MatchDecodeError, decode_match
 
 InstalledFlow = m.FlowStats
@@ -35,7 +37,10 @@ InstalledFlow = m.FlowStats
 
 @functools.lru_cache(maxsize=1 << 16)
 def decode_flow(mod: m.FlowMod) -> Flow | None:
-    """The flow in ovsmgr's model; None when it uses something the model has no name for."""
+    """The flow in ovsmgr's model; None when it uses something the model has no name for (or is a
+    group: `groups.decode_group`)."""
+    if is_group(mod):
+        return None
     try:
         return Flow(Table(mod.table), mod.priority, decode_match(mod.oxm), decode_instructions(mod.instructions),
                     mod.cookie)
@@ -45,11 +50,14 @@ def decode_flow(mod: m.FlowMod) -> Flow | None:
 
 def describe(mod: m.FlowMod) -> str:
     """`cookie=..,table=..,priority=..,MATCH actions=..` (ovs-ofctl's spelling, when decodable); a
-    meter as `meter=ID ... bands=...`."""
-    from ovsmgr.render.ofctl import flow_text
+    meter as `meter=ID ... bands=...`, a group as `group_id=ID,type=select,bucket=...`."""
+    from ovsmgr.render.ofctl import flow_text, group_text
 
     if meters.is_meter(mod):
         return meters.meter_text(mod)
+    if is_group(mod):
+        group = decode_group(mod)
+        return group_text(group) if group is not None else f"group {group_id_of(mod):#x} (not one ovsmgr writes)"
     flow = decode_flow(mod)
     if flow is not None:
         return flow_text(flow)
@@ -63,7 +71,8 @@ def is_managed(cookie: int) -> bool:
 
 
 class FlowTable(Protocol):
-    """What plan, apply and the controller need of a bridge's flow table; tests may fake it."""
+    """What plan, apply and the controller need of a bridge's flow table (and its groups, read and
+    pushed as entries beside the flows: `groups`); tests may fake it."""
 
     def read(self, ours_only: bool = True) -> list[InstalledFlow]: ...
 
@@ -79,12 +88,14 @@ class SwitchFlowTable:
         self.channel = channel
 
     def read(self, ours_only: bool = True) -> list[InstalledFlow]:
-        """ovsmgr's flows (or every flow), and ovsmgr's meters as entries (`meters.meter_entry`)."""
+        """ovsmgr's flows (or every flow), and ovsmgr's meters and select groups as entries
+        (`meters.meter_entry`, `groups.encode_group`)."""
         if ours_only:
             flows = [s for s in dump_flows(self.channel, m.OURS, COOKIE_MASK) if is_managed(s.mod.cookie)]
         else:
             flows = dump_flows(self.channel)
-        return flows + [InstalledFlow(mod, 0, 0) for mod in dump_meters(self.channel)]
+        entries = [*dump_meters(self.channel), *dump_groups(self.channel)]
+        return flows + [InstalledFlow(mod, 0, 0) for mod in entries]
 
     def push(self, ops: Sequence[BundleOp]) -> None:
         """The flows in one atomic bundle; meters around it, in the order that never leaves a flow
