@@ -38,16 +38,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.option("--log-burst", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--match-log", default=None, type=click.Path(dir_okay=False),
               help="Append match log lines (JSON) to this file instead of stdout.")
+@click.option("--health-netns", default=None, metavar="NAME",
+              help="Network namespace (ip netns) the health checks of load-balanced DNAT backends connect "
+                   "from (default: the controller's own).")
 @target_options
 def controller(files: tuple[str, ...], listen: str | None, api: str | None, metrics: str | None,
                stats_interval: float, log_rate: float, log_burst: int, match_log: str | None,
-               target: SwitchTarget) -> None:
-    """Run the controller for FILES: keep the bridge in line, take runtime changes, answer rejects."""
+               health_netns: str | None, target: SwitchTarget) -> None:
+    """Run the controller for FILES: keep the bridge in line, take runtime changes, answer rejects,
+    check the health of load-balanced DNAT backends."""
+    from ovsmgr.controller.health import netns_path
     from ovsmgr.controller.runner import Controller, Options
 
+    if health_netns is not None and not netns_path(health_netns).exists():
+        fail(f"--health-netns {health_netns}: no such network namespace ({netns_path(health_netns)})")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = Options(list(files), target, listen, api, metrics, stats_interval, log_rate, log_burst, match_log)
+    options = Options(list(files), target, listen, api, metrics, stats_interval, log_rate, log_burst, match_log,
+                      health_netns=health_netns)
     try:
         sys.exit(Controller(options).run())
     except PolicyError as exc:

@@ -247,3 +247,7 @@ def _print_controller(ctl: dict[str, Any] | None) -> None:
         click.echo(f"    {line}")
     for line in ctl["stale_changes"]:
         click.echo(f"    left out (no longer applies): {line}")
+    for backend in ctl.get("backends", ()):
+        port = f":{backend['checked_port']}" if backend["checked_port"] else ""
+        state = "up" if backend["up"] else f"DOWN, no new connections ({backend['last_error']})"
+        click.echo(f"  backend {backend['address']}{port} of {backend['rule']}: {state}")

@@ -10,6 +10,7 @@ and dumps go over the controller's own OpenFlow connection (`attach`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE
 from ovsmgr.controller import policydata
+from ovsmgr.controller.health import BackendKey, apply_health
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.queue import ChangeQueue
 from ovsmgr.controller.recorder import Recorder
@@ -70,6 +72,8 @@ class Engine(RuntimeUpdates):
         """Cookie rule id -> rule name, for every rule this controller ever had (late packet-ins, stats)."""
         self.queued = ChangeQueue(self.lock, self._commit_group)
         self._batch: _Batch | None = None
+        self.down: frozenset[BackendKey] = frozenset()
+        """Backends the health checks took out (`health`): left out of their rules' groups."""
 
     # --- building -------------------------------------------------------------------------------
     def load(self) -> None:
@@ -95,7 +99,7 @@ class Engine(RuntimeUpdates):
                 raise ChangeError("the runtime changes do not fit the policy files: "
                                   + "; ".join(policydata.errors_of(exc)), 409,
                                   policydata.diagnostics_text(exc.diagnostics)) from exc
-        inc = IncrementalFlows(policy)
+        inc = IncrementalFlows(self._with_health(policy))
         return _Built(file_data, data, stale, inc, dict(inc.flows), file_policy.digest)
 
     def _adopt(self, built: _Built) -> None:
@@ -177,6 +181,27 @@ class Engine(RuntimeUpdates):
             return self.file_digest
         runtime = json.dumps(self.changes.describe())
         return hashlib.sha256(f"{self.file_digest}\n{runtime}".encode()).hexdigest()
+
+    def _with_health(self, policy: ResolvedPolicy) -> ResolvedPolicy:
+        """The policy with the backends the health checks took out marked down."""
+        return dataclasses.replace(policy, nat=apply_health(policy.nat, self.down)) if self.down else policy
+
+    # --- health checks --------------------------------------------------------------------------------
+    def set_backends_down(self, down: frozenset[BackendKey]) -> ChangeResult:
+        """Take the backends in `down` out of their select groups (and bring the others back), in one
+        bundle; while the switch is not connected the change waits for the next reconcile."""
+        started = time.monotonic()
+        with self.lock:
+            nat = apply_health(self.inc.policy.nat, down)
+            pending = self.inc.prepare(self.inc.rules, set(), nat, same_order=True)
+            plan = self._plan(pending.changes)
+            if self.table is not None and not plan.empty:
+                self._push(plan)
+            self.down = down
+            self.inc.commit(pending)
+            self._apply_entries(pending.changes)
+            self._record()
+            return self._result(plan.counts(), 0, started)
 
     # --- reload ------------------------------------------------------------------------------------
     def reload(self) -> ChangeResult:

@@ -81,6 +81,12 @@ class ControllerCollector(Collector):
         yield _counter("ovsmgr_update_failures", "Runtime changes refused.", labels, bridge, snap["update_failures"])
         yield from _packet_in_metrics(snap, bridge)
         yield from _rule_metrics(snap, bridge)
+        backends = GaugeMetricFamily("ovsmgr_backend_up", "1 while a load-balanced DNAT backend passes its health "
+                                     "check, 0 while it is taken out.", labels=["bridge", "rule", "backend"])
+        for backend in snap.get("backends", ()):
+            where = f"{backend['address']}:{backend['port']}" if backend["port"] else str(backend["address"])
+            backends.add_metric([*bridge, str(backend["rule"]), where], 1 if backend["up"] else 0)
+        yield backends
         if snap.get("conntrack") is not None:
             yield _gauge("ovsmgr_conntrack_entries", "Conntrack entries in the policy's zone.", ["bridge", "zone"],
                          [*bridge, str(snap["zone"])], snap["conntrack"])

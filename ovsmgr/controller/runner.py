@@ -28,6 +28,7 @@ from ovsmgr.compiler.pipeline import PacketInKind
 from ovsmgr.controller import packetin
 from ovsmgr.controller.api import ApiServer, routes
 from ovsmgr.controller.engine import Engine
+from ovsmgr.controller.health import BackendKey, HealthChecker
 from ovsmgr.controller.metrics import Counters, conntrack_entries, registry_for
 from ovsmgr.controller.ofchannel import DatapathChannel
 from ovsmgr.controller.relay import UnixRelay
@@ -54,6 +55,8 @@ class Options:
     log_burst: int = 20
     match_log: str | None = None
     watch_interval: float = 0.25
+    health_netns: str | None = None
+    """The network namespace backends' health checks connect from (default: the controller's)."""
 
 
 class Controller:
@@ -79,6 +82,7 @@ class Controller:
         self.match_log: IO[str] = sys.stdout
         self.relay: UnixRelay | None = None
         self._closers: list[Any] = []
+        self.health = HealthChecker(lambda: self.engine.policy.nat, self._backends_changed, options.health_netns)
 
     # --- hooks (called from os-ken threads; keep them short) ---------------------------------------
     def switch_state(self, dpid: int, channel: DatapathChannel | None) -> None:
@@ -148,6 +152,7 @@ class Controller:
         self.dpid_known.set()
         for work in (self._worker, self._watcher):
             threading.Thread(target=work, name=work.__name__, daemon=True).start()
+        threading.Thread(target=self.health.run, args=(self.stop,), name="health", daemon=True).start()
         if not self.first_reconcile.wait(FIRST_CONNECT_SECONDS):
             log.warning("%s has not connected to the controller within %d s; its flows follow when it does",
                         self.engine.bridge, FIRST_CONNECT_SECONDS)
@@ -249,6 +254,13 @@ class Controller:
             seen = _signature(self.engine.files)
             self._reload("SIGHUP" if triggered else "a policy file changed")
 
+    def _backends_changed(self, down: frozenset[BackendKey]) -> None:
+        """The health checks took backends out or brought them back: their groups change."""
+        result = self.engine.set_backends_down(down)
+        log.info("backends down: %s (generation %d, %s)",
+                 ", ".join(f"{rule} {address}" for rule, address, _ in sorted(down, key=str)) or "none",
+                 result.generation, result.counts)
+
     def _reload(self, why: str) -> None:
         try:
             result = self.engine.reload()
@@ -265,7 +277,8 @@ class Controller:
     def describe(self) -> dict[str, Any]:
         info = self.engine.describe()
         info.update(pid=os.getpid(), listen=self.options.listen, api=self.options.api,
-                    packet_ins=dict(self.counters.packet_ins), log_suppressed=self.counters.log_suppressed)
+                    packet_ins=dict(self.counters.packet_ins), log_suppressed=self.counters.log_suppressed,
+                    backends=self.health.report())
         return info
 
     def _limit_drops(self) -> dict[str, int]:
@@ -286,6 +299,7 @@ class Controller:
             "update_failures": s.update_failures, "counters": self.counters, "stats": self.fresh_stats(),
             "names": self.engine.names, "zone": policy.ct_zone, "limit_drops": self._limit_drops(),
             "conntrack": conntrack_entries(self.options.target.appctl(), policy.ct_zone),
+            "backends": self.health.report(),
         }
 
 

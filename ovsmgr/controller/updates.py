@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.controller import policydata
+from ovsmgr.controller.health import BackendKey, apply_health
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.queue import Change, ChangeKind, ChangeQueue, Ticket
 from ovsmgr.controller.runtime import ChangeError, RuntimeChanges, save_changes
-from ovsmgr.policy import PolicyError
+from ovsmgr.policy import PolicyError, ResolvedPolicy
 from ovsmgr.southbound.openflow import FlowMod, InstalledFlow
 from ovsmgr.switch.incremental import FlowChanges, FlowKey, IncrementalFlows, NeedsFullCompile
 from ovsmgr.switch.plan import Plan, desired_mods, make_plan
@@ -75,6 +76,7 @@ class RuntimeUpdates:
     paths: ControllerPaths
     file_digest: str
     _batch: _Batch | None
+    down: frozenset[BackendKey]
 
     if TYPE_CHECKING:
         def _push(self, plan: Plan) -> None: ...
@@ -86,6 +88,8 @@ class RuntimeUpdates:
         def _build(self, changes: RuntimeChanges, loaded: Any = None) -> _Built: ...
 
         def _adopt(self, built: _Built) -> None: ...
+
+        def _with_health(self, policy: ResolvedPolicy) -> ResolvedPolicy: ...
 
     def set_members(self, name: str, add: list[str], remove: list[str]) -> ChangeResult:
         """Add and remove members of an address set (queued, committed with its group)."""
@@ -238,7 +242,7 @@ class RuntimeUpdates:
             rules = [resolved[n] if n in affected else current[n] for n in order
                      if (n in resolved if n in affected else n in current)]
         try:
-            pending = self.inc.prepare(rules, affected, part.nat, same_order=same_order)
+            pending = self.inc.prepare(rules, affected, apply_health(part.nat, self.down), same_order=same_order)
         except NeedsFullCompile as exc:
             log.info("full recompile: %s", exc)
             return self._full_update(changes, data, started)
@@ -271,7 +275,7 @@ class RuntimeUpdates:
         except PolicyError as exc:
             raise ChangeError("; ".join(policydata.errors_of(exc)), 400,
                               policydata.diagnostics_text(exc.diagnostics)) from exc
-        inc = IncrementalFlows(policy)
+        inc = IncrementalFlows(self._with_health(policy))
         entries = dict(inc.flows)
         plan = make_plan(installed(self.entries.values()), desired_mods(entries.values()))
         if self._batch is not None:

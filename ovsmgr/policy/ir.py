@@ -143,13 +143,20 @@ class Rule:
 
 @dataclass(frozen=True)
 class Backend:
-    """A server of a load-balanced dnat rule; `up` False leaves it out of the rule's select group (a
-    policy as written has every backend up)."""
+    """A server of a load-balanced dnat rule; `up` is False while controller mode's health check has
+    it out (a policy as written has every backend up)."""
 
     address: IPAddress
     port: int | None
     weight: int
     up: bool = True
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    interval: int
+    timeout: int
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,7 @@ class NatRule:
     """New connections per second the rule translates (packets only)."""
     backends: tuple[Backend, ...] = ()
     static: bool = False
+    health_check: HealthCheck | None = None
 
     def targets(self) -> tuple[tuple[IPAddress, IPAddress], ...]:
         """The address ranges the rule translates to (each backend's address alone)."""

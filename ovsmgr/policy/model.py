@@ -119,6 +119,17 @@ class Backend(_Frozen):
     )
 
 
+class HealthCheck(_Frozen):
+    """Extension, controller mode: TCP connects to each backend; one that fails `failures` times in a
+    row gets no new connections until a connect succeeds again."""
+
+    interval: Annotated[int, Field(ge=1, le=3600)] = Field(default=5, description="Seconds between checks.")
+    timeout: Annotated[int, Field(ge=1, le=60)] = Field(default=2, description="Seconds a connect may take.")
+    failures: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=2, description="Failed checks in a row that take a backend out."
+    )
+
+
 class NatRule(_Frozen):
     """Address translation of connections the firewall allows; allows nothing by itself."""
 
@@ -136,6 +147,9 @@ class NatRule(_Frozen):
     )
     backends: list[Backend] | None = Field(
         default=None, description="dnat: servers to spread connections over by weight, instead of translate_to."
+    )
+    health_check: HealthCheck | None = Field(
+        default=None, description="dnat with backends, controller mode: take a backend that fails TCP connects out."
     )
     ports: int | str | None = Field(
         default=None, description="snat: source port range low-high (or one port)."

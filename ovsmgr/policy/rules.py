@@ -14,7 +14,16 @@ from ipaddress import ip_network
 from typing import Any
 
 from ovsmgr.policy.diagnostics import Collector, Span, did_you_mean
-from ovsmgr.policy.ir import Backend, IPAddress, Limit, NatRule, Rule, RuleMatch, ZoneInfo
+from ovsmgr.policy.ir import (
+    Backend,
+    HealthCheck,
+    IPAddress,
+    Limit,
+    NatRule,
+    Rule,
+    RuleMatch,
+    ZoneInfo,
+)
 from ovsmgr.policy.loader import Path_, SourceMap
 from ovsmgr.policy.model import FirewallRule, Policy
 from ovsmgr.policy.model import NatRule as NatRuleModel
@@ -118,8 +127,10 @@ class RuleResolver:
             backends = self._backends(raw, path, match)
             if match is not None and translation is not None and limit_ok and backends is not None and raw.enabled:
                 lo, hi, ports = translation
+                check = raw.health_check
                 out.append(NatRule(raw.name, i, raw.type, match, lo, hi, ports, raw.port, self.src.span(path),
-                                   limit, backends))
+                                   limit, backends, health_check=HealthCheck(check.interval, check.timeout,
+                                                                             check.failures) if check else None))
         return tuple(out)
 
     def _limit(self, raw: FirewallRule | NatRuleModel, path: Path_) -> tuple[Limit | None, bool]:
@@ -258,6 +269,10 @@ class RuleResolver:
     def _backends(self, raw: NatRuleModel, path: Path_, match: RuleMatch | None) -> tuple[Backend, ...] | None:
         """The backends of a load-balanced dnat rule (empty for any other rule); None after an error."""
         if not raw.backends:
+            if raw.health_check is not None:
+                self.diag.error(self.src.span((*path, "health_check"), key=True),
+                                "health_check checks the backends of a dnat rule: this rule has none")
+                return None
             return ()
         ok, out = True, []
         seen: dict[tuple[IPAddress, int | None], Path_] = {}
@@ -289,7 +304,7 @@ class RuleResolver:
         """A `type: static` rule as its two halves: the inside address leaves as the public one, and
         connections to the public address from the outside zone reach the inside one."""
         problems = [(key, f"{key} is not used by static NAT, which translates every connection of src")
-                    for key in ("dst", "services", "ports", "port", "backends", "limit")
+                    for key in ("dst", "services", "ports", "port", "backends", "limit", "health_check")
                     if getattr(raw, key) is not None]
         for key, message in problems:
             self.diag.error(self.src.span((*path, key), key=True), message)

@@ -1,5 +1,5 @@
 """policies/hosting.yaml with real hosts: DNAT+SNAT on one connection (hairpin), static NAT,
-a load-balanced pool (select groups).
+a load-balanced pool (select groups), and the pool's health checks in controller mode.
 
 The office host (office0) holds the client 10.0.1.50, the two web servers 10.0.1.10 and
 10.0.1.11 and the database 10.0.1.20; the wan host is 198.51.100.9. Servers answer with the
@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ from ovsmgr.lab.ovs import Lab, LabPort
 from ovsmgr.southbound.openflow import OpenFlowError, SwitchConnection, SwitchFlowTable
 from ovsmgr.switch.plan import desired_flows, make_plan
 
+from .controller_helpers import controller
 from .switch import POLICIES, apply, compiled_file, compiled_text, flow_table, target_of
 from .test_dpdk import _dpdk_skip_reason
 from .traffic import PY, server
@@ -176,3 +181,70 @@ def test_groups_ride_in_the_flows_bundle_and_a_refused_push_changes_neither(lab_
     apply(lab, plain)
     left = _groups(lab)
     assert len(left) == 1 and left[0].startswith("group_id=7,"), f"ours deleted, the foreign one kept: {left}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _backends(ctl: Any) -> dict[str, bool]:
+    status = ctl.api().call("GET", "/v1/status")
+    return {f"{b['address']}": b["up"] for b in status.get("backends", ()) if b["rule"] == "web-pool"}
+
+
+def _wait(predicate: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.2)
+
+
+def _pool_buckets(lab: Lab) -> int:
+    """Buckets of the web-pool group (the one for connections from the wan, whose buckets do not set
+    REG_TO_ZONE: reg1)."""
+    for line in _groups(lab):
+        if "ct(commit" in line and "reg1" not in line.split("bucket=")[1]:
+            return line.count("bucket=")
+    return 0
+
+
+def test_health_checks_take_a_dead_backend_out_and_bring_it_back(lab_factory: Any, tmp_path: Path) -> None:
+    """Controller mode: hosting.yaml's web-pool is checked every second (one failure takes a
+    backend out). The checks connect from the office host's namespace, where the servers are."""
+    lab = _hosting_lab(lab_factory, policy=False)
+    metrics = f"127.0.0.1:{_free_port()}"
+    extra = ["--health-netns", f"{lab.name}-office0", "--metrics", metrics]
+    with ExitStack() as stack:
+        ctl = stack.enter_context(controller(lab, [POLICIES / "hosting.yaml"], tmp_path, extra))
+        good = stack.enter_context(server(lab, "office0", "tcp", 8443, timeout=120, bind=SERVERS[0]))
+        dying = stack.enter_context(server(lab, "office0", "tcp", 8443, timeout=120, bind=SERVERS[1]))
+        _announce(lab)
+        _wait(lambda: _backends(ctl) == {SERVERS[0]: True, SERVERS[1]: True}, "both backends checked up")
+        assert _pool_buckets(lab) == 2
+
+        dying.kill()
+        dying.wait()
+        _wait(lambda: _backends(ctl).get(SERVERS[1]) is False, "10.0.1.11 taken out")
+        _wait(lambda: _pool_buckets(lab) == 1, "the group without 10.0.1.11's bucket")
+        status = ctl.cli("status", "br0").stdout
+        assert "backend 10.0.1.11:8443 of web-pool: DOWN" in status, status
+        scraped = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+        assert re.search(r'ovsmgr_backend_up\{[^}]*backend="10\.0\.1\.11:8443"[^}]*\} 0\.0', scraped), scraped
+        assert re.search(r'ovsmgr_backend_up\{[^}]*backend="10\.0\.1\.10:8443"[^}]*\} 1\.0', scraped), scraped
+        answers = [_connect(lab, "wan0", POOL, 443) for _ in range(12)]
+        assert all(a["ok"] for a in answers), "no new connection goes to the dead backend"
+        assert _served_now(good) == 12
+
+        stack.enter_context(server(lab, "office0", "tcp", 8443, timeout=120, bind=SERVERS[1]))
+        _wait(lambda: _backends(ctl).get(SERVERS[1]) is True, "10.0.1.11 back")
+        _wait(lambda: _pool_buckets(lab) == 2, "the group with both buckets again")
+        assert "ovsmgr_backend_up" in urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+
+
+def _served_now(proc: subprocess.Popen[str]) -> int:
+    """Connections a running server has answered so far (its lines are flushed one by one)."""
+    proc.kill()
+    proc.wait()
+    return _served(proc)
