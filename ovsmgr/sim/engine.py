@@ -206,10 +206,8 @@ class _Walk:
                 self.table(int(action.table), state, frame.depth + 1, resubmit=True)
                 frame.continued = True
                 self.open(frame)
-            elif isinstance(action, Group):
-                self.close(frame)
+            elif isinstance(action, Group):  # the bucket's actions run in the same lookup, as in OVS
                 bucket = self.bucket(action.group_id, state, frame.events)
-                self.open(frame)
                 if bucket is not None and self.actions(bucket.actions, state, frame) is not None:
                     frame.events.append("a goto_table in a bucket is not an OpenFlow action: ignored")
             elif isinstance(action, Ct) and action.table is not None:

@@ -9,10 +9,12 @@ where the simulator's steps and the trace differ.
 What `ofproto/trace` does with conntrack (OVS 3.1, checked by hand): it runs no
 conntrack. Each `ct(table=T)` queues a recirculation whose flow is the flow at
 that moment, with `ct_zone` set to the action's zone and `ct_state` taken from
-the next `--ct-next`. `ct_mark` is not reset: the first recirculation carries the
-`ct_mark` of the traced flow (so `trace_request` writes the mark the simulator's
-connection had), later ones the mark the pass had or the one a `ct(commit,
-exec(...))` wrote. A `nat(src=...)`/`nat(dst=...)` with an explicit range is
+the next `--ct-next`. `ct_mark` (and `ct_label`) is not reset: the first
+recirculation carries the `ct_mark` of the traced flow (so `trace_request` writes
+the mark the simulator's connection had), later ones the mark the pass had or the
+one a `ct(commit, exec(...))` wrote; so a pass in another zone than the one before
+it (DNAT then SNAT) is traced alone, as is what follows a select group (its bucket
+is chosen after a `dp_hash` recirculation the trace does not follow). A `nat(src=...)`/`nat(dst=...)` with an explicit range is
 simulated by rewriting the flow to the first address and port of the range; a
 plain `nat` (an existing connection's translation: replies, un-SNAT, un-DNAT)
 rewrites nothing. So a pass after such a recirculation starts from other
@@ -35,7 +37,7 @@ from ovsmgr.sim.trace import Step, Trace
 REGISTERS = ("reg0", "reg1", "reg2", "reg3", "reg4", "reg5")
 ADDRESS_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst")
 CT_TUPLE = ("ct_nw_proto", "ct_tp_src", "ct_tp_dst")
-STATE_FIELDS = ("ct_state", "ct_zone", "ct_mark", *CT_TUPLE, *REGISTERS)
+STATE_FIELDS = ("ct_state", "ct_zone", "ct_mark", "ct_label", *CT_TUPLE, *REGISTERS)
 _RULE = "=" * 79
 _RECIRC = re.compile(r"^recirc\((?P<id>0x[0-9a-f]+)\)(?: - resume conntrack with (?:default )?"
                      r"ct_state=(?P<state>[a-z|]+))?")
@@ -139,12 +141,12 @@ def trace_request(trace: Trace, packet: Packet | None = None) -> TraceRequest:
     `--ct-next` per recirculation with the ct_state the simulator computed."""
     passes = sim_passes(trace)
     later = [p.start.metadata or {} for p in passes[1:]]
-    mark = later[0].get("ct_mark", 0) if later else 0
-    metadata = {"ct_mark": mark}
-    if later and later[0].get("ct_nw_proto"):
+    first = later[0] if later else {}
+    metadata = {"ct_mark": first.get("ct_mark", 0), "ct_label": first.get("ct_label", 0)}
+    if first.get("ct_nw_proto"):
         # ofproto/trace keeps a flow's conntrack tuple across recirculations but sets none itself:
         # the traced flow starts with the one the first ct() gives (it needs a tracked ct_state).
-        metadata |= {"ct_state": later[0].get("ct_state", 0), **{n: later[0].get(n, 0) for n in CT_TUPLE}}
+        metadata |= {"ct_state": first.get("ct_state", 0), **{n: first.get(n, 0) for n in CT_TUPLE}}
     flow = flow_string(packet or trace.packet_in, metadata)
     return TraceRequest(flow, tuple(ct_state_flags(m.get("ct_state", 0)) for m in later))
 
@@ -298,25 +300,51 @@ Retrace = Callable[[str, str], str]
 """(flow, actions) -> the text of `ofproto/trace-packet-out BRIDGE FLOW ACTIONS`."""
 
 
+def _beyond_the_trace(sim: Sequence[SimPass], traced: Sequence[OfPass], number: int) -> str | None:
+    """Why the trace's own pass `number` cannot stand for the simulator's, from that pass on
+    (then each is traced alone from the simulator's state); None when it can."""
+    if number >= len(traced):
+        last = traced[-1].datapath_actions if traced else ""
+        return "a select group's bucket, chosen after a dp_hash recirculation the trace does not follow" \
+            if "hash(" in last else None
+    zones = [(p.start.metadata or {}).get("ct_zone", 0) for p in sim[number - 1:number + 1]]
+    if number > 1 and zones[0] != zones[1]:
+        return (f"conntrack zone {zones[1]} after zone {zones[0]}: the trace carries one zone's ct_mark "
+                "and tuple across recirculations")
+    return None
+
+
 def compare_walks(trace: Trace, text: str, retrace: Retrace, dp_ports: Mapping[int, str]) -> WalkComparison:
     """Compare the simulator's walk with an `ofproto/trace` of the same packet (see the module
-    docstring); `dp_ports` names datapath ports (leave the bridge's own port out)."""
+    docstring); `dp_ports` names datapath ports (leave the bridge's own port out). Where the trace
+    cannot follow (a select group's dp_hash recirculation, a second conntrack zone), that pass and
+    every later one are traced alone from the simulator's state."""
     sim, traced = sim_passes(trace), parse_trace(text)
     problems, notes, retraced, outputs = [], [], [], []
-    if len(sim) != len(traced):
-        problems.append(f"{len(sim)} pass(es) in the simulator, {len(traced)} in the trace")
-    for number, (sim_pass, of_pass) in enumerate(zip(sim, traced, strict=False)):
+    alone: str | None = None
+    for number, sim_pass in enumerate(sim):
+        alone = alone or (_beyond_the_trace(sim, traced, number) if number else None)
+        if alone is None and number >= len(traced):
+            problems.append(f"{len(sim)} pass(es) in the simulator, {len(traced)} in the trace")
+            break
+        of_pass = traced[min(number, len(traced) - 1)]
         used = of_pass
-        if number and (state := pass_mismatch(sim_pass, of_pass, STATE_FIELDS)):
+        if alone is not None:
+            used = parse_trace(retrace(*pass_request(sim_pass, of_pass)))[0]
+            retraced.append(number)
+            notes.append(f"pass {number} traced alone from the simulator's state ({alone})")
+        elif number and (state := pass_mismatch(sim_pass, of_pass, STATE_FIELDS)):
             problems.append(f"pass {number} starts in another state: {'; '.join(state)}")
-        if number and (differences := pass_mismatch(sim_pass, of_pass)):
+        if alone is None and number and (differences := pass_mismatch(sim_pass, of_pass)):
             used = parse_trace(retrace(*pass_request(sim_pass, of_pass)))[0]
             retraced.append(number)
             notes.append(f"pass {number} traced alone from the simulator's state ({'; '.join(differences)})")
         if (diff := compare_hits(sim_pass, used)) is not None:
             problems.append(f"pass {number}: {diff}")
         outputs += [dp_ports[p] for p in used.outputs if p in dp_ports]
-    for of_pass in traced[len(sim):]:
+    if alone is None and len(traced) > len(sim):
+        problems.append(f"{len(sim)} pass(es) in the simulator, {len(traced)} in the trace")
+    for of_pass in traced[len(sim):] if alone is None else ():
         outputs += [dp_ports[p] for p in of_pass.outputs if p in dp_ports]
     output = tuple(sorted(set(outputs)))
     if output != tuple(sorted(set(trace.output))):

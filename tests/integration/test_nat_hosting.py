@@ -260,10 +260,11 @@ def test_health_checks_take_a_dead_backend_out_and_bring_it_back(lab_factory: An
         # with both buckets, 20 connections would all miss 10.0.1.11 only 0.75^20 = 0.3 % of the time
         answers = [_connect(lab, "wan0", POOL, 443) for _ in range(20)]
         assert all(a["ok"] for a in answers), "no new connection goes to the dead backend"
-        assert _served_now(good) == 20
+        assert _served_now(good) == 20, "all 20 went to 10.0.1.10"
 
-        stack.enter_context(server(lab, "office0", "tcp", 8443, timeout=120, bind=SERVERS[1]))
-        _wait(lambda: _backends(ctl).get(SERVERS[1]) is True, "10.0.1.11 back")
+        for address in SERVERS:  # 10.0.1.10's server was stopped to count what it served
+            stack.enter_context(server(lab, "office0", "tcp", 8443, timeout=120, bind=address))
+        _wait(lambda: _backends(ctl) == {SERVERS[0]: True, SERVERS[1]: True}, "10.0.1.11 back")
         _wait(lambda: _pool_buckets(lab) == 2, "the group with both buckets again")
         scraped = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
         assert re.search(r'ovsmgr_backend_up\{[^}]*backend="10\.0\.1\.11:8443"[^}]*\} 1\.0', scraped), scraped
