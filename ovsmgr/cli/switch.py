@@ -118,10 +118,13 @@ def plan(files: tuple[str, ...], output: str, verbose: bool, target: SwitchTarge
     policy = _loaded(files)
     result, current = plan_policy(policy, target)
     names = _names(target, policy.bridge, current)
+    shadow = [r.name for r in policy.rules if r.shadow]
     if output == "json":
-        echo_json(_plan_json(result, names))
+        echo_json({**_plan_json(result, names), "shadow_rules": shadow})
     else:
         _print_plan(result, names, verbose)
+        if shadow:
+            click.echo(f"Shadow rules (counted and logged, not enforced): {', '.join(shadow)}")
     sys.exit(0 if result.empty else 2)
 
 
@@ -208,6 +211,9 @@ def status(bridge: str, output: str, target: SwitchTarget) -> None:
     for meter in info["meters"]:
         click.echo(f"  limit of rule {meter['rule'] or '(unknown)'}: {meter['meter']}; "
                    f"{meter['packets']} packets, {meter['dropped_packets']} dropped")
+    if info["shadow_rules"]:
+        click.echo("  shadow rules (counted and logged, not enforced): " + ", ".join(
+            f"{r['rule']} ({r['packets']} packets)" for r in info["shadow_rules"]))
     drift = info["drift"] or {}
     click.echo("  drifted: " + (f"yes ({drift['add']} missing, {drift['delete']} unexpected, "
                                  f"{drift['change']} changed)" if info["drifted"] else "no"))

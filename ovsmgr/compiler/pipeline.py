@@ -40,7 +40,9 @@ class Table(IntEnum):
     FILTER = 40
     """First-match firewall rules for new connections (priority bands keep the written order):
     stateful allow records the rule in REG_RULE and goes to NAT; stateless allow goes straight
-    to OUTPUT; drop, reject; then the default action."""
+    to OUTPUT; drop, reject; then the default action. A shadow rule's flow counts (and logs) the
+    packet, marks itself passed in REG_SHADOW and resubmits to FILTER, where the rules below it
+    decide."""
     NAT = 50
     """Commit allowed connections: DNAT rules, then SNAT rules, then a plain commit; the
     allowing rule's fingerprint goes into ct_mark so a later policy can cut the connection.
@@ -72,7 +74,7 @@ class TableSpec:
     learned_by: Table | None = None
 
 
-_REGS = frozenset({"reg0", "reg1", "reg2", "reg3", "reg4", "reg5"})
+_REGS = frozenset({"reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6"})
 _CT_TUPLE = frozenset({"ct_nw_proto", "ct_tp_src", "ct_tp_dst"})
 """The original-direction tuple conntrack gives a tracked packet: the same for every fragment of a
 datagram (userspace conntrack copies it from the datagram it reassembled to each fragment), so FILTER
@@ -94,7 +96,8 @@ TABLES: dict[Table, TableSpec] = {
     # A helper's related connection is committed here, a translated one recirculating like NAT's.
     Table.STATE: TableSpec(_CT | frozenset({"dl_type", "nw_proto", "nw_frag", "tcp_flags"}),
                            frozenset({Table.FILTER, Table.OUTPUT, Table.OUTPUT_TRANSLATED})),
-    Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.NAT, Table.OUTPUT})),
+    Table.FILTER: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}),
+                            frozenset({Table.FILTER, Table.NAT, Table.OUTPUT})),
     # A translating commit recirculates (ct(commit,table=OUTPUT_TRANSLATED,nat(...))) so the
     # next table sees the translated packet and can set the receiver's MAC.
     Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}),
@@ -131,7 +134,9 @@ REG_FLAGS = RegField("reg4", "Flags: bit 0 REVALIDATE (an established connection
                      "rules); bit 1 TRANSLATED (the commit translates; copied to ct_mark bit 31).")
 REG_HELPER = RegField("reg5", "Conntrack helper (ALG) the allowing rule asks for, as OVS numbers it (its port): 0 none, "
                       "21 ftp, 69 tftp; NAT's commits take it.")
-REGISTERS = (REG_FROM_ZONE, REG_TO_ZONE, REG_OUT_PORT, REG_RULE, REG_FLAGS, REG_HELPER)
+REG_SHADOW = RegField("reg6", "Shadow rules passed: bit k set when the k-th shadow rule (in written order) or one "
+                      "after it has counted the packet, so the resubmit to FILTER finds the rules below it.")
+REGISTERS = (REG_FROM_ZONE, REG_TO_ZONE, REG_OUT_PORT, REG_RULE, REG_FLAGS, REG_HELPER, REG_SHADOW)
 
 HELPER_ALGS = {"ftp": 21, "tftp": 69}
 """`ct(alg=...)` as OpenFlow carries it: the helper's well-known port."""
@@ -183,6 +188,8 @@ class CookieKind(IntEnum):
     GROUP = 6
     """Not a flow: a select group of a NAT rule, in a plan or a record beside the flows (its rule
     id is the group id, which `names` maps to the rule)."""
+    SHADOW = 7
+    """Flows of a shadow rule: they count and log matches, the rules below decide."""
 
 
 METER_IDS = range(0x8000_0000, 0xFFFF_0000)

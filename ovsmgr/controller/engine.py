@@ -231,13 +231,16 @@ class Engine(RuntimeUpdates):
             stats = self._table().meter_stats()
         return {self.names.get(meter, f"(meter {meter:#x})"): s.dropped_packets for meter, s in sorted(stats.items())}
 
-    def rule_info(self, rid: int) -> tuple[str, str]:
-        """Name and action of the rule behind a cookie or packet-in (no lock: a read of dicts)."""
+    def rule_info(self, rid: int) -> tuple[str, str, bool]:
+        """Name, action and shadow flag of the rule behind a cookie or packet-in (no lock: a read of dicts)."""
         name = DEFAULT_RULE if rid == 0 else self.names.get(rid, f"(rule {rid:#010x})")
         if name == DEFAULT_RULE:
-            return name, self.inc.policy.default_action
+            return name, self.inc.policy.default_action, False
         index = self.inc.positions.get(name)
-        return name, self.inc.rules[index].action if index is not None else "?"
+        if index is None:
+            return name, "?", False
+        rule = self.inc.rules[index]
+        return name, rule.action, rule.shadow
 
     def describe(self) -> dict[str, Any]:
         with self.lock:

@@ -130,13 +130,16 @@ def _unreachable(eth: Any, ip4: Any, ip6: Any, frame: bytes, is_udp: bool) -> by
 
 
 def log_record(frame: bytes, rule: str, action: str, in_port: int | None, suppressed: int = 0,
-               now: float | None = None) -> dict[str, Any]:
-    """What a log line says about one matched packet."""
+               now: float | None = None, shadow: bool = False) -> dict[str, Any]:
+    """What a log line says about one matched packet; a shadow rule's says `"shadow": true` (its
+    action was not taken)."""
     pkt = packet.Packet(frame)
     record: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now if now is not None else time.time())),
         "event": "match", "rule": rule, "action": action, "in_port": in_port,
     }
+    if shadow:
+        record["shadow"] = True
     ip4, ip6 = pkt.get_protocol(ipv4.ipv4), pkt.get_protocol(ipv6.ipv6)
     ip = ip4 or ip6
     if ip is not None:

@@ -114,11 +114,11 @@ class Controller:
         if info is None:
             self.counters.packet_ins["unknown"] += 1
             return None
-        name, action = self.engine.rule_info(info.rule_id)
+        name, action, shadow = self.engine.rule_info(info.rule_id)
         in_port = packetin.in_port_of(metadata)
         if info.kind is PacketInKind.LOG:
             self.counters.packet_ins["log"] += 1
-            self._log_match(frame, name, action, in_port)
+            self._log_match(frame, name, action, in_port, shadow)
             return None
         self.counters.packet_ins["reject"] += 1
         if in_port is None or not self.reject_bucket.allow():
@@ -130,11 +130,11 @@ class Controller:
         self.counters.rejects_sent += 1
         return in_port, reply
 
-    def _log_match(self, frame: bytes, name: str, action: str, in_port: int | None) -> None:
+    def _log_match(self, frame: bytes, name: str, action: str, in_port: int | None, shadow: bool) -> None:
         if not self.log_bucket.allow():
             self.counters.log_suppressed += 1
             return
-        record = packetin.log_record(frame, name, action, in_port, self.log_bucket.take_suppressed())
+        record = packetin.log_record(frame, name, action, in_port, self.log_bucket.take_suppressed(), shadow=shadow)
         self.match_log.write(packetin.log_line(record) + "\n")
         self.match_log.flush()
         self.counters.log_lines += 1

@@ -88,6 +88,7 @@ def check(policy: ResolvedPolicy, source: SourceMap, diag: Collector) -> None:
 
 
 def _check_shadowed(policy: ResolvedPolicy, diag: Collector) -> None:
+    """Rules an earlier rule covers. A `shadow: true` rule decides nothing, so it covers nothing."""
     index = RuleIndex()
     for rule in policy.rules:
         for match, earlier in index.candidates(rule.match):
@@ -96,7 +97,8 @@ def _check_shadowed(policy: ResolvedPolicy, diag: Collector) -> None:
                 diag.warning(rule.span, f'rule "{rule.name}" can never match: the earlier rule "{other.name}" '
                                         f"({other.span}) matches every packet it does")
                 break
-        index.add(rule.match, rule)
+        if not rule.shadow:
+            index.add(rule.match, rule)
 
 
 def _check_nat_overlaps(policy: ResolvedPolicy, diag: Collector) -> None:
@@ -125,7 +127,7 @@ def _check_nat_blocked(policy: ResolvedPolicy, diag: Collector) -> None:
     blocked: dict[PrefixKey, tuple[str, Any]] = {}
     lengths: dict[int, set[int]] = defaultdict(set)
     for rule in policy.rules:
-        if rule.action == "allow":
+        if rule.action == "allow" or rule.shadow:
             continue
         for field, prefixes in (("src", rule.match.src), ("dst", rule.match.dst)):
             for prefix in prefixes:

@@ -117,6 +117,10 @@ class RuleMatch:
         )
 
 
+MAX_SHADOW_RULES = 32
+"""Shadow rules a policy may have: the compiled pipeline gives each one bit of a 32-bit register."""
+
+
 @dataclass(frozen=True)
 class Limit:
     """A rule's `limit:`: a rate in packets per second (`pktps`) or kilobits per second (`kbps`),
@@ -139,6 +143,8 @@ class Rule:
     helper: Literal["ftp", "tftp"] | None = None
     """Conntrack helper (ALG) its connections are committed with; related data connections pass."""
     limit: Limit | None = None
+    shadow: bool = False
+    """Compiled and evaluated where it stands, counted and logged, but never the verdict."""
 
 
 @dataclass(frozen=True)

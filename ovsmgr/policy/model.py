@@ -98,6 +98,8 @@ class FirewallRule(_Frozen):
         default=None, description="Packets of the rule above this rate are dropped (an OpenFlow meter): "
                                   "N/s or N/m packets, Nkbit/s or Nmbit/s.")
     enabled: bool = Field(default=True, description="A disabled rule is kept but compiles to nothing.")
+    shadow: bool = Field(default=False, description="Not enforced: matches are counted and logged as if it were; "
+                                                    "the rules below it decide.")
     description: str | None = None
 
 

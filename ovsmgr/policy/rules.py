@@ -15,6 +15,7 @@ from typing import Any
 
 from ovsmgr.policy.diagnostics import Collector, Span, did_you_mean
 from ovsmgr.policy.ir import (
+    MAX_SHADOW_RULES,
     Backend,
     HealthCheck,
     IPAddress,
@@ -65,15 +66,25 @@ class RuleResolver:
 
     def firewall(self) -> tuple[Rule, ...]:
         out = []
+        shadows = 0
         for raw, i in zip(self.m.firewall.rules, self.shape.rule_index, strict=True):
             path = ("firewall", "rules", i)
             self._unique_name(raw.name, path, ("firewall", i))
             match = self._match(raw, path)
             helper_ok = self._helper_ok(raw, path, match)
             limit, limit_ok = self._limit(raw, path)
+            if raw.shadow and raw.enabled:
+                shadows += 1
+                if shadows > MAX_SHADOW_RULES:
+                    self.diag.error(self.src.span((*path, "shadow")),
+                                    f"more than {MAX_SHADOW_RULES} shadow rules: enforce or remove some first")
+                if raw.limit is not None:
+                    self.diag.error(self.src.span((*path, "limit")), f'rule "{raw.name}" is a shadow rule: it '
+                                    "passes every packet the rules below it pass, so it can limit none")
+                    limit_ok = False
             if match is not None and helper_ok and limit_ok and raw.enabled and i not in self.broken.rules:
                 out.append(Rule(raw.name, i, match, raw.action, raw.stateful, raw.log, self.src.span(path),
-                                raw.helper, limit))
+                                raw.helper, limit, raw.shadow))
         return tuple(out)
 
     def _helper_ok(self, raw: FirewallRule, path: Path_, match: RuleMatch | None) -> bool:

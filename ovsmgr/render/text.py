@@ -84,6 +84,7 @@ _KIND_DOCS = {
              "id, and ovsmgr owns the meters whose ids are in 0x80000000-0xfffeffff",
     "GROUP": "not a flow: a NAT rule's select group where plans and records list it (groups have no "
              "cookie: ovsmgr's are those whose id starts with the magic)",
+    "SHADOW": "flows of a shadow rule (`shadow: true`): they count and log, the rules below decide",
 }
 
 

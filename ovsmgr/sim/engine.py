@@ -159,6 +159,7 @@ class _Walk:
         self.visits = 0
         self.rejected = False
         self.filter_flow: Flow | None = None
+        self.shadow: list[str] = []
         self.last: _State | None = None
 
     # --- tables ----------------------------------------------------------------------------
@@ -176,7 +177,10 @@ class _Walk:
                                    packet=state.packet, metadata=dict(state.meta)))
             return
         if table == Table.FILTER:
-            self.filter_flow = hit.flow
+            if cookie_parts(hit.flow.cookie)[1] is CookieKind.SHADOW:
+                self.shadow.append(self.rule_of(hit.flow) or f"{hit.flow.cookie:#x}")
+            else:
+                self.filter_flow = hit.flow
         frame = _Frame(hit, table, depth, self.rule_of(hit.flow), state.packet, dict(state.meta))
         self.open(frame)
         goto = self.actions(hit.flow.actions, state, frame)
@@ -362,7 +366,7 @@ class _Walk:
         if flow.rule is not None:
             return flow.rule
         ours, kind, rule_id = cookie_parts(flow.cookie)
-        if ours and kind in (CookieKind.FIREWALL, CookieKind.NAT):
+        if ours and kind in (CookieKind.FIREWALL, CookieKind.NAT, CookieKind.SHADOW):
             return self.p.rule_ids.get(rule_id)
         return None
 
@@ -374,7 +378,7 @@ class _Walk:
             packet_in=packet_in, steps=tuple(self.steps), verdict=verdict, rule=self.deciding_rule(last),
             deliveries=tuple(self.deliveries), final=last.packet, ct_state=last.meta["ct_state"],
             ct_mark=last.meta["ct_mark"], conntrack=self.conntrack, learned=tuple(self.learned),
-            notes=tuple(self.notes), warnings=tuple(self.warnings))
+            notes=tuple(self.notes), warnings=tuple(self.warnings), shadow=tuple(self.shadow))
 
     def deciding_rule(self, last: _State) -> str | None:
         """The FILTER flow's rule when the packet met FILTER, else the rule its connection was allowed by

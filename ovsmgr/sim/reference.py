@@ -3,8 +3,8 @@
 For the first packet of a connection entering by a port: the `from` zone is the
 port's zone; the `to` zone is the linked port's zone (forwarding: ports) or the
 zone whose networks hold the destination, longest prefix first (forwarding:
-normal); the first enabled rule whose zones, src, dst and services match decides,
-else `firewall.default`. An allowed packet with nowhere to go (a port in no link)
+normal); the first enabled rule whose zones, src, dst and services match decides
+(a `shadow: true` rule never does), else `firewall.default`. An allowed packet with nowhere to go (a port in no link)
 is dropped. NAT is not modelled: firewall rules see packets as they arrive.
 """
 
@@ -29,6 +29,8 @@ class Decision:
     """The rule that decided; None for the default action and for the pipeline's own decisions."""
     stateful: bool
     reason: str
+    shadow: tuple[str, ...] = ()
+    """The shadow rules that match before the deciding rule: they count the packet, nothing more."""
 
 
 def decide(policy: ResolvedPolicy, in_port: str, packet: Packet) -> Decision:
@@ -46,16 +48,21 @@ def decide(policy: ResolvedPolicy, in_port: str, packet: Packet) -> Decision:
     to_zone, can_leave = egress_zone(policy, in_port, packet)
     if invalid:
         return Decision("allow" if can_leave else "drop", None, False, "invalid, and invalid: allow")
+    shadow: list[str] = []
     for rule in policy.rules:
         if rule_matches(rule.match, port.zone, to_zone, packet):
-            return _decision(rule.action, rule.name, rule.stateful, can_leave, f"rule {rule.name}")
-    return _decision(policy.default_action, None, True, can_leave, "firewall default")
+            if rule.shadow:
+                shadow.append(rule.name)
+                continue
+            return _decision(rule.action, rule.name, rule.stateful, can_leave, f"rule {rule.name}", shadow)
+    return _decision(policy.default_action, None, True, can_leave, "firewall default", shadow)
 
 
-def _decision(action: Verdict, rule: str | None, stateful: bool, can_leave: bool, why: str) -> Decision:
+def _decision(action: Verdict, rule: str | None, stateful: bool, can_leave: bool, why: str,
+              shadow: list[str]) -> Decision:
     if action == "allow" and not can_leave:
-        return Decision("drop", rule, stateful, f"{why} allows it, but it has nowhere to go")
-    return Decision(action, rule, stateful, why)
+        return Decision("drop", rule, stateful, f"{why} allows it, but it has nowhere to go", tuple(shadow))
+    return Decision(action, rule, stateful, why, tuple(shadow))
 
 
 def egress_zone(policy: ResolvedPolicy, in_port: str, packet: Packet) -> tuple[str | None, bool]:

@@ -99,6 +99,8 @@ class Trace:
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     """Where the real switch would differ from the verdict: e.g. a frame no host accepts."""
+    shadow: tuple[str, ...] = ()
+    """The shadow rules that counted the packet (in the order it met them); they decide nothing."""
 
     @property
     def output(self) -> tuple[str, ...]:
@@ -113,7 +115,7 @@ class Trace:
             "verdict": self.verdict, "rule": self.rule, "output": list(self.output),
             "packet": packet_fields(self.packet), "ct_state": format_ct_state(self.ct_state),
             "ct_mark": f"{self.ct_mark:#x}", "steps": [s.as_dict() for s in self.steps],
-            "notes": list(self.notes), "warnings": list(self.warnings),
+            "notes": list(self.notes), "warnings": list(self.warnings), "shadow": list(self.shadow),
         }
 
 
@@ -142,6 +144,8 @@ def format_trace(trace: Trace, port_names: Mapping[int, str] | None = None) -> l
     rule = f" by rule {trace.rule}" if trace.rule else " (no rule: default or pipeline)"
     out = f", output {', '.join(trace.output)}" if trace.output else ""
     lines.append(f"verdict: {trace.verdict}{rule}{out}")
+    if trace.shadow:
+        lines.append(f"shadow rules matched (counted, not enforced): {', '.join(trace.shadow)}")
     if trace.deliveries:
         lines.append(f"packet out: {format_packet(trace.packet, port_names, in_port=False)}")
     return lines

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import ovsmgr
+from ovsmgr.compiler.stages.filter import shadow_bits
 from ovsmgr.compiler.stages.helpers import used_helpers
 from ovsmgr.policy.ir import ResolvedPolicy, Rule
 from ovsmgr.southbound.openflow import FlowMod
@@ -69,7 +70,8 @@ def context_digest(policy: ResolvedPolicy) -> str:
     parts = (policy.bridge, policy.forwarding, policy.mac, sorted(policy.ports.items()),
              sorted(policy.links.items()), sorted(policy.zones.items()), nat_signature(policy.nat),
              policy.default_action, policy.ct_zone, policy.second_zone, policy.invalid, policy.cut_on_rule_removal,
-             used_helpers(policy.rules))
+             used_helpers(policy.rules),
+             [r.name for r in policy.rules if r.shadow])  # a shadow rule's flows depend on its place among them
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
@@ -78,6 +80,7 @@ def fingerprint(rule: Rule) -> bytes:
     m = rule.match
     text = "\x1f".join((rule.name, rule.action, "s" if rule.stateful else "", "l" if rule.log else "",
                         f"{rule.limit.unit}:{rule.limit.rate}" if rule.limit else "",
+                        "w" if rule.shadow else "",
                         m.from_zone, m.to_zone or "", ",".join(map(str, m.src)), ",".join(map(str, m.dst)),
                         ",".join(map(str, m.services)), rule.helper or ""))
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
@@ -156,6 +159,7 @@ def restore(policy: ResolvedPolicy, data: dict[str, Any]) -> IncrementalFlows:
     inc.owners = Owners(data["owners"])
     inc.conj = data["conj"]
     inc.passed_over = set(data["passed_over"])
+    inc.shadow = shadow_bits(policy.rules)  # the context holds the shadow rules: the saved ones
     inc.conj_owner = {v: n for n, values in inc.conj.items() for v in values}
     inc.index = data["index"]
     inc.flows = dict(zip(data["keys"], map(FlowMod, data["keys"], data["bodies"]), strict=True))

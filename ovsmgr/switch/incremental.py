@@ -45,7 +45,13 @@ from dataclasses import dataclass, field
 from ovsmgr.compiler import compile_policy
 from ovsmgr.compiler.flows import Flow, FlowSet
 from ovsmgr.compiler.ids import meter_id, rule_id
-from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_rule, conj_id_base, rule_levels
+from ovsmgr.compiler.stages.filter import (
+    DEFAULT_RULE,
+    compile_rule,
+    conj_id_base,
+    rule_levels,
+    shadow_bits,
+)
 from ovsmgr.compiler.stages.helpers import rule_helpers, used_helpers
 from ovsmgr.compiler.stages.limits import meter_config
 from ovsmgr.compiler.stages.nat import select_group_ids
@@ -175,10 +181,11 @@ class IncrementalFlows:
         self.owners[BASE] = _base_flows(policy)
         self.conj: dict[str, tuple[int, ...]] = {}
         moved: list[tuple[str, tuple[int, ...]]] = []
+        self.shadow = shadow_bits(self.rules)
         used = _TakenIds()
         for rule, level in zip(self.rules, self.levels, strict=True):
             before = len(used.log)
-            self.owners[rule.name] = _rule_flows(policy, rule, level, used)
+            self.owners[rule.name] = _rule_flows(policy, rule, level, used, self.shadow.get(rule.name))
             taken = tuple(sorted(used.log[before:]))
             self.conj[rule.name] = taken
             if set(taken) != set(bases := _conj_bases(rule)):
@@ -248,8 +255,12 @@ class IncrementalFlows:
                      if rules[i].name in changed or levels[i] != self._old_level(rules[i].name)]
         removed = {n for n in changed if n not in positions and n in self.owners}
         conj = self._check_conj(recompile, removed)
+        if any(n in self.shadow or (n in positions and rules[positions[n]].shadow) for n in changed) \
+                and shadow_bits(rules) != self.shadow:
+            raise NeedsFullCompile("the shadow rules changed (each one's flows depend on its place among them)")
         for rule in recompile:
-            owners[rule.name] = _rule_flows(policy, rule, levels[positions[rule.name]], set())
+            owners[rule.name] = _rule_flows(policy, rule, levels[positions[rule.name]], set(),
+                                            self.shadow.get(rule.name))
         for name in removed:
             owners[name] = None
         index, flows, changes = self._touched(owners, positions)
@@ -417,10 +428,11 @@ def _base_flows(policy: ResolvedPolicy) -> tuple[FlowMod, ...]:
             *map(encode_group, compiled.groups))
 
 
-def _rule_flows(policy: ResolvedPolicy, rule: Rule, level: int, conj_ids: set[int]) -> tuple[FlowMod, ...]:
+def _rule_flows(policy: ResolvedPolicy, rule: Rule, level: int, conj_ids: set[int],
+               shadow_bit: int | None) -> tuple[FlowMod, ...]:
     """One rule's FILTER flows and, for a stateful allow, its STATE flow; its meter, if it has a limit."""
     marks: dict[int, str] = {}
-    flows: list[Flow] = compile_rule(policy, rule, level, marks, conj_ids)
+    flows: list[Flow] = compile_rule(policy, rule, level, marks, conj_ids, shadow_bit)
     limits = {rule.name: rule.limit} if rule.limit else {}
     if marks:
         flows += [f for f in compile_state(policy, marks, rule_helpers([rule]), limits) if f.rule == rule.name]

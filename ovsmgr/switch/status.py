@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ovsmgr.compiler.pipeline import CookieKind, cookie_parts
 from ovsmgr.southbound.conntrack import zone_usage
 from ovsmgr.southbound.openflow import InstalledFlow
 from ovsmgr.southbound.openflow.meters import MeterStats, is_meter, meter_id, meter_text
@@ -40,6 +41,7 @@ def switch_status(target: SwitchTarget, bridge: str) -> dict[str, Any]:
         "drifted": bool(drift and any(drift.values())),
         "drift": drift, "rollback_pending": rollback_path(target, bridge).exists(),
         "conntrack": zone_usage(ctl, record.ct_zone).to_json() if ctl and record else None,
+        "shadow_rules": shadow_rules(current, record.rules if record else {}),
     }
 
 
@@ -53,3 +55,17 @@ def _meters(current: list[InstalledFlow], stats: dict[int, MeterStats], names: d
                     "packets": counts.packets if counts else None,
                     "dropped_packets": counts.dropped_packets if counts else None})
     return sorted(out, key=lambda m: (m["rule"] or "", m["id"]))
+
+
+def shadow_rules(flows: list[InstalledFlow], names: dict[int, str]) -> list[dict[str, Any]]:
+    """The rules whose flows on the switch count and log but do not decide (`shadow: true`), with
+    what they counted: the first packets of connections that met them."""
+    totals: dict[int, list[int]] = {}
+    for flow in flows:
+        _, kind, rid = cookie_parts(flow.cookie)
+        if kind is CookieKind.SHADOW:
+            entry = totals.setdefault(rid, [0, 0])
+            entry[0] += flow.packets
+            entry[1] += flow.bytes
+    return sorted(({"rule": names.get(rid, f"(rule {rid:#010x})"), "packets": p, "bytes": b}
+                   for rid, (p, b) in totals.items()), key=lambda r: r["rule"])

@@ -123,3 +123,27 @@ def flows_with_duration(lab: Lab) -> dict[str, float]:
         key = ",".join(p for p in fields if p.split("=")[0].strip() not in ("cookie", "duration", "n_packets", "n_bytes", "idle_age", "hard_age"))
         out[key] = duration
     return out
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (for `--metrics`)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(address: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every sample a Prometheus endpoint (`HOST:PORT`) serves now: name -> [(labels, value)]."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out

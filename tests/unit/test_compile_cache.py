@@ -106,6 +106,7 @@ EDITS = st.sampled_from([
     _add({"name": "ftp", "from": "inside", "services": ["tcp/21"], "helper": "ftp", "action": "allow"}, 2),
     _add({"name": "tftp", "from": "inside", "services": ["udp/69"], "helper": "tftp", "action": "allow"}, 99),
     _remove("ftp"), _toggle("ftp", "enabled", (True, False)),
+    _toggle("no-telnet", "shadow", (False, True)), _toggle("dns", "shadow", (True, False)),
 ])
 
 

@@ -70,6 +70,8 @@ def _rule(draw: st.DrawFn, index: int, zones: int) -> dict[str, Any]:
         rule["stateful"] = False
     if draw(st.integers(0, 7)) == 0:
         rule["enabled"] = False
+    if draw(st.integers(0, 4)) == 0:
+        rule["shadow"] = True
     return rule
 
 
@@ -150,8 +152,10 @@ def test_the_simulator_decides_first_packets_as_the_policy_says(
         conversation = Conversation(switch)
         trace = conversation.send(port, spec)
         expected = decide(policy, port, trace.packet_in)
-        assert (trace.verdict, trace.rule) == (expected.verdict, expected.rule), (
-            f"{port} {spec}: simulator {trace.verdict}/{trace.rule}, policy {expected}")
+        assert (trace.verdict, trace.rule, trace.shadow) == (expected.verdict, expected.rule, expected.shadow), (
+            f"{port} {spec}: simulator {trace.verdict}/{trace.rule}/{trace.shadow}, policy {expected}")
+        if expected.shadow:
+            event("shadow rules counted the packet")
         event(f"IPv{trace.packet_in.version}: verdict {expected.verdict} by {'a rule' if expected.rule else 'default'}")
         checked += 1
         if expected.verdict == "allow" and expected.stateful and trace.output != ("NORMAL",):

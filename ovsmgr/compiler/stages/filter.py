@@ -7,6 +7,14 @@ Disjoint rules share a priority, which keeps 100,000-rule policies inside
 OpenFlow's 16-bit priority space. A rule whose src, dst and service lists
 would multiply out becomes a conjunctive match: one flow per list item plus
 one `conj_id` flow, so flows grow with the sum of the list sizes.
+
+A shadow rule (`shadow: true`) takes its level like any rule, but its flows
+count the packet (their own flow statistics, cookie kind SHADOW), log it if it
+logs, and resubmit to FILTER with the rule's REG_SHADOW bit set: that lookup
+finds the highest flow below it, so the verdict is the one the policy without
+the shadow rule gives. The k-th shadow rule matches only with bit k clear and
+sets bits 0..k, so the resubmit skips it and every shadow rule above it (those
+did not match the first lookup either: nothing else in the packet changed).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from ovsmgr.compiler.flows import (
     GotoTable,
     Match,
     MatchItem,
+    Resubmit,
     SetField,
 )
 from ovsmgr.compiler.ids import fingerprint, rule_id
@@ -33,6 +42,7 @@ from ovsmgr.compiler.pipeline import (
     REG_FROM_ZONE,
     REG_HELPER,
     REG_RULE,
+    REG_SHADOW,
     REG_TO_ZONE,
     CookieKind,
     PacketInKind,
@@ -43,7 +53,7 @@ from ovsmgr.compiler.pipeline import (
 )
 from ovsmgr.compiler.stages.limits import metered
 from ovsmgr.policy.analysis import RuleIndex, overlaps
-from ovsmgr.policy.ir import ResolvedPolicy, Rule, RuleMatch
+from ovsmgr.policy.ir import MAX_SHADOW_RULES, ResolvedPolicy, Rule, RuleMatch
 
 DEFAULT_RULE = "(default)"
 """Not a valid rule name, so it cannot collide with one."""
@@ -71,20 +81,35 @@ def compile_filter(policy: ResolvedPolicy) -> FilterResult:
     flows: list[Flow] = []
     marks: dict[int, str] = {}
     conj_ids: set[int] = set()
+    bits = shadow_bits(policy.rules)
     for rule, level in zip(policy.rules, rule_levels(policy.rules), strict=True):
-        flows.extend(compile_rule(policy, rule, level, marks, conj_ids))
+        flows.extend(compile_rule(policy, rule, level, marks, conj_ids, bits.get(rule.name)))
     flows.append(compile_default(policy, marks))
     return FilterResult(flows, marks)
 
 
+def shadow_bits(rules: tuple[Rule, ...] | list[Rule]) -> dict[str, int]:
+    """REG_SHADOW bit of each shadow rule: its place among the shadow rules, in written order."""
+    bits = {rule.name: k for k, rule in enumerate(r for r in rules if r.shadow)}
+    if len(bits) > MAX_SHADOW_RULES:
+        raise FlowError(f"more than {MAX_SHADOW_RULES} shadow rules")
+    return bits
+
+
 def compile_rule(
     policy: ResolvedPolicy, rule: Rule, level: int, marks: dict[int, str], conj_ids: set[int],
+    shadow_bit: int | None = None,
 ) -> list[Flow]:
     """The FILTER flows of one rule at one level; records its fingerprint in `marks` and the
-    conjunction ids it takes in `conj_ids`. Public so controller mode can recompile one rule."""
+    conjunction ids it takes in `conj_ids`; a shadow rule needs its `shadow_bit`. Public so
+    controller mode can recompile one rule."""
     priority = Priority.FILTER_TOP - level
     if priority <= Priority.DEFAULT:
         raise FlowError("more than 60,000 levels of overlapping firewall rules")
+    if rule.shadow:
+        if shadow_bit is None:
+            raise FlowError(f"shadow rule {rule.name} compiled without its REG_SHADOW bit")
+        return _shadow_flows(policy, rule, priority, shadow_bit, conj_ids)
     actions = metered(rule.name, rule.limit, _rule_actions(rule.name, rule.action, rule.stateful, rule.log,
                                                            rule.match, marks, rule.helper))
     flow_cookie = cookie(CookieKind.FIREWALL, rule_id(rule.name))
@@ -93,6 +118,22 @@ def compile_rule(
         flows.extend(_rule_flows(policy, rule, version, priority, actions, flow_cookie, conj_ids))
         if rule.action == "allow" and rule.stateful and rule.match.services:
             flows.extend(_fragment_followers(policy, rule, version, priority, actions, flow_cookie))
+    return flows
+
+
+def _shadow_flows(policy: ResolvedPolicy, rule: Rule, priority: int, bit: int, conj_ids: set[int]) -> list[Flow]:
+    """Count (and log), mark bits 0..`bit` passed, look FILTER up again: the rules below decide.
+    Only the first packet of a connection meets FILTER, so that is what a shadow rule counts."""
+    unpassed = Match.of(MatchItem(REG_SHADOW.reg, 0, 1 << bit))
+    actions: tuple[Action, ...] = (SetField(REG_SHADOW.reg, (2 << bit) - 1), Resubmit(Table.FILTER))
+    if rule.log:
+        actions = (Controller(packet_in_userdata(PacketInKind.LOG, rule_id(rule.name))), *actions)
+    flow_cookie = cookie(CookieKind.SHADOW, rule_id(rule.name))
+    flows: list[Flow] = []
+    for version in sorted(rule.match.families()):
+        base = _zone_match(policy, rule.match, version) + unpassed
+        flows.extend(expand_match(base, match_dimensions(rule.match, version), Table.FILTER, priority, actions,
+                                  flow_cookie, rule.name, _conj_id(rule.name, version, conj_ids)))
     return flows
 
 
