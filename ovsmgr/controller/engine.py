@@ -20,9 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE
 from ovsmgr.controller import policydata
 from ovsmgr.controller.health import BackendKey, apply_health
+from ovsmgr.controller.metrics import Durations
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.queue import ChangeQueue
 from ovsmgr.controller.recorder import Recorder
@@ -51,6 +53,7 @@ class EngineStatus:
     stale_changes: list[str] = field(default_factory=list)
     connected: bool = False
     reconciles: int = 0
+    change_durations: Durations = field(default_factory=Durations)
 
 
 class Engine(RuntimeUpdates):
@@ -241,6 +244,12 @@ class Engine(RuntimeUpdates):
             return name, "?", False
         rule = self.inc.rules[index]
         return name, rule.action, rule.shadow
+
+    def rule_actions(self) -> dict[int, str]:
+        """Rule id -> action of every enforced firewall rule, 0 -> the default's (for metrics)."""
+        actions: dict[int, str] = {rule_id(r.name): r.action for r in self.inc.rules if not r.shadow}
+        actions[0] = self.inc.policy.default_action
+        return actions
 
     def describe(self) -> dict[str, Any]:
         with self.lock:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ovsmgr.compiler.pipeline import CookieKind, cookie_parts
@@ -33,6 +33,34 @@ class Counters:
     reject_suppressed: int = 0
 
 
+CHANGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Seconds: a runtime change takes milliseconds, a reload of 100,000 rules tens of seconds."""
+
+
+@dataclass
+class Durations:
+    """A histogram of how long reloads and runtime changes took (cumulative at scrape time)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(CHANGE_BUCKETS))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(CHANGE_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+        self.total += seconds
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, n in zip(CHANGE_BUCKETS, self.counts, strict=True):
+            running += n
+            out.append((repr(bound), running))
+        return [*out, ("+Inf", self.count)]
+
+
 def conntrack_entries(ctl: str | None, zone: int) -> int | None:
     """Connections in `zone` of a userspace datapath, or None when they cannot be read."""
     if ctl is None:
@@ -41,6 +69,24 @@ def conntrack_entries(ctl: str | None, zone: int) -> int | None:
         return zone_connections(ctl, zone)
     except OvsToolError:
         return None
+
+
+def dropped_totals(stats: dict[int, list[int]], names: dict[int, str], actions: dict[int, str]
+                   ) -> dict[str, list[int]]:
+    """rule -> [packets, bytes] that enforced drop and reject rules (and a drop or reject default) refused;
+    `actions`: rule id -> action of the enforced firewall rules, 0 for the default."""
+    out: dict[str, list[int]] = {}
+    for cookie_value, (packets, octets) in stats.items():
+        ours, kind, rid = cookie_parts(cookie_value)
+        if not ours or kind not in (CookieKind.FIREWALL, CookieKind.DEFAULT):
+            continue
+        key = 0 if kind is CookieKind.DEFAULT else rid
+        if actions.get(key) not in ("drop", "reject"):
+            continue
+        entry = out.setdefault(DEFAULT_RULE if key == 0 else names.get(rid, f"(rule {rid:#010x})"), [0, 0])
+        entry[0] += packets
+        entry[1] += octets
+    return out
 
 
 def rule_totals(stats: dict[int, list[int]], names: dict[int, str]) -> dict[tuple[str, str], list[int]]:
@@ -87,9 +133,22 @@ class ControllerCollector(Collector):
             where = f"{backend['address']}:{backend['port']}" if backend["port"] else str(backend["address"])
             backends.add_metric([*bridge, str(backend["rule"]), where], 1 if backend["up"] else 0)
         yield backends
+        yield from _change_metrics(snap, bridge)
         if snap.get("conntrack") is not None:
             yield _gauge("ovsmgr_conntrack_entries", "Conntrack entries in the policy's zone.", ["bridge", "zone"],
                          [*bridge, str(snap["zone"])], snap["conntrack"])
+        if snap.get("conntrack_limit") is not None:
+            yield _gauge("ovsmgr_conntrack_limit", "The zone's connection limit (conntrack.max_connections).",
+                         ["bridge", "zone"], [*bridge, str(snap["zone"])], snap["conntrack_limit"])
+
+
+def _change_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
+    durations: Durations = snap["change_durations"]
+    histogram = HistogramMetricFamily("ovsmgr_change_duration_seconds",
+                                      "How long reloads and runtime changes took, until the switch had the flows.",
+                                      labels=["bridge"])
+    histogram.add_metric(bridge, durations.buckets(), durations.total)
+    yield histogram
 
 
 def _packet_in_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
@@ -120,6 +179,11 @@ def _rule_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
     for rule, count in sorted(snap.get("limit_drops", {}).items()):
         dropped.add_metric([*bridge, rule], count)
     yield dropped
+    refused = CounterMetricFamily("ovsmgr_dropped_packets", "Packets drop and reject rules (and the default) "
+                                  "refused: first packets of refused connections.", labels=["bridge", "rule"])
+    for rule, (p, _) in sorted(dropped_totals(snap["stats"], snap["names"], snap.get("actions", {})).items()):
+        refused.add_metric([*bridge, rule], p)
+    yield refused
 
 
 def _gauge(name: str, doc: str, labels: list[str], values: list[str], value: float) -> GaugeMetricFamily:

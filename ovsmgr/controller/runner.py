@@ -298,8 +298,10 @@ class Controller:
             "flows": len(self.engine.entries), "reload_failures": s.reload_failures,
             "update_failures": s.update_failures, "counters": self.counters, "stats": self.fresh_stats(),
             "names": self.engine.names, "zone": policy.ct_zone, "limit_drops": self._limit_drops(),
+            "actions": self.engine.rule_actions(),
             "conntrack": conntrack_entries(self.options.target.appctl(), policy.ct_zone),
             "backends": self.health.report(),
+            "conntrack_limit": policy.max_connections, "change_durations": s.change_durations,
         }
 
 

@@ -324,6 +324,7 @@ class RuntimeUpdates:
     def _result(self, counts: dict[str, int], recompiled: int, started: float) -> ChangeResult:
         seconds = time.monotonic() - started
         self.status.last_change_seconds = seconds
+        self.status.change_durations.observe(seconds)
         return ChangeResult(self.status.generation, counts, recompiled, seconds)
 
     # --- group commit ---------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""Controller metrics from a snapshot: what the Grafana dashboard reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ovsmgr.compiler.ids import rule_id
+from ovsmgr.compiler.pipeline import CookieKind, cookie
+from ovsmgr.controller.metrics import Counters, Durations, registry_for
+
+
+def _snapshot(**over: Any) -> dict[str, Any]:
+    durations = Durations()
+    for seconds in (0.004, 0.02, 0.02, 3.0, 100.0):
+        durations.observe(seconds)
+    ids = {rule_id(n): n for n in ("blocked", "lan-out", "masquerade", "try-telnet")}
+    snap = {
+        "bridge": "br0", "generation": 4, "applied_at": 1.0, "last_change_seconds": 0.02, "connected": True,
+        "flows": 10, "reload_failures": 0, "update_failures": 1, "counters": Counters(),
+        "stats": {cookie(CookieKind.FIREWALL, rule_id("blocked")): [5, 300],
+                  cookie(CookieKind.FIREWALL, rule_id("lan-out")): [7, 700],
+                  cookie(CookieKind.NAT, rule_id("masquerade")): [2, 120],
+                  cookie(CookieKind.SHADOW, rule_id("try-telnet")): [1, 60],
+                  cookie(CookieKind.DEFAULT): [3, 180]},
+        "names": ids, "actions": {rule_id("blocked"): "drop", rule_id("lan-out"): "allow", 0: "drop"},
+        "zone": 7, "conntrack": 12, "conntrack_limit": 100, "change_durations": durations,
+    }
+    return {**snap, **over}
+
+
+def _samples(snap: dict[str, Any]) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = generate_latest(registry_for(lambda: snap)).decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def test_drops_count_enforced_drop_and_reject_rules_and_the_default_only() -> None:
+    dropped = {lb["rule"]: v for lb, v in _samples(_snapshot())["ovsmgr_dropped_packets_total"]}
+    assert dropped == {"blocked": 5, "(default)": 3}
+
+
+def test_rule_packets_are_labelled_by_kind() -> None:
+    kinds = {(lb["rule"], lb["kind"]) for lb, _ in _samples(_snapshot())["ovsmgr_rule_packets_total"]}
+    assert kinds == {("blocked", "firewall"), ("lan-out", "firewall"), ("masquerade", "nat"),
+                     ("try-telnet", "shadow"), ("(default)", "default")}
+
+
+def test_change_durations_are_a_cumulative_histogram() -> None:
+    samples = _samples(_snapshot())
+    buckets = {lb["le"]: v for lb, v in samples["ovsmgr_change_duration_seconds_bucket"]}
+    assert (buckets["0.005"], buckets["0.025"], buckets["5.0"], buckets["60.0"], buckets["+Inf"]) == (1, 3, 4, 4, 5)
+    assert samples["ovsmgr_change_duration_seconds_count"][0][1] == 5
+
+
+def test_conntrack_fill_needs_a_limit() -> None:
+    assert _samples(_snapshot())["ovsmgr_conntrack_limit"][0][1] == 100
+    assert "ovsmgr_conntrack_limit" not in _samples(_snapshot(conntrack_limit=None))
