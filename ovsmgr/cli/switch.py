@@ -21,6 +21,7 @@ from ovsmgr.southbound.ovsdb import OvsdbError
 from ovsmgr.southbound.target import SwitchTarget, resolve_target
 from ovsmgr.southbound.tools import OvsToolError
 from ovsmgr.switch.apply import ApplyError, apply_policy, plan_policy
+from ovsmgr.switch.connections import ConnectionsReport, judge_connections
 from ovsmgr.switch.lockout import Endpoint, LockoutError
 from ovsmgr.switch.plan import Plan, flow_line, group_by_rule
 from ovsmgr.switch.record import read_record
@@ -108,23 +109,43 @@ def _names(target: SwitchTarget, bridge: str, current: dict[int, str]) -> dict[i
     return {**(record.rules if record else {}), **current}
 
 
+def _connections(policy: ResolvedPolicy, target: SwitchTarget, names: dict[int, str]) -> ConnectionsReport:
+    from ovsmgr.compiler import compile_policy
+
+    return judge_connections(policy, target, names, lambda: compile_policy(policy))
+
+
+def _print_connections(report: ConnectionsReport, zone: int) -> None:
+    click.echo(f"Connections: {len(report.cut)} of the {report.established} established in conntrack zone "
+               f"{zone} would be cut.")
+    for cut in report.cut:
+        click.echo(f"  x {cut.describe()}")
+
+
 @click.command()
 @policy_files
 @output_option
 @click.option("-v", "--verbose", is_flag=True, help="List every flow that would change.")
+@click.option("--connections", is_flag=True, help="Also list the established connections of the policy's "
+              "conntrack zone that the change would cut (each run through the new policy in the simulator).")
 @target_options
-def plan(files: tuple[str, ...], output: str, verbose: bool, target: SwitchTarget) -> None:
+def plan(files: tuple[str, ...], output: str, verbose: bool, connections: bool, target: SwitchTarget) -> None:
     """Show what applying FILES would change. Exit 0: nothing; 2: changes; 1: error."""
     policy = _loaded(files)
     result, current = plan_policy(policy, target)
     names = _names(target, policy.bridge, current)
     shadow = [r.name for r in policy.rules if r.shadow]
+    report = _connections(policy, target, names) if connections else None
     if output == "json":
-        echo_json({**_plan_json(result, names), "shadow_rules": shadow})
+        extra = {"connections_cut": [c.to_json() for c in report.cut], "connections_established":
+                 report.established} if report is not None else {}
+        echo_json({**_plan_json(result, names), "shadow_rules": shadow, **extra})
     else:
         _print_plan(result, names, verbose)
         if shadow:
             click.echo(f"Shadow rules (counted and logged, not enforced): {', '.join(shadow)}")
+        if report is not None:
+            _print_connections(report, policy.ct_zone)
     sys.exit(0 if result.empty else 2)
 
 
@@ -156,6 +177,10 @@ def apply(files: tuple[str, ...], output: str, full: bool, confirm_seconds: floa
     through: this SSH session, a --mgmt address, or the bridge's controllers."""
     policy = _loaded(files)
     before = _names(target, policy.bridge, {})
+    report = _connections(policy, target, before) if target.appctl() is not None else None
+    if report is not None and report.established and output != "json":
+        click.echo(f"Cuts {len(report.cut)} of the {report.established} established connections in conntrack "
+                   f"zone {policy.ct_zone} (`ovsmgr plan --connections` lists them).")
     started = time.monotonic()
     result = apply_policy(policy, target, full=full, confirm=confirm_seconds, force=force, mgmt=mgmt)
     elapsed = time.monotonic() - started
@@ -164,7 +189,9 @@ def apply(files: tuple[str, ...], output: str, full: bool, confirm_seconds: floa
         click.echo(f"ovsmgr: warning: {warning}", err=True)
     if output == "json":
         echo_json({**_plan_json(result.plan, names), "generation": result.generation,
-                   "seconds": round(elapsed, 3), "rollback_at": result.rollback_at})
+                   "seconds": round(elapsed, 3), "rollback_at": result.rollback_at,
+                   "connections": None if report is None else {"established": report.established,
+                                                                 "cut": len(report.cut)}})
         return
     _print_plan(result.plan, names, verbose)
     click.echo(f"Applied generation {result.generation} to {policy.bridge} "

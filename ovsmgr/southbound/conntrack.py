@@ -1,4 +1,4 @@
-"""Conntrack zones of a running `ovs-vswitchd`: entries per zone and per-zone limits.
+"""Conntrack zones of a running `ovs-vswitchd`: entries per zone, the zone's connections, limits.
 
 OVS 3.1 keeps zone limits out of OVSDB (3.3 adds a column) and OpenFlow has no
 conntrack statistics, so both go through the daemon's `dpctl/...` control
@@ -54,6 +54,56 @@ def zone_connections(ctl: str, zone: int) -> int:
     return int(found[1]) if found else 0
 
 
+@dataclass(frozen=True)
+class CtEntry:
+    """One connection as `dpctl/dump-conntrack` prints it. `orig` and `reply` are its two tuples
+    (`src`, `dst`, and `sport`/`dport`, or `id`/`type`/`code` for ICMP), as text."""
+
+    proto: str
+    orig: dict[str, str]
+    reply: dict[str, str]
+    zone: int
+    mark: int
+    state: str | None
+    """The TCP state (`ESTABLISHED`, ...); None for other protocols."""
+
+
+def zone_entries(ctl: str, zone: int) -> list[CtEntry]:
+    """The connections of one zone (`dpctl/dump-conntrack zone=N`)."""
+    text = appctl(ctl, "dpctl/dump-conntrack", f"zone={zone}")
+    return [entry for entry in map(parse_entry, text.splitlines()) if entry is not None and entry.zone == zone]
+
+
+def parse_entry(line: str) -> CtEntry | None:
+    """`tcp,orig=(src=..,dst=..,sport=..,dport=..),reply=(...),zone=N,mark=M,protoinfo=(state=S)`;
+    None for a line that is not a connection."""
+    fields = _key_values(line.strip())
+    if not fields or "orig" not in fields or "reply" not in fields:
+        return None
+    proto = next(iter(fields))
+    protoinfo = _key_values(fields.get("protoinfo", ""))
+    return CtEntry(proto, _key_values(fields["orig"]), _key_values(fields["reply"]), int(fields.get("zone", "0")),
+                   int(fields.get("mark", "0"), 0), protoinfo.get("state"))
+
+
+def _key_values(text: str) -> dict[str, str]:
+    """Top-level `key=value` items of a comma list, a value in parentheses kept whole (without
+    them); a bare word maps to ''."""
+    out: dict[str, str] = {}
+    depth, start = 0, 0
+    for i, char in enumerate(text + ","):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            key, _, value = text[start:i].partition("=")
+            if key:
+                out[key.strip()] = value[1:-1] if value.startswith("(") and value.endswith(")") else value
+            start = i + 1
+    return out
+
+
 def connections(ctl: str) -> int:
     """Conntrack entries of every zone together."""
     found = _TOTAL.search(appctl(ctl, "dpctl/ct-stats-show"))
@@ -68,5 +118,5 @@ def zone_usage(ctl: str, zone: int) -> ZoneUsage:
     return ZoneUsage(zone, count, limit[0] if limit else None)
 
 
-__all__ = ["OvsToolError", "ZoneUsage", "connections", "set_zone_limit", "zone_connections", "zone_limit",
-           "zone_usage"]
+__all__ = ["CtEntry", "OvsToolError", "ZoneUsage", "connections", "parse_entry", "set_zone_limit",
+           "zone_connections", "zone_entries", "zone_limit", "zone_usage"]
