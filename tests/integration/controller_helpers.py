@@ -7,15 +7,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ovsmgr.controller.client import ApiClient
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.lab.ovs import Lab
 
+T = TypeVar("T")
 OVSMGR = str(Path(sys.executable).parent / "ovsmgr")
 PROBE = [sys.executable, "-m", "ovsmgr.lab.probe"]
 STATS_FIELDS = ("cookie", "duration", "n_packets", "n_bytes", "idle_age", "hard_age")
@@ -147,3 +148,13 @@ def scrape(address: str) -> dict[str, list[tuple[dict[str, str], float]]]:
         for sample in family.samples:
             out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return out
+
+
+def eventually(check: Callable[[], T], timeout: float) -> T:
+    """`check()` until it is true or `timeout` seconds passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)

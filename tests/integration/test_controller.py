@@ -14,7 +14,7 @@ import pytest
 
 from ovsmgr.lab.ovs import LabPort
 
-from .controller_helpers import controller, flows_with_duration, probe_stream
+from .controller_helpers import controller, eventually, flows_with_duration, probe_stream
 from .traffic import converse, ping, server
 
 pytestmark = pytest.mark.integration
@@ -96,10 +96,10 @@ def test_policy_file_change_is_live_and_a_broken_file_is_refused(lab_factory, tm
     with controller(lab, [path], tmp_path) as ctl, server(lab, "outside", "tcp", 8080):
         assert not converse(lab, "inside", "tcp", OUTSIDE, 8080, timeout=1)["ok"]
         write_policy(path, "    - {name: web-only, from: inside, services: [tcp/80, tcp/8080], action: allow}")
-        assert _eventually(lambda: converse(lab, "inside", "tcp", OUTSIDE, 8080, timeout=1)["ok"], 10)
+        assert eventually(lambda: converse(lab, "inside", "tcp", OUTSIDE, 8080, timeout=1)["ok"], 10)
         flows = lab.ofctl(["dump-flows", "--no-stats"])
         path.write_text(path.read_text().replace("from: inside, services: [tcp/80, tcp/8080]", "from: nowhere"))
-        status = _eventually(lambda: _status_if(ctl, lambda s: s["reload_failures"] >= 1), 10)
+        status = eventually(lambda: _status_if(ctl, lambda s: s["reload_failures"] >= 1), 10)
         assert any("nowhere" in line for line in status["last_error"])
         assert lab.ofctl(["dump-flows", "--no-stats"]) == flows
         assert converse(lab, "inside", "tcp", OUTSIDE, 8080, timeout=2)["ok"]
@@ -126,12 +126,12 @@ def test_controller_kill_keeps_enforcing_restart_is_lossless_and_sweeps_stale_fl
             write_policy(path)
         sent = 9 / 0.01
         assert len(received) >= sent * 0.97, f"lost {sent - len(received):.0f} of {sent:.0f} probes over the restart"
-        assert _eventually(lambda: "tp_dst=25" not in lab.ofctl(["dump-flows", "table=40"]), 10)
+        assert eventually(lambda: "tp_dst=25" not in lab.ofctl(["dump-flows", "table=40"]), 10)
         assert "tp_dst=7777" not in lab.ofctl(["dump-flows", "table=40"])
         flows_before = managed_flows(lab)
         assert len(flows_before) > 30
         lab.restart_vswitchd()
-        assert _eventually(lambda: managed_flows(lab) == flows_before, 15), ctl.log()[-2000:]
+        assert eventually(lambda: managed_flows(lab) == flows_before, 15), ctl.log()[-2000:]
         assert ping(lab, "inside", OUTSIDE, count=1, deadline=5)
 
 
@@ -147,7 +147,7 @@ def test_reject_answers_with_rst_and_logged_matches_are_rate_limited(lab_factory
         with probe_stream(lab, "inside", "outside", OUTSIDE, 5353, duration=2, interval=0.005) as received:
             pass
         assert not received
-        status = _eventually(lambda: _status_if(ctl, lambda s: s["packet_ins"]["log"] >= 300), 10)
+        status = eventually(lambda: _status_if(ctl, lambda s: s["packet_ins"]["log"] >= 300), 10)
         lines = [json.loads(line) for line in match_log.read_text().splitlines()]
         assert 3 <= len(lines) <= 3 + 2 * 4, f"{len(lines)} log lines for {status['packet_ins']['log']} matches"
         assert all(line["rule"] == "logged" and line["dport"] == 5353 for line in lines)
@@ -165,14 +165,6 @@ def _status_if(ctl, predicate):  # type: ignore[no-untyped-def]
     status = ctl.api().call("GET", "/v1/status")
     return status if predicate(status) else None
 
-
-def _eventually(check, timeout: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def test_a_limited_rule_s_meter_goes_with_its_flows_and_its_drops_are_exported(lab_factory, tmp_path):
@@ -198,6 +190,6 @@ def test_a_limited_rule_s_meter_goes_with_its_flows_and_its_drops_are_exported(l
         ctl.start()
         assert "reconciled" not in ctl.log()[before:], "a restarted controller finds the meter and flows as they are"
         lab.restart_vswitchd()
-        assert _eventually(lambda: "rate=50 burst_size=5" in lab.ofctl(["dump-meters"]), 15), \
+        assert eventually(lambda: "rate=50 burst_size=5" in lab.ofctl(["dump-meters"]), 15), \
             ctl.log()[-2000:]
-        assert _eventually(lambda: "meter:" in lab.ofctl(["dump-flows", "table=40"]), 15)
+        assert eventually(lambda: "meter:" in lab.ofctl(["dump-flows", "table=40"]), 15)

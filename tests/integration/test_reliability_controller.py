@@ -22,19 +22,17 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from ovsmgr.lab.ovs import Lab
 from tests.support.soak import SOAK_POLICY, SOAK_PORTS, SoakConfig, run_soak
 
-from .controller_helpers import OVSMGR, controller, probe_stream
+from .controller_helpers import OVSMGR, controller, eventually, probe_stream
 from .traffic import converse, ping, server
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
 
 PORTS, POLICY = SOAK_PORTS, SOAK_POLICY  # the soak's two-port firewall: blocklist, a reject, allow out
 INSIDE, OUTSIDE = "10.0.0.10", "198.51.100.9"
@@ -59,7 +57,7 @@ def test_controller_unreachable_past_three_inactivity_probes_keeps_the_bridge_se
             server(lab, "outside", "tcp", 8080, timeout=300):
         assert ctl.proc is not None
         pid = ctl.proc.pid
-        row = _eventually(lambda: _row_if(lab, lambda r: r["is_connected"]), 30)
+        row = eventually(lambda: _row_if(lab, lambda r: r["is_connected"]), 30)
         assert row, f"OVS never reported the controller connected: {controller_row(lab)}"
         assert row["inactivity_probe"] == PROBE_SECONDS * 1000 and row["max_backoff"] == 1000, row
         assert row["connection_mode"] == "out-of-band", row
@@ -76,7 +74,7 @@ def test_controller_unreachable_past_three_inactivity_probes_keeps_the_bridge_se
             stopped_at = time.monotonic()
             os.kill(pid, signal.SIGSTOP)
             try:
-                row = _eventually(lambda: _row_if(lab, lambda r: not r["is_connected"]), 3 * PROBE_SECONDS + 15)
+                row = eventually(lambda: _row_if(lab, lambda r: not r["is_connected"]), 3 * PROBE_SECONDS + 15)
                 assert row, f"OVS still reports the stopped controller connected: {controller_row(lab)}"
                 assert row["status"].get("state") in ("BACKOFF", "CONNECTING"), row
                 disconnected_after = time.monotonic() - stopped_at
@@ -99,11 +97,11 @@ def test_controller_unreachable_past_three_inactivity_probes_keeps_the_bridge_se
             finally:
                 os.kill(pid, signal.SIGCONT)
             resumed_at = time.monotonic()
-            row = _eventually(lambda: _row_if(lab, lambda r: r["is_connected"]), 20)
+            row = eventually(lambda: _row_if(lab, lambda r: r["is_connected"]), 20)
             assert row, f"OVS did not reconnect to the resumed controller: {controller_row(lab)}\n{ctl.log()[-2000:]}"
             reconnected_at = time.monotonic()
             reconnected_after = reconnected_at - resumed_at
-            assert _eventually(lambda: ctl.log().count("switch br0 connected") > connects_before, 10), ctl.log()[-2000:]
+            assert eventually(lambda: ctl.log().count("switch br0 connected") > connects_before, 10), ctl.log()[-2000:]
 
         stopped = [r for r in received if stopped_at <= r["sent"] <= resumed_at]
         loss_all, gap_all = _loss(received)
@@ -118,7 +116,7 @@ def test_controller_unreachable_past_three_inactivity_probes_keeps_the_bridge_se
         assert gap_stopped <= 100, f"{gap_stopped} probes in a row lost (1 s at 100/s)"
 
         # back, and clean: nothing pushed, nothing drifted, the packet-in path works again
-        status = _eventually(lambda: _status_if(ctl, lambda s: s["connected"]), 10)
+        status = eventually(lambda: _status_if(ctl, lambda s: s["connected"]), 10)
         assert status and status["generation"] == generation, status
         assert _flows(lab) == flows_before
         text = ctl.cli("status", "br0").stdout
@@ -218,12 +216,3 @@ def _loss(received: list[dict[str, Any]]) -> tuple[float, int]:
 def _status_if(ctl, predicate):  # type: ignore[no-untyped-def]
     status = ctl.api().call("GET", "/v1/status")
     return status if predicate(status) else None
-
-
-def _eventually(check: Callable[[], T], timeout: float) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)

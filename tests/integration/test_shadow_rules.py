@@ -7,7 +7,6 @@ which allows web traffic and masquerades it.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from ovsmgr.cli.lab_probe import probe_once
 from ovsmgr.lab.ovs import LabPort
 
-from .controller_helpers import controller, free_loopback_port, scrape
+from .controller_helpers import controller, eventually, free_loopback_port, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +26,6 @@ RULE = "try-no-plain-http"
 def _shadow_packets(metrics: str) -> float:
     samples = scrape(metrics).get("ovsmgr_rule_packets_total", [])
     return sum(v for labels, v in samples if labels["rule"] == RULE and labels["kind"] == "shadow")
-
-
-def _eventually(check, timeout: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def test_the_shadow_rule_counts_and_logs_passing_traffic_and_a_flip_enforces_it(lab_factory, tmp_path):
@@ -53,7 +43,7 @@ def test_the_shadow_rule_counts_and_logs_passing_traffic_and_a_flip_enforces_it(
             out = probe_once(lab, "lan0", "wan0", "tcp/80", None, None, 3.0)
             assert out["passed"] and out["seen_as"].startswith("200.200.200.200:"), out  # untouched: lan-out + SNAT
         # each connection's first packet met FILTER (and the shadow flow); the rest passed as established
-        assert _eventually(lambda: _shadow_packets(metrics) >= 3, 10), scrape(metrics)
+        assert eventually(lambda: _shadow_packets(metrics) >= 3, 10), scrape(metrics)
         assert _shadow_packets(metrics) <= 6, "more than the SYNs (and a retransmission each) were counted"
         assert probe_once(lab, "lan0", "wan0", "tcp/443", None, None, 3.0)["passed"]
         counted = _shadow_packets(metrics)
@@ -69,7 +59,7 @@ def test_the_shadow_rule_counts_and_logs_passing_traffic_and_a_flip_enforces_it(
 
         generation = ctl.api().call("GET", "/v1/status")["generation"]
         policy.write_text(text.replace("      shadow: true\n", ""))  # the flip: now it is enforced
-        assert _eventually(lambda: ctl.api().call("GET", "/v1/status")["generation"] > generation, 15), ctl.log()
+        assert eventually(lambda: ctl.api().call("GET", "/v1/status")["generation"] > generation, 15), ctl.log()
         assert not probe_once(lab, "lan0", "wan0", "tcp/80", None, None, 2.0)["passed"]
         assert probe_once(lab, "lan0", "wan0", "tcp/443", None, None, 3.0)["passed"]
         assert json.loads(ctl.cli("status", "br0", "-o", "json").stdout)["shadow_rules"] == []
