@@ -111,15 +111,22 @@ def connections_cut(policy: ResolvedPolicy, compiled: Callable[[], CompiledPolic
 
     switch = SimulatedSwitch.from_policy(policy, compiled=compiled())
     cut = []
+    verdicts: dict[tuple[object, ...], tuple[str, str | None]] = {}
     for entry in judged:
         before = marks.get(entry.mark & CT_MARK_RULE_MASK)
         port = ingress_port(policy, entry.orig["src"], before)
         if port is None:
             continue
-        trace = _next_packet(switch, entry, port)
-        if trace.verdict != "allow":
+        # rules and NAT judge no source port: connections that differ in it alone share a verdict
+        same = (port, entry.proto, entry.mark, entry.orig["src"], entry.orig["dst"], entry.orig.get("dport"),
+                entry.orig.get("type"), entry.reply["src"], entry.reply["dst"], entry.reply.get("sport"))
+        if same not in verdicts:
+            trace = _next_packet(switch, entry, port)
+            verdicts[same] = (trace.verdict, trace.rule)
+        verdict, rule = verdicts[same]
+        if verdict != "allow":
             cut.append(CutConnection(entry.proto, entry.orig["src"], _port(entry.orig, "sport"), entry.orig["dst"],
-                                     _port(entry.orig, "dport"), before, trace.verdict, trace.rule))
+                                     _port(entry.orig, "dport"), before, verdict, rule))
     return cut
 
 
