@@ -39,6 +39,7 @@ def test_the_shadow_rule_counts_and_logs_passing_traffic_and_a_flip_enforces_it(
     with controller(lab, [policy], tmp_path, extra) as ctl:
         lab.announce()
         assert _shadow_packets(metrics) == 0
+        print(f"before: ovsmgr_rule_packets_total{{rule={RULE!r},kind='shadow'}} = 0")
         for _ in range(3):
             out = probe_once(lab, "lan0", "wan0", "tcp/80", None, None, 3.0)
             assert out["passed"] and out["seen_as"].startswith("200.200.200.200:"), out  # untouched: lan-out + SNAT
@@ -48,6 +49,8 @@ def test_the_shadow_rule_counts_and_logs_passing_traffic_and_a_flip_enforces_it(
         assert probe_once(lab, "lan0", "wan0", "tcp/443", None, None, 3.0)["passed"]
         counted = _shadow_packets(metrics)
         assert counted <= 6, "tcp/443 is not the shadow rule's"
+        print(f"after 3 tcp/80 connections that passed (SNAT to 200.200.200.200) and one tcp/443: "
+              f"ovsmgr_rule_packets_total{{rule={RULE!r},kind='shadow'}} = {counted:g}")
 
         logged = [json.loads(line) for line in match_log.read_text().splitlines()]
         ours = [line for line in logged if line["rule"] == RULE]
@@ -56,6 +59,7 @@ def test_the_shadow_rule_counts_and_logs_passing_traffic_and_a_flip_enforces_it(
         status = json.loads(ctl.cli("status", "br0", "-o", "json").stdout)
         assert [r["rule"] for r in status["shadow_rules"]] == [RULE]
         assert status["shadow_rules"][0]["packets"] >= 3
+        print("status:", status["shadow_rules"], "| a match log line:", ours[0])
 
         generation = ctl.api().call("GET", "/v1/status")["generation"]
         policy.write_text(text.replace("      shadow: true\n", ""))  # the flip: now it is enforced
