@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ def fleet_lab(lab_factory: Callable[..., Lab], tmp_path_factory: pytest.TempPath
         yield FleetLab(tmp_path_factory.mktemp("fleet"), store, labs)
     finally:
         assert not store.stop()
+        shutil.rmtree(store.dir, ignore_errors=True)
 
 
 def test_rollout_to_three_switches_each_passes_real_traffic(fleet_lab: FleetLab) -> None:

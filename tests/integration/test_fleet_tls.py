@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,7 @@ def test_the_store_over_tls_serves_a_rollout_and_refuses_unknown_certificates(
         assert result.exit_code == 0 and json.loads(result.output)[0]["applied_generation"] == 1
     finally:
         assert not store.stop()
+        shutil.rmtree(store.dir, ignore_errors=True)
 
 
 def _connect_in(lab: Lab, target: str, deadline: float) -> list[str]:
