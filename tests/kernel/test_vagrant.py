@@ -230,3 +230,114 @@ def test_bench_smoke_fails_unless_frames_reached_sink() -> None:
                    {**good, "points": [{**good["points"][0], "baseline": {"figures": {}}}]}):
         with pytest.raises(run.RunError):
             run.check_results(broken)
+
+
+def test_vagrant_failures_keep_what_failed_and_drop_the_backtrace() -> None:
+    backtrace = _script(VAGRANT / "run", "vagrant_run").BACKTRACE
+    gems = "/usr/share/rubygems-integration/all/gems"
+    dropped = [f"\tfrom {gems}/vagrant-2.3.4/lib/vagrant/action/runner.rb:89:in `block in run'",
+               f"from {gems}/fog-core-2.3.0/lib/fog/core/collection.rb:51:in `create'",
+               "<internal:kernel>:90:in `tap'",
+               f"{gems}/vagrant-2.3.4/lib/vagrant/batch_action.rb:86:in `block (2 levels) in run'"]
+    kept = [f"{gems}/fog-libvirt-0.8.0/lib/fog/libvirt/requests/compute/vm_action.rb:7:in `create': "
+            "Call to virDomainCreateWithFlags failed: internal error (Libvirt::Error)",
+            "==> dut: Starting domain.", "An error occurred while executing the action on the 'dut'"]
+    assert [line for line in dropped if backtrace.match(line)] == dropped
+    assert [line for line in kept if backtrace.match(line)] == []
+
+
+def test_run_without_a_command_prints_its_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    run = _script(VAGRANT / "run", "vagrant_run")
+    for argv in ([], ["boot"], ["--help"]):
+        assert run.main(argv) == 2
+        usage = capsys.readouterr().err
+        assert all(f"vagrant/run {command}" in usage for command in ("up", "smoke", "destroy", "vagrant"))
+
+
+def _libvirt_files(config: Path, pool: Path) -> None:
+    (config / "networks").mkdir(parents=True)
+    pool.mkdir()
+    for name in ("ovsmgr-dut", "ovsmgr-sink", "web"):  # web: some other VM
+        (config / f"{name}.xml").write_text("<domain/>")
+    for name in ("ovsmgr-gen-dut", "vagrant-libvirt", "default"):
+        (config / "networks" / f"{name}.xml").write_text("<network/>")
+    for name in ("ovsmgr-dut.img", "web.img", "ovsmgr-VAGRANTSLASH-bookworm64_vagrant_box_image_0_1_box.img"):
+        (pool / name).write_text("")
+
+
+def test_defined_finds_what_libvirt_keeps_of_the_vms_on_disk(tmp_path: Path) -> None:
+    run = _script(VAGRANT / "run", "vagrant_run")
+    config, pool = tmp_path / "qemu", tmp_path / "images"
+    _libvirt_files(config, pool)
+    ovsmgr = ["domain ovsmgr-dut", "domain ovsmgr-sink", "network ovsmgr-gen-dut", "volume ovsmgr-dut.img"]
+    assert run.defined(config, pool, ours_too=False) == ovsmgr
+    # vagrant-libvirt's management network counts only in a libvirtd of ours; the box stays
+    assert run.defined(config, pool, ours_too=True) == [*ovsmgr[:3], "network vagrant-libvirt", ovsmgr[3]]
+    assert run.defined(tmp_path / "none", tmp_path / "none") == []
+
+
+def test_running_finds_the_qemu_processes_of_the_vms(tmp_path: Path) -> None:
+    run = _script(VAGRANT / "run", "vagrant_run")
+    for pid, name in ((4321, "ovsmgr-gen"), (4400, "web"), (4500, None)):
+        (tmp_path / str(pid)).mkdir()
+        argv = ["/usr/bin/qemu-system-x86_64", "-name", f"guest={name},debug-threads=on", "-m", "1024"]
+        (tmp_path / str(pid) / "cmdline").write_bytes(
+            b"\0".join(a.encode() for a in (argv if name else ["sshd: vagrant"])) + b"\0")
+    (tmp_path / "self").mkdir()
+    assert run.running(tmp_path) == ["process 4321 (ovsmgr-gen)"]
+
+
+class _Host:
+    """What destroy() acts on, as state: whether a libvirtd answers and is ours, what libvirt has
+    defined; `remove` fails for the names in `stuck`."""
+
+    def __init__(self, daemon: bool, ours: bool, things: list[str], stuck: tuple[str, ...] = ()):
+        self.daemon, self.ours, self.things, self.stuck = daemon, ours, list(things), stuck
+        self.started = 0
+
+    def install(self, run: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(run, "libvirt_answers", lambda: self.daemon)
+        monkeypatch.setattr(run, "ours", lambda: self.ours)
+        monkeypatch.setattr(run, "start_libvirtd", self.start)
+        monkeypatch.setattr(run, "stop_libvirtd", self.stop)
+        monkeypatch.setattr(run, "vagrant", lambda *args: [])  # its destroy knows none of them
+        monkeypatch.setattr(run, "leftovers", lambda: list(self.things) if self.daemon else [])
+        monkeypatch.setattr(run, "defined", lambda *args, **kw: list(self.things))
+        monkeypatch.setattr(run, "remove", self.remove)
+        monkeypatch.setattr(run, "running", lambda: [])
+
+    def start(self, domain_type: str) -> None:
+        assert domain_type == "qemu"  # removing needs no KVM
+        self.daemon = self.ours = True
+        self.started += 1
+
+    def stop(self) -> None:
+        if self.ours:
+            self.daemon = self.ours = False
+
+    def remove(self, thing: str) -> None:
+        if thing not in self.stuck:
+            self.things.remove(thing)
+
+
+def test_destroy_after_an_interrupted_run_starts_a_libvirtd_to_remove_the_vms(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _script(VAGRANT / "run", "vagrant_run")
+    host = _Host(daemon=False, ours=True, things=["domain ovsmgr-dut", "network ovsmgr-mgmt"])
+    host.install(run, monkeypatch)
+    problems = run.destroy()
+    assert host.started == 1 and host.things == [] and not host.daemon
+    assert problems == ["vagrant destroy left domain ovsmgr-dut (removed)",
+                        "vagrant destroy left network ovsmgr-mgmt (removed)"]
+    assert run.destroy() == [] and host.started == 1  # nothing defined: no libvirtd started
+
+
+def test_destroy_says_what_it_could_not_remove(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _script(VAGRANT / "run", "vagrant_run")
+    host = _Host(daemon=True, ours=True, things=["domain ovsmgr-gen", "volume ovsmgr-gen.img"],
+                 stuck=("volume ovsmgr-gen.img",))
+    host.install(run, monkeypatch)
+    problems = run.destroy()
+    assert "could not remove volume ovsmgr-gen.img" in problems
+    assert "left behind: volume ovsmgr-gen.img" in problems  # seen on disk with the daemon gone
+    assert not host.daemon
