@@ -56,7 +56,7 @@ def received_rate(lines: list[str]) -> tuple[int, float]:
 
 
 @pytest.mark.parametrize("datapath", DATAPATHS)
-def test_a_limit_holds_its_rate_with_real_traffic(lab_factory, datapath: str) -> None:
+def test_a_limit_holds_its_rate_with_real_traffic(lab_factory, record_property, datapath: str) -> None:
     lab = lab_factory(PORTS, datapath=datapath)
     compiled = compiled_text(LIMITED)
     apply(lab, compiled)
@@ -75,6 +75,8 @@ def test_a_limit_holds_its_rate_with_real_traffic(lab_factory, datapath: str) ->
         out, _ = receiver.communicate(timeout=30)
     assert offered / SEND_SECONDS >= 3 * RATE, f"the sender offered only {offered / SEND_SECONDS:.0f}/s"
     arrived, rate = received_rate(out.splitlines())
+    record_property("offered_per_second", round(offered / SEND_SECONDS))
+    record_property("passed_per_second", round(rate, 1))  # --junitxml keeps them; nothing is printed
     assert abs(rate / RATE - 1) <= TOLERANCE, f"{rate:.0f} packets/s passed a limit of {RATE}/s ({datapath})"
     meter = switch_status(target_of(lab), "br0")["meters"]
     assert [(m["rule"], m["dropped_packets"] > 0) for m in meter] == [("udp-out", True)]
