@@ -61,6 +61,8 @@ def _toggle(name: str, key: str, values: tuple[Any, Any]):  # type: ignore[no-un
         for r in rules(data):
             if r["name"] == name:
                 r[key] = values[1] if r.get(key, values[0]) == values[0] else values[0]
+                if r.get("shadow") and r.get("limit"):
+                    r["limit"] = None  # a shadow rule takes no limit (an error): the edit makes none
     return edit
 
 
