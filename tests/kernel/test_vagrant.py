@@ -341,3 +341,17 @@ def test_destroy_says_what_it_could_not_remove(monkeypatch: pytest.MonkeyPatch) 
     assert "could not remove volume ovsmgr-gen.img" in problems
     assert "left behind: volume ovsmgr-gen.img" in problems  # seen on disk with the daemon gone
     assert not host.daemon
+
+
+def test_bench_smoke_names_policies_the_vms_have() -> None:
+    """The VMs' ovsmgr is an installed copy, with no policies/ beside it: the smoke names the
+    copies provisioning makes in /etc/ovsmgr (provision/ovsmgr.sh), one per repository policy."""
+    import yaml  # the spec loader checks the files exist: they do on dut, not here
+
+    spec = yaml.safe_load((VAGRANT / "bench-smoke.yaml").read_text())
+    pipelines = [p for exp in spec["experiments"] for p in exp.get("pipelines") or ()]
+    assert pipelines
+    for pipeline in pipelines:
+        assert pipeline.startswith("/etc/ovsmgr/"), pipeline
+        assert (REPO / "policies" / Path(pipeline).name).is_file(), pipeline
+    assert "/etc/ovsmgr/$(basename \"$policy\")" in (VAGRANT / "provision" / "ovsmgr.sh").read_text()
