@@ -1,7 +1,8 @@
 """What the device under test runs (`Config`) and how an OVS pipeline gets onto a switch.
 
-OVS pipelines are plain port-to-port forwarding, a seed policy, a policy file, or a
-generated policy of N rules, each optionally with the bench's blocklist
+OVS pipelines are plain port-to-port forwarding, a seed policy, a policy file, a generated
+policy of N rules, or the seed's own hand-written flows (`HANDWRITTEN`, pushed with
+`set_handwritten` in place of ovsmgr's flows, the bench's baseline for what ovsmgr compiles), each optionally with the bench's blocklist
 (`with_blocklist`, what the ``updates`` method changes while the load runs). Both OVS
 test beds (the embedded lab in `testbed`, a running switch in `systembed`) switch
 pipelines with `switch_pipeline`: a policy is applied by ovsmgr itself, as a difference
@@ -22,6 +23,7 @@ from typing import Any, Literal, Protocol, cast
 from ovsmgr.bench.natvariant import apply_variant
 from ovsmgr.bench.spec import NatMeter
 from ovsmgr.compiler import CompiledPolicy, compile_policy
+from ovsmgr.compiler.pipeline import COOKIE_MAGIC, COOKIE_MASK
 from ovsmgr.lab.spec import LabPort, LabSpec, lab_spec_from_policy
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.generate import Kind, generate_policy
@@ -35,6 +37,13 @@ BENCH_COOKIE = 0xBE0C
 """Cookie of the plain-forwarding flows the bench adds on top of a policy (ovsmgr ignores them)."""
 PLAIN_PRIORITY = 65535
 DEFAULT_PORTS = (LabPort("inside", 1, "10.1.0.2/16"), LabPort("outside", 2, "10.2.0.2/16"))
+HANDWRITTEN_DIR = Path(__file__).resolve().parents[2] / "bench" / "handwritten"
+HANDWRITTEN = {"seed-firewall-handwritten": ("seed-firewall.flows", None),
+               "seed-nat-handwritten": ("seed-nat.flows", "200.200.200.200")}
+"""The seed's hand-written pipelines: their flows (``ovs-ofctl add-flow`` text in `HANDWRITTEN_DIR`)
+and the address their SNAT translates to (None: no SNAT)."""
+HANDWRITTEN_PORTS = (1, 2)
+"""The ofports (inside, outside) the hand-written flows name: the default lab's."""
 BLOCKLIST = "bench-blocklist"
 """Name of the address set and of the drop rule `with_blocklist` adds to a pipeline."""
 BLOCKLIST_MEMBERS = ("203.0.113.1",)
@@ -46,7 +55,7 @@ class Config:
     """What the device under test runs.
 
     ``system``: ``ovs`` pipelines (``pipeline`` = plain | seed-firewall | seed-nat | a policy
-    file | generated) or a Linux one (linux | iptables | iptables-nft | ipset | nftables).
+    file | generated | one of `HANDWRITTEN`) or a Linux one (linux | iptables | iptables-nft | ipset | nftables).
     """
 
     system: str
@@ -149,8 +158,33 @@ def compiled_for(config: Config) -> tuple[CompiledPolicy, float]:
     return _compiled(config.pipeline, config.rules, config.rule_kind, config.blocklist)
 
 
+def handwritten_flows(pipeline: str) -> list[str]:
+    """The flows of a hand-written pipeline, one ``ovs-ofctl add-flows`` line each, with the bench's
+    cookie added (they are removed by it after); comments and blank lines left out."""
+    if pipeline not in HANDWRITTEN:
+        raise ValueError(f"{pipeline!r} is not a hand-written pipeline ({', '.join(HANDWRITTEN)})")
+    path = HANDWRITTEN_DIR / HANDWRITTEN[pipeline][0]
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [f"cookie={BENCH_COOKIE:#x},{line}" for line in lines if line and not line.startswith("#")]
+
+
+def set_handwritten(ofctl: Callable[..., str], pipeline: str, ofports: tuple[int, int]) -> None:
+    """Replace what runs on the bridge by a hand-written pipeline: the bench's flows and ovsmgr's
+    (selected by cookie) are deleted, and the next policy is applied as a difference against the
+    table without them. The flows name ofports 1 and 2; other test beds are refused."""
+    if ofports != HANDWRITTEN_PORTS:
+        raise ValueError(f"{pipeline}: the hand-written flows name ofports {HANDWRITTEN_PORTS}, "
+                         f"the test bed's generator and sink are {ofports}")
+    flows = handwritten_flows(pipeline)
+    ofctl(["del-flows", f"cookie={BENCH_COOKIE:#x}/-1"])
+    ofctl(["del-flows", f"cookie={COOKIE_MAGIC << 48:#x}/{COOKIE_MASK:#x}"])
+    ofctl(["add-flows", "-"], input="".join(f"{flow}\n" for flow in flows))
+
+
 class _PipelineSwitch(Protocol):
     target: SwitchTarget
+    gen_ofport: int
+    sink_ofport: int
     nat_address: str | None
     nat_ports: int
     """Source ports the current pipeline's first SNAT rule can give out per destination:
@@ -170,6 +204,11 @@ def switch_pipeline(bed: _PipelineSwitch, config: Config) -> tuple[dict[str, Any
     bed.nat_address, bed.nat_ports = None, 0
     if config.pipeline == "plain":
         bed._plain(True)
+        return info, False
+    if config.pipeline in HANDWRITTEN:
+        set_handwritten(bed.ofctl, config.pipeline, (bed.gen_ofport, bed.sink_ofport))
+        bed.nat_address = HANDWRITTEN[config.pipeline][1]
+        info["flows"] = len(handwritten_flows(config.pipeline))
         return info, False
     compiled, compile_s = compiled_for(config)
     bed._plain(False)

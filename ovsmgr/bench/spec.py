@@ -21,8 +21,9 @@ there. Rates are ``N``/``Npps``/``Nkpps``/``NMpps`` (packets per second) or
 ``NMbit``/``NGbit`` (frame bits per second, frame size including the FCS, no
 inter-frame gap, as in the seed). Methods and what they take are the models of
 `ovsmgr.bench.specmodel` (schema/ovsmgr-bench.schema.json); pipelines are ``plain``
-(OVS forwarding port to port), ``seed-firewall``, ``seed-nat``, or a policy file
-(``*.yaml``); systems (method
+(OVS forwarding port to port), ``seed-firewall``, ``seed-nat`` (the seed policies compiled
+by ovsmgr), ``seed-firewall-handwritten``, ``seed-nat-handwritten`` (the seed's own flows), or a
+policy file (``*.yaml``); systems (method
 ``rules``) are ``ovsmgr`` and the Linux baselines in ``LINUX_SYSTEMS``. Method
 ``updates`` measures the NDR of a pipeline while ``update_rate`` runtime changes
 per second (``update_kind``: address-set members, rules enabled and disabled, or
@@ -49,7 +50,9 @@ System = Literal["ovsmgr", LinuxSystem]
 SYSTEMS: tuple[System, ...] = get_args(System)
 RuleKind = Literal["dport", "src", "mixed"]
 RULE_KINDS: tuple[RuleKind, ...] = get_args(RuleKind)
-SEED_PIPELINES = ("plain", "seed-firewall", "seed-nat")
+SEED_PIPELINES = ("plain", "seed-firewall", "seed-nat", "seed-firewall-handwritten", "seed-nat-handwritten")
+"""Pipelines named, not files: plain forwarding, the seed policies (compiled by ovsmgr) and the
+seed's own hand-written flows (`ovsmgr.bench.pipelines.HANDWRITTEN`)."""
 Measure = Literal["ndr", "tcp", "cps", "cost"]
 MEASURES: tuple[Measure, ...] = get_args(Measure)
 UpdateKind = Literal["set", "rule", "mixed"]

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
+from ovsmgr.bench.pipelines import HANDWRITTEN
 from ovsmgr.bench.spec import (
     SEED_PIPELINES,
     BenchSpec,
@@ -192,6 +193,11 @@ def _check_experiment(exp: Experiment, raw: dict[str, Any], path: Path_, source:
     if exp.method == "updates" and "plain" in exp.pipelines:
         diag.error(source.span((*path, "pipelines")),
                    "plain forwarding has no firewall to change: updates need a policy")
+    handwritten = [p for p in exp.pipelines if p in HANDWRITTEN]
+    if handwritten and (exp.method in ("updates", "flood") or exp.nat_meter or exp.nat_flags):
+        diag.error(source.span((*path, "pipelines")),
+                   f"{handwritten[0]} is fixed hand-written flows: no policy for updates, floods, "
+                   "nat_meter or nat_flags to change")
     _check_ndr(exp.settings.ndr, (*path, "ndr"), raw, source, diag)
 
 

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from ovsmgr.bench.pipelines import BENCH_COOKIE, set_handwritten, set_plain
 from ovsmgr.lab.ovs import LabPort
 
 from .switch import apply, compiled_file, counter
@@ -31,6 +32,26 @@ def test_seed_firewall_inside_opens_outside_cannot(lab_factory):
     with server(lab, "inside", "udp", 8081):
         assert not converse(lab, "outside", "udp", "10.0.0.10", 8081)["ok"]
     assert not ping(lab, "outside", "10.0.0.10")
+
+
+def test_seed_hand_written_firewall_as_the_bench_pushes_it(lab_factory):
+    """The bench's baseline, the seed's own flows (bench/handwritten/), in place of ovsmgr's:
+    inside opens, outside cannot, and the bench's cookie takes them all away again."""
+    lab = lab_factory(SEED_PORTS)
+    apply(lab, compiled_file("seed-firewall.yaml"))
+    set_handwritten(lab.ofctl, "seed-firewall-handwritten", (1, 2))
+    cookies = {line.split(",")[0].strip() for line in lab.ofctl(["dump-flows"]).splitlines() if "cookie=" in line}
+    assert cookies == {f"cookie={BENCH_COOKIE:#x}"}, cookies  # ovsmgr's flows are gone
+    assert ping(lab, "inside", "198.51.100.9", count=2)
+    for proto in ("tcp", "udp"):
+        with server(lab, "outside", proto, 8080):
+            reply = converse(lab, "inside", proto, "198.51.100.9", 8080)
+        assert reply["ok"], reply
+        with server(lab, "inside", proto, 8081):
+            assert not converse(lab, "outside", proto, "10.0.0.10", 8081)["ok"]
+    assert not ping(lab, "outside", "10.0.0.10")
+    set_plain(lab.ofctl, False, (1, 2))
+    assert "cookie=" not in lab.ofctl(["dump-flows"])
 
 
 def test_invalid_tcp_is_dropped_even_from_the_allowed_side(lab_factory):
