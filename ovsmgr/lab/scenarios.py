@@ -28,7 +28,7 @@ What a real host would do is modelled only as far as the switch can tell:
 Verdict: `allow` when the frame arrived at some host, else `drop`. A `reject`
 needs the controller to answer, and none runs here, so it looks like a drop.
 The deciding rule is read from the switch: the FILTER flow whose packet count
-went up (datapath flows are deleted before each step so the packet is a miss
+went up, shadow rules' flows left out (datapath flows are deleted before each step so the packet is a miss
 upcall, which credits flow statistics at once), else the rule whose fingerprint
 is the ct_mark of the connection the delivered packet belongs to.
 """
@@ -271,7 +271,8 @@ class ScenarioLab:
     # --- the deciding rule, read from the switch ------------------------------------------------
     def _real_rule(self, out: _Outgoing, arrivals: list[Arrival]) -> str | None:
         counts = self._filter_counts()
-        hits = [key for key, n in counts.items() if n > self._counts.get(key, 0)]
+        hits = [key for key, n in counts.items() if n > self._counts.get(key, 0)
+                and cookie_parts(key[0])[1] != CookieKind.SHADOW]  # a shadow rule counts, never decides
         self._counts = counts
         if hits:
             return self._rule_of_cookie(max(hits, key=lambda k: k[1])[0])
