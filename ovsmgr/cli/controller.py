@@ -47,11 +47,11 @@ def controller(files: tuple[str, ...], listen: str | None, api: str | None, metr
                health_netns: str | None, target: SwitchTarget) -> None:
     """Run the controller for FILES: keep the bridge in line, take runtime changes, answer rejects,
     check the health of load-balanced DNAT backends."""
-    from ovsmgr.controller.health import netns_path
     from ovsmgr.controller.runner import Controller, Options
+    from ovsmgr.lab.netns import NETNS_DIR
 
-    if health_netns is not None and not netns_path(health_netns).exists():
-        fail(f"--health-netns {health_netns}: no such network namespace ({netns_path(health_netns)})")
+    if health_netns is not None and not (NETNS_DIR / health_netns).exists():
+        fail(f"--health-netns {health_netns}: no such network namespace ({NETNS_DIR / health_netns})")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = Options(list(files), target, listen, api, metrics, stats_interval, log_rate, log_burst, match_log,

@@ -16,23 +16,21 @@ set of backends that are down.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import logging
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from ovsmgr.lab import netns
+from ovsmgr.lab.spec import LabError
 from ovsmgr.policy.ir import IPAddress, NatRule
 
 log = logging.getLogger("ovsmgr.controller")
 BackendKey = tuple[str, IPAddress, int | None]
 """(rule name, backend address, backend port as written): one backend of one rule."""
-CLONE_NEWNET = 0x4000_0000
 
 
 def apply_health(nat: Iterable[NatRule], down: frozenset[BackendKey]) -> tuple[NatRule, ...]:
@@ -101,8 +99,8 @@ class HealthChecker:
         """The checker's thread: enters `netns` (this thread only), then checks until `stop`."""
         if self.netns is not None:
             try:
-                enter_netns(self.netns)
-            except OSError as exc:
+                netns.enter(self.netns)
+            except LabError as exc:
                 log.error("backend health checks cannot run in network namespace %s: %s; every backend stays "
                           "in its group", self.netns, exc)
                 return
@@ -175,20 +173,4 @@ def tcp_connect(address: IPAddress, port: int | None, timeout: float) -> str | N
         return exc.strerror or type(exc).__name__
 
 
-def netns_path(name: str) -> Path:
-    """Where `ip netns` keeps network namespace `name`."""
-    return Path("/run/netns") / name
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread (only it) into network namespace `name`."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(netns_path(name), os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into network namespace {name}")
-    finally:
-        os.close(fd)
-
-
-__all__ = ["BackendHealth", "BackendKey", "HealthChecker", "apply_health", "checked_port", "netns_path"]
+__all__ = ["BackendHealth", "BackendKey", "HealthChecker", "apply_health", "checked_port"]

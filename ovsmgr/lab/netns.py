@@ -34,16 +34,24 @@ def setns(fd: int, what: str) -> None:
         raise LabError(f"cannot enter network namespace {what}: {os.strerror(errno)}")
 
 
+def enter(netns: str) -> None:
+    """Move this thread into the named namespace (for good: `entered` comes back)."""
+    try:
+        target = os.open(NETNS_DIR / netns, os.O_RDONLY)
+    except OSError as exc:
+        raise LabError(f"cannot enter network namespace {netns}: {exc.strerror}") from None
+    try:
+        setns(target, netns)
+    finally:
+        os.close(target)
+
+
 @contextlib.contextmanager
 def entered(netns: str) -> Iterator[None]:
     """This thread inside the named namespace for the block, back in its own afterwards."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(NETNS_DIR / netns, os.O_RDONLY)
-        try:
-            setns(target, netns)
-        finally:
-            os.close(target)
+        enter(netns)
         try:
             yield
         finally:
