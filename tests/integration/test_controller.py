@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ovsmgr.lab.ovs import LabPort
 
-from .controller_helpers import controller, eventually, flows_with_duration, probe_stream
+from .controller_helpers import (
+    controller,
+    eventually,
+    flows_with_duration,
+    free_loopback_port,
+    probe_stream,
+    scrape,
+)
 from .traffic import converse, ping, server
 
 pytestmark = pytest.mark.integration
@@ -173,18 +178,16 @@ def test_a_limited_rule_s_meter_goes_with_its_flows_and_its_drops_are_exported(l
     what it dropped."""
     lab = lab_factory(PORTS)
     path = write_policy(tmp_path / "p.yaml", ALLOW_OUT.replace("action: allow}", "action: allow, limit: 50/s}"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with controller(lab, [path], tmp_path, ["--metrics", f"127.0.0.1:{port}"]) as ctl:
+    metrics = f"127.0.0.1:{free_loopback_port()}"
+    with controller(lab, [path], tmp_path, ["--metrics", metrics]) as ctl:
         meters = lab.ofctl(["dump-meters"])
         assert "pktps" in meters and "rate=50 burst_size=5" in meters, meters
         with probe_stream(lab, "inside", "outside", OUTSIDE, 9000, duration=2, interval=0.002) as received:
             pass
         assert 0 < len(received) < 1000 / 2, f"{len(received)} of 1,000 datagrams passed a limit of 50/s"
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        dropped = re.search(r'ovsmgr_limit_dropped_packets_total\{bridge="br0",rule="allow-out"\} (\S+)', text)
-        assert dropped and float(dropped[1]) > 500, text[-3000:]
+        samples = scrape(metrics).get("ovsmgr_limit_dropped_packets_total", [])
+        dropped = [value for labels, value in samples if labels == {"bridge": "br0", "rule": "allow-out"}]
+        assert dropped and dropped[0] > 500, samples
         ctl.kill(signal.SIGKILL)
         before = len(ctl.log())
         ctl.start()
