@@ -105,7 +105,7 @@ def apply_variant(ofctl: Callable[..., str], compiled: CompiledPolicy, meter: Na
     returns the number of flows added or replaced."""
     flows = variant_flows(compiled, meter, flags, bench_cookie)
     if meter is not None:
-        ofctl(["del-meters"])
+        ofctl(["del-meters", f"meter={METER_ID}"])  # its own meter only: ovsmgr's (limit:) stay
         ofctl(meter_command(meter))
     if flows:
         ofctl(["add-flows", "-"], input="".join(f"{line}\n" for line in flows))
