@@ -34,8 +34,10 @@ pytestmark = pytest.mark.integration
 
 PORTS = (LabPort("inside", 1, "10.0.0.10/24"), LabPort("outside", 2, "198.51.100.9/24"))
 NAT_PORTS = (20000, 20999)
-LIMIT = 900
-"""Below the 1,000 source ports of `NAT_PORTS`: the zone is full before they run out."""
+LIMIT = 500
+"""Half the 1,000 source ports of `NAT_PORTS`: the zone is full long before they run out. (At 900
+OVS sometimes logged the exhaustion anyway: it tries a bounded number of ports from a hashed
+start, and 90 % of a small range in use leaves runs of taken ports longer than that.)"""
 NEW_PER_SECOND = 100
 """The NAT rule's `limit:`: FLOOD_SECONDS of it (and its burst) stay below the 1,000 ports."""
 FLOOD_SECONDS = 3
