@@ -32,7 +32,9 @@ from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.apply import apply_policy
 from ovsmgr.switch.settings import snat_source_ports
 
-POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
+POLICY_DIRS = (Path(__file__).resolve().parents[2] / "policies", Path("/etc/ovsmgr"))
+"""Where the seed pipelines' policies are looked up, in order: the repository's policies/ (ovsmgr
+run from a checkout), then /etc/ovsmgr (an installed ovsmgr; the test VMs put them there)."""
 BENCH_COOKIE = 0xBE0C
 """Cookie of the plain-forwarding flows the bench adds on top of a policy (ovsmgr ignores them)."""
 PLAIN_PRIORITY = 65535
@@ -89,11 +91,14 @@ class Config:
         return f"{self.system} {self.rule_kind} x{self.rules}"
 
 
-def seed_policy_path(name: str) -> Path:
-    path = POLICY_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} (the seed policies live in the repository's policies/)")
-    return path
+def seed_policy_path(name: str, dirs: tuple[Path, ...] = POLICY_DIRS) -> Path:
+    """The policy file of seed pipeline ``name``: the first ``NAME.yaml`` in `POLICY_DIRS`."""
+    for directory in dirs:
+        path = directory / f"{name}.yaml"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"seed pipeline {name}: no {name}.yaml in {' or '.join(str(d) for d in dirs)} "
+                            "(name the policy file by path instead)")
 
 
 def pipeline_data(pipeline: str) -> dict[str, Any]:

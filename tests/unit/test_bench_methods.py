@@ -23,6 +23,7 @@ from ovsmgr.bench.pipelines import (
     Config,
     pipeline_data,
     policy_text,
+    seed_policy_path,
     with_blocklist,
 )
 from ovsmgr.bench.runner import ordered_groups
@@ -412,3 +413,19 @@ def test_queued_changes_are_submitted_on_schedule_without_waiting_for_answers() 
     assert [i for i, _ in submitted] == list(range(len(submitted))) and len(submitted) == 50
     assert all(at == pytest.approx(i / 50) for i, at in submitted)  # none held up by an answer
     assert f["updates_applied"] == 50 and f["updates_failed"] == 0 and f["update_flow_mods"] == 100
+
+
+def test_seed_pipelines_are_found_in_the_first_directory_that_has_them(tmp_path: Path) -> None:
+    checkout, etc = tmp_path / "policies", tmp_path / "etc"
+    checkout.mkdir()
+    etc.mkdir()
+    (etc / "seed-nat.yaml").write_text("version: 1\n")
+    assert seed_policy_path("seed-nat", (checkout, etc)) == etc / "seed-nat.yaml"
+    (checkout / "seed-nat.yaml").write_text("version: 1\n")
+    assert seed_policy_path("seed-nat", (checkout, etc)) == checkout / "seed-nat.yaml"
+    with pytest.raises(FileNotFoundError, match=f"no seed-firewall.yaml in {checkout} or {etc}"):
+        seed_policy_path("seed-firewall", (checkout, etc))
+
+
+def test_a_checkout_uses_its_own_seed_policies() -> None:
+    assert seed_policy_path("seed-firewall") == Path(__file__).resolve().parents[2] / "policies" / "seed-firewall.yaml"
