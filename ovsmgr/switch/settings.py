@@ -83,29 +83,41 @@ SYN_SENT_SECONDS = {"system": 120, "netdev": 30, "dpdk": 30}
 zone's `tcp_syn_sent` timeout says otherwise (Linux's nf_conntrack default; OVS's userspace one)."""
 
 
+PORT_SHARE = 0.5
+"""The share of an SNAT rule's source ports per destination a zone may fill and still never see a
+failed search: at most half. OVS 3.1's userspace NAT (like Linux's) tries 128 ports from a hashed
+start, then 64, 32 and 16 from random ones, and gives up after those 240 lookups; its picks cluster,
+so a zone nearly as large as the ports still ends in searches that fail
+(tests/integration/test_reliability_nat_flood.py: a limit at 90 % of the ports did, at half it
+never did)."""
+
+
 def snat_exhaustion_warnings(policy: ResolvedPolicy) -> list[str]:
     """SNAT rules whose source ports a flood to one destination can exhaust before the zone is full.
 
-    Once they are exhausted, ovs-vswitchd's userspace conntrack searches the port range (up to 240
-    lookups) for every new connection it cannot translate: a flood of SYNs to one destination then
+    Once they are nearly used up, ovs-vswitchd's userspace conntrack searches the port range (up to
+    240 lookups) for every new connection and fails: a flood of SYNs to one destination then
     starves the established traffic through the switch (docs/bench.md, "NAT under connection
-    floods"). A zone limit below the rule's ports refuses new connections before any search; a
-    `limit:` on the rule keeps a flood from filling them, if its rate over the time an unanswered
-    SYN stays in conntrack is below them."""
+    floods"). A zone limit of at most `PORT_SHARE` of the rule's ports refuses new connections
+    before any search fails; a `limit:` on the rule keeps a flood from filling them, if its rate
+    over the time an unanswered SYN stays in conntrack is below them."""
     limit = policy.max_connections
     syn_sent = dict(policy.ct_timeouts).get("tcp_syn_sent", SYN_SENT_SECONDS.get(policy.datapath, 120))
     out = []
     for rule in policy.nat:
         ports = snat_source_ports(rule) if rule.kind == "snat" else 0
+        safe = int(ports * PORT_SHARE)
         capped = rule.limit is not None and rule.limit.rate * syn_sent < ports
-        if ports and not capped and (limit is None or limit >= ports):
-            have = "is not set" if limit is None else f"{limit:,} is not below that"
+        if ports and not capped and (limit is None or limit > safe):
+            have = "is not set" if limit is None else f"{limit:,} is too close to that"
             out.append(f"SNAT rule {rule.name} has {ports:,} source ports per destination and "
                        f"conntrack.max_connections {have}: a flood of new connections to one destination "
-                       f"exhausts them, and then every new connection costs a search of the port range "
-                       f"that starves established traffic; a limit below {ports:,} refuses them instead, "
-                       f"or a limit: on the rule below {ports // syn_sent:,}/s new connections keeps them "
-                       f"from filling ({syn_sent} s of unanswered SYNs)")
+                       f"fills them, and OVS's NAT searches a bounded number of ports and gives up before "
+                       f"they are all taken, so every new connection then costs a failed search of the port "
+                       f"range that starves established traffic; keep max_connections well below the ports, "
+                       f"at most {safe:,} (half), so the zone refuses them first, or put a limit: on the rule "
+                       f"below {ports // syn_sent:,}/s new connections to keep them from filling "
+                       f"({syn_sent} s of unanswered SYNs)")
     return out
 
 

@@ -65,7 +65,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "masquerade (ports: 1024-65535): the client's source port": Differs("kept", "replaced", NAT_PORTS),
         "lan -> wan tcp/443, udp/53, ping; lan -> dmz tcp/80; wan -> 8080 forwarded to dmz:80": "answered",
         "smtp out, ssh lan -> dmz, blocklisted forward, wan -> dmz, ssh from wan, dmz -> lan": "no answer",
-        "ovsmgr status: zone 10's limit": 60000,
+        "ovsmgr status: zone 10's limit": 30000,
     },
     "cut-on-rule-removal": {
         "open session across an apply changing another rule": "kept",

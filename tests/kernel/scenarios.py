@@ -241,7 +241,7 @@ def gateway(ctx: Context) -> str:
                  "no answer")
         # conntrack.max_connections: set through dpctl/ct-set-limits on both datapaths.
         usage = status_conntrack(bed)
-        check(usage["limit"] == 60000, f"zone limit not in force: {usage}")
+        check(usage["limit"] == 30000, f"zone limit not in force: {usage}")
         ctx.fact("ovsmgr status: zone 10's limit", usage["limit"])
         # What the two counts are (closed connections or not) is zone-limit's to show: here
         # the UDP and ICMP entries may time out between the two readings.

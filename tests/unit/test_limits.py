@@ -194,6 +194,34 @@ def test_metrics_count_each_limit_s_drops_by_rule() -> None:
     assert registry.get_sample_value("ovsmgr_limit_dropped_packets_total", {"bridge": "br0", "rule": "web"}) == 42
 
 
+@pytest.mark.parametrize(("max_connections", "warns"), [
+    (64512, True), (60000, True), (50000, True), (32257, True), (32256, False), (30000, False), (1000, False)])
+def test_the_warning_fires_while_the_zone_limit_is_close_to_the_nat_s_ports(max_connections: int,
+                                                                             warns: bool) -> None:
+    """OVS's NAT gives up its search before the ports are all taken: a zone limit of 60,000 of the
+    64,512 ports does not keep a one-destination flood from failed searches, half of them does."""
+    seed = (Path(__file__).resolve().parents[2] / "policies" / "seed-nat.yaml").read_text()
+    found = snat_exhaustion_warnings(load_policy_text(seed.replace(
+        "  zone: 1", f"  zone: 1\n  max_connections: {max_connections}")))
+    if not warns:
+        assert found == []
+        return
+    (warning,) = found
+    assert f"conntrack.max_connections {max_connections:,} is too close to that" in warning
+    assert "keep max_connections well below the ports, at most 32,256 (half)" in warning
+    assert "gives up before they are all taken" in warning
+
+
+def test_no_example_policy_keeps_a_zone_limit_close_to_its_nat_s_ports() -> None:
+    """The examples show the advice they would get from apply: a zone limit at most half an SNAT
+    rule's ports (gateway.yaml gave 60,000 of 64,512)."""
+    policies = Path(__file__).resolve().parents[2] / "policies"
+    for path in sorted(policies.glob("*.yaml")):
+        policy = load_policy_text(path.read_text())
+        if policy.max_connections is not None:
+            assert snat_exhaustion_warnings(policy) == [], path.name
+
+
 def test_a_nat_limit_that_keeps_one_destination_s_ports_from_filling_silences_the_warning() -> None:
     seed = (Path(__file__).resolve().parents[2] / "policies" / "seed-nat.yaml").read_text()
 
