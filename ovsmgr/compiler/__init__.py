@@ -12,7 +12,7 @@ from ovsmgr.compiler.stages.filter import DEFAULT_RULE, compile_filter
 from ovsmgr.compiler.stages.hairpin import compile_hairpin
 from ovsmgr.compiler.stages.helpers import rule_helpers, used_helpers, with_helper_commits
 from ovsmgr.compiler.stages.limits import compile_meters
-from ovsmgr.compiler.stages.nat import compile_nat, compile_output
+from ovsmgr.compiler.stages.nat import compile_nat, compile_nat_count, compile_output
 from ovsmgr.compiler.stages.track import compile_conntrack, compile_egress, compile_state
 from ovsmgr.compiler.stages.twozones import compile_second_zone
 from ovsmgr.policy.gcpause import gc_paused
@@ -66,6 +66,7 @@ def _compile(policy: ResolvedPolicy, helpers: tuple[str, ...] | None) -> Compile
         compile_second_zone(policy),
         compile_output(policy),
         compile_hairpin(policy),
+        compile_nat_count(policy),
     ):
         flowset.extend(flows)
     for group in nat.groups:

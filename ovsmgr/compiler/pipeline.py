@@ -62,6 +62,12 @@ class Table(IntEnum):
     connection translated in both zones (ct_label) first get their second translation. A packet
     whose new destination lies in the networks of the one-port zone it came from goes back out of
     the port it came in by (hairpin NAT)."""
+    NAT_COUNT = 68
+    """Count the packets of each NAT rule (one flow per rule and zone, its own cookie): resubmitted to
+    wherever a packet leaves a translating conntrack pass (OUTPUT_TRANSLATED, the SNAT_AFTER_DNAT
+    rules, CONNTRACK's replies from the second zone), it matches the zone and the NAT rule id the
+    connection carries in ct_label and does nothing else, so its flow statistics are the rule's
+    packets and bytes in both directions."""
     MAC_BINDING = 70
     """Learned address-to-MAC bindings, from ARP (and, with IPv6 NAT, neighbour solicitations and
     advertisements) seen by CLASSIFY (only flows the switch learns)."""
@@ -91,7 +97,7 @@ TABLES: dict[Table, TableSpec] = {
     ),
     Table.ND_ANSWER: TableSpec(frozenset({"dl_type", "nw_proto", "icmp_type"}), frozenset()),
     Table.CONNTRACK: TableSpec(frozenset({"dl_type", "ct_state", "ct_zone", "nw_dst", "ipv6_dst"}),
-                               frozenset({Table.EGRESS, Table.CONNTRACK})),
+                               frozenset({Table.EGRESS, Table.CONNTRACK, Table.NAT_COUNT})),
     Table.EGRESS: TableSpec(frozenset({"in_port", "dl_type", "nw_dst", "ipv6_dst"}), frozenset({Table.STATE})),
     # A helper's related connection is committed here, a translated one recirculating like NAT's.
     Table.STATE: TableSpec(_CT | frozenset({"dl_type", "nw_proto", "nw_frag", "tcp_flags"}),
@@ -102,10 +108,12 @@ TABLES: dict[Table, TableSpec] = {
     # next table sees the translated packet and can set the receiver's MAC.
     Table.NAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}),
                          frozenset({Table.OUTPUT, Table.OUTPUT_TRANSLATED, Table.SNAT_AFTER_DNAT})),
-    Table.SNAT_AFTER_DNAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}), frozenset({Table.OUTPUT_TRANSLATED})),
+    Table.SNAT_AFTER_DNAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}),
+                                     frozenset({Table.OUTPUT_TRANSLATED, Table.NAT_COUNT})),
     Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.OUTPUT_TRANSLATED})),
     Table.OUTPUT_TRANSLATED: TableSpec(_REGS | _CT | frozenset({"dl_type", "nw_dst", "ipv6_dst"}),
-                                       frozenset({Table.MAC_BINDING, Table.OUTPUT_TRANSLATED})),
+                                       frozenset({Table.MAC_BINDING, Table.OUTPUT_TRANSLATED, Table.NAT_COUNT})),
+    Table.NAT_COUNT: TableSpec(frozenset({"ct_zone", "ct_label"}), frozenset()),
     Table.MAC_BINDING: TableSpec(frozenset({"dl_type", "nw_dst", "ipv6_dst"}), frozenset(), learned_by=Table.CLASSIFY),
 }
 
@@ -136,7 +144,9 @@ REG_HELPER = RegField("reg5", "Conntrack helper (ALG) the allowing rule asks for
                       "21 ftp, 69 tftp; NAT's commits take it.")
 REG_SHADOW = RegField("reg6", "Shadow rules passed: bit k set when the k-th shadow rule (in written order) or one "
                       "after it has counted the packet, so the resubmit to FILTER finds the rules below it.")
-REGISTERS = (REG_FROM_ZONE, REG_TO_ZONE, REG_OUT_PORT, REG_RULE, REG_FLAGS, REG_HELPER, REG_SHADOW)
+REG_NAT_RULE = RegField("reg7", "Id of the NAT rule a translating commit translates with (its rule id); copied to "
+                        "ct_label[32..63] at commit.")
+REGISTERS = (REG_FROM_ZONE, REG_TO_ZONE, REG_OUT_PORT, REG_RULE, REG_FLAGS, REG_HELPER, REG_SHADOW, REG_NAT_RULE)
 
 HELPER_ALGS = {"ftp": 21, "tftp": 69}
 """`ct(alg=...)` as OpenFlow carries it: the helper's well-known port."""
@@ -151,6 +161,11 @@ CT_MARK_TRANSLATED = 1 << 31
 CT_MARK_RULE_MASK = (1 << 31) - 1
 CT_LABEL_SECOND_ZONE = 1
 """ct_label bit 0: the connection is translated in the second zone too (SNAT after DNAT)."""
+CT_LABEL_NAT_RULE = (32, 63)
+"""ct_label bits 32..63: the id of the NAT rule that translated the connection in this zone (0: none);
+in the second zone, the SNAT rule that followed a DNAT."""
+CT_LABEL_NAT_RULE_SHIFT = CT_LABEL_NAT_RULE[0]
+CT_LABEL_NAT_RULE_MASK = 0xFFFF_FFFF << CT_LABEL_NAT_RULE_SHIFT
 
 TCP_FLAG_BITS: dict[str, int] = {
     "fin": 0x001, "syn": 0x002, "rst": 0x004, "psh": 0x008, "ack": 0x010, "urg": 0x020, "ece": 0x040,
@@ -190,6 +205,9 @@ class CookieKind(IntEnum):
     id is the group id, which `names` maps to the rule)."""
     SHADOW = 7
     """Flows of a shadow rule: they count and log matches, the rules below decide."""
+    NAT_COUNT = 8
+    """A NAT rule's counting flow in NAT_COUNT: its statistics are the rule's translated packets and
+    bytes (both directions), apart from the NAT rule's own flows, which meet first packets only."""
 
 
 METER_IDS = range(0x8000_0000, 0xFFFF_0000)
@@ -250,6 +268,8 @@ class Priority(IntEnum):
     OUTPUT_SECOND_ZONE = 250
     OUTPUT_UNTRANSLATED = 300
     OUTPUT_INVALID = 400
+    NAT_COUNT_RULE = 100
+    TRACK_SECOND_ZONE_REPLY = 120
     MAC_BINDING_LEARNED = 100
 
 

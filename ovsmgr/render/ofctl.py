@@ -50,7 +50,7 @@ PROTO_NAMES = {
 NXM = {
     "dl_src": "NXM_OF_ETH_SRC[]", "dl_dst": "NXM_OF_ETH_DST[]", "arp_sha": "NXM_NX_ARP_SHA[]",
     "arp_tha": "NXM_NX_ARP_THA[]", "arp_spa": "NXM_OF_ARP_SPA[]", "arp_tpa": "NXM_OF_ARP_TPA[]",
-    "ct_mark": "NXM_NX_CT_MARK[]", "nw_dst": "NXM_OF_IP_DST[]", "ipv6_src": "NXM_NX_IPV6_SRC[]",
+    "ct_mark": "NXM_NX_CT_MARK[]", "ct_label": "NXM_NX_CT_LABEL[]", "nw_dst": "NXM_OF_IP_DST[]", "ipv6_src": "NXM_NX_IPV6_SRC[]",
     "ipv6_dst": "NXM_NX_IPV6_DST[]",
     **{f"reg{i}": f"NXM_NX_REG{i}[]" for i in range(16)},
 }

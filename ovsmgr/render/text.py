@@ -67,6 +67,7 @@ def render_pipeline_doc() -> str:
     return _ENV.get_template("pipeline.md.j2").render(
         magic=f"{pl.COOKIE_MAGIC:#06x}", tables=tables, registers=registers,
         ct_mark_lo=pl.CT_MARK_RULE[0], ct_mark_hi=pl.CT_MARK_RULE[1],
+        nat_label_lo=pl.CT_LABEL_NAT_RULE[0], nat_label_hi=pl.CT_LABEL_NAT_RULE[1],
         ct_mark_doc="Fingerprint of the stateful allow rule that admitted the connection (0: none). "
         "It changes when the rule's name or match changes; see docs/design.md, cut on rule removal.",
         cookie_kinds=kinds, priorities=[{"name": p.name, "value": int(p)} for p in pl.Priority],
@@ -85,6 +86,8 @@ _KIND_DOCS = {
     "GROUP": "not a flow: a NAT rule's select group where plans and records list it (groups have no "
              "cookie: ovsmgr's are those whose id starts with the magic)",
     "SHADOW": "flows of a shadow rule (`shadow: true`): they count and log, the rules below decide",
+    "NAT_COUNT": "a NAT rule's counting flow in NAT_COUNT: its statistics are the packets and bytes the rule "
+                 "translated, both directions (its flows in NAT meet first packets only)",
 }
 
 

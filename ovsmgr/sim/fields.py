@@ -20,7 +20,7 @@ PACKET_FIELDS = (
 neighbour solicitation or advertisement: its target, its (one) link-layer address option, the
 flags word, and the option's type."""
 
-METADATA_FIELDS = ("reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "conj_id", "ct_state", "ct_zone",
+METADATA_FIELDS = ("reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7", "conj_id", "ct_state", "ct_zone",
                    "ct_mark", "ct_label", "ct_nw_proto", "ct_tp_src", "ct_tp_dst")
 """Pipeline metadata: registers and conntrack results (the ct_ tuple: the original direction of the
 packet's connection, for ICMP its type and code); all start at 0."""
@@ -35,7 +35,7 @@ WIDTHS: dict[str, int] = {
     "ipv6_src": 128, "ipv6_dst": 128, "tp_src": 16, "tp_dst": 16, "icmp_type": 8, "icmp_code": 8,
     "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48, "tcp_flags": 12,
     "nd_target": 128, "nd_sll": 48, "nd_tll": 48, "nd_reserved": 32, "nd_options_type": 8,
-    "reg0": 32, "reg1": 32, "reg2": 32, "reg3": 32, "reg4": 32, "reg5": 32, "reg6": 32, "conj_id": 32, "ct_state": 32,
+    "reg0": 32, "reg1": 32, "reg2": 32, "reg3": 32, "reg4": 32, "reg5": 32, "reg6": 32, "reg7": 32, "conj_id": 32, "ct_state": 32,
     "ct_zone": 16, "ct_mark": 32, "ct_label": 128, "ct_nw_proto": 8, "ct_tp_src": 16, "ct_tp_dst": 16, "nw_frag": 2,
 }
 

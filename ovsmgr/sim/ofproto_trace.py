@@ -34,7 +34,7 @@ from ovsmgr.sim.fields import DL_TYPE_ARP, ICMP_PROTOS, format_value, parse_valu
 from ovsmgr.sim.packet import Packet
 from ovsmgr.sim.trace import Step, Trace
 
-REGISTERS = ("reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6")
+REGISTERS = ("reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7")
 ADDRESS_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst")
 CT_TUPLE = ("ct_nw_proto", "ct_tp_src", "ct_tp_dst")
 STATE_FIELDS = ("ct_state", "ct_zone", "ct_mark", "ct_label", *CT_TUPLE, *REGISTERS)

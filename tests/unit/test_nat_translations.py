@@ -15,6 +15,7 @@ from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3, ofpro
 
 from ovsmgr.compiler import compile_policy
 from ovsmgr.compiler.flows import Ct, Group
+from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.pipeline import CT_LABEL_SECOND_ZONE, Table, is_our_group
 from ovsmgr.policy import load_policy, load_policy_text
 from ovsmgr.policy.ir import Backend
@@ -145,8 +146,11 @@ def test_the_office_reaches_the_pool_translated_twice_in_two_zones() -> None:
     zones = {c.zone: c for c in out.conntrack.connections}
     policy = HOSTING.policy
     assert set(zones) == {policy.ct_zone, policy.second_zone}
-    assert zones[policy.ct_zone].nat == frozenset({"dst"}) and zones[policy.ct_zone].label == CT_LABEL_SECOND_ZONE
+    # Each zone's entry names the NAT rule that translated it there (ct_label[32..63]).
+    assert zones[policy.ct_zone].nat == frozenset({"dst"})
+    assert zones[policy.ct_zone].label == CT_LABEL_SECOND_ZONE | rule_id("web-pool-office") << 32
     assert zones[policy.second_zone].nat == frozenset({"src"})
+    assert zones[policy.second_zone].label == rule_id("office-hairpin") << 32
     back = talk.reply()
     assert back.output == ("office0",) and back.packet.nw_src == int(ipaddress.IPv4Address("200.200.200.200"))
     assert back.packet.tp_src == 443 and back.packet.nw_dst == int(ipaddress.IPv4Address("10.0.1.50"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from ovsmgr.compiler.flows import Flow, InPort, Match, Resubmit
 from ovsmgr.compiler.matchbuild import family, prefix, reg
 from ovsmgr.compiler.pipeline import REG_FROM_ZONE, CookieKind, Priority, Table, cookie
-from ovsmgr.compiler.stages.nat import hairpin_zone
+from ovsmgr.compiler.stages.nat import COUNT, hairpin_zone
 from ovsmgr.policy.ir import ResolvedPolicy, ZoneInfo
 
 INFRA = cookie(CookieKind.INFRA)
@@ -35,5 +35,5 @@ def compile_hairpin(policy: ResolvedPolicy) -> list[Flow]:
         for network in zone.networks:
             match = Match.of(reg(REG_FROM_ZONE, zone.id)) + family(network.version) + Match.of(prefix("nw_dst", network))
             flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_HAIRPIN, match,
-                              (Resubmit(Table.MAC_BINDING), InPort()), INFRA))
+                              (COUNT, Resubmit(Table.MAC_BINDING), InPort()), INFRA))
     return flows

@@ -36,10 +36,14 @@ from ovsmgr.compiler.flows import (
 from ovsmgr.compiler.ids import group_id, rule_id
 from ovsmgr.compiler.matchbuild import ct_state, family, reg
 from ovsmgr.compiler.pipeline import (
+    CT_LABEL_NAT_RULE,
+    CT_LABEL_NAT_RULE_MASK,
+    CT_LABEL_NAT_RULE_SHIFT,
     CT_MARK_TRANSLATED,
     FLAG_REVALIDATE,
     FLAG_TRANSLATED,
     REG_FLAGS,
+    REG_NAT_RULE,
     REG_OUT_PORT,
     REG_RULE,
     REG_TO_ZONE,
@@ -55,6 +59,10 @@ from ovsmgr.policy.ir import Backend, IPAddress, NatRule, ResolvedPolicy, ZoneIn
 INFRA = cookie(CookieKind.INFRA)
 MARK_RULE = Move(f"{REG_RULE.reg}[0..30]", "ct_mark[0..30]")
 MARK_TRANSLATED = Move(f"{REG_FLAGS.reg}[1]", "ct_mark[31]")
+LABEL_NAT_RULE = Move(REG_NAT_RULE.reg, f"ct_label[{CT_LABEL_NAT_RULE[0]}..{CT_LABEL_NAT_RULE[1]}]")
+COUNT = Resubmit(Table.NAT_COUNT)
+"""Count the packet for the NAT rule its connection names (NAT_COUNT); a lookup in OVS's translation
+only: the datapath flow gets no action and no pass of its own."""
 
 
 def _commit(policy: ResolvedPolicy) -> Ct:
@@ -67,10 +75,12 @@ def _commit(policy: ResolvedPolicy) -> Ct:
     return Ct(commit=True, table=Table.OUTPUT, zone=policy.ct_zone, exec=(MARK_RULE,))
 
 
-def translating_commit(zone: int, nat: NatSpec, table: Table = Table.OUTPUT_TRANSLATED) -> tuple[Action, ...]:
-    """Translate and recirculate, so the next table sees the translated packet."""
-    return (SetField(REG_FLAGS.reg, FLAG_TRANSLATED),
-            Ct(commit=True, table=table, zone=zone, nat=nat, exec=(MARK_RULE, MARK_TRANSLATED)))
+def translating_commit(zone: int, nat: NatSpec, rule: str, table: Table = Table.OUTPUT_TRANSLATED
+                       ) -> tuple[Action, ...]:
+    """Translate and recirculate, so the next table sees the translated packet; the connection
+    carries the NAT rule's id in ct_label, which NAT_COUNT counts its packets by."""
+    return (SetField(REG_FLAGS.reg, FLAG_TRANSLATED), SetField(REG_NAT_RULE.reg, rule_id(rule)),
+            Ct(commit=True, table=table, zone=zone, nat=nat, exec=(MARK_RULE, MARK_TRANSLATED, LABEL_NAT_RULE)))
 
 
 @dataclass(frozen=True)
@@ -140,10 +150,10 @@ def _commit_actions(policy: ResolvedPolicy, rule: NatRule, nat: NatSpec,
     """The translating commit of `rule` to `target`; a DNAT that an SNAT rule may follow goes on to
     SNAT_AFTER_DNAT, with the zone the translated packet leaves by (forwarding: normal)."""
     if rule.kind != "dnat" or not is_followed(policy, rule):
-        return translating_commit(policy.ct_zone, nat)
+        return translating_commit(policy.ct_zone, nat, rule.name)
     zone = post_dnat_zone(policy, rule, target)
     prefix = (SetField(REG_TO_ZONE.reg, zone),) if zone is not None else ()
-    return prefix + translating_commit(policy.ct_zone, nat, Table.SNAT_AFTER_DNAT)
+    return prefix + translating_commit(policy.ct_zone, nat, rule.name, Table.SNAT_AFTER_DNAT)
 
 
 def _select_group(policy: ResolvedPolicy, rule: NatRule, gid: int) -> SelectGroup:
@@ -158,6 +168,12 @@ def _select_group(policy: ResolvedPolicy, rule: NatRule, gid: int) -> SelectGrou
 def _backend_spec(backend: Backend) -> NatSpec:
     return NatSpec("dst", int(backend.address), int(backend.address), backend.address.version,
                    backend.port, backend.port)
+
+
+def counting(policy: ResolvedPolicy) -> tuple[Action, ...]:
+    """The NAT_COUNT resubmit that flows sending translated packets on start with (none without NAT
+    rules: then nothing is translated and the table is empty)."""
+    return (COUNT,) if policy.nat else ()
 
 
 def translated_families(policy: ResolvedPolicy) -> frozenset[int]:
@@ -216,6 +232,28 @@ def hairpin_zone(policy: ResolvedPolicy, from_zone: str, target: tuple[IPAddress
     return zone if any(lo in n and hi in n for n in zone.networks) else None
 
 
+def compile_nat_count(policy: ResolvedPolicy) -> list[Flow]:
+    """NAT_COUNT: one flow per NAT rule and zone it translates in (a static rule's halves share
+    one), matching the rule's id in ct_label; its cookie (kind NAT_COUNT) names the rule."""
+    if not policy.nat:
+        return []
+    flows = [Flow(Table.NAT_COUNT, Priority.DEFAULT, Match(), (), INFRA)]
+    second = {rule.name for rule in followers(policy)}
+    seen: set[tuple[int, str]] = set()
+    for rule in nat_order(policy):
+        zones = [policy.ct_zone] + ([policy.second_zone] if rule.name in second else [])
+        for zone in zones:
+            if (zone, rule.name) in seen:
+                continue
+            seen.add((zone, rule.name))
+            rid = rule_id(rule.name)
+            match = Match.of(MatchItem("ct_zone", zone),
+                             MatchItem("ct_label", rid << CT_LABEL_NAT_RULE_SHIFT, CT_LABEL_NAT_RULE_MASK))
+            flows.append(Flow(Table.NAT_COUNT, Priority.NAT_COUNT_RULE, match, (), cookie(CookieKind.NAT_COUNT, rid),
+                              rule=rule.name))
+    return flows
+
+
 def _out_targets(policy: ResolvedPolicy) -> list[tuple[int, Action]]:
     if policy.forwarding == "normal":
         return [(0, Normal())]
@@ -242,10 +280,11 @@ def compile_output(policy: ResolvedPolicy) -> list[Flow]:
             (Ct(table=Table.OUTPUT_TRANSLATED, zone=policy.ct_zone, apply_nat=True),), INFRA,
         ))
     bound = sorted({4} | translated_families(policy))
+    count = counting(policy)
     for port, out in _out_targets(policy):
         out_match = Match.of(reg(REG_OUT_PORT, port))
         flows.append(Flow(Table.OUTPUT, Priority.OUTPUT_PORT, out_match, (out,), INFRA))
-        flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_PORT, out_match, (out,), INFRA))
+        flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_PORT, out_match, (*count, out), INFRA))
         flows += [Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_TRANSLATED_CONN, out_match + family(version),
-                       (Resubmit(Table.MAC_BINDING), out), INFRA) for version in bound]
+                       (*count, Resubmit(Table.MAC_BINDING), out), INFRA) for version in bound]
     return flows

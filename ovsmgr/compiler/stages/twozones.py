@@ -28,9 +28,23 @@ import ipaddress
 from ovsmgr.compiler.flows import Ct, Flow, GotoTable, Match, MatchItem, SetField
 from ovsmgr.compiler.ids import rule_id
 from ovsmgr.compiler.matchbuild import ct_state, family, prefix
-from ovsmgr.compiler.pipeline import CT_LABEL_SECOND_ZONE, CookieKind, Priority, Table, cookie
+from ovsmgr.compiler.pipeline import (
+    CT_LABEL_SECOND_ZONE,
+    REG_NAT_RULE,
+    CookieKind,
+    Priority,
+    Table,
+    cookie,
+)
 from ovsmgr.compiler.stages.filter import _zone_match, expand_match, match_dimensions
-from ovsmgr.compiler.stages.nat import MARK_RULE, MARK_TRANSLATED, followers, nat_spec
+from ovsmgr.compiler.stages.nat import (
+    COUNT,
+    LABEL_NAT_RULE,
+    MARK_RULE,
+    MARK_TRANSLATED,
+    followers,
+    nat_spec,
+)
 from ovsmgr.policy.ir import IPNetwork, NatRule, ResolvedPolicy
 
 INFRA = cookie(CookieKind.INFRA)
@@ -48,7 +62,11 @@ def compile_second_zone(policy: ResolvedPolicy) -> list[Flow]:
     for version in sorted({r.translate_lo.version for r in rules}):
         flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_SECOND_ZONE,
                           family(version) + Match.of(ct_state("+trk-rpl"), MatchItem("ct_zone", zone), SECOND_ZONE),
-                          (Ct(table=Table.OUTPUT_TRANSLATED, zone=second, apply_nat=True),), INFRA))
+                          (COUNT, Ct(table=Table.OUTPUT_TRANSLATED, zone=second, apply_nat=True)), INFRA))
+        # A reply back from the second zone: counted for its SNAT rule before the policy's zone.
+        flows.append(Flow(Table.CONNTRACK, Priority.TRACK_SECOND_ZONE_REPLY,
+                          family(version) + Match.of(MatchItem("ct_zone", second)),
+                          (COUNT, Ct(table=Table.EGRESS, zone=zone)), INFRA))
     for network in sorted({n for r in rules for n in _networks(r)}, key=lambda n: (n.version, n)):
         flows.append(Flow(Table.CONNTRACK, Priority.TRACK_SECOND_ZONE,
                           family(network.version) + Match.of(MatchItem("ct_zone", 0), prefix("nw_dst", network)),
@@ -59,10 +77,15 @@ def compile_second_zone(policy: ResolvedPolicy) -> list[Flow]:
 def _snat_after_dnat(policy: ResolvedPolicy, rule: NatRule, priority: int) -> list[Flow]:
     """The SNAT rule's flows on the translated packet: mark the connection in the policy's zone,
     translate it in the second."""
-    actions = (Ct(commit=True, zone=policy.ct_zone, exec=(SetField("ct_label", CT_LABEL_SECOND_ZONE),)),
-               Ct(commit=True, table=Table.OUTPUT_TRANSLATED, zone=policy.second_zone, nat=nat_spec(rule),
-                  exec=(MARK_RULE, MARK_TRANSLATED)))
     rid = rule_id(rule.name)
+    # The packet still has the DNAT's commit's ct fields (counted for the DNAT rule) and REG_NAT_RULE
+    # its id: the label keeps it beside the bit, and the second zone's names this SNAT rule.
+    actions = (COUNT,
+               Ct(commit=True, zone=policy.ct_zone,
+                  exec=(SetField("ct_label", CT_LABEL_SECOND_ZONE), LABEL_NAT_RULE)),
+               SetField(REG_NAT_RULE.reg, rid),
+               Ct(commit=True, table=Table.OUTPUT_TRANSLATED, zone=policy.second_zone, nat=nat_spec(rule),
+                  exec=(MARK_RULE, MARK_TRANSLATED, LABEL_NAT_RULE)))
     version = rule.translate_lo.version
     conj = (rid ^ 0x2000_0000 ^ (0x8000_0000 if version == 6 else 0)) or 1
     return expand_match(_zone_match(policy, rule.match, version), match_dimensions(rule.match, version),

@@ -72,7 +72,7 @@ NXM_HEADERS: dict[str, int] = {
     "dl_dst": _nxm(0, 1, 6), "dl_src": _nxm(0, 2, 6), "dl_type": _nxm(0, 3, 2), "nw_src": _nxm(0, 7, 4),
     "nw_dst": _nxm(0, 8, 4), "arp_op": _nxm(0, 15, 2), "arp_spa": _nxm(0, 16, 4), "arp_tpa": _nxm(0, 17, 4),
     "arp_sha": _nxm(1, 17, 6), "arp_tha": _nxm(1, 18, 6), "ipv6_src": _nxm(1, 19, 16),
-    "ipv6_dst": _nxm(1, 20, 16), "ct_mark": _nxm(1, 107, 4),
+    "ipv6_dst": _nxm(1, 20, 16), "ct_mark": _nxm(1, 107, 4), "ct_label": _nxm(1, 108, 16),
     **{f"reg{i}": _nxm(1, i, 4) for i in range(16)},
 }
 _NXM_NAMES = {header: name for name, header in NXM_HEADERS.items()}
