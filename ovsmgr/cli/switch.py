@@ -221,6 +221,17 @@ def confirm(bridge: str, target: SwitchTarget) -> None:
     click.echo(f"Confirmed: {bridge} keeps its policy.")
 
 
+def _print_nat_rules(rows: list[dict[str, Any]]) -> None:
+    """The NAT rules' counters as a table: packets and bytes both directions, connections now."""
+    if not rows:
+        return
+    width = max(len("NAT rule"), *(len(r["rule"]) for r in rows))
+    click.echo(f"  {'NAT rule':<{width}}  {'packets':>12}  {'bytes':>14}  {'connections':>11}")
+    for r in rows:
+        conns = "?" if r["connections"] is None else str(r["connections"])
+        click.echo(f"  {r['rule']:<{width}}  {r['packets']:>12}  {r['bytes']:>14}  {conns:>11}")
+
+
 @click.command()
 @click.argument("bridge", default="br0")
 @output_option
@@ -252,6 +263,7 @@ def status(bridge: str, output: str, target: SwitchTarget) -> None:
     if info["shadow_rules"]:
         click.echo("  shadow rules (counted and logged, not enforced): " + ", ".join(
             f"{r['rule']} ({r['packets']} packets)" for r in info["shadow_rules"]))
+    _print_nat_rules(info["nat_rules"])
     drift = info["drift"] or {}
     click.echo("  drifted: " + (f"yes ({drift['add']} missing, {drift['delete']} unexpected, "
                                  f"{drift['change']} changed)" if info["drifted"] else "no"))

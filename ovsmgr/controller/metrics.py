@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ovsmgr.compiler.pipeline import CookieKind, cookie_parts
 from ovsmgr.compiler.stages.filter import DEFAULT_RULE
 from ovsmgr.southbound.conntrack import OvsToolError, zone_connections
+from ovsmgr.switch.natrules import count_totals, nat_rule_counts
 
 
 @dataclass
@@ -94,8 +95,8 @@ def rule_totals(stats: dict[int, list[int]], names: dict[int, str]) -> dict[tupl
     out: dict[tuple[str, str], list[int]] = {}
     for cookie_value, (packets, octets) in stats.items():
         ours, kind, rid = cookie_parts(cookie_value)
-        if not ours or kind is None or kind in (CookieKind.INFRA, CookieKind.LEARNED):
-            continue
+        if not ours or kind is None or kind in (CookieKind.INFRA, CookieKind.LEARNED, CookieKind.NAT_COUNT):
+            continue  # NAT_COUNT: the ovsmgr_nat_rule_* metrics
         name = DEFAULT_RULE if kind is CookieKind.DEFAULT else names.get(rid, f"(removed rule {rid:#010x})")
         entry = out.setdefault((name, kind.name.lower()), [0, 0])
         entry[0] += packets
@@ -127,6 +128,7 @@ class ControllerCollector(Collector):
         yield _counter("ovsmgr_update_failures", "Runtime changes refused.", labels, bridge, snap["update_failures"])
         yield from _packet_in_metrics(snap, bridge)
         yield from _rule_metrics(snap, bridge)
+        yield from _nat_rule_metrics(snap, bridge)
         backends = GaugeMetricFamily("ovsmgr_backend_up", "1 while a load-balanced DNAT backend passes its health "
                                      "check, 0 while it is taken out.", labels=["bridge", "rule", "backend"])
         for backend in snap.get("backends", ()):
@@ -184,6 +186,26 @@ def _rule_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
     for rule, (p, _) in sorted(dropped_totals(snap["stats"], snap["names"], snap.get("actions", {})).items()):
         refused.add_metric([*bridge, rule], p)
     yield refused
+
+
+def _nat_rule_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
+    """Per NAT rule: what it translated (both directions) and its connections now (absent while
+    conntrack cannot be read)."""
+    labels = ["bridge", "rule"]
+    packets = CounterMetricFamily("ovsmgr_nat_rule_packets", "Packets of the connections a NAT rule translated, "
+                                  "both directions.", labels=labels)
+    octets = CounterMetricFamily("ovsmgr_nat_rule_bytes", "Bytes of the connections a NAT rule translated, "
+                                 "both directions.", labels=labels)
+    connections = GaugeMetricFamily("ovsmgr_nat_rule_connections", "Connections in conntrack a NAT rule "
+                                    "translated (one translated twice counts for both rules).", labels=labels)
+    for row in nat_rule_counts(count_totals(snap["stats"]), snap.get("nat_connections"), snap["names"]):
+        packets.add_metric([*bridge, row.rule], row.packets)
+        octets.add_metric([*bridge, row.rule], row.bytes)
+        if row.connections is not None:
+            connections.add_metric([*bridge, row.rule], row.connections)
+    yield packets
+    yield octets
+    yield connections
 
 
 def _gauge(name: str, doc: str, labels: list[str], values: list[str], value: float) -> GaugeMetricFamily:

@@ -36,6 +36,7 @@ from ovsmgr.controller.switchdb import ControllerDB
 from ovsmgr.policy import PolicyError
 from ovsmgr.southbound.openflow import OpenFlowError, SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.switch.natrules import policy_zones, try_connections_by_rule
 
 log = logging.getLogger("ovsmgr.controller")
 FIRST_CONNECT_SECONDS = 30
@@ -300,6 +301,7 @@ class Controller:
             "names": self.engine.names, "zone": policy.ct_zone, "limit_drops": self._limit_drops(),
             "actions": self.engine.rule_actions(),
             "conntrack": conntrack_entries(self.options.target.appctl(), policy.ct_zone),
+            "nat_connections": try_connections_by_rule(self.options.target.appctl(), policy_zones(policy)),
             "backends": self.health.report(),
             "conntrack_limit": policy.max_connections, "change_durations": s.change_durations,
         }

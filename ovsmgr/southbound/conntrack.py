@@ -66,6 +66,8 @@ class CtEntry:
     mark: int
     state: str | None
     """The TCP state (`ESTABLISHED`, ...); None for other protocols."""
+    label: int = 0
+    """ct_label (`labels=0x...`, printed only when not 0)."""
 
 
 def zone_entries(ctl: str, zone: int) -> list[CtEntry]:
@@ -75,7 +77,7 @@ def zone_entries(ctl: str, zone: int) -> list[CtEntry]:
 
 
 def parse_entry(line: str) -> CtEntry | None:
-    """`tcp,orig=(src=..,dst=..,sport=..,dport=..),reply=(...),zone=N,mark=M,protoinfo=(state=S)`;
+    """`tcp,orig=(src=..,dst=..,sport=..,dport=..),reply=(...),zone=N,mark=M,labels=L,protoinfo=(state=S)`;
     None for a line that is not a connection."""
     fields = _key_values(line.strip())
     if not fields or "orig" not in fields or "reply" not in fields:
@@ -83,7 +85,7 @@ def parse_entry(line: str) -> CtEntry | None:
     proto = next(iter(fields))
     protoinfo = _key_values(fields.get("protoinfo", ""))
     return CtEntry(proto, _key_values(fields["orig"]), _key_values(fields["reply"]), int(fields.get("zone", "0")),
-                   int(fields.get("mark", "0"), 0), protoinfo.get("state"))
+                   int(fields.get("mark", "0"), 0), protoinfo.get("state"), int(fields.get("labels", "0"), 0))
 
 
 def _key_values(text: str) -> dict[str, str]:

@@ -12,6 +12,12 @@ from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch import record as rec
 from ovsmgr.switch.connect import flow_table
+from ovsmgr.switch.natrules import (
+    counted_zones,
+    flow_totals,
+    nat_rule_counts,
+    try_connections_by_rule,
+)
 from ovsmgr.switch.plan import drift_counts
 from ovsmgr.switch.rollback import rollback_path
 
@@ -42,7 +48,18 @@ def switch_status(target: SwitchTarget, bridge: str) -> dict[str, Any]:
         "drift": drift, "rollback_pending": rollback_path(target, bridge).exists(),
         "conntrack": zone_usage(ctl, record.ct_zone).to_json() if ctl and record else None,
         "shadow_rules": shadow_rules(current, record.rules if record else {}),
+        "nat_rules": nat_rules(current, ctl, record.rules if record else {}),
     }
+
+
+def nat_rules(flows: list[InstalledFlow], ctl: str | None, names: dict[int, str]) -> list[dict[str, Any]]:
+    """Each NAT rule's translated packets and bytes (both directions) and current connections
+    (None when conntrack cannot be read)."""
+    totals = flow_totals(flows)
+    if not totals:
+        return []
+    connections = try_connections_by_rule(ctl, counted_zones(flows))
+    return [row.to_json() for row in nat_rule_counts(totals, connections, names)]
 
 
 def _meters(current: list[InstalledFlow], stats: dict[int, MeterStats], names: dict[int, str]) -> list[dict[str, Any]]:

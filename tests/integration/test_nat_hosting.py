@@ -30,6 +30,7 @@ from ovsmgr.compiler.pipeline import CookieKind, Table, cookie, is_our_group
 from ovsmgr.lab.ovs import Lab, LabPort
 from ovsmgr.southbound.openflow import OpenFlowError, SwitchConnection, SwitchFlowTable
 from ovsmgr.switch.plan import desired_flows, make_plan
+from ovsmgr.switch.status import switch_status
 
 from .controller_helpers import controller
 from .switch import POLICIES, apply, compiled_file, compiled_text, flow_table, target_of
@@ -81,6 +82,11 @@ def _pool_servers(lab: Lab, timeout: float = 60) -> Iterator[dict[str, subproces
                for address in SERVERS}
 
 
+def _nat_rules(lab: Lab) -> dict[str, dict[str, Any]]:
+    """`status`'s NAT rule table: rule -> packets, bytes, connections."""
+    return {row["rule"]: row for row in switch_status(target_of(lab), "br0")["nat_rules"]}
+
+
 def _served(proc: subprocess.Popen[str], peer: str = WAN) -> int:
     """Connections from `peer` a (stopped) server answered."""
     assert proc.stdout is not None
@@ -96,7 +102,16 @@ def test_hairpin_dnat_then_snat_and_static_nat_with_real_hosts(lab_factory: Any,
         # the office reaches the pool at its public address: DNAT to a server, SNAT to the office's
         # public address in the second zone, back out of office0; the answer comes back as the pool
         hairpin = _connect(lab, "office0", POOL, 443, src="10.0.1.50")
+        # one connection translated twice: its entry in each zone names its rule, and every one of
+        # its packets, both ways, is counted for both
+        counts = _nat_rules(lab)
+        assert counts["web-pool-office"]["connections"] == counts["office-hairpin"]["connections"] == 1, counts
+        assert counts["web-pool-office"]["packets"] == counts["office-hairpin"]["packets"] >= 5, counts
+        assert counts["web-pool"]["packets"] == counts["office-masquerade"]["packets"] == 0, counts
         from_wan = _connect(lab, "wan0", POOL, 443)
+        counts = _nat_rules(lab)
+        assert counts["web-pool"]["connections"] == 1 and counts["web-pool"]["packets"] >= 5, counts
+        assert counts["office-hairpin"]["connections"] == 1, "DNAT alone: no SNAT after it"
     assert hairpin["ok"] and hairpin["seen_as"] == OFFICE_PUBLIC, hairpin
     assert from_wan["ok"] and from_wan["seen_as"] == WAN, "DNAT alone: the server sees the client"
 

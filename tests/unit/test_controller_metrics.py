@@ -61,3 +61,22 @@ def test_change_durations_are_a_cumulative_histogram() -> None:
 def test_conntrack_fill_needs_a_limit() -> None:
     assert _samples(_snapshot())["ovsmgr_conntrack_limit"][0][1] == 100
     assert "ovsmgr_conntrack_limit" not in _samples(_snapshot(conntrack_limit=None))
+
+
+def test_nat_rule_metrics_come_from_the_nat_count_flows_and_conntrack() -> None:
+    masq = rule_id("masquerade")
+    stats = {**_snapshot()["stats"], cookie(CookieKind.NAT_COUNT, masq): [40, 4000]}
+    samples = _samples(_snapshot(stats=stats, nat_connections={masq: 3}))
+    assert samples["ovsmgr_nat_rule_packets_total"] == [({"bridge": "br0", "rule": "masquerade"}, 40)]
+    assert samples["ovsmgr_nat_rule_bytes_total"] == [({"bridge": "br0", "rule": "masquerade"}, 4000)]
+    assert samples["ovsmgr_nat_rule_connections"] == [({"bridge": "br0", "rule": "masquerade"}, 3)]
+    # the counting flows are not a fifth kind of ovsmgr_rule_packets_total
+    kinds = {lb["kind"] for lb, _ in samples["ovsmgr_rule_packets_total"]}
+    assert "nat_count" not in kinds
+
+
+def test_nat_rule_connections_are_left_out_while_conntrack_cannot_be_read() -> None:
+    stats = {cookie(CookieKind.NAT_COUNT, rule_id("masquerade")): [1, 60]}
+    samples = _samples(_snapshot(stats=stats, nat_connections=None))
+    assert samples["ovsmgr_nat_rule_packets_total"] == [({"bridge": "br0", "rule": "masquerade"}, 1)]
+    assert "ovsmgr_nat_rule_connections" not in samples

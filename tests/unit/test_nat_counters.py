@@ -1,4 +1,5 @@
-"""Per-NAT-rule counters: the NAT rule id in ct_label and the NAT_COUNT flows that count it.
+"""Per-NAT-rule counters: the NAT rule id in ct_label, the NAT_COUNT flows that count it, and the
+tables `status` and the metrics make of flow statistics and conntrack entries.
 
 The simulator runs every NAT rule type of the example policies (snat, dnat, dnat with backends,
 static both ways, dnat then snat in two zones; IPv4 and IPv6) and each packet must meet exactly the
@@ -14,10 +15,12 @@ import pytest
 
 from ovsmgr.compiler import compile_policy
 from ovsmgr.compiler.ids import rule_id
-from ovsmgr.compiler.pipeline import CT_LABEL_SECOND_ZONE, CookieKind, Table, cookie_parts
+from ovsmgr.compiler.pipeline import CT_LABEL_SECOND_ZONE, CookieKind, Table, cookie, cookie_parts
 from ovsmgr.policy import load_policy
 from ovsmgr.sim import Conversation, SimulatedSwitch
 from ovsmgr.sim.trace import Trace
+from ovsmgr.southbound.conntrack import parse_entry
+from ovsmgr.switch.natrules import count_totals, group_connections, nat_rule_counts, policy_zones
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,6 +93,8 @@ def test_nat_count_flows_one_per_rule_and_zone_it_translates_in() -> None:
                              ("db-static", second): 1, ("office-hairpin", first): 1,
                              ("office-hairpin", second): 1, ("office-masquerade", first): 1,
                              ("office-masquerade", second): 1})
+    assert policy_zones(policy) == [first, second]
+    assert policy_zones(GATEWAY.policy) == [GATEWAY.policy.ct_zone]
 
 
 def test_a_policy_without_nat_rules_has_no_counting() -> None:
@@ -98,3 +103,36 @@ def test_a_policy_without_nat_rules_has_no_counting() -> None:
     assert not [f for f in microseg.flowset if f.table == Table.NAT_COUNT]
     assert not any(a.__class__.__name__ == "Resubmit" and a.table == Table.NAT_COUNT  # type: ignore[attr-defined]
                    for f in microseg.flowset for a in f.actions)
+
+
+def test_conntrack_entries_are_grouped_by_the_nat_rule_in_their_label() -> None:
+    masq, fwd = rule_id("masquerade"), rule_id("web-forward")
+    lines = [
+        f"tcp,orig=(src=10.0.0.5,dst=198.51.100.9,sport=4000,dport=443),reply=(src=198.51.100.9,"
+        f"dst=200.200.200.200,sport=443,dport=4000),zone=10,mark=2147483650,labels={masq << 32:#x},"
+        f"protoinfo=(state=ESTABLISHED)",
+        f"udp,orig=(src=10.0.0.6,dst=198.51.100.9,sport=5000,dport=53),reply=(src=198.51.100.9,"
+        f"dst=200.200.200.200,sport=53,dport=5000),zone=10,mark=2147483650,labels={masq << 32:#x}",
+        f"tcp,orig=(src=198.51.100.9,dst=200.200.200.200,sport=4001,dport=8080),reply=(src=10.0.1.10,"
+        f"dst=198.51.100.9,sport=80,dport=4001),zone=10,mark=2147483651,labels={fwd << 32 | 1:#x},"
+        f"protoinfo=(state=SYN_SENT)",
+        "icmp,orig=(src=10.0.0.5,dst=10.0.1.10,id=1,type=8,code=0),reply=(src=10.0.1.10,dst=10.0.0.5,id=1,"
+        "type=0,code=0),zone=10,mark=3",
+    ]
+    entries = [parse_entry(line) for line in lines]
+    assert all(e is not None for e in entries)
+    assert entries[3].label == 0  # type: ignore[union-attr]
+    assert group_connections(e for e in entries if e) == {masq: 2, fwd: 1}
+
+
+def test_rows_sum_a_rules_flows_and_take_connections_by_rule() -> None:
+    masq, fwd = rule_id("masquerade"), rule_id("web-forward")
+    stats = {cookie(CookieKind.NAT_COUNT, masq): [10, 1000], cookie(CookieKind.NAT_COUNT, fwd): [4, 400],
+             cookie(CookieKind.NAT, masq): [99, 9900], cookie(CookieKind.INFRA): [5, 5]}
+    totals = count_totals(stats)
+    assert totals == {masq: [10, 1000], fwd: [4, 400]}
+    names = {masq: "masquerade", fwd: "web-forward"}
+    rows = nat_rule_counts(totals, {masq: 3}, names)
+    assert [(r.rule, r.packets, r.bytes, r.connections) for r in rows] == [
+        ("masquerade", 10, 1000, 3), ("web-forward", 4, 400, 0)]
+    assert [r.connections for r in nat_rule_counts(totals, None, names)] == [None, None]
