@@ -70,6 +70,7 @@ def test_every_dashboard_expression_names_metrics_a_live_controller_exports(lab_
     for kind in ("firewall", "nat", "shadow", "default"):
         assert any(lb["kind"] == kind for lb, _ in samples["ovsmgr_rule_packets_total"]), kind
     assert any(v > 0 for _, v in samples["ovsmgr_dropped_packets_total"])
+    assert any(lb["rule"] == "masquerade" and v > 0 for lb, v in samples["ovsmgr_nat_rule_packets_total"])
     assert samples["ovsmgr_change_duration_seconds_count"][0][1] >= 1
     checked: set[str] = set()
     for expr in exprs:
