@@ -58,3 +58,11 @@ def counter(lab: Lab, table: int, match: str) -> int:
         if match in line and "n_packets=" in line:
             total += int(line.split("n_packets=")[1].split(",")[0])
     return total
+
+
+def settle_flow_stats(lab: Lab) -> None:
+    """Wait until the switch has added the packets its datapath flows passed so far to the OpenFlow
+    flows they came from (its revalidators do that in rounds, about every half second): two whole
+    rounds, the second begun after this was called."""
+    for _ in range(2):
+        lab.appctl(["revalidator/wait"])

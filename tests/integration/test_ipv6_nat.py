@@ -14,8 +14,9 @@ import ipaddress
 import pytest
 
 from ovsmgr.lab.ovs import Lab, LabPort
+from ovsmgr.switch.status import switch_status
 
-from .switch import apply, compiled_file
+from .switch import apply, compiled_file, settle_flow_stats, target_of
 from .test_dpdk import _dpdk_skip_reason
 from .traffic import converse, ping, server
 
@@ -38,11 +39,16 @@ def test_ipv6_masquerade_to_a_range_and_a_port_forward_with_real_hosts(lab_facto
     apply(lab, compiled)
     lab.announce()  # the published server is known before anyone talks to it
 
+    assert _nat_packets(lab) == {"masquerade6": 0, "web-forward6": 0}
     with server(lab, "outside", "tcp", 443, bind="::"):
         out = converse(lab, "inside", "tcp", OUTSIDE, 443)
     assert out["ok"], out
     assert out["seen_as"] in PUBLIC_RANGE and 20000 <= out["seen_port"] <= 29999, out
+    counted = _nat_packets(lab)
+    assert counted["masquerade6"] >= 5 and counted["web-forward6"] == 0, counted  # each rule its own, IPv6 too
     assert ping(lab, "inside", OUTSIDE, count=2)
+    masqueraded = _nat_packets(lab)["masquerade6"]
+    assert masqueraded >= counted["masquerade6"] + 4, "two echoes and their replies"
     assert _neighbour_mac(lab, "outside", out["seen_as"]) == compiled.policy.mac, \
         "the outside host learned the public address from the switch's advertisement"
 
@@ -51,9 +57,17 @@ def test_ipv6_masquerade_to_a_range_and_a_port_forward_with_real_hosts(lab_facto
         direct = converse(lab, "outside", "tcp", "fd00:0:0:1::10", 80)
     assert forward["ok"] and forward["seen_as"] == OUTSIDE, forward
     assert not direct["ok"], "only the published address is allowed in"
+    after = _nat_packets(lab)
+    assert after["web-forward6"] >= 5 and after["masquerade6"] == masqueraded, after
     assert _neighbour_mac(lab, "outside", PUBLISHED) == compiled.policy.mac
     with server(lab, "inside", "tcp", 22, bind="::"):
         assert not converse(lab, "outside", "tcp", PUBLIC_RANGE[0], 22)["ok"], "nothing enters unasked"
+
+
+def _nat_packets(lab: Lab) -> dict[str, int]:
+    """Packets each NAT rule translated, both directions (`status`), all sent so far counted."""
+    settle_flow_stats(lab)
+    return {row["rule"]: row["packets"] for row in switch_status(target_of(lab), "br0")["nat_rules"]}
 
 
 def _neighbour_mac(lab: Lab, port: str, address: str) -> str | None:

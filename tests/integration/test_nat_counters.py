@@ -23,7 +23,7 @@ from ovsmgr.cli import main
 from ovsmgr.lab.ovs import Lab, LabPort
 
 from .controller_helpers import controller, eventually, free_loopback_port, scrape
-from .switch import POLICIES, apply, compiled_text
+from .switch import POLICIES, apply, compiled_text, settle_flow_stats
 from .traffic import converse, server
 
 pytestmark = pytest.mark.integration
@@ -43,6 +43,7 @@ def _status(lab: Lab) -> dict[str, Any]:
 
 
 def _rules(lab: Lab) -> dict[str, dict[str, Any]]:
+    settle_flow_stats(lab)  # every packet sent so far counted
     return {row["rule"]: row for row in _status(lab)["nat_rules"]}
 
 
@@ -112,6 +113,7 @@ def test_controller_metrics_move_for_the_right_nat_rule_only(lab_factory, tmp_pa
         assert before["ovsmgr_nat_rule_connections"] == {"masquerade": 0, "web-forward": 0}, before
 
         _masquerade(lab, UDP_CONNECTIONS)
+        settle_flow_stats(lab)
         time.sleep(1)  # --stats-interval 0.5: the next scrape asks the switch for fresh statistics
         snat = eventually(lambda: (s := _nat_samples(metrics))["ovsmgr_nat_rule_packets_total"]["masquerade"]
                           == 2 * UDP_CONNECTIONS and s, timeout=10)
@@ -121,6 +123,7 @@ def test_controller_metrics_move_for_the_right_nat_rule_only(lab_factory, tmp_pa
         assert snat["ovsmgr_nat_rule_connections"]["web-forward"] == 0, snat
 
         _forward(lab, TCP_CONNECTIONS)
+        settle_flow_stats(lab)
         time.sleep(1)
         dnat = eventually(lambda: (s := _nat_samples(metrics))["ovsmgr_nat_rule_connections"]["web-forward"]
                           == TCP_CONNECTIONS and s, timeout=10)

@@ -33,7 +33,15 @@ from ovsmgr.switch.plan import desired_flows, make_plan
 from ovsmgr.switch.status import switch_status
 
 from .controller_helpers import controller
-from .switch import POLICIES, apply, compiled_file, compiled_text, flow_table, target_of
+from .switch import (
+    POLICIES,
+    apply,
+    compiled_file,
+    compiled_text,
+    flow_table,
+    settle_flow_stats,
+    target_of,
+)
 from .test_dpdk import _dpdk_skip_reason
 from .traffic import PY, server
 
@@ -83,7 +91,8 @@ def _pool_servers(lab: Lab, timeout: float = 60) -> Iterator[dict[str, subproces
 
 
 def _nat_rules(lab: Lab) -> dict[str, dict[str, Any]]:
-    """`status`'s NAT rule table: rule -> packets, bytes, connections."""
+    """`status`'s NAT rule table: rule -> packets, bytes, connections, all sent so far counted."""
+    settle_flow_stats(lab)
     return {row["rule"]: row for row in switch_status(target_of(lab), "br0")["nat_rules"]}
 
 
