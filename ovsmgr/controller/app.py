@@ -39,7 +39,8 @@ class Hooks(Protocol):
     def switch_state(self, dpid: int, channel: ofchannel.DatapathChannel | None) -> None:
         """The switch connected (with its channel) or went (None)."""
 
-    def packet_in(self, userdata: bytes | None, metadata: bytes | None, frame: bytes) -> tuple[int, bytes] | None: ...
+    def packet_in(self, dpid: int, userdata: bytes | None, metadata: bytes | None,
+                  frame: bytes) -> tuple[int, bytes] | None: ...
 
     def flow_stats(self, dpid: int, totals: dict[int, list[int]]) -> None: ...
 
@@ -90,7 +91,7 @@ class OvsmgrApp(app_manager.OSKenApp):
         msg = ev.msg
         if not self._ours(msg.datapath):
             return
-        answer = self.hooks.packet_in(msg.userdata, msg.metadata, msg.data or b"")
+        answer = self.hooks.packet_in(msg.datapath.id, msg.userdata, msg.metadata, msg.data or b"")
         if answer is not None:
             port, frame = answer
             ofchannel.packet_out(msg.datapath, port, frame)

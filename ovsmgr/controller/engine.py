@@ -128,7 +128,7 @@ class Engine(RuntimeUpdates):
         return self.inc.policy.bridge
 
     # --- the switch -------------------------------------------------------------------------------
-    def prepare(self, controller_target: str | None) -> None:
+    def prepare(self, controller_target: str | list[str] | None) -> None:
         """Create/prepare the bridge (secure) and point it at us; flows follow when it connects."""
         with self.lock:
             prepare_bridge(self.target, self.policy, before_flows=True, controller=controller_target)

@@ -105,122 +105,140 @@ def rule_totals(stats: dict[int, list[int]], names: dict[int, str]) -> dict[tupl
 
 
 class ControllerCollector(Collector):
-    """Reads the controller's state at scrape time; `source` returns a plain snapshot."""
+    """Reads the controller's state at scrape time; `source` returns a plain snapshot, or one per
+    switch (a fleet controller: each snapshot has a `switch`, and every sample a `switch` label)."""
 
-    def __init__(self, source: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, source: Callable[[], dict[str, Any] | list[dict[str, Any]]]) -> None:
         self.source = source
 
     def collect(self) -> Iterator[Any]:
-        snap = self.source()
-        labels = ["bridge"]
-        bridge = [snap["bridge"]]
-        yield _gauge("ovsmgr_applied_generation", "Generation of the flows the controller last pushed.",
-                     labels, bridge, snap["generation"])
-        yield _gauge("ovsmgr_applied_timestamp_seconds", "When the controller last pushed flows (Unix time).",
-                     labels, bridge, snap["applied_at"])
-        yield _gauge("ovsmgr_last_change_duration_seconds", "How long the last reload or runtime change took.",
-                     labels, bridge, snap["last_change_seconds"])
-        yield _gauge("ovsmgr_switch_connected", "1 while the switch is connected to the controller.",
-                     labels, bridge, 1 if snap["connected"] else 0)
-        yield _gauge("ovsmgr_flows", "ovsmgr flows the controller keeps on the switch.", labels, bridge, snap["flows"])
-        yield _counter("ovsmgr_reload_failures", "Reloads refused because the policy did not validate.",
-                       labels, bridge, snap["reload_failures"])
-        yield _counter("ovsmgr_update_failures", "Runtime changes refused.", labels, bridge, snap["update_failures"])
-        yield from _packet_in_metrics(snap, bridge)
-        yield from _rule_metrics(snap, bridge)
-        yield from _nat_rule_metrics(snap, bridge)
+        found = self.source()
+        snaps = found if isinstance(found, list) else [found]
+        base = ["switch", "bridge"] if any("switch" in s for s in snaps) else ["bridge"]
+
+        def ids(snap: dict[str, Any]) -> list[str]:
+            return [str(snap[k]) for k in base]
+
+        def each(kind: type[Any], name: str, doc: str, value: Callable[[dict[str, Any]], float]) -> Any:
+            family = kind(name, doc, labels=base)
+            for snap in snaps:
+                family.add_metric(ids(snap), value(snap))
+            return family
+
+        yield each(GaugeMetricFamily, "ovsmgr_applied_generation", "Generation of the flows the controller last pushed.",
+                   lambda s: s["generation"])
+        yield each(GaugeMetricFamily, "ovsmgr_applied_timestamp_seconds",
+                   "When the controller last pushed flows (Unix time).", lambda s: s["applied_at"])
+        yield each(GaugeMetricFamily, "ovsmgr_last_change_duration_seconds",
+                   "How long the last reload or runtime change took.", lambda s: s["last_change_seconds"])
+        yield each(GaugeMetricFamily, "ovsmgr_switch_connected", "1 while the switch is connected to the controller.",
+                   lambda s: 1 if s["connected"] else 0)
+        yield each(GaugeMetricFamily, "ovsmgr_flows", "ovsmgr flows the controller keeps on the switch.",
+                   lambda s: s["flows"])
+        yield each(CounterMetricFamily, "ovsmgr_reload_failures", "Reloads refused because the policy did not validate.",
+                   lambda s: s["reload_failures"])
+        yield each(CounterMetricFamily, "ovsmgr_update_failures", "Runtime changes refused.",
+                   lambda s: s["update_failures"])
+        if any("fleet_generation" in s for s in snaps):
+            yield each(GaugeMetricFamily, "ovsmgr_fleet_generation",
+                       "The fleet generation whose policy the controller serves to the switch.",
+                       lambda s: s.get("fleet_generation", 0))
+        yield from _packet_in_metrics(snaps, base, ids)
+        yield from _rule_metrics(snaps, base, ids)
+        yield from _nat_rule_metrics(snaps, base, ids)
         backends = GaugeMetricFamily("ovsmgr_backend_up", "1 while a load-balanced DNAT backend passes its health "
-                                     "check, 0 while it is taken out.", labels=["bridge", "rule", "backend"])
-        for backend in snap.get("backends", ()):
-            where = f"{backend['address']}:{backend['port']}" if backend["port"] else str(backend["address"])
-            backends.add_metric([*bridge, str(backend["rule"]), where], 1 if backend["up"] else 0)
+                                     "check, 0 while it is taken out.", labels=[*base, "rule", "backend"])
+        for snap in snaps:
+            for backend in snap.get("backends", ()):
+                where = f"{backend['address']}:{backend['port']}" if backend["port"] else str(backend["address"])
+                backends.add_metric([*ids(snap), str(backend["rule"]), where], 1 if backend["up"] else 0)
         yield backends
-        yield from _change_metrics(snap, bridge)
-        if snap.get("conntrack") is not None:
-            yield _gauge("ovsmgr_conntrack_entries", "Conntrack entries in the policy's zone.", ["bridge", "zone"],
-                         [*bridge, str(snap["zone"])], snap["conntrack"])
-        if snap.get("conntrack_limit") is not None:
-            yield _gauge("ovsmgr_conntrack_limit", "The zone's connection limit (conntrack.max_connections).",
-                         ["bridge", "zone"], [*bridge, str(snap["zone"])], snap["conntrack_limit"])
+        yield _change_metrics(snaps, base, ids)
+        for key, name, doc in (("conntrack", "ovsmgr_conntrack_entries", "Conntrack entries in the policy's zone."),
+                               ("conntrack_limit", "ovsmgr_conntrack_limit",
+                                "The zone's connection limit (conntrack.max_connections).")):
+            having = [s for s in snaps if s.get(key) is not None]
+            if having:
+                family = GaugeMetricFamily(name, doc, labels=[*base, "zone"])
+                for snap in having:
+                    family.add_metric([*ids(snap), str(snap["zone"])], snap[key])
+                yield family
 
 
-def _change_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
-    durations: Durations = snap["change_durations"]
+Ids = Callable[[dict[str, Any]], list[str]]
+
+
+def _change_metrics(snaps: list[dict[str, Any]], base: list[str], ids: Ids) -> Any:
     histogram = HistogramMetricFamily("ovsmgr_change_duration_seconds",
                                       "How long reloads and runtime changes took, until the switch had the flows.",
-                                      labels=["bridge"])
-    histogram.add_metric(bridge, durations.buckets(), durations.total)
-    yield histogram
+                                      labels=base)
+    for snap in snaps:
+        durations: Durations = snap["change_durations"]
+        histogram.add_metric(ids(snap), durations.buckets(), durations.total)
+    return histogram
 
 
-def _packet_in_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
-    counters: Counters = snap["counters"]
-    packet_ins = CounterMetricFamily("ovsmgr_packet_ins", "Packet-ins by kind.", labels=["bridge", "kind"])
-    for kind, count in sorted(counters.packet_ins.items()):
-        packet_ins.add_metric([*bridge, kind], count)
+def _packet_in_metrics(snaps: list[dict[str, Any]], base: list[str], ids: Ids) -> Iterator[Any]:
+    packet_ins = CounterMetricFamily("ovsmgr_packet_ins", "Packet-ins by kind.", labels=[*base, "kind"])
+    for snap in snaps:
+        for kind, count in sorted(snap["counters"].packet_ins.items()):
+            packet_ins.add_metric([*ids(snap), kind], count)
     yield packet_ins
-    yield _counter("ovsmgr_rejects_sent", "TCP RSTs and ICMP unreachables sent for reject rules.",
-                   ["bridge"], bridge, counters.rejects_sent)
-    yield _counter("ovsmgr_log_lines", "Match log lines written.", ["bridge"], bridge, counters.log_lines)
-    yield _counter("ovsmgr_log_suppressed", "Match log lines dropped by the rate limit.", ["bridge"], bridge,
-                   counters.log_suppressed)
+    for name, doc, field_name in (
+            ("ovsmgr_rejects_sent", "TCP RSTs and ICMP unreachables sent for reject rules.", "rejects_sent"),
+            ("ovsmgr_log_lines", "Match log lines written.", "log_lines"),
+            ("ovsmgr_log_suppressed", "Match log lines dropped by the rate limit.", "log_suppressed")):
+        family = CounterMetricFamily(name, doc, labels=base)
+        for snap in snaps:
+            family.add_metric(ids(snap), getattr(snap["counters"], field_name))
+        yield family
 
 
-def _rule_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
+def _rule_metrics(snaps: list[dict[str, Any]], base: list[str], ids: Ids) -> Iterator[Any]:
     packets = CounterMetricFamily("ovsmgr_rule_packets", "Packets matched by a rule's flows.",
-                                  labels=["bridge", "rule", "kind"])
+                                  labels=[*base, "rule", "kind"])
     octets = CounterMetricFamily("ovsmgr_rule_bytes", "Bytes matched by a rule's flows.",
-                                 labels=["bridge", "rule", "kind"])
-    for (rule, kind), (p, b) in sorted(rule_totals(snap["stats"], snap["names"]).items()):
-        packets.add_metric([*bridge, rule, kind], p)
-        octets.add_metric([*bridge, rule, kind], b)
+                                 labels=[*base, "rule", "kind"])
+    dropped = CounterMetricFamily("ovsmgr_limit_dropped_packets", "Packets a rule's limit: dropped (its meter).",
+                                  labels=[*base, "rule"])
+    refused = CounterMetricFamily("ovsmgr_dropped_packets", "Packets drop and reject rules (and the default) "
+                                  "refused: first packets of refused connections.", labels=[*base, "rule"])
+    for snap in snaps:
+        for (rule, kind), (p, b) in sorted(rule_totals(snap["stats"], snap["names"]).items()):
+            packets.add_metric([*ids(snap), rule, kind], p)
+            octets.add_metric([*ids(snap), rule, kind], b)
+        for rule, count in sorted(snap.get("limit_drops", {}).items()):
+            dropped.add_metric([*ids(snap), rule], count)
+        for rule, (p, _) in sorted(dropped_totals(snap["stats"], snap["names"], snap.get("actions", {})).items()):
+            refused.add_metric([*ids(snap), rule], p)
     yield packets
     yield octets
-    dropped = CounterMetricFamily("ovsmgr_limit_dropped_packets", "Packets a rule's limit: dropped (its meter).",
-                                  labels=["bridge", "rule"])
-    for rule, count in sorted(snap.get("limit_drops", {}).items()):
-        dropped.add_metric([*bridge, rule], count)
     yield dropped
-    refused = CounterMetricFamily("ovsmgr_dropped_packets", "Packets drop and reject rules (and the default) "
-                                  "refused: first packets of refused connections.", labels=["bridge", "rule"])
-    for rule, (p, _) in sorted(dropped_totals(snap["stats"], snap["names"], snap.get("actions", {})).items()):
-        refused.add_metric([*bridge, rule], p)
     yield refused
 
 
-def _nat_rule_metrics(snap: dict[str, Any], bridge: list[str]) -> Iterator[Any]:
+def _nat_rule_metrics(snaps: list[dict[str, Any]], base: list[str], ids: Ids) -> Iterator[Any]:
     """Per NAT rule: what it translated (both directions) and its connections now (absent while
     conntrack cannot be read)."""
-    labels = ["bridge", "rule"]
+    labels = [*base, "rule"]
     packets = CounterMetricFamily("ovsmgr_nat_rule_packets", "Packets of the connections a NAT rule translated, "
                                   "both directions.", labels=labels)
     octets = CounterMetricFamily("ovsmgr_nat_rule_bytes", "Bytes of the connections a NAT rule translated, "
                                  "both directions.", labels=labels)
     connections = GaugeMetricFamily("ovsmgr_nat_rule_connections", "Connections in conntrack a NAT rule "
                                     "translated (one translated twice counts for both rules).", labels=labels)
-    for row in nat_rule_counts(count_totals(snap["stats"]), snap.get("nat_connections"), snap["names"]):
-        packets.add_metric([*bridge, row.rule], row.packets)
-        octets.add_metric([*bridge, row.rule], row.bytes)
-        if row.connections is not None:
-            connections.add_metric([*bridge, row.rule], row.connections)
+    for snap in snaps:
+        for row in nat_rule_counts(count_totals(snap["stats"]), snap.get("nat_connections"), snap["names"]):
+            packets.add_metric([*ids(snap), row.rule], row.packets)
+            octets.add_metric([*ids(snap), row.rule], row.bytes)
+            if row.connections is not None:
+                connections.add_metric([*ids(snap), row.rule], row.connections)
     yield packets
     yield octets
     yield connections
 
 
-def _gauge(name: str, doc: str, labels: list[str], values: list[str], value: float) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=labels)
-    family.add_metric(values, value)
-    return family
-
-
-def _counter(name: str, doc: str, labels: list[str], values: list[str], value: float) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=labels)
-    family.add_metric(values, value)
-    return family
-
-
-def registry_for(source: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+def registry_for(source: Callable[[], dict[str, Any] | list[dict[str, Any]]]) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ControllerCollector(source))
     return registry

@@ -138,3 +138,12 @@ def add_stats(totals: dict[int, list[int]], body: Iterable[Any]) -> None:
 
 def more_parts(msg: Any) -> bool:
     return bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)
+
+
+def request_role(datapath: Any, master: bool, generation: int) -> None:
+    """Ask to be the switch's master (it then refuses every other controller's writes and makes a
+    previous master a slave) or a slave (read-only, no packet-ins), with the fleet's role generation:
+    the switch refuses a request older than the newest master election it saw (OFPRRFC_STALE)."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    role = ofp.OFPCR_ROLE_MASTER if master else ofp.OFPCR_ROLE_SLAVE
+    datapath.send_msg(parser.OFPRoleRequest(datapath, role, generation & 0xFFFFFFFFFFFFFFFF))

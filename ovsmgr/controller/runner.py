@@ -110,7 +110,8 @@ class Controller:
                 self.stats_ready.wait(5.0)
         return dict(self.stats)
 
-    def packet_in(self, userdata: bytes | None, metadata: bytes | None, frame: bytes) -> tuple[int, bytes] | None:
+    def packet_in(self, dpid: int, userdata: bytes | None, metadata: bytes | None,
+                  frame: bytes) -> tuple[int, bytes] | None:
         info = packetin.parse_userdata(userdata)
         if info is None:
             self.counters.packet_ins["unknown"] += 1
@@ -186,16 +187,10 @@ class Controller:
     def _start_openflow(self, default_socket: Path) -> str:
         """os-ken on TCP; with a unix listen target, a relay in front. Returns the switch's target."""
         listen = self.options.listen or (f"unix:{default_socket}" if self.options.target.lab else "tcp:127.0.0.1:6653")
-        if listen.startswith("unix:"):
-            port = _free_port()
-            self.relay = UnixRelay(Path(listen.removeprefix("unix:")), port)  # before os-ken takes connections
+        target, self.relay = start_listener(listen, self)
+        if self.relay is not None:
             self._closers.append(self.relay)
-            start_osken("127.0.0.1", port, self)
-            self.relay.start()
-            return listen
-        host, _, port_text = listen.removeprefix("tcp:").rpartition(":")
-        start_osken(host or "127.0.0.1", int(port_text), self)
-        return f"tcp:{host or '127.0.0.1'}:{port_text}"
+        return target
 
     def _start_metrics(self) -> None:
         if not self.options.metrics:
@@ -325,7 +320,22 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_osken(host: str, port: int, hooks: Controller) -> None:
+def start_listener(listen: str, hooks: Any) -> tuple[str, UnixRelay | None]:
+    """os-ken on TCP (`tcp:HOST:PORT`), or on a free loopback port behind a unix relay (`unix:PATH`).
+    Returns the target switches are pointed at, and the relay (to close)."""
+    if listen.startswith("unix:"):
+        port = _free_port()
+        relay = UnixRelay(Path(listen.removeprefix("unix:")), port)  # before os-ken takes connections
+        hooks.relay = relay
+        start_osken("127.0.0.1", port, hooks)
+        relay.start()
+        return listen, relay
+    host, _, port_text = listen.removeprefix("tcp:").rpartition(":")
+    start_osken(host or "127.0.0.1", int(port_text), hooks)
+    return f"tcp:{host or '127.0.0.1'}:{port_text}", None
+
+
+def start_osken(host: str, port: int, hooks: Any) -> None:
     """Start os-ken 4.x in this process (it has no manager command)."""
     from os_ken import cfg
     from os_ken.base import app_manager

@@ -54,11 +54,12 @@ class ControllerDB(SwitchDB):
         """Set columns of every Controller row of the bridge (only those that differ)."""
         self._run(f"set controller options of {bridge}", [_ControllerOptions(self._api, bridge, options)])
 
-    def point_at(self, bridge: str, target: str, options: dict[str, Any]) -> None:
-        """The bridge's one controller: `target` with `options`, in one transaction, so that
-        ovs-vswitchd configures the connection once, with its options (see the module's notes)."""
-        self._run(f"point {bridge} at {target}", [self._api.set_controller(bridge, [target]),
-                                                   _ControllerOptions(self._api, bridge, options)])
+    def point_at(self, bridge: str, targets: list[str], options: dict[str, Any]) -> None:
+        """The bridge's controllers (one, or a fleet's controllers in HA) with `options`, in one
+        transaction, so that ovs-vswitchd configures each connection once, with its options (see the
+        module's notes)."""
+        self._run(f"point {bridge} at {', '.join(targets)}", [self._api.set_controller(bridge, targets),
+                                                               _ControllerOptions(self._api, bridge, options)])
 
 
 class _ControllerOptions(ovs_command.BaseCommand):
@@ -82,7 +83,7 @@ def _scalar(value: Any) -> Any:
 
 
 def prepare_bridge(target: SwitchTarget, policy: ResolvedPolicy, *, before_flows: bool,
-                   controller: str | None = None) -> None:
+                   controller: str | list[str] | None = None) -> None:
     """Before the first push: the bridge exists, secure, pointed at us. After it: ports, zone limit.
 
     The controller is set before the first push because OVS empties a bridge's flow table
@@ -94,9 +95,10 @@ def prepare_bridge(target: SwitchTarget, policy: ResolvedPolicy, *, before_flows
         if before_flows:
             db.ensure_bridge(bridge, datapath_type=datapath_type(policy.datapath, target), fail_mode="secure")
             if controller is not None:
-                if db.get_controllers(bridge) != [controller]:
-                    log.info("pointing %s at %s", bridge, controller)
-                    db.point_at(bridge, controller, CONTROLLER_OPTIONS)
+                targets = [controller] if isinstance(controller, str) else list(controller)
+                if sorted(db.get_controllers(bridge)) != sorted(targets):
+                    log.info("pointing %s at %s", bridge, ", ".join(targets))
+                    db.point_at(bridge, targets, CONTROLLER_OPTIONS)
                 else:
                     db.set_controller_options(bridge, CONTROLLER_OPTIONS)
             return

@@ -467,7 +467,7 @@ class _Hooks:
     def switch_state(self, dpid: int, channel: object | None) -> None:
         self.events.append(("state", (dpid, channel is not None)))
 
-    def packet_in(self, userdata: bytes | None, metadata: bytes | None, frame: bytes) -> None:
+    def packet_in(self, dpid: int, userdata: bytes | None, metadata: bytes | None, frame: bytes) -> None:
         self.events.append(("packet_in", frame))
 
     def flow_stats(self, dpid: int, totals: dict[int, list[int]]) -> None: ...
