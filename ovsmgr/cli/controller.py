@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ovsmgr.cli.common import echo_json, fail, output_option, policy_files, print_diagnostics
+from ovsmgr.cli.common import echo_json, fail, output_option, print_diagnostics
 from ovsmgr.cli.switch import target_options
 from ovsmgr.controller.client import ApiClient, ApiError, find_controller
 from ovsmgr.controller.runtime import ChangeError
@@ -24,10 +24,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.command()
-@policy_files
-@click.option("--listen", default=None, metavar="tcp:HOST:PORT|unix:PATH",
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--fleet", "fleet_path", default=None, metavar="FLEET.yaml", type=click.Path(dir_okay=False),
+              help="Serve every switch of this fleet that has controllers: (docs/fleet.md) and connects, each "
+                   "with what the fleet's store released to it; with several controllers, one is active.")
+@click.option("--name", default=None, help="With --fleet: this controller's name in the store (default HOST:PID).")
+@click.option("--listen", default=None, multiple=True, metavar="tcp:HOST:PORT|unix:PATH",
               help="OpenFlow listener the bridge is pointed at (default: a unix socket in the lab's "
-                   "directory with --lab, else tcp:127.0.0.1:6653).")
+                   "directory with --lab, else tcp:127.0.0.1:6653). With --fleet, several unix:PATH ones may "
+                   "be given: OVS connects only to sockets in its own run directory.")
 @click.option("--api", default=None, metavar="HOST:PORT|unix:PATH",
               help="JSON API endpoint, loopback only (default: unix socket in the state directory).")
 @click.option("--metrics", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics, e.g. 127.0.0.1:9302.")
@@ -42,20 +47,32 @@ F = TypeVar("F", bound=Callable[..., Any])
               help="Network namespace (ip netns) the health checks of load-balanced DNAT backends connect "
                    "from (default: the controller's own).")
 @target_options
-def controller(files: tuple[str, ...], listen: str | None, api: str | None, metrics: str | None,
-               stats_interval: float, log_rate: float, log_burst: int, match_log: str | None,
+def controller(files: tuple[str, ...], fleet_path: str | None, name: str | None, listen: tuple[str, ...], api: str | None,
+               metrics: str | None, stats_interval: float, log_rate: float, log_burst: int, match_log: str | None,
                health_netns: str | None, target: SwitchTarget) -> None:
     """Run the controller for FILES: keep the bridge in line, take runtime changes, answer rejects,
-    check the health of load-balanced DNAT backends."""
+    check the health of load-balanced DNAT backends. With --fleet FLEET.yaml instead of FILES: serve
+    the fleet's switches."""
     from ovsmgr.controller.runner import Controller, Options
     from ovsmgr.lab.netns import NETNS_DIR
+
+    if fleet_path is not None:
+        if files or api or health_netns:
+            fail("--fleet takes the switches and their policies from the fleet and its store: "
+                 "no FILES, --api or --health-netns with it")
+        _fleet_controller(fleet_path, name, listen, metrics, stats_interval, log_rate, log_burst, match_log)
+        return
+    if not files:
+        fail("give the policy FILES, or --fleet FLEET.yaml")
+    if len(listen) > 1:
+        fail("--listen: one listener for one bridge (several only with --fleet)")
 
     if health_netns is not None and not (NETNS_DIR / health_netns).exists():
         fail(f"--health-netns {health_netns}: no such network namespace ({NETNS_DIR / health_netns})")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = Options(list(files), target, listen, api, metrics, stats_interval, log_rate, log_burst, match_log,
-                      health_netns=health_netns)
+    options = Options(list(files), target, listen[0] if listen else None, api, metrics, stats_interval, log_rate,
+                      log_burst, match_log, health_netns=health_netns)
     try:
         sys.exit(Controller(options).run())
     except PolicyError as exc:
@@ -63,6 +80,24 @@ def controller(files: tuple[str, ...], listen: str | None, api: str | None, metr
         sys.exit(1)
     except ChangeError as exc:
         print_diagnostics_text(exc.diagnostics)
+        fail(str(exc))
+
+
+def _fleet_controller(fleet_path: str, name: str | None, listen: tuple[str, ...], metrics: str | None,
+                      stats_interval: float, log_rate: float, log_burst: int, match_log: str | None) -> None:
+    from ovsmgr.cli.fleet import _loaded
+    from ovsmgr.fleet.controller import FleetController, FleetOptions
+    from ovsmgr.fleet.state import StoreError
+    from ovsmgr.fleet.targets import FleetError
+
+    fleet, _ = _loaded(fleet_path, with_policies=False)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = FleetOptions(fleet, listen or ("tcp:127.0.0.1:6653",), metrics, stats_interval, log_rate, log_burst,
+                           match_log, name)
+    try:
+        sys.exit(FleetController(options).run())
+    except (StoreError, FleetError) as exc:
         fail(str(exc))
 
 

@@ -165,14 +165,15 @@ def _endpoints(fleet: Fleet, model: FleetFile) -> Iterable[tuple[ModelPath, str,
 
 def endpoint_problem(endpoint: str, client: bool = True) -> str | None:
     """Why an endpoint is refused (None: it is fine). ovsmgr speaks TLS or a local socket; a switch
-    reaches its controllers over TLS or TCP on the switch's own loopback (an agent on the host)."""
+    reaches its controllers over TLS, or TCP on the switch's own loopback or a unix socket (a
+    controller on the switch's host)."""
     scheme, _, rest = endpoint.partition(":")
     if client and scheme not in CLIENT_SCHEMES:
         hint = " (plain TCP is refused: TLS everywhere)" if scheme == "tcp" else ""
         return f'"{endpoint}" is not ssl:HOST:PORT or unix:PATH{hint}'
-    if not client and not (scheme == "ssl" or (scheme == "tcp" and rest.startswith(("127.", "[::1]")))):
+    if not client and not (scheme in ("ssl", "unix") or (scheme == "tcp" and rest.startswith(("127.", "[::1]")))):
         return (f'"{endpoint}" is not ssl:HOST:PORT (a switch reaches remote controllers over TLS; '
-                "plain TCP only to its own loopback)")
+                "plain TCP only to its own loopback, unix:PATH on its own host)")
     if scheme != "unix":
         host, sep, port = rest.rpartition(":")
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:

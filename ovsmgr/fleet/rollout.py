@@ -10,6 +10,10 @@ policy cuts off rolls back by itself. What happened to each switch is written to
 (`applied_generation`, `error`, ...). A failure stops the rollout (`stop_on_failure`, the default):
 switches not reached keep their generation and their row says why; else the failed switch is
 skipped and the rollout goes on.
+
+A switch with controllers (`controllers:` in the fleet file) is not pushed to: released, it is applied
+by the active `ovsmgr controller --fleet`, and the rollout waits (up to `rollout.timeout`) until that
+controller wrote the generation, or its error, to the switch's row.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from ovsmgr.fleet.fleetfile import Fleet
-from ovsmgr.fleet.state import StoreError
+from ovsmgr.fleet.state import StoreError, StoreState
 from ovsmgr.fleet.store import ROLLOUT_LOCK, FleetStore
 from ovsmgr.fleet.storecmds import now
 from ovsmgr.fleet.targets import FleetError, desired_switches, switch_target
@@ -135,8 +139,13 @@ def run_rollout(fleet: Fleet, policies: dict[str, ResolvedPolicy], store: FleetS
     order = batches(fleet, list(policies))
     for i, batch in enumerate(order):
         store.release(batch, generation)
-        for outcome in _apply_batch(fleet, batch, policies):
+        served = [n for n in batch if fleet.switches[n].controllers]
+        pushed = [n for n in batch if n not in served]
+        for outcome in _apply_batch(fleet, pushed, policies) if pushed else []:
             _observe(store, outcome, generation, policies[outcome.name].digest)
+            outcomes.append(outcome)
+            report(outcome)
+        for outcome in await_controllers(store, served, generation, fleet.rollout.timeout) if served else []:
             outcomes.append(outcome)
             report(outcome)
         failed = [o.name for o in outcomes if o.error is not None]
@@ -148,6 +157,36 @@ def run_rollout(fleet: Fleet, policies: dict[str, ResolvedPolicy], store: FleetS
     store.set_rollout({"state": "done" if not failed else "done with failures", "generation": str(generation),
                        "finished_at": now(), **({"failed": ",".join(failed)} if failed else {})})
     return RolloutResult(generation, outcomes)
+
+
+def await_controllers(store: FleetStore, names: list[str], generation: int, timeout: float) -> list[Outcome]:
+    """Switches served by controllers: released, they are applied by the active fleet controller,
+    which writes `applied_generation` (or the `error` of this generation) to their rows."""
+    started = time.monotonic()
+
+    def outcome(state: StoreState, name: str) -> Outcome | None:
+        row = state.switches.get(name)
+        if row is not None and row.applied_generation >= generation:
+            return Outcome(name, None, seconds=time.monotonic() - started)
+        if row is not None and row.error and row.error.startswith(f"generation {generation}:"):
+            return Outcome(name, row.error.removeprefix(f"generation {generation}: "),
+                           seconds=time.monotonic() - started)
+        return None
+
+    try:
+        state = store.wait(lambda s: all(outcome(s, n) is not None for n in names), timeout)
+    except StoreError:
+        state = store.state()
+    out = []
+    for name in names:
+        found = outcome(state, name)
+        if found is None:
+            found = Outcome(name, f"no controller applied generation {generation} to switch {name} within "
+                                  f"{timeout:g} s (is `ovsmgr controller --fleet` running, the switch connected to it?)",
+                            seconds=time.monotonic() - started)
+            store.observe(name, error=f"generation {generation}: {found.error}")
+        out.append(found)
+    return out
 
 
 def _observe(store: FleetStore, outcome: Outcome, generation: int, digest: str) -> None:

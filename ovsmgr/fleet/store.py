@@ -7,8 +7,9 @@ transaction the leader did not commit. Every write is one ovsdbapp transaction r
 
 Tables (docs/fleet.md has the whole schema):
 
-- `Fleet` (one row): the fleet's `generation`, the rollout in progress or last; `active_controller`
-  and `role_generation` are kept for controllers in HA (not written yet);
+- `Fleet` (one row): the fleet's `generation`, the rollout in progress or last; the active one of the
+  fleet's controllers (`active_controller`, the holder of `CONTROLLER_LOCK`) and its OpenFlow
+  master election id (`role_generation`, one more at every take-over);
 - `Policy`: a policy's files (name and text, in merge order) and runtime changes, by digest;
 - `Switch`: per switch, what the fleet file wants (`policy`, `desired_generation`), what the rollout
   released to it (`release`, `released_generation`), and what was observed (`applied_*`,
@@ -41,12 +42,20 @@ from ovsmgr.fleet.state import (
     policy_of,
     switch_of,
 )
-from ovsmgr.fleet.storecmds import Release, SetColumns, SetFleet, WriteGeneration
+from ovsmgr.fleet.storecmds import (
+    Release,
+    SetColumns,
+    SetFleet,
+    TakeOver,
+    WriteGeneration,
+)
 from ovsmgr.southbound.ovslib import connection, jsonrpc, ovs_command, ovs_idl, ovsdbapp_api, stream
 from ovsmgr.southbound.tls import handshake_problem, needs_tls
 from ovsmgr.southbound.tools import OvsToolError, transact
 
 ROLLOUT_LOCK = "ovsmgr_rollout"
+CONTROLLER_LOCK = "ovsmgr_controller"
+"""Held by the active one of a fleet's controllers (`ovsmgr controller --fleet`); the others wait for it."""
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -231,6 +240,10 @@ class FleetStore:
         if unknown:
             raise ValueError(f"not observed columns: {sorted(unknown)}")
         self._run(f"recording the state of {name}", SetColumns(self._api, "Switch", ("name", name), columns))
+
+    def take_over(self, name: str) -> int:
+        """This client (holding `CONTROLLER_LOCK`) is the active controller now: the new role generation."""
+        return int(self._run("taking over as the active controller", TakeOver(self._api, name)))
 
     def set_rollout(self, rollout: dict[str, str]) -> None:
         self._run("recording the rollout", SetFleet(self._api, {"rollout": rollout}))

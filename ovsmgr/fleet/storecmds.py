@@ -124,3 +124,20 @@ class SetFleet(ovs_command.BaseCommand):
         fleet = _fleet_row(self.api, txn)
         for column, value in self.columns.items():
             setattr(fleet, column, value)
+
+
+class TakeOver(ovs_command.BaseCommand):
+    """A controller that got the controller lock becomes the active one: the next role generation
+    (its OpenFlow master election id) and its name. Run under the lock, so only the holder can."""
+
+    def __init__(self, api: Any, name: str) -> None:
+        super().__init__(api)
+        self.name = name
+
+    def run_idl(self, txn: Any) -> None:
+        fleet = _fleet_row(self.api, txn)
+        fleet.verify("role_generation")
+        fleet.role_generation = int(fleet.role_generation) + 1
+        fleet.active_controller = [self.name]
+        self.result = int(fleet.role_generation)
+

@@ -540,3 +540,30 @@ def test_only_connections_through_the_relay_are_taken_as_switches(tmp_path: Path
     plain = Controller.__new__(Controller)
     plain.relay = None
     assert plain.switch_allowed(("192.0.2.1", 40000))  # a tcp: listen target takes any switch
+
+
+def test_a_fleet_controller_gives_an_unknown_datapath_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A connection whose datapath id is no switch of the fleet reaches no switch's worker (so nothing is
+    written to it) and is logged; once a switch's datapath id is read from its OVSDB, it is that switch's."""
+    from ovsmgr.fleet.controller import FleetController, FleetOptions
+    from ovsmgr.fleet.fleetfile import Fleet
+
+    class Switch:
+        def __init__(self) -> None:
+            self.name, self.got = "edge-2", []
+
+        def switch_state(self, dpid: int, channel: object | None) -> None:
+            self.got.append((dpid, channel))
+
+    ctl = FleetController(FleetOptions(Fleet(str(tmp_path / "fleet.yaml"), {})))
+    known, later = Switch(), Switch()
+    ctl.by_dpid[0x1] = known  # type: ignore[assignment]
+    channel = object()
+    ctl.switch_state(0x1, channel)  # type: ignore[arg-type]
+    assert known.got == [(0x1, channel)]
+    with caplog.at_level("WARNING", logger="ovsmgr.controller"):
+        ctl.switch_state(0x2, channel)  # type: ignore[arg-type]
+    assert "0x0000000000000002 is no switch of" in caplog.text and "nothing is written" in caplog.text
+    assert later.got == [] and ctl.packet_in(0x2, None, None, b"frame") is None
+    ctl.known(later, 0x2)  # type: ignore[arg-type]
+    assert later.got == [(0x2, channel)] and ctl.unknown == {}

@@ -92,3 +92,27 @@ def test_fleet_apply_with_a_bad_policy_contacts_nothing(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "bad.yaml:" in result.output and "nothing was changed on any switch" in result.output
     assert "nonexistent" not in result.output
+
+
+@pytest.mark.parametrize(("endpoint", "problem"), [
+    ("ssl:10.0.0.5:6653", None), ("unix:/run/ovsmgr/ctl.sock", None), ("tcp:127.0.0.1:6653", None),
+    ("tcp:10.0.0.5:6653", "plain TCP only to its own loopback"), ("unix:ctl.sock", "unix:/ABSOLUTE/PATH"),
+])
+def test_switches_reach_controllers_over_tls_or_on_their_own_host(endpoint: str, problem: str | None) -> None:
+    from ovsmgr.fleet.fleetfile import endpoint_problem
+
+    found = endpoint_problem(endpoint, client=False)
+    assert (found is None) if problem is None else (found is not None and problem in found), found
+
+
+def test_a_fleet_controller_serves_switches_with_controllers_that_it_can_tell_apart(tmp_path: Path) -> None:
+    from ovsmgr.fleet.controller import served_switches
+    from ovsmgr.fleet.targets import FleetError
+
+    with pytest.raises(FleetError, match="no switch has controllers"):
+        served_switches(load_fleet(fleet(tmp_path, FLEET)))
+    served = FLEET.replace("rollout:", "controllers: ['unix:/run/ovsmgr/ctl.sock']\nrollout:")
+    assert [s.name for s in served_switches(load_fleet(fleet(tmp_path, served)))] == ["a", "b", "c", "d"]
+    anonymous = served.replace("  d: {policy: good.yaml, db: unix:/nonexistent/d.sock}", "  d: {policy: good.yaml}")
+    with pytest.raises(FleetError, match="switch d has neither datapath_id nor db"):
+        served_switches(load_fleet(fleet(tmp_path, anonymous)))

@@ -1,0 +1,202 @@
+"""`ovsmgr controller --fleet`: one process serving several lab switches, each with its own policy from
+the store, checked with real traffic; and two controllers in HA, the active one killed."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ovsmgr.cli import main
+from ovsmgr.controller.switchdb import CONTROLLER_OPTIONS, ControllerDB
+from ovsmgr.fleet.state import StoreState
+from ovsmgr.fleet.store import FleetStore
+from ovsmgr.lab.cluster import StoreCluster
+from ovsmgr.lab.ovs import Lab
+from tests.support.policies import two_ports
+
+from .controller_helpers import (
+    OVSMGR,
+    eventually,
+    flows_with_duration,
+    free_loopback_port,
+    probe_stream,
+    scrape,
+)
+from .test_fleet import PORTS, passes
+
+pytestmark = pytest.mark.integration
+
+
+def policy(*tcp: int, udp: int | None = None) -> str:
+    services = [f"tcp/{p}" for p in tcp] + ([f"udp/{udp}"] if udp else [])
+    rules = "".join(f"    - {{name: {s.replace('/', '')}, from: inside, services: [{s}], action: allow}}\n"
+                    for s in services)
+    return two_ports(f"firewall:\n  default: drop\n  rules:\n{rules}")
+
+
+@dataclass
+class Fleet:
+    dir: Path
+    store: StoreCluster
+
+    def write(self, switches: dict[str, str]) -> str:
+        """`switches`: name -> the rest of its YAML flow mapping; each policy in NAME.yaml."""
+        lines = [f"  {name}: {{policy: {name}.yaml, {rest}}}" for name, rest in switches.items()]
+        path = self.dir / "fleet.yaml"
+        path.write_text(f"version: 1\nstore: [{', '.join(self.store.endpoints)}]\nrollout: {{timeout: 30}}\n"
+                        "switches:\n" + "\n".join(lines) + "\n")
+        return str(path)
+
+    def state(self) -> StoreState:
+        with FleetStore(self.store.endpoints) as store:
+            return store.state()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    store = StoreCluster(Path("/tmp") / f"ovsmgr-store-{secrets.token_hex(3)}")
+    try:
+        store.start()
+        yield Fleet(tmp_path, store)
+    finally:
+        assert not store.stop()
+        shutil.rmtree(store.dir, ignore_errors=True)
+
+
+@contextmanager
+def fleet_controller(path: str, name: str, sockets: list[Path], log: Path, *extra: str
+                     ) -> Iterator[subprocess.Popen[bytes]]:
+    listen = [arg for sock in sockets for arg in ("--listen", f"unix:{sock}")]
+    with open(log, "ab") as err:
+        proc = subprocess.Popen([OVSMGR, "controller", "--fleet", path, "--name", name, *listen,
+                                 "--stats-interval", "0.5", *extra], stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+
+
+def dpid_of(lab: Lab) -> int:
+    with ControllerDB(lab.db_endpoint) as db:
+        dpid = eventually(lambda: db.datapath_id("br0"), 10)
+    assert dpid is not None
+    return dpid
+
+
+def controller_roles(lab: Lab) -> dict[str, str]:
+    """The bridge's controllers: target -> role as OVS reports it (master, slave, other), connected only."""
+    out = subprocess.run(["ovs-vsctl", f"--db={lab.db_endpoint}", "--format=csv", "--data=bare", "--no-headings",
+                          "--columns=target,role,is_connected", "list", "Controller"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split(",") for line in out.splitlines() if line]
+    return {target: role for target, role, connected in rows if connected == "true"}
+
+
+def apply(path: str) -> None:
+    result = CliRunner().invoke(main, ["fleet", "apply", path])
+    assert result.exit_code == 0, result.output
+
+
+def test_one_fleet_controller_serves_two_switches_each_its_own_policy(
+        fleet: Fleet, lab_factory: Callable[..., Lab]) -> None:
+    labs = {name: lab_factory(PORTS) for name in ("edge-1", "edge-2")}
+    stranger = lab_factory(PORTS)
+    (fleet.dir / "edge-1.yaml").write_text(policy(8080))
+    (fleet.dir / "edge-2.yaml").write_text(policy(9090))
+    # each switch's OVS connects only to a socket in its own run directory: one listener each
+    socks = {name: Path(lab.dir) / "fleet-ctl.sock" for name, lab in [*labs.items(), ("stranger", stranger)]}
+    log, metrics = fleet.dir / "controller.log", f"127.0.0.1:{free_loopback_port()}"
+    dpid = dpid_of(labs["edge-1"])
+    path = fleet.write({
+        "edge-1": f"db: '{labs['edge-1'].db_endpoint}', datapath_id: '{dpid:#x}', controllers: ['unix:{socks['edge-1']}']",
+        # edge-2 is identified by its bridge's datapath id, read from its OVSDB
+        "edge-2": f"db: '{labs['edge-2'].db_endpoint}', controllers: ['unix:{socks['edge-2']}']"})
+    with fleet_controller(path, "ctl-a", list(socks.values()), log, "--metrics", metrics) as proc:
+        assert eventually(lambda: fleet.state().active_controller == "ctl-a", 30), log.read_text()
+        with ControllerDB(stranger.db_endpoint) as db:  # a bridge the fleet does not know connects too
+            db.point_at("br0", [f"unix:{socks['stranger']}"], CONTROLLER_OPTIONS)
+        apply(path)
+        assert proc.poll() is None
+        for name, lab in labs.items():  # OVS writes the roles it sees to its database every few seconds
+            want = {f"unix:{socks[name]}": "master"}
+            assert eventually(lambda lab=lab, want=want: controller_roles(lab) == want, 15), controller_roles(lab)
+        assert passes(labs["edge-1"], 8080) and not passes(labs["edge-1"], 9090), "edge-1 runs edge-1.yaml"
+        assert passes(labs["edge-2"], 9090) and not passes(labs["edge-2"], 8080), "edge-2 runs edge-2.yaml"
+        assert not passes(labs["edge-2"], 9090, source="outside")
+        rows = fleet.state().switches
+        assert all(rows[n].applied_generation == 1 and rows[n].served_by == "ctl-a" and rows[n].connected
+                   and rows[n].error is None for n in labs), rows
+
+        assert eventually(lambda: "is no switch of" in log.read_text(), 20), log.read_text()
+        assert eventually(lambda: controller_roles(stranger), 10), "the unknown bridge never connected"
+        assert "cookie=0xf5a" not in stranger.ofctl(["dump-flows"]), "an unknown datapath was written to"
+
+        samples = scrape(metrics)
+        connected = {s[0]["switch"]: s[1] for s in samples["ovsmgr_switch_connected"]}
+        assert connected == {"edge-1": 1.0, "edge-2": 1.0}, connected
+        generation = {s[0]["switch"]: s[1] for s in samples["ovsmgr_fleet_generation"]}
+        assert generation == {"edge-1": 1.0, "edge-2": 1.0}
+        packets = {(s[0]["switch"], s[0]["rule"]): s[1] for s in samples["ovsmgr_rule_packets_total"]
+                   if s[0]["kind"] == "firewall"}
+        assert packets.get(("edge-1", "tcp8080"), 0) > 0 and packets.get(("edge-2", "tcp9090"), 0) > 0, packets
+        assert ("edge-1", "tcp9090") not in packets and ("edge-2", "tcp8080") not in packets, packets
+
+        (fleet.dir / "edge-2.yaml").write_text(policy(9090, 7070))  # generation 2: only edge-2's policy changes
+        apply(path)
+        assert passes(labs["edge-2"], 7070) and not passes(labs["edge-1"], 7070)
+        assert fleet.state().switches["edge-2"].applied_generation == 2
+
+
+def test_the_active_controller_killed_the_standby_takes_over_without_flow_churn(
+        fleet: Fleet, lab_factory: Callable[..., Lab]) -> None:
+    lab = lab_factory(PORTS)
+    (fleet.dir / "edge-1.yaml").write_text(policy(8080, udp=9000))
+    sock_a, sock_b = Path(lab.dir) / "ctl-a.sock", Path(lab.dir) / "ctl-b.sock"
+    path = fleet.write({"edge-1": f"db: '{lab.db_endpoint}', controllers: ['unix:{sock_a}', 'unix:{sock_b}']"})
+    log_a, log_b = fleet.dir / "a.log", fleet.dir / "b.log"
+    with fleet_controller(path, "ctl-a", [sock_a], log_a) as a:
+        assert eventually(lambda: fleet.state().active_controller == "ctl-a", 30), log_a.read_text()
+        apply(path)
+        with fleet_controller(path, "ctl-b", [sock_b], log_b) as b:
+            roles = eventually(lambda: len(r := controller_roles(lab)) == 2 and "other" not in r.values(), 30)
+            assert roles and controller_roles(lab) == {f"unix:{sock_a}": "master", f"unix:{sock_b}": "slave"}
+            assert passes(lab, 8080) and not passes(lab, 9090)
+            before = flows_with_duration(lab)
+            text_before = lab.ofctl(["dump-flows", "--no-stats"])
+            assert fleet.state().role_generation == 1
+
+            with probe_stream(lab, "inside", "outside", "198.51.100.9", 9000, duration=12, interval=0.01) as received:
+                time.sleep(3)
+                a.kill()
+                a.wait(10)
+                taken = eventually(lambda: (s := fleet.state()).active_controller == "ctl-b"
+                                   and s.switches["edge-1"].served_by == "ctl-b", 30)
+                assert taken, log_b.read_text()
+            assert b.poll() is None
+            assert eventually(lambda: controller_roles(lab) == {f"unix:{sock_b}": "master"}, 15), controller_roles(lab)
+            assert fleet.state().role_generation == 2
+            after = flows_with_duration(lab)
+            assert lab.ofctl(["dump-flows", "--no-stats"]) == text_before, "the take-over changed flows"
+            assert after.keys() == before.keys()
+            assert all(after[k] >= before[k] for k in before), "a flow was replaced (its duration restarted)"
+            assert "reconciled" not in log_b.read_text(), "the standby pushed something when it took over"
+            seqs = sorted({int(r["seq"]) for r in received})
+            assert seqs, "no probe arrived"
+            lost = [n for n in range(seqs[-1] + 1) if n not in set(seqs)]
+            print(f"take-over: {len(seqs)} probes received, {len(lost)} lost, longest gap "
+                  f"{max((b2 - b1 - 1 for b1, b2 in itertools.pairwise(seqs)), default=0)}")
+            assert not lost, f"probes lost during the take-over: {lost[:20]}"
+            assert passes(lab, 8080) and not passes(lab, 9090)
