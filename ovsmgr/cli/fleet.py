@@ -140,3 +140,119 @@ def status(fleet_path: str, output: str) -> None:
         line = (f"{e['switch']}: generation {e['applied_generation']} of {e['desired_generation']}, "
                 f"{'connected' if e['connected'] else 'NOT connected'}{', DRIFTED' if e['drifted'] else ''}")
         click.echo(line + (f": {e['error']}" if e["error"] else ""))
+
+
+# --- runtime changes through the store ------------------------------------------------------------------
+def switch_choice(func: F) -> F:
+    func = click.option("--all", "everyone", is_flag=True,
+                        help="Every switch of the fleet that controllers serve.")(func)
+    return click.option("--switch", "switches", multiple=True, metavar="NAME",
+                        help="A switch to change (repeat for several).")(func)
+
+
+def _runtime_change(fleet_path: str, switches: tuple[str, ...], everyone: bool, change: Any, what: str) -> None:
+    """Validate the change for every switch named, write it to the store in one transaction, and
+    wait until the active fleet controller applied it to each (exit 1 if one did not)."""
+    from ovsmgr.controller.runtime import ChangeError
+    from ovsmgr.fleet.rollout import await_controllers
+    from ovsmgr.fleet.runtime import plan_change, targets
+
+    if switches and everyone:
+        fail("--switch or --all, not both")
+    fleet_spec, _ = _loaded(fleet_path, with_policies=False)
+    names = targets(fleet_spec, switches, everyone)
+    with _store(fleet_spec) as store:
+        state = store.state()
+        try:
+            policies = plan_change(state, names, change)
+        except ChangeError as exc:
+            for line in exc.diagnostics:
+                click.echo(line, err=True)
+            fail(f"{what}: refused, no switch changed")
+        generation = store.release_policies(state.generation, policies)
+        outcomes = await_controllers(store, names, generation, fleet_spec.rollout.timeout)
+    for o in outcomes:
+        click.echo(f"{o.name}: {what}, generation {generation}" if o.error is None else f"{o.name}: FAILED: {o.error}")
+    sys.exit(0 if all(o.error is None for o in outcomes) else 1)
+
+
+@fleet.group("set")
+def fleet_set() -> None:
+    """Change address-set members on fleet switches (through the store; kept across fleet apply)."""
+
+
+@fleet_set.command("add")
+@fleet_file
+@click.argument("name")
+@click.argument("addresses", nargs=-1, required=True)
+@switch_choice
+@store_errors
+def fleet_set_add(fleet_path: str, name: str, addresses: tuple[str, ...], switches: tuple[str, ...],
+                  everyone: bool) -> None:
+    """Add ADDRESSES to set NAME on the switches chosen."""
+    from ovsmgr.fleet.runtime import set_members
+
+    _runtime_change(fleet_path, switches, everyone, set_members(name, list(addresses), []),
+                    f"{name} += {' '.join(addresses)}")
+
+
+@fleet_set.command("remove")
+@fleet_file
+@click.argument("name")
+@click.argument("addresses", nargs=-1, required=True)
+@switch_choice
+@store_errors
+def fleet_set_remove(fleet_path: str, name: str, addresses: tuple[str, ...], switches: tuple[str, ...],
+                     everyone: bool) -> None:
+    """Remove ADDRESSES from set NAME on the switches chosen."""
+    from ovsmgr.fleet.runtime import set_members
+
+    _runtime_change(fleet_path, switches, everyone, set_members(name, [], list(addresses)),
+                    f"{name} -= {' '.join(addresses)}")
+
+
+@fleet.group("rule")
+def fleet_rule() -> None:
+    """Add, remove, enable or disable firewall rules on fleet switches (through the store)."""
+
+
+@fleet_rule.command("add")
+@fleet_file
+@click.argument("rule")
+@click.option("--before", default=None, help="Place it before this rule (default: last).")
+@click.option("--after", default=None, help="Place it after this rule.")
+@switch_choice
+@store_errors
+def fleet_rule_add(fleet_path: str, rule: str, before: str | None, after: str | None, switches: tuple[str, ...],
+                   everyone: bool) -> None:
+    """Add RULE, a firewall rule as in the policy files (YAML flow style or JSON)."""
+    from ovsmgr.fleet.runtime import add_rule
+    from ovsmgr.policy.loader import load_text
+
+    if before and after:
+        fail("give --before or --after, not both")
+    try:
+        data = load_text(rule, "<rule>").data
+    except PolicyError as exc:
+        print_diagnostics(exc.diagnostics)
+        sys.exit(1)
+    _runtime_change(fleet_path, switches, everyone, add_rule(data, before, after),
+                    f"rule {data.get('name') if isinstance(data, dict) else '?'} added")
+
+
+def _fleet_rule_command(verb: str, done: str) -> click.Command:
+    @fleet_file
+    @click.argument("rule_name", metavar="NAME")
+    @switch_choice
+    @store_errors
+    def command(fleet_path: str, rule_name: str, switches: tuple[str, ...], everyone: bool) -> None:
+        from ovsmgr.fleet.runtime import remove_rule, set_enabled
+
+        change = remove_rule(rule_name) if verb == "remove" else set_enabled(rule_name, verb == "enable")
+        _runtime_change(fleet_path, switches, everyone, change, f"rule {rule_name} {done}")
+    command.__doc__ = f"Rule NAME {done} on the switches chosen (kept across fleet apply)."
+    return click.command(verb)(command)
+
+
+for _verb, _done in (("remove", "removed"), ("enable", "enabled"), ("disable", "disabled")):
+    fleet_rule.add_command(_fleet_rule_command(_verb, _done))

@@ -5,9 +5,10 @@ switch with a `db:`, the bridge's own (its OVSDB `datapath_id`). A datapath that
 fleet gets nothing written: it is logged and left as it is (`fail_mode=secure`, so it keeps
 dropping what its flows do not allow).
 
-What each switch runs is what the store released to it (its row's `release`, from `fleet apply`);
-the policy's files are written to a directory of the switch's own and loaded as `ovsmgr controller`
-loads files. Each switch has its own controller state (`Controller`: engine, counters, health
+What each switch runs is what the store released to it (its row's `release`, from `fleet apply`
+or `fleet set|rule`); the policy's files are written to a directory of the switch's own and loaded
+as `ovsmgr controller` loads files, with the switch's runtime changes from the store on top
+(written where a controller keeps them, so `ovsmgr status` shows them). Each switch has its own controller state (`Controller`: engine, counters, health
 checks), and one worker thread that does everything that touches it, in order: a (re)connection
 (reconciled: our flows read, what differs pushed in one bundle), a new release (recompiled, the
 difference pushed), a change of role. What was applied is written to the switch's row
@@ -43,11 +44,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from ovsmgr.controller.ofchannel import DatapathChannel, request_role
+from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.relay import UnixRelay
 from ovsmgr.controller.runner import Controller, Options, _free_port, start_listener, start_osken
-from ovsmgr.controller.runtime import ChangeError
+from ovsmgr.controller.runtime import ChangeError, save_changes
 from ovsmgr.controller.switchdb import ControllerDB
 from ovsmgr.fleet.fleetfile import Fleet, SwitchSpec
+from ovsmgr.fleet.runtime import changes_of
 from ovsmgr.fleet.state import PolicySource, StoreError, StoreState
 from ovsmgr.fleet.store import CONTROLLER_LOCK, FleetStore
 from ovsmgr.fleet.storecmds import now
@@ -162,11 +165,16 @@ class ServedSwitch(Controller):
         if self.serving == (source.digest, generation):
             return
         engine = self.engine
+        changes = changes_of(source)
         with engine.lock:
-            previous = list(engine.files)
+            previous, previous_changes = list(engine.files), engine.changes
             engine.files = self._write_files(source)
+            bridge = self.owner.bridge_of(self.name)
+            if bridge:  # the changes where the engine reads them (load) and keeps them (status)
+                save_changes(ControllerPaths(self.options.target.state_dir, bridge).runtime, changes)
             try:
                 if self.serving is not None and engine.table is not None:
+                    engine.changes = changes
                     result = engine.reload()
                     log.info("switch %s: generation %d of the fleet applied (%s)", self.name, generation,
                              result.counts)
@@ -174,6 +182,9 @@ class ServedSwitch(Controller):
                     engine.load()
             except (PolicyError, ChangeError) as exc:
                 engine.files = previous
+                engine.changes = previous_changes
+                if bridge:
+                    save_changes(ControllerPaths(self.options.target.state_dir, bridge).runtime, previous_changes)
                 lines = ([str(d) for d in exc.diagnostics] if isinstance(exc, PolicyError)
                          else [str(exc), *exc.diagnostics])
                 log.error("switch %s: generation %d of the fleet refused, it keeps what it has:\n%s",

@@ -25,6 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from ovsmgr.fleet.fleetfile import Fleet
+from ovsmgr.fleet.runtime import with_runtime
 from ovsmgr.fleet.state import StoreError, StoreState
 from ovsmgr.fleet.store import ROLLOUT_LOCK, FleetStore
 from ovsmgr.fleet.storecmds import now
@@ -132,8 +133,9 @@ def run_rollout(fleet: Fleet, policies: dict[str, ResolvedPolicy], store: FleetS
                 report: Callable[[Outcome], None] = lambda _o: None) -> RolloutResult:
     """Write the next generation and roll it out (module docstring); StoreError if the store refuses."""
     store.wait_lock(LOCK_TIMEOUT)
-    desired = desired_switches(policies, fleet.switches)
-    generation = store.write_generation(store.state().generation, desired,
+    state = store.state()
+    desired = with_runtime(desired_switches(policies, fleet.switches), state)
+    generation = store.write_generation(state.generation, desired,
                                         {"state": "running", "started_at": now(), "by": applied_by()})
     outcomes: list[Outcome] = []
     order = batches(fleet, list(policies))

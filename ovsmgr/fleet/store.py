@@ -36,6 +36,7 @@ from ovsmgr.fleet.state import (
     OBSERVED,
     SCHEMA_FILE,
     DesiredSwitch,
+    PolicySource,
     StoreError,
     StoreState,
     opt,
@@ -44,6 +45,7 @@ from ovsmgr.fleet.state import (
 )
 from ovsmgr.fleet.storecmds import (
     Release,
+    ReleasePolicies,
     SetColumns,
     SetFleet,
     TakeOver,
@@ -229,6 +231,10 @@ class FleetStore:
         """Record what every switch should run as generation `expected + 1`, in one transaction;
         switches not named leave the fleet. StoreConflict if the generation is no longer `expected`."""
         return int(self._run("writing a new generation", WriteGeneration(self._api, expected, switches, rollout)))
+
+    def release_policies(self, expected: int, policies: dict[str, PolicySource]) -> int:
+        """Give these switches these policies (runtime changes) at once, as generation `expected + 1`."""
+        return int(self._run("writing runtime changes", ReleasePolicies(self._api, expected, policies)))
 
     def release(self, names: Iterable[str], generation: int) -> None:
         """Let the rollout through to these switches: each gets the policy the fleet wants now."""

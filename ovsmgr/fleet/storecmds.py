@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ovsmgr.fleet.state import DesiredSwitch, StoreConflict, StoreError
+from ovsmgr.fleet.state import DesiredSwitch, PolicySource, StoreConflict, StoreError
 from ovsmgr.southbound.ovslib import idlutils, ovs_command
 
 
@@ -141,3 +141,37 @@ class TakeOver(ovs_command.BaseCommand):
         fleet.active_controller = [self.name]
         self.result = int(fleet.role_generation)
 
+
+class ReleasePolicies(ovs_command.BaseCommand):
+    """New policies for some switches (runtime changes), wanted and released at once, as the next
+    fleet generation; the other switches keep theirs."""
+
+    def __init__(self, api: Any, expected: int, policies: dict[str, PolicySource]) -> None:
+        super().__init__(api)
+        self.expected = expected
+        self.policies = policies
+
+    def run_idl(self, txn: Any) -> None:
+        fleet = _fleet_row(self.api, txn)
+        fleet.verify("generation")
+        if int(fleet.generation) != self.expected:
+            raise StoreConflict(f"the fleet is at generation {fleet.generation} now, not {self.expected}: "
+                                "someone else changed it meanwhile; try again")
+        generation = self.expected + 1
+        policies = {str(row.digest): row for row in self.api.tables["Policy"].rows.values()}
+        for name, source in self.policies.items():
+            row = idlutils.row_by_value(self.api.idl, "Switch", "name", name, None)
+            if row is None:
+                raise StoreError(f"switch {name} is not in the store")
+            policy = policies.get(source.digest)
+            if policy is None:
+                policy = policies[source.digest] = txn.insert(self.api.tables["Policy"])
+                policy.digest = source.digest
+                policy.sources = source.sources_json()
+                policy.runtime = source.runtime
+            row.policy = policy
+            row.release = policy
+            row.desired_generation = generation
+            row.released_generation = generation
+        fleet.generation = generation
+        self.result = generation

@@ -4,6 +4,7 @@ the store, checked with real traffic; and two controllers in HA, the active one 
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
 import shutil
 import signal
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from ovsmgr.cli import main
 from ovsmgr.controller.switchdb import CONTROLLER_OPTIONS, ControllerDB
@@ -105,6 +106,10 @@ def controller_roles(lab: Lab) -> dict[str, str]:
     return {target: role for target, role, connected in rows if connected == "true"}
 
 
+def fleet_cli(*args: str) -> Result:
+    return CliRunner().invoke(main, ["fleet", *args])
+
+
 def apply(path: str) -> None:
     result = CliRunner().invoke(main, ["fleet", "apply", path])
     assert result.exit_code == 0, result.output
@@ -158,6 +163,28 @@ def test_one_fleet_controller_serves_two_switches_each_its_own_policy(
         apply(path)
         assert passes(labs["edge-2"], 7070) and not passes(labs["edge-1"], 7070)
         assert fleet.state().switches["edge-2"].applied_generation == 2
+
+        # runtime changes through the store: to one switch, to all; one that does not fit a switch changes none
+        result = fleet_cli("rule", "add", path, "{name: tcp6060, from: inside, services: [tcp/6060], action: allow}",
+                           "--switch", "edge-1")
+        assert result.exit_code == 0 and "edge-1: rule tcp6060 added, generation 3" in result.output, result.output
+        assert passes(labs["edge-1"], 6060) and not passes(labs["edge-2"], 6060)
+        rows = fleet.state().switches
+        assert (rows["edge-1"].applied_generation, rows["edge-2"].applied_generation) == (3, 2), rows
+        result = fleet_cli("rule", "disable", path, "tcp9090", "--all")
+        assert result.exit_code == 1 and "switch edge-1: no rule 'tcp9090'" in result.output, result.output
+        assert passes(labs["edge-2"], 9090) and fleet.state().generation == 3, "a refused change changed something"
+        result = fleet_cli("rule", "add", path, "{name: tcp5050, from: inside, services: [tcp/5050], action: allow}",
+                           "--all")
+        assert result.exit_code == 0, result.output
+        assert passes(labs["edge-1"], 5050) and passes(labs["edge-2"], 5050) and passes(labs["edge-1"], 6060)
+        # a new generation from the fleet file keeps each switch's runtime changes on its new files
+        (fleet.dir / "edge-1.yaml").write_text(policy(8080, 4040))
+        apply(path)
+        assert passes(labs["edge-1"], 4040) and passes(labs["edge-1"], 6060) and passes(labs["edge-1"], 5050)
+        assert not passes(labs["edge-2"], 6060)
+        status = {e["switch"]: e for e in json.loads(fleet_cli("status", path, "-o", "json").output)}
+        assert all(e["applied_generation"] == 5 and not e["drifted"] for e in status.values()), status
 
 
 def test_the_active_controller_killed_the_standby_takes_over_without_flow_churn(
