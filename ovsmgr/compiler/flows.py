@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ovsmgr.compiler.pipeline import TABLES, Table
 
 FIELD_ORDER = (
-    "in_port", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "conj_id", "ct_state", "ct_zone", "ct_mark",
+    "in_port", "vlan_vid", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "conj_id", "ct_state", "ct_zone", "ct_mark",
     "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
     "nw_frag", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
     "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code", "nd_target", "nd_sll", "ct_label",
@@ -92,6 +92,16 @@ class InPort:
 @dataclass(frozen=True)
 class Normal:
     """OVS NORMAL: MAC-learning switching."""
+
+
+@dataclass(frozen=True)
+class PushVlan:
+    """Put an 802.1Q header (TPID 0x8100, VLAN id 0) in front; a `vlan_vid` set_field gives its id."""
+
+
+@dataclass(frozen=True)
+class PopVlan:
+    """Take the outer 802.1Q header off."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +205,7 @@ class Group:
 
 Action = (
     Output | InPort | Normal | GotoTable | Resubmit | SetField | Move | Ct | Conjunction | Controller
-    | LearnMacBinding | Meter | Group
+    | LearnMacBinding | Meter | Group | PushVlan | PopVlan
 )
 
 

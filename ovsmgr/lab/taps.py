@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +35,10 @@ ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 PACKET_IGNORE_OUTGOING = 23
 SOL_PACKET = 263
+PACKET_AUXDATA = 8
+AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 1 << 4, 1 << 6
+ETH_P_8021Q = 0x8100
 GUARD_TABLE = "ovsmgr_scenarios"
 GUARD_RULES = f"""table inet {GUARD_TABLE} {{
     chain ingress {{ type filter hook prerouting priority -500; policy drop; }}
@@ -56,6 +61,7 @@ def packet_socket_in(netns_name: str, iface: str = "eth0") -> socket.socket:
     with netns.entered(netns_name):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         sock.bind((iface, ETH_P_ALL))
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)  # the 802.1Q tag the kernel took off (`with_tag`)
     with contextlib.suppress(OSError):  # Linux >= 4.20: the kernel skips our own frames
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
     return sock
@@ -123,12 +129,25 @@ class HostTaps:
             port = self._ports[sock.fileno()]
             while True:
                 try:
-                    data, address = sock.recvfrom(65535, socket.MSG_DONTWAIT)
+                    data, ancillary, _, address = sock.recvmsg(65535, socket.CMSG_SPACE(AUXDATA.size),
+                                                               socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
                 if address[2] != PACKET_OUTGOING:
-                    got.append(Received(port, data, time.monotonic()))
+                    got.append(Received(port, with_tag(data, ancillary), time.monotonic()))
         return got
+
+
+def with_tag(frame: bytes, ancillary: list[tuple[int, int, bytes]]) -> bytes:
+    """The frame as it was on the wire: Linux takes an 802.1Q tag off every frame it receives and
+    hands it to a packet socket beside the frame (PACKET_AUXDATA); put it back where it was."""
+    for level, kind, data in ancillary:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= AUXDATA.size:
+            status, _, _, _, _, tci, tpid = AUXDATA.unpack_from(data)
+            if status & TP_STATUS_VLAN_VALID:
+                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q
+                return frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+    return frame
 
 
 @contextlib.contextmanager

@@ -28,6 +28,8 @@ from ovsmgr.compiler.flows import (
     NatSpec,
     Normal,
     Output,
+    PopVlan,
+    PushVlan,
     Resubmit,
     SelectGroup,
     SetField,
@@ -56,7 +58,7 @@ NXM = {
 }
 SET_FIELD_NAMES = {"dl_src": "eth_src", "dl_dst": "eth_dst"}
 _REST_ORDER = {name: i for i, name in enumerate((
-    "in_port", "arp_spa", "arp_tpa", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "nw_frag", "arp_op",
+    "in_port", "vlan_vid", "arp_spa", "arp_tpa", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "nw_frag", "arp_op",
     "tp_src", "tp_dst", "tcp_flags", "icmp_type", "icmp_code", "nd_target", "nd_sll",
 ))}
 """The order `ovs-ofctl dump-flows` prints fields in after the protocol shorthand and registers."""
@@ -108,6 +110,8 @@ def _item_text(item: MatchItem) -> str:
         return f"{name}={mac_text(item.value)}"
     if name == "ct_state":
         return f"ct_state={_ct_state_text(item)}"
+    if name == "vlan_vid":  # as ovs-ofctl prints it: a VLAN, or no tag at all
+        return f"dl_vlan={item.value & 0xFFF}" if item.value else "vlan_tci=0x0000/0x1fff"
     if name == "nw_frag":
         return f"nw_frag={FRAG_NAMES[(item.value, item.mask or 3)]}"
     if name == "tcp_flags":
@@ -160,7 +164,7 @@ def _set_field_text(action: SetField) -> str:
         value = _ip_text(action.value, 4)
     elif action.field in ("ipv6_src", "ipv6_dst"):
         value = _ip_text(action.value, 6)
-    elif action.field in ("arp_op", "icmpv6_type", "nd_reserved", "nd_options_type"):
+    elif action.field in ("arp_op", "icmpv6_type", "nd_reserved", "nd_options_type", "vlan_vid"):
         value = str(action.value)
     else:
         value = f"{action.value:#x}"
@@ -181,6 +185,10 @@ def action_text(action: Action) -> str:
             return "IN_PORT"
         case Normal():
             return "NORMAL"
+        case PushVlan():
+            return "push_vlan:0x8100"
+        case PopVlan():
+            return "pop_vlan"
         case Group(group_id):
             return f"group:{group_id}"
         case GotoTable(table):

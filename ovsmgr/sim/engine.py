@@ -35,6 +35,8 @@ from ovsmgr.compiler.flows import (
     Move,
     Normal,
     Output,
+    PopVlan,
+    PushVlan,
     Resubmit,
     SelectGroup,
     SetField,
@@ -247,6 +249,10 @@ class _Walk:
             self.learn(action, state, events)
         elif isinstance(action, Meter):
             events.append(f"meter {action.id:#x}: rates are not simulated, the packet passes")
+        elif isinstance(action, PushVlan):
+            state.packet = state.packet.replace(vlan_vid=0x1000)  # VLAN id 0 until a set_field gives one
+        elif isinstance(action, PopVlan):
+            state.packet = state.packet.replace(vlan_vid=None)
 
     # --- conntrack -------------------------------------------------------------------------
     def recirculate(self, action: Ct, state: _State, events: list[str]) -> _State:

@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass
 
 PACKET_FIELDS = (
-    "in_port", "dl_src", "dl_dst", "dl_type", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
+    "in_port", "dl_src", "dl_dst", "vlan_vid", "dl_type", "nw_proto", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst",
     "nw_frag", "tp_src", "tp_dst", "icmp_type", "icmp_code", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
     "tcp_flags", "nd_target", "nd_sll", "nd_tll", "nd_reserved", "nd_options_type",
 )
-"""Header fields of a packet, in the order they print. The nd_ fields are those of an IPv6
+"""Header fields of a packet, in the order they print. `vlan_vid` is OpenFlow's: 0x1000 plus the VLAN
+id of a frame with an 802.1Q tag (absent or 0: no tag). The nd_ fields are those of an IPv6
 neighbour solicitation or advertisement: its target, its (one) link-layer address option, the
 flags word, and the option's type."""
 
@@ -31,7 +32,7 @@ L4_FIELDS = frozenset({"tp_src", "tp_dst", "icmp_type", "icmp_code", "tcp_flags"
 FRAG_WORDS = {"no": 0, "first": FRAG_ANY, "later": FRAG_ANY | FRAG_LATER}
 
 WIDTHS: dict[str, int] = {
-    "in_port": 32, "dl_src": 48, "dl_dst": 48, "dl_type": 16, "nw_proto": 8, "nw_src": 32, "nw_dst": 32,
+    "in_port": 32, "vlan_vid": 13, "dl_src": 48, "dl_dst": 48, "dl_type": 16, "nw_proto": 8, "nw_src": 32, "nw_dst": 32,
     "ipv6_src": 128, "ipv6_dst": 128, "tp_src": 16, "tp_dst": 16, "icmp_type": 8, "icmp_code": 8,
     "arp_op": 16, "arp_spa": 32, "arp_tpa": 32, "arp_sha": 48, "arp_tha": 48, "tcp_flags": 12,
     "nd_target": 128, "nd_sll": 48, "nd_tll": 48, "nd_reserved": 32, "nd_options_type": 8,
@@ -129,7 +130,7 @@ def format_value(name: str, value: int) -> str:
         return str(ipaddress.IPv6Address(value))
     if name == "tcp_flags":
         return format_tcp_flags(value)
-    if name in ("dl_type", "ct_mark", "ct_label", "ct_state") or name.startswith("reg"):
+    if name in ("dl_type", "ct_mark", "ct_label", "ct_state", "vlan_vid") or name.startswith("reg"):
         return hex(value)
     return str(value)
 

@@ -72,6 +72,8 @@ def flow_string(packet: Packet, metadata: Mapping[str, int] | None = None) -> st
     words = [f"in_port={packet.in_port}", _protocol(packet)]
     for name in ("dl_src", "dl_dst"):
         words.append(f"{name}={format_value(name, getattr(packet, name))}")
+    if packet.vlan_vid:
+        words.append(f"dl_vlan={packet.vlan_vid & 0xFFF}")
     fields = ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha") if packet.dl_type == DL_TYPE_ARP else (
         *ADDRESS_FIELDS, "icmp_type", "icmp_code", "nd_target", "nd_sll", "nd_tll")
     for name in fields:

@@ -79,6 +79,8 @@ class Packet:
     in_port: int = 0
     dl_src: int = 0
     dl_dst: int = 0
+    vlan_vid: int | None = None
+    """0x1000 | VLAN id of a frame with an 802.1Q tag; None (or 0): no tag."""
     dl_type: int = 0
     nw_proto: int | None = None
     nw_src: int | None = None
@@ -157,6 +159,8 @@ def parse_packet(spec: str, ports: Mapping[str, int] | None = None, in_port: int
             inner_text[key] = text
         elif key == "in_port":
             values["in_port"] = _port_number(text, ports)
+        elif key == "dl_vlan":  # a frame tagged with this VLAN
+            _apply_field("vlan_vid", str(0x1000 | int(text, 0)), values)
         else:
             _apply_field(key, text, values)
     if in_port is not None:
@@ -303,6 +307,9 @@ def format_packet(packet: Packet, port_names: Mapping[int, str] | None = None, m
             continue
         if name == "in_port":
             words.append(f"in_port={(port_names or {}).get(value, value)}")
+            continue
+        if name == "vlan_vid":
+            words += [f"dl_vlan={value & 0xFFF}"] if value else []
             continue
         words.append(f"{name}={format_value(name, value)}")
     if packet.inner is not None:

@@ -27,6 +27,8 @@ from ovsmgr.compiler.flows import (
     Move,
     Normal,
     Output,
+    PopVlan,
+    PushVlan,
     Resubmit,
     SetField,
 )
@@ -205,6 +207,10 @@ def describe_action(action: Action, port_names: Mapping[int, str] | None = None)
             return f"meter:{meter}"
         case Group(group_id=group_id):
             return f"group:{group_id}"
+        case PushVlan():
+            return "push_vlan:0x8100"
+        case PopVlan():
+            return "pop_vlan"
     return repr(action)
 
 

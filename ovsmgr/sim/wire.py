@@ -70,6 +70,9 @@ class Frame:
 
 
 # --- checksums ---------------------------------------------------------------------------------
+ETH_TYPE_VLAN = 0x8100
+
+
 def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of `data`."""
     if len(data) % 2:
@@ -96,7 +99,8 @@ def encode(packet: Packet, extras: WireExtras | None = None) -> bytes:
         body = _ip(packet, extras)
     else:
         raise PacketSpecError(f"cannot put dl_type {packet.dl_type:#06x} on the wire")
-    frame = _mac(packet.dl_dst) + _mac(packet.dl_src) + struct.pack("!H", packet.dl_type) + body
+    tag = struct.pack("!HH", ETH_TYPE_VLAN, packet.vlan_vid & 0xFFF) if packet.vlan_vid else b""
+    frame = _mac(packet.dl_dst) + _mac(packet.dl_src) + tag + struct.pack("!H", packet.dl_type) + body
     return frame.ljust(MIN_FRAME, b"\0")
 
 
@@ -199,8 +203,11 @@ def decode(frame: bytes, in_port: int = 0) -> Frame:
         raise ValueError("frame shorter than an Ethernet header")
     dl_dst, dl_src = int.from_bytes(frame[:6], "big"), int.from_bytes(frame[6:12], "big")
     (dl_type,) = struct.unpack("!H", frame[12:14])
-    packet = Packet(in_port=in_port, dl_src=dl_src, dl_dst=dl_dst, dl_type=dl_type)
-    body = frame[14:]
+    vlan_vid, body = None, frame[14:]
+    if dl_type == ETH_TYPE_VLAN and len(frame) >= 18:  # an 802.1Q tag: its VLAN id, then the real type
+        tci, dl_type = struct.unpack("!HH", frame[14:18])
+        vlan_vid, body = 0x1000 | (tci & 0xFFF), frame[18:]
+    packet = Packet(in_port=in_port, dl_src=dl_src, dl_dst=dl_dst, vlan_vid=vlan_vid, dl_type=dl_type)
     if dl_type == DL_TYPE_ARP:
         return Frame(_decode_arp(packet, body), WireExtras())
     if dl_type in (DL_TYPE_IP, DL_TYPE_IPV6):

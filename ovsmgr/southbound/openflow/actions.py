@@ -27,6 +27,8 @@ from ovsmgr.compiler.flows import (
     NatSpec,
     Normal,
     Output,
+    PopVlan,
+    PushVlan,
     Resubmit,
     SetField,
 )
@@ -35,6 +37,8 @@ from ovsmgr.southbound.openflow.oxm import HEADERS
 
 NX_VENDOR = 0x00002320
 OFPAT_OUTPUT, OFPAT_GROUP, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 22, 25, 0xFFFF
+OFPAT_PUSH_VLAN, OFPAT_POP_VLAN = 17, 18
+ETH_TYPE_VLAN = 0x8100
 OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS, OFPIT_METER = 1, 4, 6
 NXAST_REG_MOVE, NXAST_RESUBMIT_TABLE, NXAST_LEARN = 6, 14, 16
 NXAST_CONJUNCTION, NXAST_CT, NXAST_NAT, NXAST_CONTROLLER2 = 34, 35, 36, 37
@@ -50,6 +54,8 @@ LEARN_SRC_IMMEDIATE, LEARN_DST_LOAD = 1 << 13, 1 << 11
 _NX_HEADER = struct.Struct("!HHIH")  # type, len, vendor, subtype
 _OUTPUT = struct.Struct("!HHIH6x")
 _GROUP = struct.Struct("!HHI")
+_PUSH = struct.Struct("!HHH2x")
+_POP = struct.Struct("!HH4x")
 _GOTO = struct.Struct("!HHB3x")
 _RESUBMIT = struct.Struct("!HHIHHB3x")
 _CONJUNCTION = struct.Struct("!HHIHBBI")
@@ -80,7 +86,7 @@ _HELPER_NAMES = {number: name for name, number in HELPER_ALGS.items()}
 _SET_FIELD_NAMES = {(h.oxm_class, h.field): name for name, h in HEADERS.items()
                     if name in ("dl_src", "dl_dst", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
                                 "ipv6_src", "ipv6_dst", "icmpv6_type", "nd_sll", "nd_tll", "nd_reserved",
-                                "nd_options_type", "ct_mark", "ct_label") or name.startswith("reg")}
+                                "nd_options_type", "ct_mark", "ct_label", "vlan_vid") or name.startswith("reg")}
 LEARN_COOKIE = cookie(CookieKind.LEARNED)
 
 
@@ -116,6 +122,10 @@ def encode_action(action: Action) -> bytes:
             return _OUTPUT.pack(OFPAT_OUTPUT, 16, OFPP_NORMAL, 0)
         case Group(group_id):
             return _GROUP.pack(OFPAT_GROUP, 8, group_id)
+        case PushVlan():
+            return _PUSH.pack(OFPAT_PUSH_VLAN, 8, ETH_TYPE_VLAN)
+        case PopVlan():
+            return _POP.pack(OFPAT_POP_VLAN, 8)
         case Resubmit(table):
             return _RESUBMIT.pack(OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE, OFPP_IN_PORT_16,
                                   int(table))
@@ -250,6 +260,10 @@ def _decode_one(kind: int, raw: bytes) -> Action:
         return InPort() if port == OFPP_IN_PORT else Normal() if port == OFPP_NORMAL else Output(port)
     if kind == OFPAT_GROUP:
         return Group(_GROUP.unpack(raw)[2])
+    if kind == OFPAT_PUSH_VLAN and len(raw) == 8 and _PUSH.unpack(raw)[2] == ETH_TYPE_VLAN:
+        return PushVlan()
+    if kind == OFPAT_POP_VLAN and len(raw) == 8:
+        return PopVlan()
     if kind == OFPAT_SET_FIELD:
         oxm_class, field_mask, width = struct.unpack_from("!HBB", raw, 4)
         name = _SET_FIELD_NAMES.get((oxm_class, field_mask >> 1))

@@ -64,6 +64,7 @@ HEADERS: dict[str, Header] = {
     "dl_src": _oxm(4, 6),
     "dl_dst": _oxm(3, 6),
     "dl_type": _oxm(5, 2),
+    "vlan_vid": _oxm(6, 2),
     "nw_src": _oxm(11, 4),
     "nw_dst": _oxm(12, 4),
     "ipv6_src": _oxm(26, 16),
@@ -136,7 +137,7 @@ def _wire_name(name: str, dl_type: int | None, nw_proto: int | None) -> str:
 
 
 _OVS_RANK: dict[str, int] = {name: i for i, name in enumerate((
-    "conj_id", "in_port", "dl_src", "dl_dst", "dl_type",
+    "conj_id", "in_port", "dl_src", "dl_dst", "dl_type", "vlan_vid",
     "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_frag", "nw_proto", "tp_src", "tp_dst", "tcp_flags", "icmp_type",
     "icmp_code", "nd_target", "nd_sll", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
     *_REGS, "ct_state", "ct_zone", "ct_mark", "ct_label", "ct_nw_proto", "ct_tp_src", "ct_tp_dst",
