@@ -15,6 +15,7 @@ from ovsmgr.compiler.stages.limits import compile_meters
 from ovsmgr.compiler.stages.nat import compile_nat, compile_nat_count, compile_output
 from ovsmgr.compiler.stages.track import compile_conntrack, compile_egress, compile_state
 from ovsmgr.compiler.stages.twozones import compile_second_zone
+from ovsmgr.compiler.stages.vlans import compile_vlan_out
 from ovsmgr.policy.gcpause import gc_paused
 from ovsmgr.policy.ir import ResolvedPolicy
 
@@ -67,6 +68,7 @@ def _compile(policy: ResolvedPolicy, helpers: tuple[str, ...] | None) -> Compile
         compile_output(policy),
         compile_hairpin(policy),
         compile_nat_count(policy),
+        compile_vlan_out(policy),
     ):
         flowset.extend(flows)
     for group in nat.groups:

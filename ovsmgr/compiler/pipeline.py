@@ -18,9 +18,11 @@ class Table(IntEnum):
     """Pipeline stages, in the order a packet meets them."""
 
     CLASSIFY = 0
-    """Ingress: classify the in_port into its zone (REG_FROM_ZONE); answer ARP and IPv6 neighbour
-    solicitations for NAT-owned addresses; switch ARP and IPv6 neighbour discovery normally,
-    learning where senders live; drop unknown ports."""
+    """Ingress: classify the in_port (and, when a zone is a VLAN, the 802.1Q tag) into its zone
+    (REG_FROM_ZONE), taking a VLAN zone's tag off; answer ARP and IPv6 neighbour solicitations for
+    NAT-owned addresses; switch ARP and IPv6 neighbour discovery normally, learning where senders
+    live, but send ARP for an address of a VLAN zone to that zone's port, tagged; drop unknown
+    ports and VLANs."""
     ND_ANSWER = 5
     """Finish the neighbour advertisement CLASSIFY made of a solicitation for a NAT-owned IPv6
     address: its target link-layer address is the switch's MAC (OVS lets a flow set that only on a
@@ -71,6 +73,10 @@ class Table(IntEnum):
     MAC_BINDING = 70
     """Learned address-to-MAC bindings, from ARP (and, with IPv6 NAT, neighbour solicitations and
     advertisements) seen by CLASSIFY (only flows the switch learns)."""
+    VLAN_OUT = 75
+    """Only for a port with VLAN zones (a trunk): tag the packet, as it leaves, for the VLAN zone of
+    the port whose networks hold its destination (after any translation) and send it out; no such
+    zone: untagged if the port has an untagged zone, else drop."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,8 @@ _CT = frozenset({"ct_state", "ct_mark", "ct_zone", "ct_label"})
 
 TABLES: dict[Table, TableSpec] = {
     Table.CLASSIFY: TableSpec(
-        frozenset({"in_port", "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "ipv6_src", "icmp_type",
-                   "nd_target", "nd_sll"}),
+        frozenset({"in_port", "vlan_vid", "dl_type", "arp_op", "arp_spa", "arp_tpa", "nw_proto", "ipv6_src",
+                   "icmp_type", "nd_target", "nd_sll"}),
         frozenset({Table.CONNTRACK, Table.ND_ANSWER}),
     ),
     Table.ND_ANSWER: TableSpec(frozenset({"dl_type", "nw_proto", "icmp_type"}), frozenset()),
@@ -110,11 +116,13 @@ TABLES: dict[Table, TableSpec] = {
                          frozenset({Table.OUTPUT, Table.OUTPUT_TRANSLATED, Table.SNAT_AFTER_DNAT})),
     Table.SNAT_AFTER_DNAT: TableSpec(_REGS | _L3 | _CT | frozenset({"conj_id"}),
                                      frozenset({Table.OUTPUT_TRANSLATED, Table.NAT_COUNT})),
-    Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.OUTPUT_TRANSLATED})),
+    Table.OUTPUT: TableSpec(_REGS | _CT | frozenset({"dl_type"}), frozenset({Table.OUTPUT_TRANSLATED, Table.VLAN_OUT})),
     Table.OUTPUT_TRANSLATED: TableSpec(_REGS | _CT | frozenset({"dl_type", "nw_dst", "ipv6_dst"}),
-                                       frozenset({Table.MAC_BINDING, Table.OUTPUT_TRANSLATED, Table.NAT_COUNT})),
+                                       frozenset({Table.MAC_BINDING, Table.OUTPUT_TRANSLATED, Table.NAT_COUNT,
+                                                  Table.VLAN_OUT})),
     Table.NAT_COUNT: TableSpec(frozenset({"ct_zone", "ct_label"}), frozenset()),
     Table.MAC_BINDING: TableSpec(frozenset({"dl_type", "nw_dst", "ipv6_dst"}), frozenset(), learned_by=Table.CLASSIFY),
+    Table.VLAN_OUT: TableSpec(frozenset({"reg2", "dl_type", "nw_dst"}), frozenset()),
 }
 
 
@@ -153,6 +161,10 @@ HELPER_ALGS = {"ftp": 21, "tftp": 69}
 
 FLAG_REVALIDATE = 0x1
 FLAG_TRANSLATED = 0x2
+
+VLAN_PRESENT = 0x1000
+"""OpenFlow's `vlan_vid` value of a tagged frame is this bit plus the VLAN id; 0 is a frame
+without a tag (OFPVID_PRESENT, OFPVID_NONE)."""
 
 CT_MARK_RULE = (0, 30)
 """ct_mark bits 0..30: fingerprint of the rule that allowed the connection (0: none)."""
@@ -243,11 +255,14 @@ class Priority(IntEnum):
     CLASSIFY_ARP_RESPONDER = 300
     CLASSIFY_ND_RESPONDER = 310
     CLASSIFY_ND_UNANSWERED = 320
+    CLASSIFY_ARP_TO_VLAN = 220
+    CLASSIFY_ARP_TO_VLAN_LEARN = 230
     ND_ANSWER = 100
     TRACK = 100
     TRACK_SECOND_ZONE = 110
     EGRESS_LINK = 100
     EGRESS_PREFIX_BASE = 100
+    EGRESS_VLAN_PREFIX_BASE = 101
     STATE_STALE = 100
     STATE_STALE_REPLY = 200
     STATE_NEW = 250
@@ -271,6 +286,8 @@ class Priority(IntEnum):
     NAT_COUNT_RULE = 100
     TRACK_SECOND_ZONE_REPLY = 120
     MAC_BINDING_LEARNED = 100
+    VLAN_OUT_UNTAGGED = 100
+    VLAN_OUT_PREFIX_BASE = 101
 
 
 class PacketInKind(IntEnum):

@@ -15,11 +15,18 @@ from typing import Protocol
 
 from ovsmgr.sim.fields import format_value, parse_value
 from ovsmgr.sim.packet import Inner, Packet, format_packet
-from ovsmgr.sim.scenarios import Expectation, Scenario, ScenarioStep, ScenarioTable, StepOutcome
+from ovsmgr.sim.scenarios import (
+    Expectation,
+    Scenario,
+    ScenarioStep,
+    ScenarioTable,
+    StepOutcome,
+    field_of,
+)
 from ovsmgr.sim.trace import Trace, Verdict
 from ovsmgr.sim.wire import Frame
 
-COMPARED_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst", "icmp_type", "icmp_code",
+COMPARED_FIELDS = ("vlan_vid", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst", "icmp_type", "icmp_code",
                    "tcp_flags", "arp_op", "arp_spa", "arp_tpa", "nd_target", "nd_tll")
 """Fields of a delivered packet the simulator and the real switch must agree on (MACs are named
 differently by the two: the simulator derives them from addresses, the lab from ofports)."""
@@ -160,7 +167,7 @@ def check_real(expect: Expectation, real: Observation, addressing: Addressing) -
         problems.append(f"output {list(real.output)}, expected {sorted(expect.output)}")
     packet = real.packet_for(expect.output or ())
     for name, text in expect.packet if packet is not None else ():
-        want, got = parse_value(name, text), getattr(packet, name)
+        want, got = parse_value(name, text), field_of(packet, name) if packet is not None else None
         if got != want:
             shown = "absent" if got is None else format_value(name, got)
             problems.append(f"packet {name}={shown}, expected {format_value(name, want)}")
@@ -200,7 +207,7 @@ PICKED = "picked by NAT from a range or among backends"
 def field_differences(simulated: Packet, real: Packet, picked: Sequence[Picked] = ()) -> list[str]:
     out = []
     for name in COMPARED_FIELDS:
-        a, b = getattr(simulated, name), getattr(real, name)
+        a, b = field_of(simulated, name), field_of(real, name)
         if a != b:
             chosen = any(name in p.fields and p.holds(simulated) and p.holds(real) for p in picked)
             why = f" ({PICKED}: tables do not check it)" if chosen else ""

@@ -75,19 +75,35 @@ class Timing:
 
 # --- the lab a table needs ---------------------------------------------------------------------
 def lab_ports(table: ScenarioTable, policy: ResolvedPolicy) -> list[LabPort]:
-    """One lab port per policy port, its host on the table's first address for it."""
-    return [LabPort(name, port.ofport, (table.hosts.get(name) or (None,))[0])
-            for name, port in policy.ports.items()]
+    """One lab port per policy port, its host on the table's first untagged address for it. Addresses
+    in a VLAN (`ResolvedPolicy.host_vlan`) are not given to the host: the runner sends and receives
+    their frames, tagged, itself."""
+    ports = []
+    for name, port in policy.ports.items():
+        untagged, _ = _host_addresses(table, policy, name)
+        ports.append(LabPort(name, port.ofport, untagged[0] if untagged else None))
+    return ports
+
+
+def _host_addresses(table: ScenarioTable, policy: ResolvedPolicy, port: str) -> tuple[list[str], dict[int, list[str]]]:
+    """The table's addresses of the host on `port`: untagged ones, and those of each VLAN."""
+    untagged: list[str] = []
+    tagged: dict[int, list[str]] = {}
+    for address in table.hosts.get(port, ()):
+        vid = policy.host_vlan(port, ipaddress.ip_interface(address).ip)
+        (untagged if vid is None else tagged.setdefault(vid, [])).append(address)
+    return untagged, tagged
 
 
 def lab_spec_for(table: ScenarioTable, policy: ResolvedPolicy, name: str, datapath: Datapath = "netdev") -> LabSpec:
     return LabSpec(policy.bridge, datapath, lab_ports(table, policy), name)
 
 
-def add_host_addresses(lab: Lab, table: ScenarioTable) -> None:
-    """Give each host the table's further addresses (the lab gives it the first)."""
-    for port, addresses in table.hosts.items():
-        for address in addresses[1:]:
+def add_host_addresses(lab: Lab, table: ScenarioTable, policy: ResolvedPolicy) -> None:
+    """Give each host the table's further untagged addresses (the lab gives it the first)."""
+    for port in table.hosts:
+        untagged, _ = _host_addresses(table, policy, port)
+        for address in untagged[1:]:
             family = "-6" if ipaddress.ip_interface(address).version == 6 else "-4"
             lab.exec(port, ["ip", family, "addr", "add", address, "dev", "eth0"], check=True,
                      capture_output=True, timeout=30)
@@ -95,7 +111,7 @@ def add_host_addresses(lab: Lab, table: ScenarioTable) -> None:
 
 def prepare_lab(lab: Lab, table: ScenarioTable, compiled: CompiledPolicy) -> None:
     """Give hosts all their addresses and apply the table's policy."""
-    add_host_addresses(lab, table)
+    add_host_addresses(lab, table, compiled.policy)
     apply_policy(compiled, SwitchTarget(lab.db_endpoint, lab.dir, lab.dir, lab=lab.name))
 
 
@@ -177,8 +193,10 @@ class ScenarioLab:
         for port, addresses in sorted(self.table.hosts.items()):
             for text in addresses:
                 ip = ipaddress.ip_interface(text).ip
-                frame = encode(announcement(int(ip), ip.version, self.addressing.port_macs[port]))
-                taps.send(port, frame[:42] if ip.version == 4 else frame)  # arping sends 42 bytes, unpadded
+                vlan = self.compiled.policy.host_vlan(port, ip)
+                frame = encode(announcement(int(ip), ip.version, self.addressing.port_macs[port])
+                               .replace(vlan_vid=None if vlan is None else 0x1000 | vlan))
+                taps.send(port, frame[:42 + (4 if vlan else 0)] if ip.version == 4 else frame)  # as arping: unpadded
                 announced.add(int(ip))
         heard: set[int] = set()
 

@@ -198,6 +198,7 @@ class PortInfo:
     name: str
     ofport: int
     zone: str
+    """The port's untagged zone ("" when it has none)."""
     interface: str | None = None
     type: str | None = None
     devargs: str | None = None
@@ -209,6 +210,8 @@ class ZoneInfo:
     id: int
     ports: tuple[str, ...]
     networks: tuple[IPNetwork, ...]
+    vlan: int | None = None
+    """The 802.1Q VLAN id the zone is on its ports; None: untagged frames."""
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,28 @@ class ResolvedPolicy:
         if self.nat_zone:
             return self.nat_zone
         return self.ct_zone + 1 if self.ct_zone < 65535 else self.ct_zone - 1
+
+    @property
+    def has_vlans(self) -> bool:
+        """Whether any zone is a VLAN: then every port tells its zones apart by the tag."""
+        return any(zone.vlan is not None for zone in self.zones.values())
+
+    def port_zones(self, port: str) -> tuple[ZoneInfo, ...]:
+        """The zones a port is in (one per VLAN, the untagged one included), by zone id."""
+        return tuple(zone for zone in self.zones.values() if port in zone.ports)
+
+    def host_vlan(self, port: str, address: IPAddress) -> int | None:
+        """The VLAN a host on `port` with `address` is on: that of the port's VLAN zone whose networks
+        hold the address (the most specific), else None (untagged)."""
+        best: tuple[int, int] | None = None
+        for zone in self.port_zones(port):
+            vlan = zone.vlan
+            if vlan is None:
+                continue
+            for network in zone.networks:
+                if address in network and (best is None or network.prefixlen > best[0]):
+                    best = (network.prefixlen, vlan)
+        return None if best is None else best[1]
 
     def nat_owned_addresses(self) -> tuple[IPAddress, ...]:
         """Addresses the switch answers ARP/ND for: snat targets and dnat public addresses."""

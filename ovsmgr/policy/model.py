@@ -70,6 +70,11 @@ class Zone(_Frozen):
         default_factory=list,
         description="Prefixes behind the zone; with forwarding: normal they decide the `to` zone.",
     )
+    vlan: Annotated[int, Field(ge=1, le=4094)] | None = Field(
+        default=None,
+        description="The zone is this VLAN on its ports (802.1Q id 1..4094; forwarding: ports); without it, "
+        "untagged frames. A port may be in several zones, one per VLAN.",
+    )
 
 
 Action = Literal["allow", "drop", "reject"]

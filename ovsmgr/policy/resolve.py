@@ -176,30 +176,53 @@ class _Resolver:
                 self.diag.error(self.src.span(("zones", name), key=True),
                                 f'zone "{name}" has no ports: give it ports: [PORT, ...]')
             networks, _ = addresses.prefixes(zone.networks, ("zones", name, "networks"))
-            zones[name] = ZoneInfo(name, zone_id, tuple(dict.fromkeys(zone.ports)), networks)
+            zones[name] = ZoneInfo(name, zone_id, tuple(dict.fromkeys(zone.ports)), networks, zone.vlan)
+            if zone.vlan is not None:
+                self._check_vlan_zone(zones[name])
         return zones
 
+    def _check_vlan_zone(self, zone: ZoneInfo) -> None:
+        """A VLAN zone needs explicit output (links) and IPv4 networks to be sent to (see docs/policy.md)."""
+        at = self.src.span(("zones", zone.name, "vlan"))
+        if self.m.switch.forwarding == "normal":
+            self.diag.error(at, f'zone "{zone.name}": vlan needs forwarding: ports (OVS NORMAL switches within one '
+                                "VLAN and never sends a frame back by the port it came in by)")
+        if any(n.version == 6 for n in zone.networks):
+            self.diag.error(at, f'zone "{zone.name}": a VLAN zone takes IPv4 networks only (IPv6 neighbour '
+                                "discovery is not carried between VLANs)")
+        if not zone.networks:
+            self.diag.warning(at, f'zone "{zone.name}" has vlan {zone.vlan} but no networks: nothing is sent '
+                                  "toward it (a VLAN of a trunk port is chosen by the destination's network)")
+
     def _zone_members(self, zones: dict[str, ZoneInfo], ports: dict[str, PortInfo]) -> dict[str, PortInfo]:
-        zone_of: dict[str, str] = {}
+        """A port is in one zone per VLAN (None: untagged); a (port, vlan) pair in two zones is an error."""
+        zone_of: dict[tuple[str, int | None], str] = {}
         for name in sorted(self.m.zones):
+            if self.broken.zone(name):
+                continue  # its own error is reported; what it would hold is unknown
+            vlan = self.m.zones[name].vlan
             for i, port in enumerate(self.m.zones[name].ports):
                 at = self.src.span(("zones", name, "ports", i))
                 if port not in ports:
                     if not self.broken.port(port):
                         self.diag.error(at, f'zone "{name}": unknown port "{port}"{did_you_mean(port, ports)}')
-                elif zone_of.get(port) == name:
+                elif zone_of.get((port, vlan)) == name:
                     self.diag.error(at, f'port "{port}" is listed twice in zone "{name}"')
-                elif port in zone_of:
-                    self.diag.error(at, f'port "{port}" is already in zone "{zone_of[port]}" '
-                                        f"(at {self.src.span(('zones', zone_of[port]), key=True)})")
+                elif (port, vlan) in zone_of:
+                    other = zone_of[port, vlan]
+                    frames = "untagged frames" if vlan is None else f"vlan {vlan}"
+                    self.diag.error(at, f'port "{port}" is already in zone "{other}" for {frames} '
+                                        f"(at {self.src.span(('zones', other), key=True)}); a port may be in "
+                                        "several zones only with a different vlan each")
                 else:
-                    zone_of[port] = name
+                    zone_of[port, vlan] = name
         quiet = self.broken.all_zones or bool(self.broken.zones)
+        member = {port for port, _ in zone_of}
         for name in ports:
-            if name not in zone_of and not quiet:
+            if name not in member and not quiet:
                 self.diag.warning(self.src.span(("switch", "ports", name), key=True),
                                   f'port "{name}" is in no zone: everything it sends is dropped')
-        return {name: PortInfo(p.name, p.ofport, zone_of.get(name, ""), p.interface, p.type, p.devargs)
+        return {name: PortInfo(p.name, p.ofport, zone_of.get((name, None), ""), p.interface, p.type, p.devargs)
                 for name, p in ports.items()}
 
     def _links(self, ports: dict[str, PortInfo]) -> dict[str, str]:
@@ -225,8 +248,8 @@ class _Resolver:
                 links[a], links[b] = b, a
         mentioned = {port for pair in sw.links for port in pair}
         if sw.forwarding == "ports" and not self.broken.links and not self.broken.all_ports:
-            for name, info in ports.items():
-                if name not in mentioned and info.zone:
+            for name in ports:
+                if name not in mentioned and any(name in z.ports for z in self.m.zones.values()):
                     self.diag.warning(self.src.span(("switch", "ports", name), key=True), f'port "{name}" '
                                       "is in no link: with forwarding: ports its traffic has nowhere to go")
         return links

@@ -131,7 +131,7 @@ def _expectation(where: str, raw: Any) -> Expectation:
         raise ScenarioError(f"{where}: expect needs verdict: allow, drop or reject")
     if extra := set(raw) - _EXPECT_KEYS:
         raise ScenarioError(f"{where}: unknown expect keys {sorted(extra)}")
-    packet = raw.get("packet") or {}
+    packet = {k: v for k, v in _vlan_spelled((raw.get("packet") or {}).items())}
     for name, value in packet.items():
         if name not in PACKET_FIELDS:
             raise ScenarioError(f"{where}: expect.packet: unknown field {name!r}")
@@ -144,6 +144,21 @@ def _expectation(where: str, raw: Any) -> Expectation:
         verdict=cast(Verdict, raw["verdict"]), rule=raw.get("rule"), check_rule="rule" in raw,
         output=None if output is None else tuple(_as_list(output)),
         packet=tuple((k, str(v)) for k, v in packet.items()), ct_state=raw.get("ct_state"))
+
+
+def _vlan_spelled(items: Any) -> Any:
+    """`dl_vlan: N` in an expectation is `vlan_vid` N tagged, `dl_vlan: 0` a frame without a tag."""
+    for name, value in items:
+        if name == "dl_vlan":
+            yield "vlan_vid", hex(0x1000 | int(value)) if int(value) else "0"
+        else:
+            yield name, value
+
+
+def field_of(packet: Packet, name: str) -> int | None:
+    """A packet's field as tables compare it: a frame without a tag has vlan_vid 0."""
+    value = getattr(packet, name)
+    return (value or 0) if name == "vlan_vid" else value
 
 
 # --- running in the simulator ------------------------------------------------------------------
@@ -170,7 +185,7 @@ def check_trace(expect: Expectation, trace: Trace) -> list[str]:
         problems.append(f"output {list(trace.output)}, expected {list(expect.output)}")
     for name, text in expect.packet:
         want = parse_value(name, text)
-        got = getattr(trace.packet, name)
+        got = field_of(trace.packet, name)
         if got != want:
             shown = "absent" if got is None else format_value(name, got)
             problems.append(f"packet {name}={shown}, expected {format_value(name, want)}")

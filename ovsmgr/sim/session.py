@@ -133,7 +133,10 @@ class Conversation:
             return
         self._announced.add((port, address))
         packet = announcement(address, version, host_mac(address))
-        self.background.append(self._run(packet.replace(in_port=self.switch.port_numbers[port])))
+        ip = ipaddress.IPv4Address(address) if version == 4 else ipaddress.IPv6Address(address)
+        vlan = self.switch.policy.host_vlan(port, ip)
+        packet = packet.replace(in_port=self.switch.port_numbers[port], vlan_vid=None if vlan is None else 0x1000 | vlan)
+        self.background.append(self._run(packet))
 
     def _run(self, packet: Packet) -> Trace:
         trace = self.switch.run(packet, self.state)

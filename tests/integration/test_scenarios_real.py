@@ -40,7 +40,7 @@ def test_scenario_table_on_a_real_switch(lab_factory, path: Path) -> None:
     compiled = compile_policy(load_policy(list(table.policy_files)))
     started = time.monotonic()
     lab = lab_factory(lab_ports(table, compiled.policy), bridge=compiled.policy.bridge)
-    add_host_addresses(lab, table)
+    add_host_addresses(lab, table, compiled.policy)
     apply(lab, compiled)
     report = ScenarioLab(lab, table, compiled, TIMING).run()
     elapsed = time.monotonic() - started

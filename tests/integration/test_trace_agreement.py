@@ -47,7 +47,7 @@ def test_ofproto_trace_agrees_with_the_simulator(lab_factory, path: Path) -> Non
     compiled = compile_policy(load_policy(list(table.policy_files)))
     bridge = compiled.policy.bridge
     lab = lab_factory(lab_ports(table, compiled.policy), bridge=bridge)
-    add_host_addresses(lab, table)
+    add_host_addresses(lab, table, compiled.policy)
     apply(lab, compiled)
     scenario_lab = ScenarioLab(lab, table, compiled)
     with scenario_lab.running():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from ovsmgr.compiler.flows import (
+    Action,
     Flow,
     GotoTable,
     InPort,
@@ -20,6 +21,7 @@ from ovsmgr.compiler.flows import (
 from ovsmgr.compiler.matchbuild import ETH_ARP, ETH_IPV6, prefix
 from ovsmgr.compiler.pipeline import REG_FROM_ZONE, CookieKind, Priority, Table, cookie
 from ovsmgr.compiler.stages.nat import translated_families
+from ovsmgr.compiler.stages.vlans import arp_to_vlans, ingresses, responder_matches
 from ovsmgr.policy.ir import IPNetwork, ResolvedPolicy
 
 ND_TYPES = (133, 134, 135, 136, 137)
@@ -40,15 +42,13 @@ def compile_classify(policy: ResolvedPolicy) -> list[Flow]:
     flows = [Flow(Table.CLASSIFY, Priority.DEFAULT, Match(), (), infra)]
     learn_nd = 6 in translated_families(policy)
     for zone in policy.zones.values():
-        for name in zone.ports:
-            port = policy.ports.get(name)
-            if port is None:
-                continue
-            in_port = Match.of(MatchItem("in_port", port.ofport))
-            flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_PORT, in_port,
-                              (SetField(REG_FROM_ZONE.reg, zone.id), GotoTable(Table.CONNTRACK)), infra))
-            flows.extend(_arp_flows(in_port, zone.networks))
-            flows.extend(_nd_flows(in_port, zone.networks, learn_nd))
+        for ingress in ingresses(policy, zone):
+            flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_PORT, ingress.match,
+                              (SetField(REG_FROM_ZONE.reg, zone.id), *ingress.untag, GotoTable(Table.CONNTRACK)),
+                              infra))
+            flows.extend(_arp_flows(ingress.match, zone.networks, ingress.untag))
+            flows.extend(_nd_flows(ingress.match, zone.networks, learn_nd, ingress.untag))
+            flows.extend(arp_to_vlans(policy, ingress))
     flows.extend(_arp_responders(policy))
     flows.extend(_nd_responders(policy))
     return flows
@@ -58,17 +58,18 @@ def _nd(nd_type: int) -> Match:
     return Match.of(MatchItem("dl_type", ETH_IPV6), MatchItem("nw_proto", 58), MatchItem("icmp_type", nd_type))
 
 
-def _nd_flows(in_port: Match, networks: tuple[IPNetwork, ...], learn: bool) -> list[Flow]:
-    """Switch neighbour discovery normally; with IPv6 NAT, learn MAC bindings from solicitations and
-    advertisements (their source is the sender's own address), only for addresses the zone may have,
-    as `_arp_flows` does for IPv4."""
+def _nd_flows(in_port: Match, networks: tuple[IPNetwork, ...], learn: bool,
+              untag: tuple[Action, ...] = ()) -> list[Flow]:
+    """Switch neighbour discovery normally (a VLAN zone's without its tag); with IPv6 NAT, learn MAC
+    bindings from solicitations and advertisements (their source is the sender's own address), only for
+    addresses the zone may have, as `_arp_flows` does for IPv4."""
     infra = cookie(CookieKind.INFRA)
-    learning = (LearnMacBinding(Table.MAC_BINDING, version=6), Normal())
+    learning = (LearnMacBinding(Table.MAC_BINDING, version=6), *untag, Normal())
     v6 = [n for n in networks if n.version == 6]
     flows = []
     for nd_type in ND_TYPES:
         teaches = learn and nd_type in (ND_SOLICIT, ND_ADVERT)
-        actions = learning if teaches and not v6 else (Normal(),)
+        actions = learning if teaches and not v6 else (*untag, Normal())
         flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_ND, in_port + _nd(nd_type), actions, infra))
         if teaches:
             flows += [Flow(Table.CLASSIFY, Priority.CLASSIFY_ND_LEARN,
@@ -77,19 +78,20 @@ def _nd_flows(in_port: Match, networks: tuple[IPNetwork, ...], learn: bool) -> l
     return flows
 
 
-def _arp_flows(in_port: Match, networks: tuple[IPNetwork, ...]) -> list[Flow]:
-    """Switch ARP normally; learn MAC bindings only for addresses the zone may have.
+def _arp_flows(in_port: Match, networks: tuple[IPNetwork, ...], untag: tuple[Action, ...] = ()) -> list[Flow]:
+    """Switch ARP normally (a VLAN zone's without its tag); learn MAC bindings only for addresses the
+    zone may have.
 
     A zone with IPv4 networks teaches bindings only for senders inside them, so a
     host in another zone cannot claim a LAN address and draw its translated traffic.
     """
     infra = cookie(CookieKind.INFRA)
     arp = in_port + Match.of(MatchItem("dl_type", ETH_ARP))
-    learn = (LearnMacBinding(Table.MAC_BINDING), Normal())
+    learn = (LearnMacBinding(Table.MAC_BINDING), *untag, Normal())
     v4 = [n for n in networks if n.version == 4]
     if not v4:
         return [Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP, arp, learn, infra)]
-    flows = [Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP, arp, (Normal(),), infra)]
+    flows = [Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP, arp, (*untag, Normal()), infra)]
     for network in v4:
         item = prefix("nw_src", network)
         flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP_LEARN,
@@ -110,7 +112,8 @@ def _arp_responders(policy: ResolvedPolicy) -> list[Flow]:
             Move("arp_sha", "arp_tha"), SetField("arp_sha", mac), Move("arp_spa", "arp_tpa"),
             SetField("arp_spa", int(address)), InPort(),
         )
-        flows.append(Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP_RESPONDER, match, actions, cookie(CookieKind.INFRA)))
+        flows += [Flow(Table.CLASSIFY, Priority.CLASSIFY_ARP_RESPONDER, where + match, actions,
+                       cookie(CookieKind.INFRA)) for where in responder_matches(policy)]
     return flows
 
 
@@ -133,9 +136,10 @@ def _nd_responders(policy: ResolvedPolicy) -> list[Flow]:
             SetField("nd_reserved", ND_FLAGS_SOLICITED_OVERRIDE),
             SetField("nd_options_type", ND_OPTION_TARGET_LLADDR), Resubmit(Table.ND_ANSWER),
         )
-        flows += [Flow(Table.CLASSIFY, Priority.CLASSIFY_ND_RESPONDER, asked, actions, infra),
-                  Flow(Table.CLASSIFY, Priority.CLASSIFY_ND_UNANSWERED, asked + Match.of(MatchItem("nd_sll", 0)),
-                       (), infra)]
+        for where in responder_matches(policy):
+            flows += [Flow(Table.CLASSIFY, Priority.CLASSIFY_ND_RESPONDER, where + asked, actions, infra),
+                      Flow(Table.CLASSIFY, Priority.CLASSIFY_ND_UNANSWERED,
+                           where + asked + Match.of(MatchItem("nd_sll", 0)), (), infra)]
     if flows:
         flows.append(Flow(Table.ND_ANSWER, Priority.ND_ANSWER, _nd(ND_ADVERT),
                           (SetField("nd_tll", mac), InPort()), infra))

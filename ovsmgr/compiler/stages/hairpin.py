@@ -17,6 +17,7 @@ from ovsmgr.compiler.flows import Flow, InPort, Match, Resubmit
 from ovsmgr.compiler.matchbuild import family, prefix, reg
 from ovsmgr.compiler.pipeline import REG_FROM_ZONE, CookieKind, Priority, Table, cookie
 from ovsmgr.compiler.stages.nat import COUNT, hairpin_zone
+from ovsmgr.compiler.stages.vlans import tag
 from ovsmgr.policy.ir import ResolvedPolicy, ZoneInfo
 
 INFRA = cookie(CookieKind.INFRA)
@@ -32,8 +33,9 @@ def compile_hairpin(policy: ResolvedPolicy) -> list[Flow]:
                     zones[zone.name] = zone
     flows = []
     for zone in sorted(zones.values(), key=lambda z: z.id):
+        retag = tag(zone.vlan) if zone.vlan is not None else ()  # CLASSIFY took its tag off
         for network in zone.networks:
             match = Match.of(reg(REG_FROM_ZONE, zone.id)) + family(network.version) + Match.of(prefix("nw_dst", network))
             flows.append(Flow(Table.OUTPUT_TRANSLATED, Priority.OUTPUT_HAIRPIN, match,
-                              (COUNT, Resubmit(Table.MAC_BINDING), InPort()), INFRA))
+                              (COUNT, Resubmit(Table.MAC_BINDING), *retag, InPort()), INFRA))
     return flows

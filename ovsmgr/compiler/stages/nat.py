@@ -28,7 +28,6 @@ from ovsmgr.compiler.flows import (
     Move,
     NatSpec,
     Normal,
-    Output,
     Resubmit,
     SelectGroup,
     SetField,
@@ -54,6 +53,7 @@ from ovsmgr.compiler.pipeline import (
 )
 from ovsmgr.compiler.stages.filter import _zone_match, expand_match, match_dimensions
 from ovsmgr.compiler.stages.limits import metered
+from ovsmgr.compiler.stages.vlans import out_action
 from ovsmgr.policy.ir import Backend, IPAddress, NatRule, ResolvedPolicy, ZoneInfo
 
 INFRA = cookie(CookieKind.INFRA)
@@ -255,9 +255,10 @@ def compile_nat_count(policy: ResolvedPolicy) -> list[Flow]:
 
 
 def _out_targets(policy: ResolvedPolicy) -> list[tuple[int, Action]]:
+    """REG_OUT_PORT values and how a packet leaves for each (a port with VLAN zones: by VLAN_OUT)."""
     if policy.forwarding == "normal":
         return [(0, Normal())]
-    return sorted({(p.ofport, Output(p.ofport)) for p in policy.ports.values() if p.name in policy.links},
+    return sorted({(p.ofport, out_action(policy, p.name)) for p in policy.ports.values() if p.name in policy.links},
                   key=lambda t: t[0])
 
 

@@ -20,6 +20,7 @@ from ovsmgr.compiler.pipeline import (
 )
 from ovsmgr.compiler.stages.helpers import related_commits
 from ovsmgr.compiler.stages.limits import metered
+from ovsmgr.compiler.stages.vlans import egress_to_vlans
 from ovsmgr.policy.ir import Limit, ResolvedPolicy
 
 INFRA = cookie(CookieKind.INFRA)
@@ -48,6 +49,7 @@ def compile_egress(policy: ResolvedPolicy) -> list[Flow]:
                 (SetField(REG_OUT_PORT.reg, out.ofport), SetField(REG_TO_ZONE.reg, zone_id),
                  GotoTable(Table.STATE)), INFRA,
             ))
+            flows.extend(egress_to_vlans(policy, port.ofport, peer))
         return flows
     for zone in policy.zones.values():
         for network in zone.networks:
