@@ -1,16 +1,15 @@
-"""Bench-only variants of a pipeline's NAT rules: what a meter on a NAT rule (the coming
-``limit:`` key) or ``nat()`` port-selection flags would compile to, measured before the policy
-language has them.
+"""Bench-only variants of a pipeline's NAT rules, for what the policy language has no key for:
+``nat()`` port-selection flags, and a meter on TCP SYNs before conntrack. (A meter on a NAT
+rule's new connections is the language's own ``limit:`` on the rule: the bench measures it with a
+policy that has one, compiled and applied by ovsmgr like any other, e.g.
+bench/nat/seed-nat-limit.yaml.)
 
 They are put on the switch after ovsmgr applied the policy (`apply_variant`):
 
 - ``nat_flags``: each NAT rule's flows again, with the flags inside their ``nat(...)``;
-- ``nat_meter`` ``new``: each NAT rule's flows again with ``meter:METER_ID`` first. Only the
-  packets of new connections the firewall allowed reach a NAT rule's flows, so the meter
-  counts exactly those; the packets it drops have already been through conntrack once;
-- ``nat_meter`` ``syn``: for each NAT rule's ``from`` zone, a flow above the conntrack
-  table's IPv4 flow taking TCP SYNs (``tcp_flags=+syn-ack``) from the zone's ports through
-  the meter, then the same ``ct()``: the meter drops before conntrack is consulted.
+- ``nat_meter`` (``packets: syn``): for each NAT rule's ``from`` zone, a flow above the
+  conntrack table's IPv4 flow taking TCP SYNs (``tcp_flags=+syn-ack``) from the zone's ports
+  through the meter, then the same ``ct()``: the meter drops before conntrack is consulted.
 
 A NAT rule's rewritten flows keep ovsmgr's cookie: the next apply finds them changed and puts
 them back, as for any drift. The SYN flows carry the bench's cookie (`BENCH_COOKIE`), which
@@ -31,7 +30,6 @@ METER_ID = 1
 SYN_METER_PRIORITY_ABOVE = 1
 """The SYN-meter flows sit this far above the conntrack table's IP flow."""
 _NAT_CALL = re.compile(r"nat\((src|dst)=([^)]*)\)")
-_ACTIONS = " actions="
 
 
 def nat_rule_flows(compiled: CompiledPolicy) -> list[str]:
@@ -45,13 +43,6 @@ def with_flags(flow: str, flags: tuple[str, ...]) -> str:
     if not flags:
         return flow
     return _NAT_CALL.sub(lambda m: f"nat({m[1]}={m[2]},{','.join(flags)})", flow)
-
-
-def with_meter(flow: str, meter_id: int = METER_ID) -> str:
-    head, sep, actions = flow.partition(_ACTIONS)
-    if not sep:
-        raise ValueError(f"not a flow in add-flows syntax: {flow}")
-    return f"{head}{sep}meter:{meter_id},{actions}"
 
 
 def syn_meter_flows(compiled: CompiledPolicy, bench_cookie: int, meter_id: int = METER_ID) -> list[str]:
@@ -77,12 +68,8 @@ def variant_flows(compiled: CompiledPolicy, meter: NatMeter | None, flags: tuple
         return []
     if not compiled.policy.nat:
         raise ValueError("nat_meter and nat_flags change NAT rules: the pipeline has none")
-    flows = [with_flags(f, flags) for f in nat_rule_flows(compiled)]
-    if meter is not None and meter.packets == "new":
-        flows = [with_meter(f) for f in flows]
-    elif flags == ():
-        flows = []
-    if meter is not None and meter.packets == "syn":
+    flows = [with_flags(f, flags) for f in nat_rule_flows(compiled)] if flags else []
+    if meter is not None:
         flows += syn_meter_flows(compiled, bench_cookie)
     return flows
 

@@ -7,7 +7,8 @@ policy of N rules, or the seed's own hand-written flows (`HANDWRITTEN`, pushed w
 test beds (the embedded lab in `testbed`, a running switch in `systembed`) switch
 pipelines with `switch_pipeline`: a policy is applied by ovsmgr itself, as a difference
 against the one before; plain forwarding sits on top (`set_plain`). A pipeline may carry a
-bench-only variant of its NAT rules (a meter, nat() flags: `ovsmgr.bench.natvariant`).
+bench-only variant of its NAT rules (a meter on SYNs before conntrack, nat() flags:
+`ovsmgr.bench.natvariant`; a limit on a NAT rule is the policy's own `limit:`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,9 @@ both in turn) go through the controller's engine (`ovsmgr.bench.updates`). Metho
 and ``flood`` send TCP SYNs to ``destinations`` (addresses x ports; one destination exhausts
 a NAT's source ports on purpose); ``flood`` measures what an established TCP stream and a
 ping keep while SYNs flood the switch (`ovsmgr.bench.flood`). ``nat_meter`` and ``nat_flags``
-are bench-only variants of a pipeline's NAT rules (`ovsmgr.bench.natvariant`).
+are bench-only variants of a pipeline's NAT rules for what the policy language has no key for
+(`ovsmgr.bench.natvariant`); a limit on a NAT rule's new connections is the policy's own
+``limit:``, measured with a policy file that has one.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ MAX_DESTINATION_PORTS = 4096
 SPREAD_PORTS_FROM = 10000
 """SYNs to more than one destination port go to ports 10000 up (one port: ``traffic.dport``):
 clear of ssh, iperf3 (5201) and the probes (7000-7002), below the generated rules (20000 up)."""
-MeterPackets = Literal["new", "syn"]
+MeterPackets = Literal["syn"]
 METER_PACKETS: tuple[MeterPackets, ...] = get_args(MeterPackets)
 """What a bench-only NAT meter counts: ``new``, the packets of new connections that reach a NAT
 rule (after conntrack, as a ``limit:`` on the rule would); ``syn``, TCP SYNs from the NAT rule's
@@ -186,8 +188,9 @@ ONE_DESTINATION = Destinations()
 
 @dataclass(frozen=True)
 class NatMeter:
-    """A bench-only meter on a pipeline's NAT rules (what a ``limit:`` on them would do), in
-    packets per second; see `METER_PACKETS`."""
+    """A bench-only meter, in packets per second, on the TCP SYNs from a pipeline's NAT zones
+    before conntrack (`METER_PACKETS`: ``syn``). The policy language has no such key; its
+    ``limit:`` on a NAT rule meters the rule's new connections after conntrack."""
 
     packets: MeterPackets
     rate: float

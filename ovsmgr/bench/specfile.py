@@ -92,6 +92,9 @@ def _message(err: Any, path: Path_, data: Any) -> str:
         return str((err.get("ctx") or {}).get("error") or err["msg"])
     if kind == "too_short":
         return "expected at least one value"
+    if kind == "literal_error" and name == "packets" and value == "new":
+        return ("packets: new is the policy's limit: on the NAT rule: measure it with a pipeline whose "
+                "policy has one (bench/nat/seed-nat-limit.yaml)")
     if kind == "literal_error" and name in CHOICES:
         return _choice_message(name, value, listed_field=isinstance(path[-1], int) or name in _LISTED)
     if bound in BOUNDS:
@@ -104,7 +107,7 @@ def _choice_message(name: str, value: Any, listed_field: bool) -> str:
     choices = CHOICES[name]
     if listed_field:
         return f"{value!r} is not one of {', '.join(choices)}"
-    if len(choices) == 2:
+    if len(choices) <= 2:
         return f"{name} must be {' or '.join(choices)}"
     return f"{name} must be one of {', '.join(choices)}"
 

@@ -210,10 +210,11 @@ class DestinationsModel(_Frozen):
 
 
 class NatMeterModel(_Frozen):
-    """Bench-only: a meter (packets per second) on the pipeline's NAT rules."""
+    """Bench-only: a meter (packets per second) on TCP SYNs from the zones of the pipeline's NAT
+    rules, before conntrack. (A limit on a NAT rule's new connections is the policy's `limit:`.)"""
 
-    packets: MeterPackets = Field(description="new: new connections reaching a NAT rule (after conntrack); "
-                                              "syn: TCP SYNs from the rule's zone, before conntrack.")
+    packets: MeterPackets = Field(description="syn: TCP SYNs from the rule's zone, before conntrack. "
+                                              "(New connections of a NAT rule: the policy's limit:.)")
     rate: MeterRate
 
 

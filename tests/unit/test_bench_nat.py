@@ -13,7 +13,7 @@ import pytest
 
 from ovsmgr.bench.flood import ping_figures, port_space_figures, stream_figures
 from ovsmgr.bench.methods import plan_experiment
-from ovsmgr.bench.natvariant import meter_command, variant_flows, with_flags, with_meter
+from ovsmgr.bench.natvariant import meter_command, variant_flows, with_flags
 from ovsmgr.bench.pipelines import BENCH_COOKIE, Config, compiled_for
 from ovsmgr.bench.report import evaluate_targets, render_report
 from ovsmgr.bench.results import FORMAT, point_record
@@ -53,15 +53,18 @@ experiments:
   - {method: flood, nat_meter: {packets: all, rate: 100}, nat_flags: [fast]}
   - {method: flood, pipelines: [plain], nat_flags: random}
   - {method: ndr, destinations: {ports: 2}}
+  - {method: flood, nat_meter: {packets: new, rate: 100}}
 """, "n.yaml")
     messages = [str(d) for d in caught.value.diagnostics]
     assert any(m.startswith("n.yaml:2:") and "integer in 1..4096" in m for m in messages)
     assert any(m.startswith("n.yaml:2:") and "unknown key 'adresses' (allowed: addresses, ports)" in m
                for m in messages)
-    assert any(m.startswith("n.yaml:3:") and "packets must be new or syn" in m for m in messages)
+    assert any(m.startswith("n.yaml:3:") and "packets must be syn" in m for m in messages)
     assert any(m.startswith("n.yaml:3:") and "'fast' is not one of random, hash, persistent" in m for m in messages)
     assert any(m.startswith("n.yaml:4:") and "plain forwarding has none" in m for m in messages)
     assert any(m.startswith("n.yaml:5:") and "unknown key 'destinations'" in m for m in messages)
+    assert any(m.startswith("n.yaml:6:") and "packets: new is the policy's limit: on the NAT rule" in m
+               for m in messages), "a meter on a NAT rule's new connections is the policy's limit:"
 
 
 def test_the_nat_spec_measures_both_datapaths_spread_and_one_destination() -> None:
@@ -71,7 +74,10 @@ def test_the_nat_spec_measures_both_datapaths_spread_and_one_destination() -> No
     floods = [e for e in spec.experiments if e.method == "flood"]
     assert {e.settings.datapath for e in floods} == {"dpdk", "netdev"}
     assert any(e.nat_meter and e.nat_meter.packets == "syn" for e in floods)
-    assert any(e.nat_meter and e.nat_meter.packets == "new" for e in floods)
+    limited = [p for e in floods for p in e.pipelines if p.endswith(".yaml")
+               and any(rule.limit for rule in compiled_for(Config("ovs", p))[0].policy.nat)]
+    assert {e.settings.datapath for e in floods if set(e.pipelines) & set(limited)} == {"dpdk", "netdev"}, \
+        "the NAT limit is measured as the policy's own limit: on the NAT rule, on both datapaths"
     for exp in spec.experiments:
         for pipeline in exp.pipelines:
             assert pipeline in ("plain", "seed-firewall", "seed-nat") or Path(pipeline).is_file()
@@ -82,7 +88,7 @@ def test_cps_has_a_group_per_destinations_and_flood_compares_a_pipeline_with_its
     cps, flood = parse_spec("""\
 experiments:
   - {method: cps, pipelines: [seed-nat], destinations: [{addresses: 16, ports: 64}, {}]}
-  - {method: flood, pipelines: [plain, seed-nat], nat_meter: {packets: new, rate: 500}, rates: [10kpps, 20kpps]}
+  - {method: flood, pipelines: [plain, seed-nat], nat_meter: {packets: syn, rate: 500}, rates: [10kpps, 20kpps]}
 """).experiments
     groups = plan_experiment(cps)
     assert [g.subjects[0].destinations for g in groups] == [Destinations(16, 64), Destinations(1, 1)]
@@ -96,7 +102,7 @@ experiments:
     plain, nat = groups[0].baseline, groups[2].baseline
     assert plain is not None and nat is not None
     assert plain.config.nat_meter is None, "plain forwarding has no NAT rule to meter"
-    assert nat.config.nat_meter == NatMeter("new", 500) and nat.config.label == "seed-nat+meter new 500/s"
+    assert nat.config.nat_meter == NatMeter("syn", 500) and nat.config.label == "seed-nat+meter syn 500/s"
     assert groups[2].subjects[0].params()["flood"] == "10kpps" and nat.params()["flood"] == "none"
 
 
@@ -120,11 +126,10 @@ def test_the_hosts_drop_and_count_every_destination_port_and_nothing_the_bench_n
 
 
 # --- NAT variants --------------------------------------------------------------------------------------
-def test_flags_go_inside_nat_and_a_meter_goes_first() -> None:
+def test_flags_go_inside_nat_and_the_syn_meter_is_a_packet_rate() -> None:
     flow = "cookie=0x1,table=50,priority=20000,ip actions=set_field:0x2->reg4,ct(commit,nat(src=200.200.200.200))"
     assert "nat(src=200.200.200.200,random,hash)" in with_flags(flow, ("random", "hash"))
     assert with_flags(flow, ()) == flow
-    assert with_meter(flow).endswith("actions=meter:1,set_field:0x2->reg4,ct(commit,nat(src=200.200.200.200))")
     assert meter_command(NatMeter("syn", 2000)) == ["add-meter",
                                                     "meter=1,pktps,burst,band=type=drop,rate=2000,burst_size=200"]
 
@@ -133,8 +138,6 @@ def test_variants_of_the_seed_nat() -> None:
     compiled, _ = compiled_for(Config("ovs", "seed-nat"))
     flags = variant_flows(compiled, None, ("random",), BENCH_COOKIE)
     assert len(flags) == 1 and "nat(src=200.200.200.200,random)" in flags[0] and "meter" not in flags[0]
-    new = variant_flows(compiled, NatMeter("new", 100), (), BENCH_COOKIE)
-    assert len(new) == 1 and " actions=meter:1," in new[0] and new[0].startswith("cookie=0xf5a0002")
     syn = variant_flows(compiled, NatMeter("syn", 100), (), BENCH_COOKIE)
     assert syn == [f"cookie={BENCH_COOKIE:#x},table=10,priority=101,tcp,in_port=1,tcp_flags=+syn-ack "
                    "actions=meter:1,ct(table=20,zone=1)"]
