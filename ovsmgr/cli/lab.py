@@ -138,6 +138,7 @@ def _print_status(status: dict[str, Any]) -> None:
         console.print(f"  {daemon:<13}pid {info['pid']} {alive}")
     table = Table("port", "ofport", "host netns", "address", "mac")
     for port in status["ports"]:
-        table.add_row(port["name"], str(port["ofport"]), port["netns"], port["address"] or "-",
-                      port["mac"])
+        tagged = [f"vlan {vid}: {address}" for vid, address in port.get("vlans", ())]
+        table.add_row(port["name"], str(port["ofport"]), port["netns"],
+                      ", ".join([port["address"]] * bool(port["address"]) + tagged) or "-", port["mac"])
     console.print(table)

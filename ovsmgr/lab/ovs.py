@@ -8,7 +8,9 @@ Layout (``name`` is a prefix, so parallel labs do not clash)::
     netns <name>-sw      ovsdb-server + ovs-vswitchd, bridge (datapath_type=netdev),
                          one veth end per port, named after the policy's port
     netns <name>-<port>  a host: ``eth0`` (other veth end), its address, a default
-                         route on-link through eth0 so all hosts share one L2 segment
+                         route on-link through eth0 so all hosts share one L2 segment;
+                         behind a trunk port also ``eth0.<vlan>`` per VLAN, tagged on
+                         eth0 by ``dot1q.py`` (these kernels have no 802.1Q)
 
 The kernel here has no openvswitch module, so only the userspace ``netdev``
 datapath (optionally DPDK-accelerated) works, and each OVS needs a namespace
@@ -41,6 +43,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -64,10 +67,13 @@ __all__ = [  # the spec half lives in lab.spec; these names are imported from he
 
 STATE_FILE = "lab.json"
 COMMAND_TIMEOUT = 60.0
+VLAN_ROUTE_TABLE_BASE = 1000
+"""A host's VLAN subinterface eth0.ID routes its address's traffic by table 1000 + ID (`Lab._add_vlan`)."""
 LAB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 
 PROBE = Path(__file__).with_name("probe.py")
+DOT1Q = Path(__file__).with_name("dot1q.py")
 """The traffic agent, run as a script (standard library only) where a process start is costly."""
 
 
@@ -83,7 +89,14 @@ def _arping_commands(ports: list[dict[str, Any]]) -> list[list[str]]:
         elif iface is not None:
             commands.append(["ip", "netns", "exec", port["netns"], sys.executable, "-I", "-S", str(PROBE),
                              "announce", "eth0"])
+        commands += [["ip", "netns", "exec", port["netns"], "arping", "-U", "-c", "1", "-I", vlan_iface(vid),
+                      str(ipaddress.ip_interface(address).ip)] for vid, address in port.get("vlans", ())]
     return commands
+
+
+def vlan_iface(vid: int) -> str:
+    """The host's subinterface for VLAN `vid` (`LabPort.vlans`)."""
+    return f"eth0.{vid}"
 
 
 class Lab:
@@ -268,9 +281,11 @@ class Lab:
         db.ensure_port(spec.bridge, port.name, port.ofport, iface_type, options)
         if port.address:
             self._address_host(host_ns, port.address)
+        if port.vlans:
+            self._add_vlans(host_ns, port)
         state["ports"].append({"name": port.name, "ofport": port.ofport, "netns": host_ns,
                                "address": port.address, "mac": port.mac,
-                               "switch_iface": sw_if})
+                               "switch_iface": sw_if, "vlans": [list(v) for v in port.vlans]})
         self._save(state)
 
     def _address_host(self, host_ns: str, address: str) -> None:
@@ -284,6 +299,34 @@ class Lab:
             netns.run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"], netns=host_ns)
         netns.run(["ip", "-n", host_ns, family, "addr", "add", address, "dev", "eth0", *extra])
         netns.run(["ip", "-n", host_ns, family, "route", "add", "default", "dev", "eth0"])
+
+    def _add_vlans(self, host_ns: str, port: LabPort) -> None:
+        """A VLAN subinterface eth0.ID per VLAN of the host (`LabPort.vlans`): what the host sends from
+        its address there leaves tagged (a source rule routes it by eth0.ID, on-link like eth0), what
+        comes tagged ID is its. The kernels here have no 802.1Q, so each is a TAP device that
+        `dot1q.py`, started here in the host's namespace, joins to eth0 (see there)."""
+        for vid, address in port.vlans:
+            dev, table = vlan_iface(vid), str(VLAN_ROUTE_TABLE_BASE + vid)
+            ip = str(ipaddress.ip_interface(address).ip)
+            netns.run(["ip", "-n", host_ns, "tuntap", "add", "dev", dev, "mode", "tap"])
+            netns.run(["ip", "-n", host_ns, "link", "set", "dev", dev, "address", port.mac])
+            netns.run(["sysctl", "-qw", f"net/ipv6/conf/{dev}/disable_ipv6=1"], netns=host_ns)
+            netns.run(["ip", "-n", host_ns, "link", "set", "dev", dev, "up"])
+            netns.run(["ip", "-n", host_ns, "-4", "addr", "add", address, "dev", dev])
+            netns.run(["ip", "-n", host_ns, "-4", "rule", "add", "from", ip, "lookup", table])
+            netns.run(["ip", "-n", host_ns, "-4", "route", "add", "default", "dev", dev, "table", table])
+        argv = [sys.executable, "-I", "-S", str(DOT1Q), "eth0", *(f"{vid}={vlan_iface(vid)}" for vid, _ in port.vlans)]
+        log = self.dir / f"dot1q-{port.name}.log"
+        netns.run(["sh", "-c", f"{shlex.join(['ip', 'netns', 'exec', host_ns, *argv])} </dev/null >{shlex.quote(str(log))} 2>&1 &"])
+        deadline = time.monotonic() + COMMAND_TIMEOUT / 4
+        while not all(self._carrier(host_ns, vlan_iface(vid)) for vid, _ in port.vlans):
+            if time.monotonic() > deadline:  # a TAP has carrier once the relay holds it
+                raise LabError(f"host {port.name}: the VLAN relay did not start: {log.read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _carrier(host_ns: str, dev: str) -> bool:
+        return "NO-CARRIER" not in netns.run(["ip", "-n", host_ns, "-o", "link", "show", "dev", dev])
 
     # -- gratuitous ARP ----------------------------------------------------------------------
     def announce(self) -> None:

@@ -49,7 +49,7 @@ from ovsmgr.compiler import CompiledPolicy, compile_policy
 from ovsmgr.compiler.pipeline import CT_MARK_RULE_MASK, CookieKind, Table, cookie_parts
 from ovsmgr.lab.compare import Arrival, Observation, StepReport, TableReport, compare_step
 from ovsmgr.lab.hosts import LabAddressing, TcpBook
-from ovsmgr.lab.ovs import Datapath, Lab, LabPort, LabSpec
+from ovsmgr.lab.ovs import Datapath, Lab, LabPort, LabSpec, vlan_iface
 from ovsmgr.lab.taps import HostTaps, Received, guarded_hosts
 from ovsmgr.policy import ResolvedPolicy, load_policy
 from ovsmgr.sim.fields import DL_TYPE_ARP, ND_ADVERT, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
@@ -75,13 +75,13 @@ class Timing:
 
 # --- the lab a table needs ---------------------------------------------------------------------
 def lab_ports(table: ScenarioTable, policy: ResolvedPolicy) -> list[LabPort]:
-    """One lab port per policy port, its host on the table's first untagged address for it. Addresses
-    in a VLAN (`ResolvedPolicy.host_vlan`) are not given to the host: the runner sends and receives
-    their frames, tagged, itself."""
+    """One lab port per policy port, its host on the table's first untagged address for it and, for
+    each VLAN its addresses are in (`ResolvedPolicy.host_vlan`), on the first address of that VLAN."""
     ports = []
     for name, port in policy.ports.items():
-        untagged, _ = _host_addresses(table, policy, name)
-        ports.append(LabPort(name, port.ofport, untagged[0] if untagged else None))
+        untagged, tagged = _host_addresses(table, policy, name)
+        vlans = tuple((vid, addresses[0]) for vid, addresses in sorted(tagged.items()))
+        ports.append(LabPort(name, port.ofport, untagged[0] if untagged else None, vlans))
     return ports
 
 
@@ -100,12 +100,15 @@ def lab_spec_for(table: ScenarioTable, policy: ResolvedPolicy, name: str, datapa
 
 
 def add_host_addresses(lab: Lab, table: ScenarioTable, policy: ResolvedPolicy) -> None:
-    """Give each host the table's further untagged addresses (the lab gives it the first)."""
+    """Give each host the table's further addresses (the lab gives it the first, and the first of
+    each VLAN), each on the interface of its VLAN."""
     for port in table.hosts:
-        untagged, _ = _host_addresses(table, policy, port)
-        for address in untagged[1:]:
+        untagged, tagged = _host_addresses(table, policy, port)
+        further = [("eth0", a) for a in untagged[1:]]
+        further += [(vlan_iface(vid), a) for vid, addresses in tagged.items() for a in addresses[1:]]
+        for iface, address in further:
             family = "-6" if ipaddress.ip_interface(address).version == 6 else "-4"
-            lab.exec(port, ["ip", family, "addr", "add", address, "dev", "eth0"], check=True,
+            lab.exec(port, ["ip", family, "addr", "add", address, "dev", iface], check=True,
                      capture_output=True, timeout=30)
 
 

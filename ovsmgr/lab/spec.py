@@ -31,6 +31,9 @@ class LabPort:
     name: str
     ofport: int
     address: str | None = None
+    vlans: tuple[tuple[int, str], ...] = ()
+    """(VLAN id, address) of each VLAN the host is in: a subinterface eth0.ID with that address, whose
+    traffic leaves tagged (a host behind a trunk port with VLAN zones)."""
 
     @property
     def mac(self) -> str:
@@ -61,14 +64,19 @@ def validate_spec(spec: LabSpec) -> None:
                             "no '/', and differ from the bridge name")
         if not 1 <= port.ofport < 0xFF00:
             problems.append(f"port {port.name}: ofport {port.ofport} is not in 1..65279")
-        if port.address is not None:
+        for address in (port.address, *(a for _, a in port.vlans)):
             try:
-                ipaddress.ip_interface(port.address)
+                if address is not None:
+                    ipaddress.ip_interface(address)
             except ValueError as exc:
                 problems.append(f"port {port.name}: {exc}")
+        vids = [vid for vid, _ in port.vlans]
+        if any(not 1 <= vid <= 4094 for vid in vids) or len(set(vids)) != len(vids):
+            problems.append(f"port {port.name}: VLAN ids {vids} must be distinct, each in 1..4094")
+    addresses = [_ip(a) for p in spec.ports for a in (p.address, *(a for _, a in p.vlans)) if _ip(a)]
     for what, values in (("port names", [p.name for p in spec.ports]),
                          ("ofports", [p.ofport for p in spec.ports]),
-                         ("addresses", [_ip(p.address) for p in spec.ports if _ip(p.address)])):
+                         ("addresses", addresses)):
         if len(set(values)) != len(values):
             problems.append(f"{what} are not unique: {values}")
     if problems:
@@ -93,6 +101,8 @@ class _Zone(Protocol):
     def ports(self) -> Sequence[str]: ...
     @property
     def networks(self) -> Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network]: ...
+    @property
+    def vlan(self) -> int | None: ...
 
 
 class _Switch(Protocol):
@@ -120,15 +130,16 @@ def _nth_host(network: ipaddress.IPv4Network | ipaddress.IPv6Network, n: int) ->
     return f"{network.network_address + offset}/{network.prefixlen}"
 
 
-def _first_networks(policy: _Policy) -> dict[str, str]:
-    """Port name to the first prefix of its zone, skipping default routes (/0)."""
-    first: dict[str, str] = {}
+def _first_networks(policy: _Policy) -> dict[tuple[str, int | None], str]:
+    """(port name, VLAN) to the first prefix of the port's zone for that VLAN (None: untagged),
+    skipping default routes (/0)."""
+    first: dict[tuple[str, int | None], str] = {}
     for zone in policy.zones.values():
         prefixes = [ipaddress.ip_network(str(n), strict=False) for n in zone.networks]
         usable = [str(p) for p in prefixes if p.prefixlen > 0]
         for port_name in zone.ports:
             if usable:
-                first[port_name] = usable[0]
+                first[port_name, zone.vlan] = usable[0]
     return first
 
 
@@ -140,7 +151,9 @@ def lab_spec_from_policy(policy: _Policy, datapath: Datapath,
     free one of .10, .11, ... (``::10``, ``::11``, ... for IPv6) in the first
     network of the port's zone that is not a default route (/0); a port with no
     such network gets the next free one of 198.51.100.10, .11, ... (TEST-NET-2),
-    counted in port order. Addresses given as overrides are skipped.
+    counted in port order. Addresses given as overrides are skipped. A port with
+    VLAN zones gives its host one more address per VLAN zone, the next free one of
+    the zone's first network, on a VLAN subinterface (``LabPort.vlans``).
     """
     unknown = sorted(set(host_overrides) - set(policy.switch.ports))
     if unknown:
@@ -151,10 +164,13 @@ def lab_spec_from_policy(policy: _Policy, datapath: Datapath,
     ports: list[LabPort] = []
     for port_name, port in policy.switch.ports.items():
         address = host_overrides.get(port_name)
-        if address is None:
-            network = ipaddress.ip_network(first.get(port_name, FALLBACK_NETWORK))
+        vids = sorted({z.vlan for z in policy.zones.values() if z.vlan is not None and port_name in z.ports})
+        if address is None and (not vids or (port_name, None) in first):
+            network = ipaddress.ip_network(first.get((port_name, None), FALLBACK_NETWORK))
             address = _next_free_host(network, next_index, taken)
-        ports.append(LabPort(port_name, port.ofport, address))
+        vlans = tuple((vid, _next_free_host(ipaddress.ip_network(first[port_name, vid]), next_index, taken))
+                      for vid in vids if (port_name, vid) in first)
+        ports.append(LabPort(port_name, port.ofport, address, vlans))
     return LabSpec(policy.switch.bridge, datapath, ports, name)
 
 

@@ -32,11 +32,14 @@ def server(lab: Lab, port: str, proto: str, tport: int, timeout: float = 30,
 
 
 def converse(lab: Lab, port: str, proto: str, address: str, tport: int, timeout: float = 2,
-             sport: int | None = None) -> dict[str, Any]:
-    """One request/response from `port`'s host; `ok` tells whether an answer came back."""
+             sport: int | None = None, src: str | None = None) -> dict[str, Any]:
+    """One request/response from `port`'s host (from its address `src`, if given); `ok` tells whether
+    an answer came back."""
     argv = [*PY, "connect", proto, address, str(tport), "--timeout", str(timeout)]
     if sport:
         argv += ["--sport", str(sport)]
+    if src:
+        argv += ["--src", src]
     out = lab.exec(port, argv, capture_output=True, text=True, timeout=timeout + 10)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -56,8 +59,10 @@ class Pinged:
         return f"Pinged({self.output!r})"
 
 
-def ping(lab: Lab, port: str, address: str, count: int = 1, deadline: float = 3) -> Pinged:
-    """Whether `count` echo replies come back before `deadline` seconds (requests are resent)."""
+def ping(lab: Lab, port: str, address: str, count: int = 1, deadline: float = 3, src: str | None = None) -> Pinged:
+    """Whether `count` echo replies come back before `deadline` seconds (requests are resent); from the
+    host's address `src`, if given."""
     family = ["-6"] if ":" in address else []
-    argv = ["ping", *family, "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), address]
+    source = ["-I", src] if src else []
+    argv = ["ping", *family, "-n", "-q", "-c", str(count), "-i", "0.2", "-w", str(deadline), *source, address]
     return Pinged(lab.exec(port, argv, capture_output=True, text=True, timeout=deadline + 5))

@@ -33,6 +33,7 @@ class FakePort:
 class FakeZone:
     ports: list[str]
     networks: list[str] = field(default_factory=list)
+    vlan: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,19 @@ def test_overrides_win_and_their_addresses_are_skipped() -> None:
     assert addresses(spec) == {"a": "10.0.0.11/24", "b": "10.0.0.12/24", "c": "10.0.0.10/24"}
 
 
+def test_a_trunk_host_gets_an_address_per_vlan_zone_on_a_vlan_subinterface() -> None:
+    pol = policy({"trunk0": 1, "wan0": 2, "only": 3}, {
+        "guests": FakeZone(["trunk0"], ["10.20.0.0/24"], 20), "staff": FakeZone(["trunk0", "only"], ["10.30.0.0/24"], 30),
+        "mgmt": FakeZone(["trunk0"], ["10.99.0.0/24"]), "wan": FakeZone(["wan0"], ["198.51.100.0/24"]),
+    })
+    ports = {p.name: p for p in lab_spec_from_policy(pol, "netdev", {}, "x").ports}
+    assert (ports["trunk0"].address, ports["trunk0"].vlans) == ("10.99.0.10/24", ((20, "10.20.0.10/24"),
+                                                                                 (30, "10.30.0.10/24")))
+    assert (ports["only"].address, ports["only"].vlans) == (None, ((30, "10.30.0.11/24"),)), \
+        "a port in VLAN zones only has no untagged address"
+    assert (ports["wan0"].address, ports["wan0"].vlans) == ("198.51.100.10/24", ())
+
+
 def test_network_objects_work_like_strings() -> None:
     zone = FakeZone(["a"], [ipaddress.ip_network("10.1.0.0/16")])  # type: ignore[list-item]
     spec = lab_spec_from_policy(policy({"a": 1}, {"z": zone}), "netdev", {}, "x")
@@ -104,6 +118,9 @@ def test_unknown_override_and_full_network_are_errors() -> None:
     ([LabPort("a", 1, "10.0.0.1/24"), LabPort("b", 2, "10.0.0.1/16")], "addresses are not unique"),
     ([LabPort("a", 1, "banana")], "banana"),
     ([LabPort("br0", 1)], "differ from the bridge"),
+    ([LabPort("a", 1, None, ((20, "10.0.0.1/24"), (20, "10.0.1.1/24")))], "VLAN ids"),
+    ([LabPort("a", 1, None, ((4095, "10.0.0.1/24"),))], "VLAN ids"),
+    ([LabPort("a", 1, "10.0.0.1/24", ((20, "10.0.0.1/16"),))], "addresses are not unique"),
 ])
 def test_validate_spec_refuses(ports: list[LabPort], message: str) -> None:
     with pytest.raises(LabError, match=message):

@@ -78,7 +78,9 @@ def test_a_packet_socket_frame_gets_back_the_tag_the_kernel_took_off() -> None:
         == untagged
 
 
-def test_the_scenario_lab_gives_hosts_only_their_untagged_addresses() -> None:
+def test_the_scenario_lab_puts_each_address_on_the_interface_of_its_vlan() -> None:
     table = load_table(ROOT / "tests" / "scenarios" / "vlans.yaml")
     ports = {p.name: p for p in lab_ports(table, load_policy(list(table.policy_files)))}
     assert ports["trunk0"].address == "10.99.0.10/24" and ports["wan0"].address == "198.51.100.10/24"
+    assert ports["trunk0"].vlans == ((20, "10.20.0.10/24"), (30, "10.30.0.10/24"))
+    assert ports["wan0"].vlans == ()
