@@ -36,8 +36,10 @@ class Decision:
 def decide(policy: ResolvedPolicy, in_port: str, packet: Packet) -> Decision:
     """What the policy says about `packet` (the first packet of a connection) entering by `in_port`."""
     port = policy.ports.get(in_port)
-    if port is None or not port.zone:
-        return Decision("drop", None, False, f"port {in_port} is in no zone")
+    from_zone = ingress_zone(policy, in_port, packet)
+    if port is None or not from_zone:
+        return Decision("drop", None, False, f"port {in_port} is in no zone" if not policy.has_vlans
+                        else f"port {in_port} has no zone for {_frame(packet)}")
     if packet.version is None or packet.src is None or packet.dst is None:
         raise ValueError("the reference evaluates IP packets only (ARP is switched normally)")
     if packet.version == 6 and packet.nw_proto == 58 and packet.icmp_type in ND_TYPES:
@@ -50,7 +52,7 @@ def decide(policy: ResolvedPolicy, in_port: str, packet: Packet) -> Decision:
         return Decision("allow" if can_leave else "drop", None, False, "invalid, and invalid: allow")
     shadow: list[str] = []
     for rule in policy.rules:
-        if rule_matches(rule.match, port.zone, to_zone, packet):
+        if rule_matches(rule.match, from_zone, to_zone, packet):
             if rule.shadow:
                 shadow.append(rule.name)
                 continue
@@ -65,13 +67,30 @@ def _decision(action: Verdict, rule: str | None, stateful: bool, can_leave: bool
     return Decision(action, rule, stateful, why, tuple(shadow))
 
 
+def ingress_zone(policy: ResolvedPolicy, in_port: str, packet: Packet) -> str:
+    """The zone of (port, VLAN) a packet comes in by ("": none); without VLAN zones, the port's."""
+    port = policy.ports.get(in_port)
+    if port is None or not policy.has_vlans:
+        return port.zone if port is not None else ""
+    vlan = packet.vlan_vid & 0xFFF if packet.vlan_vid else None
+    return next((z.name for z in policy.port_zones(in_port) if z.vlan == vlan), "")
+
+
+def _frame(packet: Packet) -> str:
+    return f"VLAN {packet.vlan_vid & 0xFFF}" if packet.vlan_vid else "untagged frames"
+
+
 def egress_zone(policy: ResolvedPolicy, in_port: str, packet: Packet) -> tuple[str | None, bool]:
-    """The zone the packet leaves by (None: unknown) and whether it can leave at all."""
+    """The zone the packet leaves by (None: unknown) and whether it can leave at all: toward a port
+    with VLAN zones, the one whose networks hold the destination, else the port's untagged zone."""
     if policy.forwarding == "ports":
         peer = policy.links.get(in_port)
         if peer is None:
             return None, False
-        return policy.ports[peer].zone or None, True
+        address = _address(packet.dst or 0, packet.version)
+        tagged = [(n.prefixlen, z.name) for z in policy.port_zones(peer) if z.vlan is not None
+                  for n in z.networks if n.version == address.version and address in n]
+        return max(tagged)[1] if tagged else (policy.ports[peer].zone or None), True
     address = ipaddress.ip_address(packet.dst or 0) if packet.version == 4 else \
         ipaddress.IPv6Address(packet.dst or 0)
     best: tuple[int, str] | None = None

@@ -17,7 +17,8 @@ The *lifelines* checked, each a TCP connection:
 
 Each lifeline that crosses the bridge is run through the simulator
 (`ovsmgr.sim`: the compiled flows with a conntrack model) as a TCP handshake,
-SYN, SYN+ACK, ACK; if a step would be dropped, the connection is cut, and the
+SYN, SYN+ACK, ACK (tagged when its client is in a VLAN zone's networks on a port
+with VLAN zones); if a step would be dropped, the connection is cut, and the
 first-match reference (`ovsmgr.sim.reference.decide`) names the rule that cuts
 it. An established connection is judged the same way: when its rule goes, the
 next packet is revalidated against the new rules (docs/design.md).
@@ -203,8 +204,10 @@ def _handshake(switch: SimulatedSwitch, policy: ResolvedPolicy, client_port: str
 
     fields = "nw" if client.version == 4 else "ipv6"
     proto = "tcp" if client.version == 4 else "tcp6"
+    vlan = policy.host_vlan(client_port, client)  # a client in a VLAN zone of its port sends tagged
+    tagged = f"dl_vlan={vlan}," if vlan is not None else ""
     talk = sim.Conversation(switch)
-    trace = talk.send(client_port, f"{proto},{fields}_src={client},{fields}_dst={server},tp_dst={tcp_port}")
+    trace = talk.send(client_port, f"{tagged}{proto},{fields}_src={client},{fields}_dst={server},tp_dst={tcp_port}")
     if server_port not in trace.output:
         return _why(policy, client_port, trace, "is dropped")
     trace = talk.reply(server_port)
@@ -245,9 +248,9 @@ def _far_ports(policy: ResolvedPolicy, port: str, remote: IPAddress | None) -> l
 def _any_clients(policy: ResolvedPolicy, far_port: str, version: int) -> list[IPAddress]:
     """Client addresses worth trying from `far_port` when any client will do: the sources of the
     rules for its zone, its zone's networks, and an address nothing names."""
-    zone = policy.ports[far_port].zone
-    prefixes = [n for r in policy.rules if r.match.from_zone == zone and r.action == "allow" for n in r.match.src]
-    prefixes += list(policy.zones[zone].networks) if zone in policy.zones else []
+    zones = {z.name for z in policy.port_zones(far_port)}  # one per VLAN of the port
+    prefixes = [n for r in policy.rules if r.match.from_zone in zones and r.action == "allow" for n in r.match.src]
+    prefixes += [n for z in sorted(zones) for n in policy.zones[z].networks]
     found = [n.network_address if n.num_addresses == 1 else n.network_address + 1
              for n in prefixes if n.version == version]
     return [*dict.fromkeys(found), _ANY_CLIENT[version]]

@@ -167,6 +167,19 @@ def test_normal_forwarding_finds_the_client_by_zone_networks() -> None:
     assert found and "firewall default" in found[0]
 
 
+def test_an_admin_in_a_vlan_zone_of_a_trunk_port_is_judged_with_the_tag() -> None:
+    text = POLICY.format(forwarding="ports", links=LINKS, admin_networks="", switch_networks="", rules=SSH_IN)
+    text = text.replace("  admin: {ports: [admin]}",
+                        "  admin: {ports: [admin], vlan: 10, networks: [192.0.2.32/27]}\n"
+                        "  guests: {ports: [admin], vlan: 20, networks: [198.18.0.0/24]}")
+    policy = compile_policy(load_policy_text(text, "p.yaml"))
+    assert cuts(policy, ssh=SSH) == [], "the admin's SYN comes tagged 10, as the admin zone's hosts send it"
+    assert cuts(policy, mgmt=(SWITCH,)) == []
+    locked = compile_policy(load_policy_text(text.replace(SSH_IN, LOCKDOWN), "p.yaml"))
+    found = cuts(locked, ssh=SSH)
+    assert len(found) == 1 and "rule lockdown (p.yaml:" in found[0], found
+
+
 def test_ipv6_lifelines() -> None:
     switch = FakeSwitch(own={ip("fd00::1"): "mgmt0"})
     assert cuts(compiled(SSH_IN), switch, mgmt=("[fd00::1]:22",)) == []
