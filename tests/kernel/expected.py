@@ -122,6 +122,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "the flow, once its timeout has passed": "expired",
         "zone 9's timeout policy after a policy without timeouts": "none",
     },
+    "nat-flood": {
+        "no limit: the NAT's 1,000 ports after the flood to one destination": "90 % or more in use",
+        "limit: 100/s on the NAT rule: its meter (ovsmgr status)": "dropped packets",
+        "limit: 100/s on the NAT rule: the established TCP stream during and after the flood": "kept delivering",
+        "limit: 100/s on the NAT rule: pings lost": "none",
+    },
 }
 
 

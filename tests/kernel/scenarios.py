@@ -30,9 +30,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -751,6 +753,163 @@ def _usage(usage: dict[str, Any]) -> str:
     return f"{usage['connections']} of {usage['limit']} connections" + (", full" if usage["full"] else "")
 
 
+FLOOD_NAT_PORTS = (20000, 20999)
+"""The SNAT's source ports in nat-flood: few enough that seconds of a guest's flood to one
+destination use them up (64,512 take the bench's 250 kpps generator)."""
+FLOOD_LIMIT = 100
+"""nat-flood's `limit:` on the NAT rule, new connections a second: the flood's seconds of it (and
+its burst) stay well below half the ports (docs/policy.md, `max_connections`)."""
+FLOOD_SECONDS, CALM_SECONDS = 4, 3
+"""The flood's length (hping3's, from its start), and the seconds of stream before and after it."""
+FLOOD_PACE = ["--flood"] if DATAPATH == "system" else ["-i", "u1000"]
+"""hping3's pace. In the guest as fast as it goes: its usleep pacing is coarse under TCG (``-i
+u100`` sent 50 SYNs a second there). On the host at most 1,000 a second: ten times the limit, and
+far below the rates at which the userspace datapath's socket buffers drop packets whatever the
+policy when its thread is descheduled on a busy host (docs/bench.md, "The netdev datapath drops
+at 3 ms of scheduling delay": at 5,000 a second a ping through the limit lost 1 of 54)."""
+STREAM_RATE = "10M"
+STREAM_PORT = 5201
+PING_EVERY = 0.05
+
+
+def nat_flood(ctx: Context) -> str:
+    """A SYN flood from random sources to one destination through SNAT while an established
+    TCP stream (iperf3) and a ping pass the same switch: first without a limit (the control:
+    the flood uses up the NAT's ports), then with `limit:` on the NAT rule, whose meter drops the
+    flood's SYNs above the rate before they are committed. With the limit the stream keeps
+    delivering and the ping loses nothing. The figures (what the stream delivered during the
+    flood against before it, pings lost, SYNs offered and delivered) are reported, not checked."""
+    from ovsmgr.bench.testbed import Host, drop_load_at_host, sink_load_counter
+
+    inside_out = "    - {name: inside-out, from: inside, action: allow}"
+    nat = (f"nat:\n  - {{name: masq, type: snat, from: inside, to: outside, translate_to: {PUBLIC}, "
+           f"ports: {FLOOD_NAT_PORTS[0]}-{FLOOD_NAT_PORTS[1]}}}\n")
+    limited = nat.replace("}\n", f", limit: {FLOOD_LIMIT}/s}}\n")
+    ports = FLOOD_NAT_PORTS[1] - FLOOD_NAT_PORTS[0] + 1
+    with Bed("br0", SEED_PORTS) as bed:
+        sink = Host(bed.netns("outside"), "eth0", SEED_PORTS[1].address or "", SEED_PORTS[1].mac)
+        drop_load_at_host(sink)  # the flood's SYNs are counted and dropped: no RST comes back
+        bed.apply(ctx.write("flood-nat.yaml", policy_text(inside_out, extra=nat)))
+        bed.announce()
+        plain = _flood_trial(bed, lambda: sink_load_counter(sink))
+        translated = len(bed.conntrack_entries(PUBLIC, zone=1))
+        ctx.fact("no limit: the NAT's 1,000 ports after the flood to one destination",
+                 "90 % or more in use" if translated >= 0.9 * ports else f"{translated} in use")
+        run(["ovs-appctl", "dpctl/flush-conntrack"])  # the first flood's half-open connections go
+        bed.apply(ctx.write("flood-nat-limit.yaml", policy_text(inside_out, extra=limited)))
+        metered = _flood_trial(bed, lambda: sink_load_counter(sink))
+        meters = json.loads(bed.ovsmgr("status", bed.bridge, "-o", "json").stdout)["meters"]
+        check([m["rule"] for m in meters] == ["masq"], f"ovsmgr status shows meters {meters}")
+        dropped = int(meters[0].get("dropped_packets") or 0)
+        ctx.fact(f"limit: {FLOOD_LIMIT}/s on the NAT rule: its meter (ovsmgr status)",
+                 "dropped packets" if dropped > 0 else "dropped nothing")
+        kept = metered["segments_during"] > 0 and metered["segments_after"] > 0
+        ctx.fact(f"limit: {FLOOD_LIMIT}/s on the NAT rule: the established TCP stream during and after "
+                 "the flood", "kept delivering" if kept else "stalled")
+        ctx.fact(f"limit: {FLOOD_LIMIT}/s on the NAT rule: pings lost",
+                 "none" if metered["lost"] == 0 else "some")
+        return (f"no limit: {_flood_figures(plain)}; {translated} connections translated ({ports} NAT "
+                f"ports); limit {FLOOD_LIMIT}/s: {_flood_figures(metered)}; the meter dropped {dropped:,}")
+
+
+def _flood_trial(bed: Bed, syns_at_sink: Callable[[], int]) -> dict[str, Any]:
+    """The stream and the ping, CALM_SECONDS, the flood, CALM_SECONDS. What the stream delivered
+    is read from the outside host's own counters at each boundary, in this process (no clock of
+    another process to align): TCP segments received and IP bytes received (``IpExt InOctets``:
+    the stream's, and the ping's 84 bytes every PING_EVERY; the flood's SYNs are dropped at the
+    host's ingress, before IP counts them). Pings: those sent before the end less a second (the
+    ping is stopped there), and those sent during the flood."""
+    from ovsmgr.bench.flood import ping_figures
+
+    server = bed.popen("outside", ["iperf3", "-s", "-1", "-p", str(STREAM_PORT)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = pinger = flood = None
+    try:
+        _wait_tcp_listening(server, STREAM_PORT)
+        client = bed.popen("inside", ["iperf3", "-c", OUTSIDE, "-p", str(STREAM_PORT), "-t", "600",
+                                      "-b", STREAM_RATE, "--connect-timeout", "30000"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pinger = bed.popen("inside", ["ping", "-n", "-D", "-i", str(PING_EVERY), "-w", "600", OUTSIDE],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while _snmp(server.pid, "Tcp", "InSegs") < 100:  # the stream runs (slow to start under TCG)
+            check(time.monotonic() < deadline and client.poll() is None, "the TCP stream did not start")
+            time.sleep(0.2)
+        marks = [_stream_counters(server.pid)]  # before: CALM_SECONDS of the stream alone
+        time.sleep(CALM_SECONDS)
+        marks.append(_stream_counters(server.pid))
+        syn0 = syns_at_sink()
+        flood = bed.popen("inside", ["timeout", "-s", "INT", str(FLOOD_SECONDS), "hping3", *FLOOD_PACE,
+                                     "--rand-source", "-S", "-p", "9", OUTSIDE],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.0)  # hping3 takes a moment to start: the flood's window begins a second later
+        marks.append(_stream_counters(server.pid))
+        flood_out = flood.communicate(timeout=FLOOD_SECONDS + 120)[0]
+        marks.append(_stream_counters(server.pid))
+        syn1 = syns_at_sink()
+        time.sleep(CALM_SECONDS)
+        marks.append(_stream_counters(server.pid))
+        pinger.send_signal(signal.SIGINT)  # ping prints its statistics and exits
+        ping_out = pinger.communicate(timeout=60)[0]
+    finally:
+        for proc in (flood, pinger, client, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    (t0, _, b0), (t1, _, b1), (t2, s2, b2), (t3, s3, b3), (t4, s4, b4) = marks
+    offered = re.search(r"(\d+) packets tra\w*mitted", flood_out)
+    whole = ping_figures(ping_out, (0.0, t4 - 1.0))
+    during = ping_figures(ping_out, (t2, t3))
+    return {
+        "before": _mbps(b1 - b0, t1 - t0), "during": _mbps(b3 - b2, t3 - t2), "after": _mbps(b4 - b3, t4 - t3),
+        "segments_during": s3 - s2, "segments_after": s4 - s3,
+        "pings": int(whole["ping_sent"]), "lost": round(whole["ping_sent"] * whole["ping_loss"]),
+        "pings_during": int(during["ping_sent"]), "lost_during": round(during["ping_sent"] * during["ping_loss"]),
+        "offered": int(offered[1]) if offered else -1,
+        "delivered": syn1 - syn0 if syn0 >= 0 and syn1 >= 0 else -1,
+    }
+
+
+def _stream_counters(pid: int) -> tuple[float, int, int]:
+    """(now, TCP segments, IP bytes) the namespace of process ``pid`` has received."""
+    return time.time(), _snmp(pid, "Tcp", "InSegs"), _netstat(pid, "IpExt", "InOctets")
+
+
+def _netstat(pid: int, group: str, counter: str) -> int:
+    """A counter of /proc/net/netstat (the same two-line layout as /proc/net/snmp)."""
+    lines = [line.split() for line in Path(f"/proc/{pid}/net/netstat").read_text().splitlines()
+             if line.startswith(f"{group}:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))[counter])
+
+
+def _mbps(octets: int, seconds: float) -> float:
+    return round(octets * 8 / seconds / 1e6, 2) if seconds > 0 else math.nan
+
+
+def _flood_figures(trial: dict[str, Any]) -> str:
+    before, during = trial["before"], trial["during"]
+    ratio = "n/a" if math.isnan(before) or math.isnan(during) or not before else f"{during / before:.2f}x"
+    return (f"SYNs offered {trial['offered']:,}, delivered {trial['delivered']:,}; stream Mbit/s before "
+            f"{before:g}, during {during:g}, after {trial['after']:g} (delivered ratio {ratio}); pings lost "
+            f"{trial['lost']} of {trial['pings']} ({trial['lost_during']} of {trial['pings_during']} during "
+            f"the flood)")
+
+
+def _wait_tcp_listening(server: subprocess.Popen[str], port: int, timeout: float = 60.0) -> None:
+    """Until the server process's namespace has a TCP socket listening on ``port`` (read from its
+    /proc: no process to start; iperf3 says nothing until it ends)."""
+    deadline = time.monotonic() + timeout
+    listening = re.compile(rf"^\s*\d+: [0-9A-F]+:{port:04X} [0-9A-F]+:0000 0A ", re.M)
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise BedError(f"the server exited: {server.stderr.read() if server.stderr else ''}")
+        tables = (Path(f"/proc/{server.pid}/net/{name}") for name in ("tcp", "tcp6"))
+        if any(listening.search(table.read_text()) for table in tables if table.exists()):
+            return
+        time.sleep(0.1)
+    raise BedError(f"nothing listens on tcp/{port} after {timeout:.0f} s")
+
+
 SCENARIOS: dict[str, Callable[[Context], str]] = {
     "seed-firewall": seed_firewall,
     "seed-nat": seed_nat,
@@ -764,6 +923,7 @@ SCENARIOS: dict[str, Callable[[Context], str]] = {
     "nat-ports": nat_ports,
     "zone-limit": zone_limit,
     "conntrack-timeouts": conntrack_timeouts,
+    "nat-flood": nat_flood,
 }
 
 
