@@ -343,15 +343,26 @@ def test_destroy_says_what_it_could_not_remove(monkeypatch: pytest.MonkeyPatch) 
     assert not host.daemon
 
 
-def test_bench_smoke_names_policies_the_vms_have() -> None:
-    """The VMs' ovsmgr is an installed copy, with no policies/ beside it: the smoke names the
-    copies provisioning makes in /etc/ovsmgr (provision/ovsmgr.sh), one per repository policy."""
+def test_bench_smoke_names_policies_the_vms_have(tmp_path: Path) -> None:
+    """The VMs' ovsmgr is an installed copy, with no policies/ beside it: provisioning copies the
+    repository's policies to /etc/ovsmgr (provision/ovsmgr.sh), and every pipeline of the smoke,
+    a seed name or a path there, resolves to one of those copies."""
     import yaml  # the spec loader checks the files exist: they do on dut, not here
 
+    from ovsmgr.bench.pipelines import POLICY_DIRS, seed_policy_path
+    from ovsmgr.bench.specmodel import SEED_PIPELINES
+
+    assert "/etc/ovsmgr/$(basename \"$policy\")" in (VAGRANT / "provision" / "ovsmgr.sh").read_text()
+    assert Path("/etc/ovsmgr") in POLICY_DIRS
+    etc = tmp_path / "etc-ovsmgr"  # what provisioning makes of /etc/ovsmgr
+    etc.mkdir()
+    for policy in (REPO / "policies").glob("*.yaml"):
+        (etc / policy.name).write_text(policy.read_text())
     spec = yaml.safe_load((VAGRANT / "bench-smoke.yaml").read_text())
     pipelines = [p for exp in spec["experiments"] for p in exp.get("pipelines") or ()]
     assert pipelines
     for pipeline in pipelines:
-        assert pipeline.startswith("/etc/ovsmgr/"), pipeline
-        assert (REPO / "policies" / Path(pipeline).name).is_file(), pipeline
-    assert "/etc/ovsmgr/$(basename \"$policy\")" in (VAGRANT / "provision" / "ovsmgr.sh").read_text()
+        if pipeline in SEED_PIPELINES and pipeline != "plain":
+            assert seed_policy_path(pipeline, (tmp_path / "no-checkout", etc)).parent == etc, pipeline
+        else:
+            assert pipeline.startswith("/etc/ovsmgr/") and (etc / Path(pipeline).name).is_file(), pipeline
