@@ -55,7 +55,8 @@ def compile_policy(policy: ResolvedPolicy, helpers: tuple[str, ...] | None = Non
 def _compile(policy: ResolvedPolicy, helpers: tuple[str, ...] | None) -> CompiledPolicy:
     flowset = FlowSet()
     filtered = compile_filter(policy)
-    nat = compile_nat(policy)
+    nat = with_helper_commits(policy, compile_nat(policy),
+                              used_helpers(policy.rules) if helpers is None else helpers)
     for flows in (
         compile_classify(policy),
         compile_conntrack(policy),
@@ -63,7 +64,7 @@ def _compile(policy: ResolvedPolicy, helpers: tuple[str, ...] | None) -> Compile
         compile_state(policy, filtered.stateful_fingerprints, rule_helpers(policy.rules),
                       {r.name: r.limit for r in policy.rules if r.limit}),
         filtered.flows,
-        with_helper_commits(nat.flows, used_helpers(policy.rules) if helpers is None else helpers),
+        nat.flows,
         compile_second_zone(policy),
         compile_output(policy),
         compile_hairpin(policy),

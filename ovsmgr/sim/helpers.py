@@ -12,6 +12,8 @@ it takes the announcement as made when the control connection is committed with 
 - tftp: UDP from the server's address, any port, to the client's address and port as the
   server sees them (the answer to a read or write request comes from a new port).
 
+The helper is the one of the commit that created the connection, wherever it is: a NAT flow's
+or the bucket of a load-balanced DNAT's select group (a pool has a group per helper).
 An expectation is taken by the first connection committed with it, as in OVS; a connection
 that matches one but is not committed is `+new+rel` and leaves it in place. A real helper
 expects only what it parsed (one port), so the simulator lets through more than a switch

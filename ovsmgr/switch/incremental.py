@@ -232,7 +232,8 @@ class IncrementalFlows:
         if cached is None:
             names = [r.name for r in self.rules] + [n.name for n in self.policy.nat] + [DEFAULT_RULE]
             limited = [r.name for r in self.rules if r.limit] + [n.name for n in self.policy.nat if n.limit]
-            groups = {gid: name for (name, _), gid in select_group_ids(self.policy).items()}
+            groups = {gid: name for (name, _, _), gid
+                      in select_group_ids(self.policy, used_helpers(self.rules)).items()}
             cached = self._names = {rule_id(n): n for n in names} | {meter_id(n): n for n in limited} | groups
         return cached
 

@@ -6,6 +6,11 @@ every committing flow of NAT comes in one variant per helper the policy uses, to
 REG_HELPER, its commits with `alg=` (the plain one matches REG_HELPER 0). NAT's own logic is
 left as it is: this stage only copies its commits.
 
+A load-balanced DNAT commits in its select group's buckets, and a bucket cannot tell the rules
+that reach it apart: a pool gets one group per helper (`nat.select_group_ids`), the same buckets
+with `alg=` on their commits, and each helper's variant of the flow that sends connections to
+the pool sends them to that helper's group. Only the groups some flow uses are made.
+
 The helper reads the control connection (FTP's PORT/PASV and their extended forms, a TFTP
 request) and expects the data connection it announces. That connection's packets are
 `+rel` and carry the control connection's ct_mark (conntrack copies it from the expectation),
@@ -21,10 +26,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-from ovsmgr.compiler.flows import Ct, Flow, Match, MatchItem
+from ovsmgr.compiler.flows import Action, Ct, Flow, Group, Match, MatchItem, SelectGroup
 from ovsmgr.compiler.matchbuild import ct_state, family, reg
 from ovsmgr.compiler.pipeline import CT_MARK_TRANSLATED, HELPER_ALGS, REG_HELPER, Priority, Table
-from ovsmgr.policy.ir import Rule
+from ovsmgr.compiler.stages.nat import NatStage, select_group_ids
+from ovsmgr.policy.ir import ResolvedPolicy, Rule
 
 HELPER_PROTOS = {"ftp": 6, "tftp": 17}
 """The IP protocol of each helper's control connection."""
@@ -43,27 +49,48 @@ def rule_helpers(rules: Iterable[Rule]) -> dict[str, str]:
     return {rule.name: rule.helper for rule in rules if rule.helper}
 
 
-def with_helper_commits(flows: list[Flow], helpers: tuple[str, ...]) -> list[Flow]:
-    """NAT's flows, each committing flow once per helper (and once without)."""
+def with_helper_commits(policy: ResolvedPolicy, nat: NatStage, helpers: tuple[str, ...]) -> NatStage:
+    """NAT's flows, each committing flow (and each flow to a pool's select group) once per helper
+    (and once without), with the pools' groups for the helpers."""
     if not helpers:
-        return flows
+        return nat
+    ids = select_group_ids(policy, helpers)
+    variants = {(ids[name, version, None], helper): gid
+                for (name, version, helper), gid in ids.items() if helper is not None}
+    plain = {group.group_id: group for group in nat.groups}
+    made: dict[int, SelectGroup] = {}
+
+    def with_alg(actions: tuple[Action, ...], helper: str) -> tuple[Action, ...]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, Ct) and action.commit:
+                action = dataclasses.replace(action, alg=helper)
+            elif isinstance(action, Group) and action.group_id in plain:
+                gid = variants[action.group_id, helper]
+                if gid not in made:
+                    group = plain[action.group_id]
+                    made[gid] = dataclasses.replace(group, group_id=gid, buckets=tuple(
+                        dataclasses.replace(b, actions=with_alg(b.actions, helper)) for b in group.buckets))
+                action = Group(gid)
+            out.append(action)
+        return tuple(out)
+
     out: list[Flow] = []
-    for flow in flows:
-        if flow.table != Table.NAT or not any(isinstance(a, Ct) and a.commit for a in flow.actions):
+    for flow in nat.flows:
+        if flow.table != Table.NAT or not any((isinstance(a, Ct) and a.commit) or isinstance(a, Group)
+                                              for a in flow.actions):
             out.append(flow)
             continue
         out.append(dataclasses.replace(flow, match=flow.match + Match.of(reg(REG_HELPER, 0))))
         for helper in helpers:
-            proto = flow.match.get("nw_proto")
-            if proto is not None and proto.value != HELPER_PROTOS[helper]:
+            protos = {item.value for item in (flow.match.get("nw_proto"), flow.match.get("ct_nw_proto")) if item}
+            if protos - {HELPER_PROTOS[helper]}:
                 continue  # never meets a connection of this helper
-            actions = tuple(dataclasses.replace(a, alg=helper) if isinstance(a, Ct) and a.commit else a
-                            for a in flow.actions)
             # OVS takes alg= only on a flow that matches the helper's protocol.
             match = flow.match + Match.of(reg(REG_HELPER, HELPER_ALGS[helper]),
                                           MatchItem("nw_proto", HELPER_PROTOS[helper]))
-            out.append(dataclasses.replace(flow, match=match, actions=actions))
-    return out
+            out.append(dataclasses.replace(flow, match=match, actions=with_alg(flow.actions, helper)))
+    return NatStage(out, [*nat.groups, *(made[gid] for gid in sorted(made))])
 
 
 def related_commits(zone: int, fingerprints: Mapping[int, str], helpers: Mapping[str, str],

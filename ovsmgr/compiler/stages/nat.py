@@ -122,7 +122,7 @@ def compile_nat(policy: ResolvedPolicy) -> NatStage:
             if version != rule.translate_lo.version:
                 continue
             if rule.backends:
-                group = _select_group(policy, rule, group_ids[rule.name, version])
+                group = _select_group(policy, rule, group_ids[rule.name, version, None])
                 groups.append(group)
                 actions: tuple[Action, ...] = metered(rule.name, rule.limit, (Group(group.group_id),))
             else:
@@ -138,11 +138,20 @@ def compile_nat(policy: ResolvedPolicy) -> NatStage:
     return NatStage(flows, groups)
 
 
-def select_group_ids(policy: ResolvedPolicy) -> dict[tuple[str, int], int]:
-    """(rule name, IP version) -> the id of the select group of each load-balanced DNAT rule."""
+def select_group_ids(policy: ResolvedPolicy, helpers: tuple[str, ...] = ()
+                     ) -> dict[tuple[str, int, str | None], int]:
+    """(rule name, IP version, helper) -> the id of a select group of a load-balanced DNAT rule:
+    helper None for the group of connections without a helper, and one group per helper in
+    `helpers` (whose buckets' commits attach it, `helpers.with_helper_commits`). The groups without
+    a helper take their ids first, so a policy's ids do not change when a helper comes in."""
     used: set[int] = set()
-    return {(rule.name, version): group_id(rule.name, version, used) for rule in nat_order(policy)
-            if rule.backends for version in sorted(rule.match.families()) if version == rule.translate_lo.version}
+    pools = [(rule.name, version) for rule in nat_order(policy) if rule.backends
+             for version in sorted(rule.match.families()) if version == rule.translate_lo.version]
+    ids: dict[tuple[str, int, str | None], int] = {
+        (name, version, None): group_id(name, version, used) for name, version in pools}
+    for helper in helpers:
+        ids |= {(name, version, helper): group_id(f"{name}\0{helper}", version, used) for name, version in pools}
+    return ids
 
 
 def _commit_actions(policy: ResolvedPolicy, rule: NatRule, nat: NatSpec,
