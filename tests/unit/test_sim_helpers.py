@@ -88,3 +88,54 @@ def test_nothing_else_enters(before: str | None, data: str) -> None:
     if before is not None:
         assert conversation.send("inside", before).verdict == "allow"
     assert conversation.send("outside", data).verdict == "drop"
+
+
+POOL, BACKENDS = "200.200.200.21", ("10.0.0.10", "10.0.0.11")
+
+
+def _pool_control(conversation: Conversation, sport: int = 40000) -> int:
+    """An FTP control connection from outside to the pool; the backend it went to."""
+    out = conversation.send("outside", f"tcp,nw_src={SERVER},nw_dst={POOL},tp_src={sport},tp_dst=21")
+    assert (out.verdict, out.rule, out.output) == ("allow", "ftp-pool-in", ("inside",))
+    assert any("helper ftp" in e for s in out.steps for e in s.events), "the bucket's commit attaches no helper"
+    assert conversation.reply().verdict == "allow"
+    assert out.packet.dst in {_addr(b) for b in BACKENDS}
+    return out.packet.dst
+
+
+@pytest.mark.parametrize("sport", [40000, 40100, 40200, 40300])
+def test_ftp_through_the_load_balanced_pool_passes_passive_and_active(sport: int) -> None:
+    """The pool's helper group commits the control connection with the FTP helper, so the passive
+    data connection to the public address reaches the same backend, and the active one from the
+    backend leaves as the public address."""
+    conversation = _conversation()
+    backend = _pool_control(conversation, sport)
+    passive = conversation.send("outside", f"tcp,nw_src={SERVER},nw_dst={POOL},tp_src={sport + 1},tp_dst=50000")
+    assert (passive.verdict, passive.rule, passive.output) == ("allow", "ftp-pool-in", ("inside",))
+    assert passive.packet.dst == backend
+    assert conversation.reply().output == ("outside",)
+    backend_text = str(ipaddress.ip_address(backend))
+    active = conversation.send("inside", f"tcp,nw_src={backend_text},nw_dst={SERVER},tp_src=20,tp_dst={sport + 2}")
+    assert (active.verdict, active.rule, active.output) == ("allow", "ftp-pool-in", ("outside",))
+    assert active.packet.src == _addr(POOL)
+
+
+def test_the_pool_has_a_group_per_helper_and_flows_pick_it_by_the_rules_helper() -> None:
+    """A connection without a helper goes to the plain group, one of the FTP rule to the group whose
+    buckets commit with alg=ftp; no group for TFTP, which no connection to tcp/21 can have."""
+    from ovsmgr.compiler import compile_policy
+    from ovsmgr.compiler.flows import Ct, Group
+    from ovsmgr.compiler.pipeline import REG_HELPER
+
+    compiled = compile_policy(load_policy_text(POLICY.read_text()))
+    algs = {g.group_id: {a.alg for b in g.buckets for a in b.actions if isinstance(a, Ct)} for g in compiled.groups}
+    assert len(algs) == 2 and {frozenset(v) for v in algs.values()} == {frozenset({None}), frozenset({"ftp"})}, algs
+    by_helper: dict[int, set[str | None]] = {}
+    for flow in compiled.flows:
+        for action in flow.actions:
+            if isinstance(action, Group):
+                helper = flow.match.get(REG_HELPER.reg)
+                assert helper is not None, flow
+                by_helper[helper.value] = algs[action.group_id]
+    assert by_helper == {0: {None}, 21: {"ftp"}}, by_helper
+    assert {compiled.rule_ids[gid] for gid in algs} == {"ftp-pool"}
