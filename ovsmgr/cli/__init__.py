@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "confirm": ("ovsmgr.cli.switch", "confirm"),
     "status": ("ovsmgr.cli.switch", "status"),
     "controller": ("ovsmgr.cli.controller", "controller"),
+    "agent": ("ovsmgr.cli.controller", "agent"),
     "set": ("ovsmgr.cli.controller", "set_group"),
     "rule": ("ovsmgr.cli.controller", "rule_group"),
     "reload": ("ovsmgr.cli.controller", "reload"),

@@ -83,8 +83,30 @@ def controller(files: tuple[str, ...], fleet_path: str | None, name: str | None,
         fail(str(exc))
 
 
+@click.command()
+@click.option("--fleet", "fleet_path", required=True, metavar="FLEET.yaml", type=click.Path(dir_okay=False),
+              help="The fleet file (its store, its TLS files, the switch's controllers:).")
+@click.option("--switch", required=True, metavar="NAME", help="The switch of the fleet this host runs.")
+@click.option("--name", default=None, help="This agent's name in the store (default HOST:PID).")
+@click.option("--listen", default=("tcp:127.0.0.1:6653",), multiple=True, show_default=True,
+              metavar="tcp:HOST:PORT|unix:PATH", help="OpenFlow listener the bridge is pointed at (one of the "
+              "switch's controllers:).")
+@click.option("--metrics", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics.")
+@click.option("--stats-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--log-rate", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--log-burst", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--match-log", default=None, type=click.Path(dir_okay=False))
+def agent(fleet_path: str, switch: str, name: str | None, listen: tuple[str, ...], metrics: str | None,
+          stats_interval: float, log_rate: float, log_burst: int, match_log: str | None) -> None:
+    """Run the controller of one fleet switch on its own host: it watches only that switch's rows
+    in the store (and the policies they refer to) and applies what the store releases to it. Several
+    agents for one switch: one is active (the switch's lock in the store), the others standbys."""
+    _fleet_controller(fleet_path, name, listen, metrics, stats_interval, log_rate, log_burst, match_log, switch)
+
+
 def _fleet_controller(fleet_path: str, name: str | None, listen: tuple[str, ...], metrics: str | None,
-                      stats_interval: float, log_rate: float, log_burst: int, match_log: str | None) -> None:
+                      stats_interval: float, log_rate: float, log_burst: int, match_log: str | None,
+                      switch: str | None = None) -> None:
     from ovsmgr.cli.fleet import _loaded
     from ovsmgr.fleet.controller import FleetController, FleetOptions
     from ovsmgr.fleet.state import StoreError
@@ -94,7 +116,7 @@ def _fleet_controller(fleet_path: str, name: str | None, listen: tuple[str, ...]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = FleetOptions(fleet, listen or ("tcp:127.0.0.1:6653",), metrics, stats_interval, log_rate, log_burst,
-                           match_log, name)
+                           match_log, name, switch)
     try:
         sys.exit(FleetController(options).run())
     except (StoreError, FleetError) as exc:

@@ -25,6 +25,12 @@ standbys: they load the released policies but ask the switches to be slaves (rea
 nothing, neither to the switches nor to the store (every transaction asserts the lock). When the
 active controller dies its store connection closes, the store gives the lock to a standby, and
 that one takes over as above.
+
+An agent (`ovsmgr agent --fleet FLEET.yaml --switch NAME`) is the same for one switch, on its host:
+its store client watches only that switch's row and the policies it refers to (conditional
+monitoring), and takes that switch's own lock (`agent_lock`), so each switch has one active agent.
+The role generation stays the fleet's one counter (a switch never sees it go back); an active agent
+says its role again with the newest value when another switch's agent takes over.
 """
 
 from __future__ import annotations
@@ -76,6 +82,14 @@ class FleetOptions:
     match_log: str | None = None
     name: str | None = None
     """This controller's name in the store (`active_controller`, `served_by`); default HOST:PID."""
+    switch: str | None = None
+    """An agent (`ovsmgr agent --switch NAME`): serve this switch only, watch only its rows, and be
+    one of its own controllers (its own lock), not one of the fleet's."""
+
+
+def agent_lock(switch: str) -> str:
+    """The lock of one switch's agents (OVSDB lock names are letters, digits and underscores)."""
+    return f"ovsmgr_agent_{switch.encode().hex()}"
 
 
 def served_switches(fleet: Fleet) -> list[SwitchSpec]:
@@ -134,6 +148,10 @@ class ServedSwitch(Controller):
     def role_changed(self) -> None:
         self.work.put(("role", None))
 
+    def generation_changed(self) -> None:
+        """Another switch's agent took over (the role generation is the fleet's): only the role again."""
+        self.work.put(("generation", None))
+
     # --- the switch's worker ------------------------------------------------------------------------
     def serve_forever(self) -> None:
         while True:
@@ -144,6 +162,9 @@ class ServedSwitch(Controller):
                     log.info("switch %s %s", self.name, "connected" if value is not None else "disconnected")
                 elif kind == "release":
                     self._load(*value)
+                elif kind == "generation":
+                    self._claim()
+                    continue
                 self._sync()
             except Exception:  # logged; the next connection, release or role change tries again
                 log.exception("switch %s: %s", self.name, kind)
@@ -198,6 +219,12 @@ class ServedSwitch(Controller):
                              daemon=True).start()
         if engine.table is not None:
             self._applied()
+
+    def _claim(self) -> None:
+        """Say our role again, with the newest role generation (the switch refuses an older one)."""
+        datapath = self.owner.datapath(self.dpid)
+        if datapath is not None and self.channel is not None and (self.serving is not None or not self.owner.active):
+            request_role(datapath, self.owner.active, self.owner.role_generation)
 
     def _sync(self) -> None:
         """Bring the switch in line with the role: the active controller prepares the bridge and
@@ -351,9 +378,16 @@ class FleetController:
     def run(self) -> int:
         fleet = self.options.fleet
         specs = served_switches(fleet)
+        agent = self.options.switch
+        if agent is not None:
+            specs = [spec for spec in specs if spec.name == agent]
+            if not specs:
+                raise FleetError(f"{fleet.path}: {agent} is not a switch of the fleet with controllers: "
+                                 f"{', '.join(s.name for s in served_switches(fleet))}")
         if not fleet.store:
             raise FleetError(f"{fleet.path}: no store: (the fleet's clustered OVSDB members)")
-        self.store = FleetStore(fleet.store, lock=CONTROLLER_LOCK, on_change=self.store_changed.set)
+        self.store = FleetStore(fleet.store, lock=CONTROLLER_LOCK if agent is None else agent_lock(agent),
+                                switch=agent, on_change=self.store_changed.set)
         self._closers.append(self.store)
         self.state = self.store.state()
         match_log: IO[str] = sys.stdout
@@ -373,7 +407,8 @@ class FleetController:
         self._start_metrics()
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
-        log.info("fleet controller %s for %d switches of %s: listening on %s", self.name, len(self.switches),
+        log.info("fleet %s %s for %s of %s: listening on %s", "controller" if agent is None else "agent",
+                 self.name, f"{len(self.switches)} switches" if agent is None else f"switch {agent} (its rows only)",
                  fleet.path, listen)
         while not self.stop.wait(0.5):
             pass
@@ -434,7 +469,7 @@ class FleetController:
     def _store_step(self) -> None:
         has_lock = self.store.has_lock
         if has_lock and not self.active:
-            self.role_generation = self.store.take_over(self.name)
+            self.role_generation = self.store.take_over(self.name, fleet_wide=self.options.switch is None)
             self.active = True
             log.info("fleet controller %s is active (role generation %d)", self.name, self.role_generation)
             for sw in self.switches.values():
@@ -445,10 +480,10 @@ class FleetController:
             for sw in self.switches.values():
                 sw.role_changed()
         self.state = state = self.store.state()
-        if not self.active and state.role_generation != self.role_generation:
+        if state.role_generation > self.role_generation:  # a newer take-over: of another switch's agent
             self.role_generation = state.role_generation
             for sw in self.switches.values():
-                sw.role_changed()
+                sw.generation_changed()
         for name, sw in self.switches.items():
             row = state.switches.get(name)
             if row is not None and row.release is not None and row.release in state.policies:

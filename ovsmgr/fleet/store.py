@@ -247,9 +247,10 @@ class FleetStore:
             raise ValueError(f"not observed columns: {sorted(unknown)}")
         self._run(f"recording the state of {name}", SetColumns(self._api, "Switch", ("name", name), columns))
 
-    def take_over(self, name: str) -> int:
-        """This client (holding `CONTROLLER_LOCK`) is the active controller now: the new role generation."""
-        return int(self._run("taking over as the active controller", TakeOver(self._api, name)))
+    def take_over(self, name: str, fleet_wide: bool = True) -> int:
+        """This client (holding `CONTROLLER_LOCK`, or an agent its switch's lock) is the active controller
+        now: the new role generation (the fleet's, so a switch never sees it go back)."""
+        return int(self._run("taking over as the active controller", TakeOver(self._api, name, fleet_wide)))
 
     def set_rollout(self, rollout: dict[str, str]) -> None:
         self._run("recording the rollout", SetFleet(self._api, {"rollout": rollout}))

@@ -130,15 +130,17 @@ class TakeOver(ovs_command.BaseCommand):
     """A controller that got the controller lock becomes the active one: the next role generation
     (its OpenFlow master election id) and its name. Run under the lock, so only the holder can."""
 
-    def __init__(self, api: Any, name: str) -> None:
+    def __init__(self, api: Any, name: str, fleet_wide: bool) -> None:
         super().__init__(api)
         self.name = name
+        self.fleet_wide = fleet_wide
 
     def run_idl(self, txn: Any) -> None:
         fleet = _fleet_row(self.api, txn)
         fleet.verify("role_generation")
         fleet.role_generation = int(fleet.role_generation) + 1
-        fleet.active_controller = [self.name]
+        if self.fleet_wide:  # an agent is active for its switch only: its row's served_by says so
+            fleet.active_controller = [self.name]
         self.result = int(fleet.role_generation)
 
 

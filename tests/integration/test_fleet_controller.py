@@ -76,11 +76,13 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 
 @contextmanager
-def fleet_controller(path: str, name: str, sockets: list[Path], log: Path, *extra: str
+def fleet_controller(path: str, name: str, sockets: list[Path], log: Path, *extra: str, agent: str | None = None
                      ) -> Iterator[subprocess.Popen[bytes]]:
+    """`ovsmgr controller --fleet`, or with `agent` the switch's own `ovsmgr agent --switch AGENT`."""
     listen = [arg for sock in sockets for arg in ("--listen", f"unix:{sock}")]
+    command = ["controller"] if agent is None else ["agent", "--switch", agent]
     with open(log, "ab") as err:
-        proc = subprocess.Popen([OVSMGR, "controller", "--fleet", path, "--name", name, *listen,
+        proc = subprocess.Popen([OVSMGR, *command, "--fleet", path, "--name", name, *listen,
                                  "--stats-interval", "0.5", *extra], stdout=subprocess.DEVNULL, stderr=err)
     try:
         yield proc
@@ -227,3 +229,31 @@ def test_the_active_controller_killed_the_standby_takes_over_without_flow_churn(
                   f"{max((b2 - b1 - 1 for b1, b2 in itertools.pairwise(seqs)), default=0)}")
             assert not lost, f"probes lost during the take-over: {lost[:20]}"
             assert passes(lab, 8080) and not passes(lab, 9090)
+
+
+def test_agents_each_serve_their_own_switch_one_active_per_switch(
+        fleet: Fleet, lab_factory: Callable[..., Lab]) -> None:
+    labs = {name: lab_factory(PORTS) for name in ("edge-1", "edge-2")}
+    (fleet.dir / "edge-1.yaml").write_text(policy(8080))
+    (fleet.dir / "edge-2.yaml").write_text(policy(9090))
+    socks = {n: Path(labs["edge-1"].dir) / f"{n}.sock" for n in ("a1", "a2")} | {"b": Path(labs["edge-2"].dir) / "b.sock"}
+    path = fleet.write({
+        "edge-1": f"db: '{labs['edge-1'].db_endpoint}', controllers: ['unix:{socks['a1']}', 'unix:{socks['a2']}']",
+        "edge-2": f"db: '{labs['edge-2'].db_endpoint}', controllers: ['unix:{socks['b']}']"})
+    logs = {n: fleet.dir / f"{n}.log" for n in socks}
+    with fleet_controller(path, "a1", [socks["a1"]], logs["a1"], agent="edge-1"), \
+            fleet_controller(path, "b", [socks["b"]], logs["b"], agent="edge-2"):
+        for n in ("a1", "b"):  # each the active agent of its own switch, at the same time
+            assert eventually(lambda n=n: "is active" in logs[n].read_text(), 30), logs[n].read_text()
+        with fleet_controller(path, "a2", [socks["a2"]], logs["a2"], agent="edge-1") as a2:
+            apply(path)
+            rows = fleet.state().switches
+            assert (rows["edge-1"].served_by, rows["edge-2"].served_by) == ("a1", "b"), rows
+            assert fleet.state().active_controller is None, "an agent is active for its switch, not the fleet"
+            want = {f"unix:{socks['a1']}": "master", f"unix:{socks['a2']}": "slave"}
+            assert eventually(lambda: controller_roles(labs["edge-1"]) == want, 30), controller_roles(labs["edge-1"])
+            assert eventually(lambda: controller_roles(labs["edge-2"]) == {f"unix:{socks['b']}": "master"}, 30)
+            assert passes(labs["edge-1"], 8080) and not passes(labs["edge-1"], 9090)
+            assert passes(labs["edge-2"], 9090) and not passes(labs["edge-2"], 8080)
+            assert "is active" not in logs["a2"].read_text() and a2.poll() is None
+            assert "switch edge-1 (its rows only)" in logs["a1"].read_text()

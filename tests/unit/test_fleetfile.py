@@ -116,3 +116,14 @@ def test_a_fleet_controller_serves_switches_with_controllers_that_it_can_tell_ap
     anonymous = served.replace("  d: {policy: good.yaml, db: unix:/nonexistent/d.sock}", "  d: {policy: good.yaml}")
     with pytest.raises(FleetError, match="switch d has neither datapath_id nor db"):
         served_switches(load_fleet(fleet(tmp_path, anonymous)))
+
+
+def test_each_switch_s_agents_share_a_lock_of_their_own_with_a_name_ovsdb_takes() -> None:
+    import re
+
+    from ovsmgr.fleet.controller import agent_lock
+    from ovsmgr.fleet.store import CONTROLLER_LOCK
+
+    names = {agent_lock(n) for n in ("edge-1", "edge.1", "edge_1", "EDGE-1")}
+    assert len(names) == 4 and CONTROLLER_LOCK not in names
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) for n in names)  # an OVSDB <id>
