@@ -2,9 +2,10 @@
 
 `desired_generation` and `applied_generation` come from the store; `connected` and `drifted` are
 looked at now, on the switch (`ovsmgr.switch.status.switch_status`: its flows against the record of
-the last apply), and written back to the store as what was observed. A switch drifted when its
-flows differ from what was applied, or when what it runs is not what the fleet applied to it (an
-`ovsmgr apply` by hand). `error` says why a switch is not in line: it could not be reached now, or
+the last apply), and written back to the store as what was observed. A switch that controllers
+serve and that has no `db:` cannot be looked at from here: its row says what its controller saw.
+A switch drifted when its flows differ from what was applied, or when what it runs is not what the
+fleet applied to it (an `ovsmgr apply` by hand). `error` says why a switch is not in line: it could not be reached now, or
 the last rollout failed on it or stopped before it.
 """
 
@@ -47,6 +48,10 @@ def fleet_status(fleet: Fleet, store: FleetStore) -> list[dict[str, Any]]:
         row = state.switches.get(name)
         if row is None:
             out.append(_entry(name, state, None, Seen(False, False, "not in the store: run `ovsmgr fleet apply`")))
+            continue
+        spec = fleet.switches[name]
+        if spec.db is None and spec.controllers:  # nothing to look through: what its controller wrote
+            out.append(_entry(name, state, row, Seen(row.connected, row.drifted, None)))
             continue
         seen = look(fleet, row)
         store.observe(name, connected=seen.connected, drifted=seen.drifted)

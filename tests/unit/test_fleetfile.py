@@ -127,3 +127,26 @@ def test_each_switch_s_agents_share_a_lock_of_their_own_with_a_name_ovsdb_takes(
     names = {agent_lock(n) for n in ("edge-1", "edge.1", "edge_1", "EDGE-1")}
     assert len(names) == 4 and CONTROLLER_LOCK not in names
     assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) for n in names)  # an OVSDB <id>
+
+
+def test_status_of_a_controller_served_switch_without_db_is_what_its_controller_wrote(tmp_path: Path) -> None:
+    from ovsmgr.fleet.state import StoreState, SwitchRow
+    from ovsmgr.fleet.status import fleet_status
+
+    class Store:
+        def __init__(self) -> None:
+            self.observed: list[str] = []
+
+        def state(self) -> StoreState:
+            return StoreState(2, switches={"a": SwitchRow("a", "br0", desired_generation=2, applied_generation=2,
+                                                          connected=True, served_by="ctl-a")})
+
+        def observe(self, name: str, **columns: object) -> None:
+            self.observed.append(name)
+
+    body = FLEET.replace('  a: {policy: good.yaml, db: unix:/nonexistent/a.sock, datapath_id: "0x1"}',
+                         '  a: {policy: good.yaml, datapath_id: "0x1", controllers: [unix:/run/ovsmgr/ctl.sock]}')
+    store = Store()
+    entries = {e["switch"]: e for e in fleet_status(load_fleet(fleet(tmp_path, body)), store)}  # type: ignore[arg-type]
+    assert entries["a"]["connected"] and entries["a"]["error"] is None and "a" not in store.observed
+    assert entries["b"]["error"] == "not in the store: run `ovsmgr fleet apply`"
