@@ -122,6 +122,7 @@ class FleetStore:
         idl = _Idl(self.where, helper, leader_only=True)
         self.idl = idl
         self.changed = threading.Condition()
+        self._changes = 0  # how many changes `changed` was notified of
         self._policy_condition: list[Any] | None = None  # the Policy rows asked for
         self._user_on_change = on_change or (lambda: None)
         idl.on_change = self._changed
@@ -153,6 +154,7 @@ class FleetStore:
         if self.switch is not None:
             self._follow_policies()
         with self.changed:
+            self._changes += 1
             self.changed.notify_all()
         self._user_on_change()
 
@@ -171,15 +173,20 @@ class FleetStore:
     def wait(self, until: Callable[[StoreState], bool], timeout: float) -> StoreState:
         """The store's state once `until` holds; StoreError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                state = self.state()
-                if until(state):
-                    return state
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StoreError(f"the fleet store did not reach the expected state in {timeout:g} s")
-                self.changed.wait(min(remaining, 1.0))
+        while True:
+            # Never read the state holding `changed`: the IDL's thread calls `_changed` (which takes it)
+            # while it holds the connection's lock, which `state` takes: the other order would deadlock.
+            with self.changed:
+                seen = self._changes
+            state = self.state()
+            if until(state):
+                return state
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StoreError(f"the fleet store did not reach the expected state in {timeout:g} s")
+            with self.changed:
+                if self._changes == seen:
+                    self.changed.wait(min(remaining, 1.0))
 
     @property
     def has_lock(self) -> bool:
