@@ -39,5 +39,17 @@ def load_or_exit(files: Sequence[str]) -> ResolvedPolicy:
     return policy
 
 
+def rule_or_exit(text: str) -> Any:
+    """A firewall rule given on the command line (YAML flow style or JSON), read with the policy
+    files' strict loader; on errors print them and exit 1. Validated where it is applied."""
+    from ovsmgr.policy.loader import load_text
+
+    try:
+        return load_text(text, "<rule>").data
+    except PolicyError as exc:
+        print_diagnostics(exc.diagnostics)
+        sys.exit(1)
+
+
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))

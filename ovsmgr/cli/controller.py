@@ -11,12 +11,11 @@ from typing import Any, TypeVar
 
 import click
 
-from ovsmgr.cli.common import echo_json, fail, output_option, print_diagnostics
+from ovsmgr.cli.common import echo_json, fail, output_option, print_diagnostics, rule_or_exit
 from ovsmgr.cli.switch import target_options
 from ovsmgr.controller.client import ApiClient, ApiError, find_controller
 from ovsmgr.controller.runtime import ChangeError
 from ovsmgr.policy import PolicyError
-from ovsmgr.policy.loader import load_text
 from ovsmgr.southbound.target import SwitchTarget
 from ovsmgr.switch.restore import RestoreError, restore_applied
 
@@ -201,11 +200,7 @@ def rule_add(rule: str, before: str | None, after: str | None, output: str, clie
     '{name: block-x, from: wan, src: 203.0.113.7, action: drop}'."""
     if before and after:
         fail("give --before or --after, not both")
-    try:
-        data = load_text(rule, "<rule>").data
-    except PolicyError as exc:
-        print_diagnostics(exc.diagnostics)
-        sys.exit(1)
+    data = rule_or_exit(rule)
     _report(client.call("POST", "/v1/rules", {"rule": data, "before": before, "after": after}), output,
             f"rule {data.get('name') if isinstance(data, dict) else '?'} added")
 

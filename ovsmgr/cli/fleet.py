@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ovsmgr.cli.common import echo_json, fail, output_option, print_diagnostics
+from ovsmgr.cli.common import echo_json, fail, output_option, print_diagnostics, rule_or_exit
 from ovsmgr.policy import PolicyError, ResolvedPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -227,15 +227,10 @@ def fleet_rule_add(fleet_path: str, rule: str, before: str | None, after: str | 
                    everyone: bool) -> None:
     """Add RULE, a firewall rule as in the policy files (YAML flow style or JSON)."""
     from ovsmgr.fleet.runtime import add_rule
-    from ovsmgr.policy.loader import load_text
 
     if before and after:
         fail("give --before or --after, not both")
-    try:
-        data = load_text(rule, "<rule>").data
-    except PolicyError as exc:
-        print_diagnostics(exc.diagnostics)
-        sys.exit(1)
+    data = rule_or_exit(rule)
     _runtime_change(fleet_path, switches, everyone, add_rule(data, before, after),
                     f"rule {data.get('name') if isinstance(data, dict) else '?'} added")
 

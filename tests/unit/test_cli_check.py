@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from ovsmgr.cli import main
 from ovsmgr.cli.policy import check
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,3 +81,11 @@ def test_a_missing_file_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(check, [str(tmp_path / "nope.yaml")])
     assert result.exit_code == 1
     assert "nope.yaml:1:1: error: cannot read the file" in result.output
+
+
+def test_a_rule_that_does_not_parse_is_refused_with_its_position_before_the_fleet_is_read(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["fleet", "rule", "add", str(tmp_path / "fleet.yaml"),
+                                       "{name: x, from: [", "--all"])
+    assert result.exit_code == 1
+    assert "<rule>:2:1: error: YAML syntax" in result.output
+    assert not (tmp_path / "fleet.yaml").exists()
