@@ -143,6 +143,10 @@ class ControllerCollector(Collector):
             yield each(GaugeMetricFamily, "ovsmgr_fleet_generation",
                        "The fleet generation whose policy the controller serves to the switch.",
                        lambda s: s.get("fleet_generation", 0))
+        if any("active" in s for s in snaps):
+            yield each(GaugeMetricFamily, "ovsmgr_fleet_active",
+                       "1 while this controller is the switch's active one (OpenFlow master), 0 as a standby.",
+                       lambda s: 1 if s.get("active") else 0)
         yield from _packet_in_metrics(snaps, base, ids)
         yield from _rule_metrics(snaps, base, ids)
         yield from _nat_rule_metrics(snaps, base, ids)

@@ -81,6 +81,8 @@ class Controller:
         self.stop = threading.Event()
         self.dpid: int | None = None
         self.match_log: IO[str] = sys.stdout
+        self.log_fields: dict[str, Any] = {}
+        """Put first in every match log line (a fleet controller's `switch`)."""
         self.relay: UnixRelay | None = None
         self._closers: list[Any] = []
         self.health = HealthChecker(lambda: self.engine.policy.nat, self._backends_changed, options.health_netns)
@@ -137,7 +139,7 @@ class Controller:
             self.counters.log_suppressed += 1
             return
         record = packetin.log_record(frame, name, action, in_port, self.log_bucket.take_suppressed(), shadow=shadow)
-        self.match_log.write(packetin.log_line(record) + "\n")
+        self.match_log.write(packetin.log_line({**self.log_fields, **record}) + "\n")
         self.match_log.flush()
         self.counters.log_lines += 1
 

@@ -125,6 +125,7 @@ class ServedSwitch(Controller):
         self.name = spec.name
         self.dpid = spec.datapath_id
         self.match_log = match_log
+        self.log_fields = {"switch": spec.name}  # one match log for every switch: each line names its own
         self.work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.channel: DatapathChannel | None = None
         self.serving: tuple[str, int] | None = None
@@ -295,7 +296,9 @@ class ServedSwitch(Controller):
         if self.serving is None:
             return None
         snap = self.metrics_snapshot()
-        snap.update(switch=self.name, fleet_generation=self.serving[1])
+        # a standby's engine has no table, but the switch is connected to it (as a slave)
+        snap.update(switch=self.name, fleet_generation=self.serving[1], connected=self.channel is not None,
+                    active=self.owner.active)
         return snap
 
 

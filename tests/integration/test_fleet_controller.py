@@ -121,17 +121,19 @@ def test_one_fleet_controller_serves_two_switches_each_its_own_policy(
         fleet: Fleet, lab_factory: Callable[..., Lab]) -> None:
     labs = {name: lab_factory(PORTS) for name in ("edge-1", "edge-2")}
     stranger = lab_factory(PORTS)
-    (fleet.dir / "edge-1.yaml").write_text(policy(8080))
+    (fleet.dir / "edge-1.yaml").write_text(policy(8080).replace("action: allow}", "action: allow, log: true}"))
     (fleet.dir / "edge-2.yaml").write_text(policy(9090))
     # each switch's OVS connects only to a socket in its own run directory: one listener each
     socks = {name: Path(lab.dir) / "fleet-ctl.sock" for name, lab in [*labs.items(), ("stranger", stranger)]}
     log, metrics = fleet.dir / "controller.log", f"127.0.0.1:{free_loopback_port()}"
+    match_log = fleet.dir / "match.log"
     dpid = dpid_of(labs["edge-1"])
     path = fleet.write({
         "edge-1": f"db: '{labs['edge-1'].db_endpoint}', datapath_id: '{dpid:#x}', controllers: ['unix:{socks['edge-1']}']",
         # edge-2 is identified by its bridge's datapath id, read from its OVSDB
         "edge-2": f"db: '{labs['edge-2'].db_endpoint}', controllers: ['unix:{socks['edge-2']}']"})
-    with fleet_controller(path, "ctl-a", list(socks.values()), log, "--metrics", metrics) as proc:
+    with fleet_controller(path, "ctl-a", list(socks.values()), log, "--metrics", metrics,
+                          "--match-log", str(match_log)) as proc:
         assert eventually(lambda: fleet.state().active_controller == "ctl-a", 30), log.read_text()
         with ControllerDB(stranger.db_endpoint) as db:  # a bridge the fleet does not know connects too
             db.point_at("br0", [f"unix:{socks['stranger']}"], CONTROLLER_OPTIONS)
@@ -143,6 +145,8 @@ def test_one_fleet_controller_serves_two_switches_each_its_own_policy(
         assert passes(labs["edge-1"], 8080) and not passes(labs["edge-1"], 9090), "edge-1 runs edge-1.yaml"
         assert passes(labs["edge-2"], 9090) and not passes(labs["edge-2"], 8080), "edge-2 runs edge-2.yaml"
         assert not passes(labs["edge-2"], 9090, source="outside")
+        logged = [json.loads(line) for line in match_log.read_text().splitlines()]
+        assert logged and all(e["switch"] == "edge-1" and e["rule"] == "tcp8080" for e in logged), logged
         rows = fleet.state().switches
         assert all(rows[n].applied_generation == 1 and rows[n].served_by == "ctl-a" and rows[n].connected
                    and rows[n].error is None for n in labs), rows
@@ -196,16 +200,21 @@ def test_the_active_controller_killed_the_standby_takes_over_without_flow_churn(
     sock_a, sock_b = Path(lab.dir) / "ctl-a.sock", Path(lab.dir) / "ctl-b.sock"
     path = fleet.write({"edge-1": f"db: '{lab.db_endpoint}', controllers: ['unix:{sock_a}', 'unix:{sock_b}']"})
     log_a, log_b = fleet.dir / "a.log", fleet.dir / "b.log"
-    with fleet_controller(path, "ctl-a", [sock_a], log_a) as a:
+    metrics_a, metrics_b = (f"127.0.0.1:{free_loopback_port()}" for _ in "ab")
+    with fleet_controller(path, "ctl-a", [sock_a], log_a, "--metrics", metrics_a) as a:
         assert eventually(lambda: fleet.state().active_controller == "ctl-a", 30), log_a.read_text()
         apply(path)
-        with fleet_controller(path, "ctl-b", [sock_b], log_b) as b:
+        with fleet_controller(path, "ctl-b", [sock_b], log_b, "--metrics", metrics_b) as b:
             roles = eventually(lambda: len(r := controller_roles(lab)) == 2 and "other" not in r.values(), 30)
             assert roles and controller_roles(lab) == {f"unix:{sock_a}": "master", f"unix:{sock_b}": "slave"}
             assert passes(lab, 8080) and not passes(lab, 9090)
             before = flows_with_duration(lab)
             text_before = lab.ofctl(["dump-flows", "--no-stats"])
             assert fleet.state().role_generation == 1
+            for where, active in ((metrics_a, 1.0), (metrics_b, 0.0)):  # both connected: master and slave
+                samples = scrape(where)
+                assert samples["ovsmgr_switch_connected"][0][1] == 1.0, (where, samples["ovsmgr_switch_connected"])
+                assert samples["ovsmgr_fleet_active"][0][1] == active, (where, samples["ovsmgr_fleet_active"])
 
             with probe_stream(lab, "inside", "outside", "198.51.100.9", 9000, duration=12, interval=0.01) as received:
                 time.sleep(3)
@@ -217,6 +226,7 @@ def test_the_active_controller_killed_the_standby_takes_over_without_flow_churn(
             assert b.poll() is None
             assert eventually(lambda: controller_roles(lab) == {f"unix:{sock_b}": "master"}, 15), controller_roles(lab)
             assert fleet.state().role_generation == 2
+            assert scrape(metrics_b)["ovsmgr_fleet_active"][0][1] == 1.0
             after = flows_with_duration(lab)
             assert lab.ofctl(["dump-flows", "--no-stats"]) == text_before, "the take-over changed flows"
             assert after.keys() == before.keys()

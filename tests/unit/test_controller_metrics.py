@@ -83,8 +83,8 @@ def test_nat_rule_connections_are_left_out_while_conntrack_cannot_be_read() -> N
 
 
 def test_a_fleet_controller_labels_every_sample_by_switch() -> None:
-    snaps = [_snapshot(switch="edge-1", fleet_generation=3), _snapshot(switch="edge-2", fleet_generation=4,
-                                                                      connected=False)]
+    snaps = [_snapshot(switch="edge-1", fleet_generation=3, active=True),
+             _snapshot(switch="edge-2", fleet_generation=4, connected=False, active=False)]
     text = generate_latest(registry_for(lambda: snaps)).decode()
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
@@ -92,6 +92,7 @@ def test_a_fleet_controller_labels_every_sample_by_switch() -> None:
             samples.setdefault(s.name, []).append((dict(s.labels), s.value))
     assert {lb["switch"]: v for lb, v in samples["ovsmgr_switch_connected"]} == {"edge-1": 1, "edge-2": 0}
     assert {lb["switch"]: v for lb, v in samples["ovsmgr_fleet_generation"]} == {"edge-1": 3, "edge-2": 4}
+    assert {lb["switch"]: v for lb, v in samples["ovsmgr_fleet_active"]} == {"edge-1": 1, "edge-2": 0}
     assert all("switch" in lb for series in samples.values() for lb, _ in series)
     dropped = {(lb["switch"], lb["rule"]) for lb, _ in samples["ovsmgr_dropped_packets_total"]}
     assert dropped == {(s, r) for s in ("edge-1", "edge-2") for r in ("blocked", "(default)")}
