@@ -28,6 +28,9 @@ F = TypeVar("F", bound=Callable[..., Any])
               help="Serve every switch of this fleet that has controllers: (docs/fleet.md) and connects, each "
                    "with what the fleet's store released to it; with several controllers, one is active.")
 @click.option("--name", default=None, help="With --fleet: this controller's name in the store (default HOST:PID).")
+@click.option("--group", default=None, metavar="GROUP",
+              help="With --fleet: serve the switches of this group (group: GROUP in the fleet file; default: "
+                   "those of no group). Each group has its own active controller.")
 @click.option("--listen", default=None, multiple=True, metavar="tcp:HOST:PORT|unix:PATH",
               help="OpenFlow listener the bridge is pointed at (default: a unix socket in the lab's "
                    "directory with --lab, else tcp:127.0.0.1:6653). With --fleet, several unix:PATH ones may "
@@ -46,7 +49,8 @@ F = TypeVar("F", bound=Callable[..., Any])
               help="Network namespace (ip netns) the health checks of load-balanced DNAT backends connect "
                    "from (default: the controller's own).")
 @target_options
-def controller(files: tuple[str, ...], fleet_path: str | None, name: str | None, listen: tuple[str, ...], api: str | None,
+def controller(files: tuple[str, ...], fleet_path: str | None, name: str | None, group: str | None,
+               listen: tuple[str, ...], api: str | None,
                metrics: str | None, stats_interval: float, log_rate: float, log_burst: int, match_log: str | None,
                health_netns: str | None, target: SwitchTarget) -> None:
     """Run the controller for FILES: keep the bridge in line, take runtime changes, answer rejects,
@@ -59,8 +63,11 @@ def controller(files: tuple[str, ...], fleet_path: str | None, name: str | None,
         if files or api or health_netns:
             fail("--fleet takes the switches and their policies from the fleet and its store: "
                  "no FILES, --api or --health-netns with it")
-        _fleet_controller(fleet_path, name, listen, metrics, stats_interval, log_rate, log_burst, match_log)
+        _fleet_controller(fleet_path, name, listen, metrics, stats_interval, log_rate, log_burst, match_log,
+                          group=group)
         return
+    if group is not None:
+        fail("--group: only with --fleet")
     if not files:
         fail("give the policy FILES, or --fleet FLEET.yaml")
     if len(listen) > 1:
@@ -105,7 +112,7 @@ def agent(fleet_path: str, switch: str, name: str | None, listen: tuple[str, ...
 
 def _fleet_controller(fleet_path: str, name: str | None, listen: tuple[str, ...], metrics: str | None,
                       stats_interval: float, log_rate: float, log_burst: int, match_log: str | None,
-                      switch: str | None = None) -> None:
+                      switch: str | None = None, group: str | None = None) -> None:
     from ovsmgr.cli.fleet import _loaded
     from ovsmgr.fleet.controller import FleetController, FleetOptions
     from ovsmgr.fleet.state import StoreError
@@ -115,7 +122,7 @@ def _fleet_controller(fleet_path: str, name: str | None, listen: tuple[str, ...]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = FleetOptions(fleet, listen or ("tcp:127.0.0.1:6653",), metrics, stats_interval, log_rate, log_burst,
-                           match_log, name, switch)
+                           match_log, name, switch, group)
     try:
         sys.exit(FleetController(options).run())
     except (StoreError, FleetError) as exc:

@@ -85,6 +85,8 @@ class FleetOptions:
     switch: str | None = None
     """An agent (`ovsmgr agent --switch NAME`): serve this switch only, watch only its rows, and be
     one of its own controllers (its own lock), not one of the fleet's."""
+    group: str | None = None
+    """`--group GROUP`: serve the switches of this group (its own lock); None: those of no group."""
 
 
 def agent_lock(switch: str) -> str:
@@ -92,13 +94,35 @@ def agent_lock(switch: str) -> str:
     return f"ovsmgr_agent_{switch.encode().hex()}"
 
 
-def served_switches(fleet: Fleet) -> list[SwitchSpec]:
-    """The switches a fleet controller serves: those with controllers in the fleet file (the others
-    are pushed to by `fleet apply`). Each must be identifiable: a datapath_id, or a db to read it from."""
-    specs = [spec for spec in fleet.switches.values() if spec.controllers]
-    if not specs:
+def group_lock(group: str | None) -> str:
+    """The lock of the fleet controllers of one group (`CONTROLLER_LOCK` for those of no group)."""
+    return CONTROLLER_LOCK if group is None else f"{CONTROLLER_LOCK}_{group.encode().hex()}"
+
+
+def served_switches(fleet: Fleet, group: str | None = None, agent: str | None = None) -> list[SwitchSpec]:
+    """The switches a fleet controller of `group` serves (those with controllers in the fleet file, in
+    that group, not served by agents; the others are pushed to by `fleet apply`), or the one switch
+    `agent` (which must say `agent: true`). Each must be identifiable: a datapath_id, or a db to read it from."""
+    with_controllers = [spec for spec in fleet.switches.values() if spec.controllers]
+    if not with_controllers:
         raise FleetError(f"{fleet.path}: no switch has controllers (controllers: [...] in the fleet file or the "
                          "switch), so `fleet apply` pushes to every switch and no controller serves any")
+    if agent is not None:
+        specs = [spec for spec in with_controllers if spec.name == agent]
+        if not specs:
+            raise FleetError(f"{fleet.path}: {agent} is not a switch of the fleet with controllers: "
+                             f"{', '.join(s.name for s in with_controllers)}")
+        if not specs[0].agent:
+            raise FleetError(f"{fleet.path}: switch {agent} is served by fleet controllers"
+                             f"{f' of group {specs[0].group}' if specs[0].group else ''}; an agent serves only a "
+                             "switch that says agent: true (one kind of controller per switch, one active)")
+    else:
+        specs = [spec for spec in with_controllers if not spec.agent and spec.group == group]
+        if not specs:
+            groups = sorted({s.group or "(no group)" for s in with_controllers if not s.agent})
+            raise FleetError(f"{fleet.path}: no switch for fleet controllers "
+                             f"{f'of group {group}' if group else 'without --group'}: groups "
+                             f"{', '.join(groups) or 'none (every switch says agent: true)'}")
     for spec in specs:
         if spec.datapath_id is None and spec.db is None:
             raise FleetError(f"{fleet.path}: switch {spec.name} has neither datapath_id nor db, so a controller "
@@ -380,16 +404,11 @@ class FleetController:
     # --- running --------------------------------------------------------------------------------------
     def run(self) -> int:
         fleet = self.options.fleet
-        specs = served_switches(fleet)
-        agent = self.options.switch
-        if agent is not None:
-            specs = [spec for spec in specs if spec.name == agent]
-            if not specs:
-                raise FleetError(f"{fleet.path}: {agent} is not a switch of the fleet with controllers: "
-                                 f"{', '.join(s.name for s in served_switches(fleet))}")
+        agent, group = self.options.switch, self.options.group
+        specs = served_switches(fleet, group, agent)
         if not fleet.store:
             raise FleetError(f"{fleet.path}: no store: (the fleet's clustered OVSDB members)")
-        self.store = FleetStore(fleet.store, lock=CONTROLLER_LOCK if agent is None else agent_lock(agent),
+        self.store = FleetStore(fleet.store, lock=group_lock(group) if agent is None else agent_lock(agent),
                                 switch=agent, on_change=self.store_changed.set)
         self._closers.append(self.store)
         self.state = self.store.state()
@@ -410,9 +429,10 @@ class FleetController:
         self._start_metrics()
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        serves = (f"switch {agent} (its rows only)" if agent is not None
+                  else f"{len(self.switches)} switches" + (f" of group {group}" if group else ""))
         log.info("fleet %s %s for %s of %s: listening on %s", "controller" if agent is None else "agent",
-                 self.name, f"{len(self.switches)} switches" if agent is None else f"switch {agent} (its rows only)",
-                 fleet.path, listen)
+                 self.name, serves, fleet.path, listen)
         while not self.stop.wait(0.5):
             pass
         for closer in reversed(self._closers):
@@ -472,14 +492,16 @@ class FleetController:
     def _store_step(self) -> None:
         has_lock = self.store.has_lock
         if has_lock and not self.active:
-            self.role_generation = self.store.take_over(self.name, fleet_wide=self.options.switch is None)
+            # the fleet's active_controller is that of the switches of no group; the others' served_by say theirs
+            self.role_generation = self.store.take_over(
+                self.name, fleet_wide=self.options.switch is None and self.options.group is None)
             self.active = True
             log.info("fleet controller %s is active (role generation %d)", self.name, self.role_generation)
             for sw in self.switches.values():
                 sw.role_changed()
         elif not has_lock and self.active:
             self.active = False
-            log.warning("fleet controller %s lost the store's controller lock: standby, writes nothing", self.name)
+            log.warning("fleet controller %s lost its lock in the store: standby, writes nothing", self.name)
             for sw in self.switches.values():
                 sw.role_changed()
         self.state = state = self.store.state()

@@ -48,6 +48,10 @@ class SwitchSpec:
     db: str | None = None
     openflow: str | None = None
     controllers: tuple[str, ...] = ()
+    group: str | None = None
+    """The fleet controllers that serve it (`controller --fleet --group GROUP`); None: those without --group."""
+    agent: bool = False
+    """Served by its own agents (`ovsmgr agent --switch NAME`), not by fleet controllers."""
     span: Span = field(default_factory=lambda: Span("<fleet>", 1, 1))
 
 
@@ -115,7 +119,7 @@ def _build(model: FleetFile, path: Path, source: SourceMap) -> Fleet:
         switches[name] = SwitchSpec(
             name, tuple(local(f) for f in files), int(sw.datapath_id, 16) if sw.datapath_id else None,
             sw.db, sw.openflow, tuple(sw.controllers if sw.controllers is not None else model.controllers),
-            source.span(("switches", name), key=True))
+            sw.group, sw.agent, source.span(("switches", name), key=True))
     tls = TlsFiles(Path(local(model.tls.private_key)), Path(local(model.tls.certificate)),
                    Path(local(model.tls.ca_cert))) if model.tls else None
     r = model.rollout
@@ -138,6 +142,13 @@ def _check(fleet: Fleet, model: FleetFile, diag: Collector) -> None:
                 diag.error(fleet.span("switches", sw.name, "datapath_id"),
                            f"datapath_id {sw.datapath_id:#018x} is also switch {seen[sw.datapath_id]}'s")
             seen.setdefault(sw.datapath_id, sw.name)
+        for key, value in (("agent", sw.agent), ("group", sw.group)):
+            if value and not sw.controllers:
+                diag.error(fleet.span("switches", sw.name, key),
+                           f"{key}: is about who serves the switch, but it has no controllers: (fleet apply pushes to it)")
+        if sw.agent and sw.group is not None:
+            diag.error(fleet.span("switches", sw.name, "group"),
+                       "group: names the fleet controllers that serve a switch; agent: true says its own agents do")
     uses_tls = False
     for path, endpoint, active in _endpoints(fleet, model):
         uses_tls |= endpoint.startswith("ssl:")

@@ -48,6 +48,11 @@ class FleetSwitch(_Frozen):
         default=None, description="The bridge's passive OpenFlow listener (pssl: on the switch): ssl:HOST:PORT.")
     controllers: list[Endpoint] | None = Field(
         default=None, description="Controllers that serve this switch (ssl:HOST:PORT); default: the fleet's.")
+    group: SwitchName | None = Field(
+        default=None, description="The fleet controllers that serve it: those run with --group GROUP "
+                                  "(default: those run without --group).")
+    agent: bool = Field(
+        default=False, description="Served by `ovsmgr agent --switch NAME` on its own host, never by fleet controllers.")
 
 
 class FleetFile(_Frozen):

@@ -248,8 +248,9 @@ def test_agents_each_serve_their_own_switch_one_active_per_switch(
     (fleet.dir / "edge-2.yaml").write_text(policy(9090))
     socks = {n: Path(labs["edge-1"].dir) / f"{n}.sock" for n in ("a1", "a2")} | {"b": Path(labs["edge-2"].dir) / "b.sock"}
     path = fleet.write({
-        "edge-1": f"db: '{labs['edge-1'].db_endpoint}', controllers: ['unix:{socks['a1']}', 'unix:{socks['a2']}']",
-        "edge-2": f"db: '{labs['edge-2'].db_endpoint}', controllers: ['unix:{socks['b']}']"})
+        "edge-1": f"db: '{labs['edge-1'].db_endpoint}', controllers: ['unix:{socks['a1']}', 'unix:{socks['a2']}'], "
+                  "agent: true",
+        "edge-2": f"db: '{labs['edge-2'].db_endpoint}', controllers: ['unix:{socks['b']}'], agent: true"})
     logs = {n: fleet.dir / f"{n}.log" for n in socks}
     with fleet_controller(path, "a1", [socks["a1"]], logs["a1"], agent="edge-1"), \
             fleet_controller(path, "b", [socks["b"]], logs["b"], agent="edge-2"):
@@ -267,3 +268,33 @@ def test_agents_each_serve_their_own_switch_one_active_per_switch(
             assert passes(labs["edge-2"], 9090) and not passes(labs["edge-2"], 8080)
             assert "is active" not in logs["a2"].read_text() and a2.poll() is None
             assert "switch edge-1 (its rows only)" in logs["a1"].read_text()
+
+
+def test_two_groups_of_switches_each_have_their_own_active_fleet_controller(
+        fleet: Fleet, lab_factory: Callable[..., Lab]) -> None:
+    labs = {name: lab_factory(PORTS) for name in ("edge-1", "edge-2")}
+    (fleet.dir / "edge-1.yaml").write_text(policy(8080))
+    (fleet.dir / "edge-2.yaml").write_text(policy(9090))
+    socks = {n: Path(labs[n].dir) / "ctl.sock" for n in labs}
+    path = fleet.write({
+        "edge-1": f"db: '{labs['edge-1'].db_endpoint}', controllers: ['unix:{socks['edge-1']}']",
+        "edge-2": f"db: '{labs['edge-2'].db_endpoint}', controllers: ['unix:{socks['edge-2']}'], group: east"})
+    logs = {n: fleet.dir / f"{n}.log" for n in ("plain", "east", "agent")}
+    with fleet_controller(path, "plain", [socks["edge-1"]], logs["plain"]), \
+            fleet_controller(path, "east", [socks["edge-2"]], logs["east"], "--group", "east"):
+        for n in ("plain", "east"):  # each the active controller of its own switches, at the same time
+            assert eventually(lambda n=n: "is active" in logs[n].read_text(), 30), logs[n].read_text()
+        assert "for 1 switches of group east" in logs["east"].read_text()
+        apply(path)
+        state = fleet.state()
+        assert (state.switches["edge-1"].served_by, state.switches["edge-2"].served_by) == ("plain", "east")
+        assert state.active_controller == "plain", "the fleet's active controller is that of no group"
+        assert eventually(lambda: controller_roles(labs["edge-2"]) == {f"unix:{socks['edge-2']}": "master"}, 30)
+        assert passes(labs["edge-1"], 8080) and not passes(labs["edge-1"], 9090)
+        assert passes(labs["edge-2"], 9090) and not passes(labs["edge-2"], 8080)
+        # an agent for a switch its group's controllers serve is refused before it connects to anything
+        with fleet_controller(path, "agent", [Path(labs["edge-2"].dir) / "agent.sock"], logs["agent"],
+                              agent="edge-2") as agent:
+            assert agent.wait(30) == 1
+        assert "switch edge-2 is served by fleet controllers of group east" in logs["agent"].read_text()
+        assert controller_roles(labs["edge-2"]) == {f"unix:{socks['edge-2']}": "master"}

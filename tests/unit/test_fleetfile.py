@@ -64,6 +64,9 @@ def test_the_rollout_goes_canaries_first_then_batches_in_file_order(tmp_path: Pa
     (("b.sock}", 'b.sock, datapath_id: "0x01"}'), ":6:", "datapath_id 0x0000000000000001 is also switch a's"),
     (("batch: 2", "batch: 0"), ":3:", "batch"),
     (("version: 1", "version: 2"), ":1:", "only version 1"),
+    (("c.sock}", "c.sock, agent: true}"), ":7:", "agent: is about who serves the switch, but it has no controllers"),
+    (("c.sock}", "c.sock, group: east}"), ":7:", "group: is about who serves the switch"),
+    (("c.sock}", "c.sock, group: 'east west'}"), ":7:", "group"),
 ])
 def test_mistakes_are_reported_at_their_place(tmp_path: Path, change: tuple[str, str], where: str, says: str) -> None:
     found = messages(fleet(tmp_path, FLEET.replace(*change)))
@@ -118,15 +121,36 @@ def test_a_fleet_controller_serves_switches_with_controllers_that_it_can_tell_ap
         served_switches(load_fleet(fleet(tmp_path, anonymous)))
 
 
-def test_each_switch_s_agents_share_a_lock_of_their_own_with_a_name_ovsdb_takes() -> None:
+def test_each_switch_is_served_by_one_kind_of_controller_its_group_s_or_its_own_agents(tmp_path: Path) -> None:
+    from ovsmgr.fleet.controller import served_switches
+    from ovsmgr.fleet.targets import FleetError
+
+    text = (FLEET.replace("rollout:", "controllers: ['unix:/run/ovsmgr/ctl.sock']\nrollout:")
+            .replace("b.sock}", "b.sock, group: east}").replace("c.sock}", "c.sock, group: east}")
+            .replace("d.sock}", "d.sock, agent: true}"))
+    loaded = load_fleet(fleet(tmp_path, text))
+    assert [s.name for s in served_switches(loaded)] == ["a"]
+    assert [s.name for s in served_switches(loaded, group="east")] == ["b", "c"]
+    assert [s.name for s in served_switches(loaded, agent="d")] == ["d"]
+    with pytest.raises(FleetError, match="switch b is served by fleet controllers of group east; an agent serves only"):
+        served_switches(loaded, agent="b")
+    with pytest.raises(FleetError, match="no switch for fleet controllers of group west: groups \\(no group\\), east"):
+        served_switches(loaded, group="west")
+    both = text.replace("d.sock, agent: true}", "d.sock, agent: true, group: east}")
+    assert any("agent: true says its own agents do" in m for m in messages(fleet(tmp_path, both)))
+
+
+def test_each_switch_s_agents_and_each_group_share_a_lock_of_their_own_with_a_name_ovsdb_takes() -> None:
     import re
 
-    from ovsmgr.fleet.controller import agent_lock
+    from ovsmgr.fleet.controller import agent_lock, group_lock
     from ovsmgr.fleet.store import CONTROLLER_LOCK
 
     names = {agent_lock(n) for n in ("edge-1", "edge.1", "edge_1", "EDGE-1")}
-    assert len(names) == 4 and CONTROLLER_LOCK not in names
-    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) for n in names)  # an OVSDB <id>
+    groups = {group_lock(g) for g in ("edge-1", "east", "EAST")}
+    assert len(names) == 4 and len(groups) == 3 and CONTROLLER_LOCK not in names | groups
+    assert not names & groups and group_lock(None) == CONTROLLER_LOCK
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) for n in names | groups)  # an OVSDB <id>
 
 
 def test_status_of_a_controller_served_switch_without_db_is_what_its_controller_wrote(tmp_path: Path) -> None:
