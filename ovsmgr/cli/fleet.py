@@ -138,7 +138,8 @@ def status(fleet_path: str, output: str) -> None:
         return
     for e in entries:
         line = (f"{e['switch']}: generation {e['applied_generation']} of {e['desired_generation']}, "
-                f"{'connected' if e['connected'] else 'NOT connected'}{', DRIFTED' if e['drifted'] else ''}")
+                f"{'connected' if e['connected'] else 'NOT connected'}{', DRIFTED' if e['drifted'] else ''}"
+                f"{', served by ' + e['served_by'] if e['served_by'] else ''}")
         click.echo(line + (f": {e['error']}" if e["error"] else ""))
 
 

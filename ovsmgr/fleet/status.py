@@ -71,4 +71,5 @@ def _entry(name: str, state: StoreState, row: SwitchRow | None, seen: Seen) -> d
         "released_generation": row.released_generation if row else 0,
         "applied_at": (row.applied_at or None) if row else None,
         "fleet_generation": state.generation,
+        "served_by": row.served_by if row else None,
     }

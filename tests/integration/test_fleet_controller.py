@@ -289,6 +289,9 @@ def test_two_groups_of_switches_each_have_their_own_active_fleet_controller(
         state = fleet.state()
         assert (state.switches["edge-1"].served_by, state.switches["edge-2"].served_by) == ("plain", "east")
         assert state.active_controller == "plain", "the fleet's active controller is that of no group"
+        status = {e["switch"]: e for e in json.loads(fleet_cli("status", path, "-o", "json").output)}
+        assert {n: (e["served_by"], e["applied_generation"]) for n, e in status.items()} == {
+            "edge-1": ("plain", 1), "edge-2": ("east", 1)}, status
         assert eventually(lambda: controller_roles(labs["edge-2"]) == {f"unix:{socks['edge-2']}": "master"}, 30)
         assert passes(labs["edge-1"], 8080) and not passes(labs["edge-1"], 9090)
         assert passes(labs["edge-2"], 9090) and not passes(labs["edge-2"], 8080)

@@ -173,4 +173,5 @@ def test_status_of_a_controller_served_switch_without_db_is_what_its_controller_
     store = Store()
     entries = {e["switch"]: e for e in fleet_status(load_fleet(fleet(tmp_path, body)), store)}  # type: ignore[arg-type]
     assert entries["a"]["connected"] and entries["a"]["error"] is None and "a" not in store.observed
+    assert entries["a"]["served_by"] == "ctl-a" and entries["b"]["served_by"] is None
     assert entries["b"]["error"] == "not in the store: run `ovsmgr fleet apply`"
