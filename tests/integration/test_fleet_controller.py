@@ -301,3 +301,54 @@ def test_two_groups_of_switches_each_have_their_own_active_fleet_controller(
             assert agent.wait(30) == 1
         assert "switch edge-2 is served by fleet controllers of group east" in logs["agent"].read_text()
         assert controller_roles(labs["edge-2"]) == {f"unix:{socks['edge-2']}": "master"}
+
+
+def test_the_store_leader_killed_under_two_fleet_controllers(fleet: Fleet, lab_factory: Callable[..., Lab]) -> None:
+    """The Raft leader dies while two fleet controllers serve a switch: their store connections move to
+    the new leader and the lock is asked for again there; one controller is active after it (whichever
+    gets the lock), the switch's flows do not change, no probe through it is lost, and the next
+    generation rolls out through the new leader."""
+    lab = lab_factory(PORTS)
+    (fleet.dir / "edge-1.yaml").write_text(policy(8080, udp=9000))
+    sock_a, sock_b = Path(lab.dir) / "ctl-a.sock", Path(lab.dir) / "ctl-b.sock"
+    path = fleet.write({"edge-1": f"db: '{lab.db_endpoint}', controllers: ['unix:{sock_a}', 'unix:{sock_b}']"})
+    log_a, log_b = fleet.dir / "a.log", fleet.dir / "b.log"
+    with fleet_controller(path, "ctl-a", [sock_a], log_a) as a:
+        assert eventually(lambda: fleet.state().active_controller == "ctl-a", 30), log_a.read_text()
+        apply(path)
+        with fleet_controller(path, "ctl-b", [sock_b], log_b) as b:
+            want = {f"unix:{sock_a}": "master", f"unix:{sock_b}": "slave"}
+            assert eventually(lambda: controller_roles(lab) == want, 30), controller_roles(lab)
+            assert passes(lab, 8080) and not passes(lab, 9090)  # (the hosts' MACs learned, as a switch in use has)
+            text_before, before = lab.ofctl(["dump-flows", "--no-stats"]), flows_with_duration(lab)
+            leader = fleet.store.leader()
+            assert leader is not None
+            with probe_stream(lab, "inside", "outside", "198.51.100.9", 9000, duration=10, interval=0.01) as received:
+                time.sleep(2)
+                assert not fleet.store.stop_member(leader)
+                assert eventually(lambda: fleet.store.leader() not in (None, leader), 30), "no new leader"
+
+                def one_active() -> bool:
+                    state = fleet.state()
+                    roles = sorted(controller_roles(lab).values())
+                    return (roles == ["master", "slave"] and state.active_controller in ("ctl-a", "ctl-b")
+                            and state.switches["edge-1"].served_by == state.active_controller)
+                assert eventually(one_active, 30), (controller_roles(lab), fleet.state())
+                print(f"leader s{leader} killed: {fleet.state().active_controller} active, "
+                      f"role generation {fleet.state().role_generation}")
+            assert a.poll() is None and b.poll() is None
+            after = flows_with_duration(lab)
+            assert lab.ofctl(["dump-flows", "--no-stats"]) == text_before, "the leader's death changed flows"
+            assert after.keys() == before.keys() and all(after[k] >= before[k] for k in before)
+            seqs = sorted({int(r["seq"]) for r in received})
+            assert seqs, "no probe arrived"
+            lost = [n for n in range(seqs[-1] + 1) if n not in set(seqs)]
+            assert not lost, f"probes lost while the store's leader changed: {lost[:20]}"
+
+            (fleet.dir / "edge-1.yaml").write_text(policy(8080, 7070, udp=9000))
+            apply(path)  # generation 2, through the new leader, applied by whichever controller is active
+            assert passes(lab, 7070) and passes(lab, 8080) and not passes(lab, 9090)
+            state = fleet.state()
+            assert state.switches["edge-1"].applied_generation == 2 and state.switches["edge-1"].error is None
+            fleet.store.start_member(leader)
+            fleet.store.wait_formed()
