@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from ovsmgr.controller.metrics import Counters, conntrack_entries, registry_for
 from ovsmgr.controller.ofchannel import DatapathChannel
 from ovsmgr.controller.relay import UnixRelay
 from ovsmgr.controller.switchdb import ControllerDB
+from ovsmgr.lab import netns
 from ovsmgr.policy import PolicyError
 from ovsmgr.southbound.openflow import OpenFlowError, SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget
@@ -316,17 +316,11 @@ def _signature(files: list[str]) -> list[tuple[int, int, int] | None]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_listener(listen: str, hooks: Any) -> tuple[str, UnixRelay | None]:
     """os-ken on TCP (`tcp:HOST:PORT`), or on a free loopback port behind a unix relay (`unix:PATH`).
     Returns the target switches are pointed at, and the relay (to close)."""
     if listen.startswith("unix:"):
-        port = _free_port()
+        port = netns.free_port()
         relay = UnixRelay(Path(listen.removeprefix("unix:")), port)  # before os-ken takes connections
         hooks.relay = relay
         start_osken("127.0.0.1", port, hooks)

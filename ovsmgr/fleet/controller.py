@@ -52,7 +52,7 @@ from typing import IO, Any
 from ovsmgr.controller.ofchannel import DatapathChannel, request_role
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.relay import UnixRelay
-from ovsmgr.controller.runner import Controller, Options, _free_port, start_listener, start_osken
+from ovsmgr.controller.runner import Controller, Options, start_listener, start_osken
 from ovsmgr.controller.runtime import ChangeError, save_changes
 from ovsmgr.controller.switchdb import ControllerDB
 from ovsmgr.fleet.fleetfile import Fleet, SwitchSpec
@@ -61,6 +61,7 @@ from ovsmgr.fleet.state import PolicySource, StoreError, StoreState
 from ovsmgr.fleet.store import CONTROLLER_LOCK, FleetStore
 from ovsmgr.fleet.storecmds import now
 from ovsmgr.fleet.targets import FleetError, state_root
+from ovsmgr.lab import netns
 from ovsmgr.policy import PolicyError
 from ovsmgr.southbound.openflow import SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget, resolve_target
@@ -455,7 +456,7 @@ class FleetController:
             return start_listener(listens[0], self)[0]
         if len(unix) != len(listens):
             raise FleetError("--listen: unix:PATH listeners or one tcp:HOST:PORT, not both")
-        port = _free_port()
+        port = netns.free_port()
         self.relays = [UnixRelay(Path(p.removeprefix("unix:")), port) for p in unix]  # before os-ken takes any
         self._closers += self.relays
         start_osken("127.0.0.1", port, self)

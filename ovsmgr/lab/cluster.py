@@ -11,7 +11,6 @@ test can kill one member (the leader, say) and start it again.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,6 @@ from ovsmgr.switch.statefile import atomic_write
 STATE_FILE = "cluster.json"
 FORM_TIMEOUT = 30.0
 """Seconds the members get to elect a leader and all join."""
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now, on loopback (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -54,7 +46,7 @@ class StoreCluster:
             self.members = [Member(**m) for m in saved["members"]]
             self.tls = TlsFiles(*(Path(p) for p in saved["tls"])) if saved.get("tls") else None
         else:
-            self.members = [Member(i, free_port(), free_port()) for i in range(1, members + 1)]
+            self.members = [Member(i, netns.free_port(), netns.free_port()) for i in range(1, members + 1)]
 
     # -- where things are ----------------------------------------------------------------------
     @property

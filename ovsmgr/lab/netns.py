@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -70,6 +71,14 @@ def run(argv: Sequence[str], netns: str | None = None, env: Mapping[str, str] | 
         return run_tool(full, input=input, timeout=timeout, env=env)
     except OvsToolError as exc:
         raise LabError(str(exc)) from exc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick), in the calling
+    thread's network namespace: for a listener on loopback (a store member, os-ken behind a relay)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def exists(netns: str) -> bool:
