@@ -31,10 +31,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.option("--group", default=None, metavar="GROUP",
               help="With --fleet: serve the switches of this group (group: GROUP in the fleet file; default: "
                    "those of no group). Each group has its own active controller.")
-@click.option("--listen", default=None, multiple=True, metavar="tcp:HOST:PORT|unix:PATH",
+@click.option("--listen", default=None, multiple=True, metavar="tcp:HOST:PORT|ssl:HOST:PORT|unix:PATH",
               help="OpenFlow listener the bridge is pointed at (default: a unix socket in the lab's "
-                   "directory with --lab, else tcp:127.0.0.1:6653). With --fleet, several unix:PATH ones may "
-                   "be given: OVS connects only to sockets in its own run directory.")
+                   "directory with --lab, else tcp:127.0.0.1:6653). With --fleet: ssl:HOST:PORT is TLS with "
+                   "the fleet file's tls: (a switch whose certificate its CA did not sign is refused), and "
+                   "several unix:PATH ones may be given: OVS connects only to sockets in its own run directory.")
 @click.option("--api", default=None, metavar="HOST:PORT|unix:PATH",
               help="JSON API endpoint, loopback only (default: unix socket in the state directory).")
 @click.option("--metrics", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics, e.g. 127.0.0.1:9302.")
@@ -56,7 +57,7 @@ def controller(files: tuple[str, ...], fleet_path: str | None, name: str | None,
     """Run the controller for FILES: keep the bridge in line, take runtime changes, answer rejects,
     check the health of load-balanced DNAT backends. With --fleet FLEET.yaml instead of FILES: serve
     the fleet's switches."""
-    from ovsmgr.controller.runner import Controller, Options
+    from ovsmgr.controller.runner import Controller, Options, listen_problem
     from ovsmgr.lab.netns import NETNS_DIR
 
     if fleet_path is not None:
@@ -72,6 +73,13 @@ def controller(files: tuple[str, ...], fleet_path: str | None, name: str | None,
         fail("give the policy FILES, or --fleet FLEET.yaml")
     if len(listen) > 1:
         fail("--listen: one listener for one bridge (several only with --fleet)")
+    if listen and listen[0].startswith("ssl:"):
+        fail(f"--listen {listen[0]}: a TLS listener takes its key, certificate and CA from a fleet file's tls:, "
+             "so it is `ovsmgr controller --fleet FLEET.yaml` or `ovsmgr agent`; for one bridge, "
+             "tcp:127.0.0.1:PORT or unix:PATH")
+    problem = listen_problem(listen[0], None) if listen else None
+    if problem:
+        fail(problem)
 
     if health_netns is not None and not (NETNS_DIR / health_netns).exists():
         fail(f"--health-netns {health_netns}: no such network namespace ({NETNS_DIR / health_netns})")
@@ -95,8 +103,9 @@ def controller(files: tuple[str, ...], fleet_path: str | None, name: str | None,
 @click.option("--switch", required=True, metavar="NAME", help="The switch of the fleet this host runs.")
 @click.option("--name", default=None, help="This agent's name in the store (default HOST:PID).")
 @click.option("--listen", default=("tcp:127.0.0.1:6653",), multiple=True, show_default=True,
-              metavar="tcp:HOST:PORT|unix:PATH", help="OpenFlow listener the bridge is pointed at (one of the "
-              "switch's controllers:).")
+              metavar="tcp:HOST:PORT|ssl:HOST:PORT|unix:PATH", help="OpenFlow listener the bridge is pointed at "
+              "(one of the switch's controllers:); ssl:HOST:PORT is TLS with the fleet file's tls: (a switch whose "
+              "certificate its CA did not sign is refused).")
 @click.option("--metrics", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics.")
 @click.option("--stats-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option("--log-rate", type=click.FloatRange(min=0.1), default=10.0, show_default=True)

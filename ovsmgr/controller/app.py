@@ -2,7 +2,9 @@
 
 A connection `Hooks.switch_allowed` does not accept (with a `unix:` listen
 target, anything that did not come through the relay) is closed as soon as
-os-ken sees it, before the handshake, and nothing it sends reaches the hooks.
+os-ken sees it, before the handshake, and nothing it sends reaches the hooks;
+so is, on a TLS listener (`Hooks.tls_listener`), one without a certificate the
+CA verified (os-ken's handshake already refuses those: this keeps it so).
 Switch (dis)connections go to `Hooks.switch_state` (which reconciles the flows
 in a worker thread, never in os-ken's event thread); packet-ins to
 `Hooks.packet_in`, which answers with the frames to send; flow statistics are
@@ -14,6 +16,7 @@ answering its own requests (bundles, flow and group dumps) go there, not to the 
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any, ClassVar, Protocol
 
 from os_ken.base import app_manager
@@ -32,6 +35,8 @@ log = logging.getLogger("ovsmgr.controller")
 
 
 class Hooks(Protocol):
+    tls_listener: bool
+
     def attach(self, app: OvsmgrApp) -> None: ...
 
     def switch_allowed(self, address: Any) -> bool: ...
@@ -60,11 +65,13 @@ class OvsmgrApp(app_manager.OSKenApp):
     def _state_change(self, ev: Any) -> None:
         dp = ev.datapath
         dpid: int | None = dp.id
-        if ev.state != DEAD_DISPATCHER and not self.hooks.switch_allowed(dp.address):
-            if ev.state == HANDSHAKE_DISPATCHER:
-                log.warning("OpenFlow connection from %s refused: not through the controller's relay", dp.address)
-            ofchannel.refuse(dp)
-            return
+        if ev.state != DEAD_DISPATCHER:
+            refusal = self._refusal(dp)
+            if refusal is not None:
+                if ev.state == HANDSHAKE_DISPATCHER:
+                    log.warning("OpenFlow connection from %s refused: %s", dp.address, refusal)
+                ofchannel.refuse(dp)
+                return
         if ev.state == MAIN_DISPATCHER and dpid is not None:
             ofchannel.set_packet_in_format(dp)
             old = self.channels.pop(dpid, None)
@@ -106,6 +113,13 @@ class OvsmgrApp(app_manager.OSKenApp):
         if not ofchannel.more_parts(ev.msg):
             self.hooks.flow_stats(dpid, self.partial.pop(dpid))
 
+    def _refusal(self, dp: Any) -> str | None:
+        if not self.hooks.switch_allowed(dp.address):
+            return "not through the controller's relay"
+        if self.hooks.tls_listener and not _verified_certificate(dp.socket):
+            return "no TLS certificate verified by the CA"
+        return None
+
     def _ours(self, dp: Any) -> bool:
         """A message from a connection that is the registered one for its datapath id (not one
         refused, or replaced by a newer connection)."""
@@ -120,3 +134,12 @@ class OvsmgrApp(app_manager.OSKenApp):
             return False
         ofchannel.request_flow_stats(dp)
         return True
+
+
+def _verified_certificate(sock: Any) -> bool:
+    """Whether a connection is TLS with a peer certificate the handshake verified (`getpeercert`
+    is empty when nothing was verified)."""
+    try:
+        return isinstance(sock, ssl.SSLSocket) and bool(sock.getpeercert())
+    except (OSError, ValueError):
+        return False

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ from ovsmgr.lab import netns
 from ovsmgr.policy import PolicyError
 from ovsmgr.southbound.openflow import OpenFlowError, SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget
+from ovsmgr.southbound.tls import ServerContext, TlsFiles
 from ovsmgr.switch.natrules import policy_zones, try_connections_by_rule
 
 log = logging.getLogger("ovsmgr.controller")
@@ -47,7 +49,8 @@ class Options:
     files: list[str]
     target: SwitchTarget
     listen: str | None = None
-    """`tcp:HOST:PORT` or `unix:PATH`; default: a unix socket in the state dir for a lab, else tcp:127.0.0.1:6653."""
+    """`tcp:HOST:PORT` or `unix:PATH`; default: a unix socket in the state dir for a lab, else tcp:127.0.0.1:6653.
+    (`ssl:` is for the fleet controller and the agent, which have the fleet file's TLS files.)"""
     api: str | None = None
     """`HOST:PORT` (loopback) or `unix:PATH`; default: `unix:` in the state dir."""
     metrics: str | None = None
@@ -84,6 +87,7 @@ class Controller:
         self.log_fields: dict[str, Any] = {}
         """Put first in every match log line (a fleet controller's `switch`)."""
         self.relay: UnixRelay | None = None
+        self.tls_listener = False
         self._closers: list[Any] = []
         self.health = HealthChecker(lambda: self.engine.policy.nat, self._backends_changed, options.health_netns)
 
@@ -316,9 +320,27 @@ def _signature(files: list[str]) -> list[tuple[int, int, int] | None]:
     return out
 
 
-def start_listener(listen: str, hooks: Any) -> tuple[str, UnixRelay | None]:
-    """os-ken on TCP (`tcp:HOST:PORT`), or on a free loopback port behind a unix relay (`unix:PATH`).
-    Returns the target switches are pointed at, and the relay (to close)."""
+def listen_problem(listen: str, tls: TlsFiles | None) -> str | None:
+    """Why `listen` is no OpenFlow listen target `start_listener` takes (None: it is one)."""
+    if listen.startswith("unix:"):
+        return None if listen.removeprefix("unix:") else f"--listen {listen}: unix:PATH without a PATH"
+    scheme = "ssl" if listen.startswith("ssl:") else "tcp"
+    port = listen.removeprefix(f"{scheme}:").rpartition(":")[2]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"--listen {listen}: not tcp:HOST:PORT, ssl:HOST:PORT or unix:PATH"
+    if scheme == "ssl" and tls is None:
+        return f"--listen {listen} needs TLS files (the fleet file's tls:)"
+    return None
+
+
+def start_listener(listen: str, hooks: Any, tls: TlsFiles | None = None) -> tuple[str, UnixRelay | None]:
+    """os-ken on TCP (`tcp:HOST:PORT`), on TLS (`ssl:HOST:PORT`, with `tls`: the listener's key and
+    certificate, and the CA every switch's certificate must be signed by), or on a free loopback
+    port behind a unix relay (`unix:PATH`). Returns the target switches are pointed at, and the
+    relay (to close). ValueError: `listen_problem`."""
+    problem = listen_problem(listen, tls)
+    if problem:
+        raise ValueError(problem)
     if listen.startswith("unix:"):
         port = netns.free_port()
         relay = UnixRelay(Path(listen.removeprefix("unix:")), port)  # before os-ken takes connections
@@ -326,22 +348,47 @@ def start_listener(listen: str, hooks: Any) -> tuple[str, UnixRelay | None]:
         start_osken("127.0.0.1", port, hooks)
         relay.start()
         return listen, relay
-    host, _, port_text = listen.removeprefix("tcp:").rpartition(":")
-    start_osken(host or "127.0.0.1", int(port_text), hooks)
-    return f"tcp:{host or '127.0.0.1'}:{port_text}", None
+    scheme = "ssl" if listen.startswith("ssl:") else "tcp"
+    host, _, port_text = listen.removeprefix(f"{scheme}:").rpartition(":")
+    host = host or "127.0.0.1"
+    start_osken(host.strip("[]"), int(port_text), hooks, tls if scheme == "ssl" else None)  # os-ken: bare IPv6
+    return f"{scheme}:{host}:{port_text}", None
 
 
-def start_osken(host: str, port: int, hooks: Any) -> None:
-    """Start os-ken 4.x in this process (it has no manager command)."""
+def start_osken(host: str, port: int, hooks: Any, tls: TlsFiles | None = None) -> None:
+    """Start os-ken 4.x in this process (it has no manager command): on TCP, or with `tls` on TLS.
+
+    The TLS listener is os-ken's own server (`hub.StreamServer` handing each connection to
+    `datapath_connection_factory`, as its `OpenFlowController.server_loop` does for
+    `--ofp-ssl-listen-port`), given ovsmgr's server context (`tls.ServerContext`): it requires a
+    client certificate signed by the CA, so a switch with none, or another CA's, fails the
+    handshake. Not os-ken's `--ctl-privkey/--ctl-cert/--ca-certs`: that context, built inside
+    `server_loop`, verifies the same way, but with os-ken's native hub a failed handshake ends the
+    connection's thread silently (`TaskExit = Exception`), so a refused switch would leave no trace,
+    and a client that never finishes its handshake would hold a thread for good. os-ken still opens
+    its own TCP listener; with `tls` it is on a free loopback port, and the app refuses every
+    connection there (`hooks.tls_listener`: only TLS connections with a verified certificate)."""
     from os_ken import cfg
     from os_ken.base import app_manager
-    from os_ken.controller import controller as _ofp_options  # registers --ofp-* before CONF parses
-
-    del _ofp_options
+    from os_ken.controller import controller as ofp_controller  # registers --ofp-* for CONF
+    from os_ken.lib import hub
 
     logging.getLogger("os_ken").setLevel(logging.WARNING)
-    cfg.CONF(args=["--ofp-tcp-listen-port", str(port), "--ofp-listen-host", host], project="os_ken")
+    server = None
+    if tls is not None:  # bound first: an address in use is an error before os-ken's threads run
+        server = hub.StreamServer((host, port), ofp_controller.datapath_connection_factory,
+                                  ssl_ctx=ServerContext.of(tls, _handshake_refused), certfile=str(tls.certificate),
+                                  keyfile=str(tls.private_key), cert_reqs=ssl.CERT_REQUIRED)
+        hooks.tls_listener = True
+    tcp_host, tcp_port = (host, port) if tls is None else ("127.0.0.1", netns.free_port())
+    cfg.CONF(args=["--ofp-tcp-listen-port", str(tcp_port), "--ofp-listen-host", tcp_host], project="os_ken")
     manager = app_manager.AppManager.get_instance()
     manager.load_apps(["ovsmgr.controller.app"])
     contexts = manager.create_contexts()
     manager.instantiate_apps(**contexts, ovsmgr_hooks=hooks)
+    if server is not None:
+        hub.spawn(server.serve_forever)
+
+
+def _handshake_refused(peer: str, reason: str) -> None:
+    log.warning("OpenFlow connection from %s refused: TLS handshake failed: %s", peer, reason)

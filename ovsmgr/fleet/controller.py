@@ -52,7 +52,13 @@ from typing import IO, Any
 from ovsmgr.controller.ofchannel import DatapathChannel, request_role
 from ovsmgr.controller.paths import ControllerPaths
 from ovsmgr.controller.relay import UnixRelay
-from ovsmgr.controller.runner import Controller, Options, start_listener, start_osken
+from ovsmgr.controller.runner import (
+    Controller,
+    Options,
+    listen_problem,
+    start_listener,
+    start_osken,
+)
 from ovsmgr.controller.runtime import ChangeError, save_changes
 from ovsmgr.controller.switchdb import ControllerDB
 from ovsmgr.fleet.fleetfile import Fleet, SwitchSpec
@@ -65,6 +71,7 @@ from ovsmgr.lab import netns
 from ovsmgr.policy import PolicyError
 from ovsmgr.southbound.openflow import SwitchFlowTable
 from ovsmgr.southbound.target import SwitchTarget, resolve_target
+from ovsmgr.southbound.tls import TlsError
 from ovsmgr.switch.record import applied_by
 
 log = logging.getLogger("ovsmgr.controller")
@@ -74,8 +81,9 @@ log = logging.getLogger("ovsmgr.controller")
 class FleetOptions:
     fleet: Fleet
     listen: tuple[str, ...] = ("tcp:127.0.0.1:6653",)
-    """One `tcp:HOST:PORT`, or `unix:PATH`s: a switch's OVS connects only to sockets in its own run
-    directory, so each switch on this host has its own."""
+    """One `tcp:HOST:PORT` or `ssl:HOST:PORT` (TLS with the fleet file's `tls:`: a switch whose
+    certificate its CA did not sign is refused), or `unix:PATH`s: a switch's OVS connects only to
+    sockets in its own run directory, so each switch on this host has its own."""
     metrics: str | None = None
     stats_interval: float = 5.0
     log_rate: float = 10.0
@@ -335,6 +343,7 @@ class FleetController:
         self.name = options.name or f"{socket.gethostname()}:{os.getpid()}"
         self.app: Any = None
         self.relays: list[UnixRelay] = []
+        self.tls_listener = False
         self.store: FleetStore = None  # type: ignore[assignment]  # set by run()
         self.switches: dict[str, ServedSwitch] = {}
         self.by_dpid: dict[int, ServedSwitch] = {}
@@ -409,6 +418,7 @@ class FleetController:
         specs = served_switches(fleet, group, agent)
         if not fleet.store:
             raise FleetError(f"{fleet.path}: no store: (the fleet's clustered OVSDB members)")
+        self._check_listen()
         self.store = FleetStore(fleet.store, lock=group_lock(group) if agent is None else agent_lock(agent),
                                 switch=agent, on_change=self.store_changed.set)
         self._closers.append(self.store)
@@ -447,22 +457,38 @@ class FleetController:
         sys.stdout.flush()
         os._exit(0)  # os-ken's threads are not daemons and have no stop
 
-    def _start_openflow(self) -> str:
+    def _check_listen(self) -> None:
+        """The --listen targets, checked before anything is contacted: FleetError."""
         listens = list(self.options.listen)
         unix = [p for p in listens if p.startswith("unix:")]
-        if not unix:
-            if len(listens) != 1:
-                raise FleetError("--listen: one tcp:HOST:PORT, or unix:PATH ones (one per switch on this host)")
-            return start_listener(listens[0], self)[0]
-        if len(unix) != len(listens):
-            raise FleetError("--listen: unix:PATH listeners or one tcp:HOST:PORT, not both")
+        if not unix and len(listens) != 1:
+            raise FleetError("--listen: one tcp:HOST:PORT or ssl:HOST:PORT, or unix:PATH ones (one per switch "
+                             "on this host)")
+        if unix and len(unix) != len(listens):
+            raise FleetError("--listen: unix:PATH listeners, or one tcp:HOST:PORT or ssl:HOST:PORT, not both")
+        for listen in listens:
+            if listen.startswith("ssl:") and self.options.fleet.tls is None:
+                raise FleetError(f"--listen {listen} needs the fleet file's tls: (the listener's key and "
+                                 f"certificate, and the CA that signed the switches'); {self.options.fleet.path} "
+                                 "has none")
+            problem = listen_problem(listen, self.options.fleet.tls)
+            if problem:
+                raise FleetError(problem)
+
+    def _start_openflow(self) -> str:
+        listens = list(self.options.listen)
+        if not listens[0].startswith("unix:"):
+            try:
+                return start_listener(listens[0], self, self.options.fleet.tls)[0]
+            except (TlsError, OSError) as exc:  # the TLS files, or the address (in use, not this host's)
+                raise FleetError(f"--listen {listens[0]}: {exc}") from None
         port = netns.free_port()
-        self.relays = [UnixRelay(Path(p.removeprefix("unix:")), port) for p in unix]  # before os-ken takes any
+        self.relays = [UnixRelay(Path(p.removeprefix("unix:")), port) for p in listens]  # before os-ken takes any
         self._closers += self.relays
         start_osken("127.0.0.1", port, self)
         for relay in self.relays:
             relay.start()
-        return ", ".join(unix)
+        return ", ".join(listens)
 
     def _start_metrics(self) -> None:
         if not self.options.metrics:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ovsmgr.southbound.ovslib import stream
 
@@ -67,14 +70,62 @@ def configured() -> TlsFiles | None:
     return _configured
 
 
-def _context(files: TlsFiles, protocol: int) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(protocol)
+def _context(files: TlsFiles, protocol: int, kind: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
+    ctx = kind(protocol)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(str(files.ca_cert))
     ctx.load_cert_chain(str(files.certificate), str(files.private_key))
     return ctx
+
+
+class ServerContext(ssl.SSLContext):
+    """A listener's context (`ServerContext.of`): the identity of `TlsFiles`, a client certificate
+    required and verified against its CA, TLS 1.2 or newer. Each `wrap_socket` (a connection taken)
+    gives the client `HANDSHAKE_SECONDS` to finish its handshake, and a refused one (no
+    certificate, one the CA did not sign, no TLS at all) is reported to `refused(peer, reason)`
+    before the error is raised and the connection closed."""
+
+    refused: Callable[[str, str], None]
+
+    @classmethod
+    def of(cls, files: TlsFiles, refused: Callable[[str, str], None]) -> ServerContext:
+        ctx = _context(files, ssl.PROTOCOL_TLS_SERVER, cls)
+        assert isinstance(ctx, ServerContext)
+        ctx.refused = refused
+        return ctx
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        try:
+            host, port = sock.getpeername()[:2]
+            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except (OSError, ValueError):
+            peer = "a peer gone already"
+        sock.settimeout(HANDSHAKE_SECONDS)
+        try:
+            return super().wrap_socket(sock, *args, **kwargs)
+        except (OSError, ValueError) as exc:
+            self.refused(peer, handshake_reason(exc))
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise
+
+
+HANDSHAKE_SECONDS = 10.0
+"""How long a client connecting to a TLS listener has to finish its handshake."""
+
+
+def handshake_reason(exc: BaseException) -> str:
+    """A failed handshake as an operator reads it: "certificate verify failed: unable to get local
+    issuer certificate", "peer did not return a certificate" (not the C source position)."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
+    if isinstance(exc, TimeoutError):
+        return f"no handshake within {HANDSHAKE_SECONDS:g} s"
+    return str(exc) or type(exc).__name__
 
 
 def client_context() -> ssl.SSLContext:
@@ -92,8 +143,6 @@ def handshake_problem(endpoint: str, timeout: float) -> str | None:
     """Why a TLS connection to `endpoint` (`ssl:HOST:PORT`) fails, in the handshake's own words
     (None: it does not fail). The `ovs` library says only "protocol error"; an operator needs to
     hear "certificate verify failed" or "unknown ca"."""
-    import socket
-
     host, _, port = endpoint.partition(":")[2].rpartition(":")
     try:
         ctx = client_context()

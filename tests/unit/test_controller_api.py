@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import stat
 import time
@@ -455,8 +456,9 @@ def test_the_api_cannot_be_made_to_write_outside_its_state_files(tmp_path: Path)
 # --- OpenFlow: behind the relay, only the relay's connections are switches ------------------------------------
 
 class _Hooks:
-    def __init__(self, relay: UnixRelay) -> None:
+    def __init__(self, relay: UnixRelay | None, tls_listener: bool = False) -> None:
         self.relay = relay
+        self.tls_listener = tls_listener
         self.events: list[tuple[str, Any]] = []
 
     def attach(self, app: Any) -> None: ...
@@ -542,6 +544,42 @@ def test_only_connections_through_the_relay_are_taken_as_switches(tmp_path: Path
     assert plain.switch_allowed(("192.0.2.1", 40000))  # a tcp: listen target takes any switch
 
 
+def test_a_tls_listener_takes_no_connection_without_a_verified_certificate() -> None:
+    """os-ken's own TCP listener stays open beside the TLS one: nothing that is not TLS with a
+    certificate the CA verified is a switch (os-ken's handshake already refuses the others)."""
+    from os_ken.controller.handler import HANDSHAKE_DISPATCHER, MAIN_DISPATCHER
+
+    from ovsmgr.controller.app import OvsmgrApp
+
+    hooks = _Hooks(None, tls_listener=True)
+    app = OvsmgrApp(ovsmgr_hooks=hooks)
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        plain = socket.create_connection(server.getsockname()[:2], timeout=5)
+        dp = _FakeDatapath(*server.accept())
+        app._state_change(SimpleNamespace(datapath=dp, state=HANDSHAKE_DISPATCHER))
+        assert dp.closed and plain.recv(100) == b""
+        dp.id = 0x42
+        app._state_change(SimpleNamespace(datapath=dp, state=MAIN_DISPATCHER))
+        assert hooks.events == [] and app.datapaths == {}
+        plain.close()
+    finally:
+        server.close()
+    # the same connection on a plain listener is a switch
+    plain_hooks = _Hooks(None)
+    app = OvsmgrApp(ovsmgr_hooks=plain_hooks)
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(server.getsockname()[:2], timeout=5)
+        dp = _FakeDatapath(*server.accept())
+        dp.id = 0x42
+        app._state_change(SimpleNamespace(datapath=dp, state=MAIN_DISPATCHER))
+        assert not dp.closed and plain_hooks.events == [("state", (0x42, True))]
+        client.close()
+    finally:
+        server.close()
+
+
 def test_a_fleet_controller_gives_an_unknown_datapath_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A connection whose datapath id is no switch of the fleet reaches no switch's worker (so nothing is
     written to it) and is logged; once a switch's datapath id is read from its OVSDB, it is that switch's."""
@@ -567,3 +605,41 @@ def test_a_fleet_controller_gives_an_unknown_datapath_nothing(tmp_path: Path, ca
     assert later.got == [] and ctl.packet_in(0x2, None, None, b"frame") is None
     ctl.known(later, 0x2)  # type: ignore[arg-type]
     assert later.got == [(0x2, channel)] and ctl.unknown == {}
+
+
+@pytest.mark.parametrize(("listen", "tls", "error"), [
+    (("ssl:0.0.0.0:6653",), False, "--listen ssl:0.0.0.0:6653 needs the fleet file's tls:"),
+    (("ssl:0.0.0.0:6653", "unix:/run/a.sock"), True, "unix:PATH listeners, or one tcp:HOST:PORT or ssl:HOST:PORT"),
+    (("ssl:0.0.0.0:6653", "tcp:127.0.0.1:6653"), True, "one tcp:HOST:PORT or ssl:HOST:PORT, or unix:PATH ones"),
+    (("ssl:0.0.0.0",), True, "--listen ssl:0.0.0.0: not tcp:HOST:PORT, ssl:HOST:PORT or unix:PATH"),
+    (("ssl:0.0.0.0:6653",), True, None),
+    (("unix:/run/a.sock", "unix:/run/b.sock"), False, None),
+])
+def test_a_fleet_controller_checks_its_listeners_before_it_starts(
+        tmp_path: Path, listen: tuple[str, ...], tls: bool, error: str | None) -> None:
+    from ovsmgr.fleet.controller import FleetController, FleetOptions
+    from ovsmgr.fleet.fleetfile import Fleet
+    from ovsmgr.fleet.targets import FleetError
+    from ovsmgr.southbound.tls import TlsFiles
+
+    files = TlsFiles(tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "ca.pem") if tls else None
+    ctl = FleetController(FleetOptions(Fleet(str(tmp_path / "fleet.yaml"), {}, tls=files), listen))
+    if error is None:
+        ctl._check_listen()
+    else:
+        with pytest.raises(FleetError, match=re.escape(error)):
+            ctl._check_listen()
+
+
+def test_one_bridge_controller_refuses_a_tls_listener_it_has_no_files_for(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ovsmgr.cli import main
+
+    for listen, error in (("ssl:0.0.0.0:6653", "--listen ssl:0.0.0.0:6653: a TLS listener takes its key, certificate "
+                                               "and CA from a fleet file's tls:"),
+                          ("tcp:127.0.0.1", "--listen tcp:127.0.0.1: not tcp:HOST:PORT, ssl:HOST:PORT or unix:PATH")):
+        result = CliRunner().invoke(main, ["controller", str(tmp_path / "policy.yaml"), "--listen", listen,
+                                           "--db", "unix:/nonexistent"], env={"OVSMGR_STATE_DIR": str(tmp_path)})
+        assert result.exit_code == 1 and error in result.output, result.output
+    assert not list(tmp_path.iterdir()), "nothing started, nothing written"
