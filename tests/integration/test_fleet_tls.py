@@ -24,10 +24,10 @@ from ovsmgr.cli import main
 from ovsmgr.lab import netns
 from ovsmgr.lab.cluster import StoreCluster
 from ovsmgr.lab.ovs import Lab
+from ovsmgr.lab.pki import Pki
 from ovsmgr.southbound.openflow import OpenFlowError, SwitchConnection, SwitchFlowTable
 from ovsmgr.southbound.ovsdb import SwitchDB
 from ovsmgr.southbound.tls import TlsFiles, configure
-from tests.support.pki import Pki
 
 from .controller_helpers import OVSMGR, eventually
 from .test_fleet import PORTS, passes, policy
