@@ -66,7 +66,7 @@ from ovsmgr.fleet.runtime import changes_of
 from ovsmgr.fleet.state import PolicySource, StoreError, StoreState
 from ovsmgr.fleet.store import CONTROLLER_LOCK, FleetStore
 from ovsmgr.fleet.storecmds import now
-from ovsmgr.fleet.targets import FleetError, state_root
+from ovsmgr.fleet.targets import FleetError, record_dir
 from ovsmgr.lab import netns
 from ovsmgr.policy import PolicyError
 from ovsmgr.southbound.openflow import SwitchFlowTable
@@ -142,9 +142,9 @@ def served_switches(fleet: Fleet, group: str | None = None, agent: str | None = 
 def fleet_target(spec: SwitchSpec) -> SwitchTarget:
     """Where a served switch's OVSDB is (if the fleet file says) and where its state is kept."""
     if spec.db is None:
-        return SwitchTarget("", None, state_root() / spec.name)
+        return SwitchTarget("", None, record_dir(spec))
     target = resolve_target(spec.db)
-    return target if target.lab is not None else dataclasses.replace(target, state_dir=state_root() / spec.name)
+    return target if target.lab is not None else dataclasses.replace(target, state_dir=record_dir(spec))
 
 
 class ServedSwitch(Controller):

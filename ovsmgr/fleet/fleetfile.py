@@ -53,6 +53,9 @@ class SwitchSpec:
     agent: bool = False
     """Served by its own agents (`ovsmgr agent --switch NAME`), not by fleet controllers."""
     span: Span = field(default_factory=lambda: Span("<fleet>", 1, 1))
+    state_dir: str | None = None
+    """Where this switch's applied record is kept: the fleet file's `state_dir:`/NAME (None: the default,
+    `ovsmgr.fleet.targets.record_dir`)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ def _build(model: FleetFile, path: Path, source: SourceMap) -> Fleet:
         switches[name] = SwitchSpec(
             name, tuple(local(f) for f in files), int(sw.datapath_id, 16) if sw.datapath_id else None,
             sw.db, sw.openflow, tuple(sw.controllers if sw.controllers is not None else model.controllers),
-            sw.group, sw.agent, source.span(("switches", name), key=True))
+            sw.group, sw.agent, source.span(("switches", name), key=True),
+            str(Path(local(model.state_dir)) / name) if model.state_dir else None)
     tls = TlsFiles(Path(local(model.tls.private_key)), Path(local(model.tls.certificate)),
                    Path(local(model.tls.ca_cert))) if model.tls else None
     r = model.rollout

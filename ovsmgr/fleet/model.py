@@ -60,6 +60,9 @@ class FleetFile(_Frozen):
     store: Annotated[list[Endpoint], Field(min_length=1)] | None = Field(
         default=None, description="The clustered OVSDB store's members (ssl:HOST:PORT); a fleet lab provides its own.")
     tls: Tls | None = None
+    state_dir: str | None = Field(
+        default=None, description="Where each switch's applied record is kept (a directory per switch), relative "
+        "to the fleet file; default $OVSMGR_STATE_DIR/fleet or /var/lib/ovsmgr/fleet.")
     rollout: Rollout = Field(default_factory=Rollout)
     controllers: list[Endpoint] = Field(
         default_factory=list, description="Controllers of every switch (ssl:HOST:PORT); none: ovsmgr pushes.")

@@ -22,6 +22,11 @@ def state_root() -> Path:
     return Path(os.environ.get("OVSMGR_STATE_DIR") or SYSTEM_STATE_DIR) / "fleet"
 
 
+def record_dir(spec: SwitchSpec) -> Path:
+    """Where a switch's applied record is kept: the fleet file's `state_dir:`, else `state_root()`."""
+    return Path(spec.state_dir) if spec.state_dir else state_root() / spec.name
+
+
 def switch_target(spec: SwitchSpec) -> SwitchTarget:
     """The switch as `ovsmgr apply --db ... --openflow ...` would reach it."""
     if spec.db is None:
@@ -31,7 +36,7 @@ def switch_target(spec: SwitchSpec) -> SwitchTarget:
         raise FleetError(f"switch {spec.name}: db {spec.db} is remote, so it needs openflow: ssl:HOST:PORT "
                          "(the bridge's pssl: listener)")
     if target.lab is None:
-        target = dataclasses.replace(target, state_dir=state_root() / spec.name)
+        target = dataclasses.replace(target, state_dir=record_dir(spec))
     return dataclasses.replace(target, openflow_target=spec.openflow)
 
 
