@@ -10,26 +10,36 @@ from typing import Any, TypeVar
 import click
 
 from ovsmgr.cli.common import echo_json, fail, output_option, print_diagnostics, rule_or_exit
+from ovsmgr.cli.fleet_lab import fleet_lab
 from ovsmgr.policy import PolicyError, ResolvedPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
 fleet_file = click.argument("fleet_path", metavar="FLEET.yaml", type=click.Path(dir_okay=False))
 
 
-def _loaded(fleet_path: str, with_policies: bool = True) -> tuple[Any, dict[str, ResolvedPolicy]]:
-    """The fleet file and every switch's policy, all validated; on any error the diagnostics, exit 1
-    (nothing contacted, nothing written). TLS is set up for the process when the file has tls:."""
+def validated(fleet_path: str, nothing_done: str = "nothing was changed on any switch",
+              with_policies: bool = True) -> tuple[Any, dict[str, ResolvedPolicy]]:
+    """The fleet file and every switch's policy, all validated; on any error the diagnostics and
+    `FLEET: nothing_done`, exit 1."""
     from ovsmgr.fleet.fleetfile import load_fleet, load_policies
-    from ovsmgr.southbound.tls import TlsError, configure
 
     try:
         fleet = load_fleet(fleet_path)
         policies = load_policies(fleet) if with_policies else {}
     except PolicyError as exc:
         print_diagnostics(exc.diagnostics)
-        fail(f"{fleet_path}: nothing was changed on any switch")
+        fail(f"{fleet_path}: {nothing_done}")
     for policy in policies.values():
         print_diagnostics(policy.diagnostics)
+    return fleet, policies
+
+
+def _loaded(fleet_path: str, with_policies: bool = True) -> tuple[Any, dict[str, ResolvedPolicy]]:
+    """The fleet file and every switch's policy, all validated; on any error the diagnostics, exit 1
+    (nothing contacted, nothing written). TLS is set up for the process when the file has tls:."""
+    from ovsmgr.southbound.tls import TlsError, configure
+
+    fleet, policies = validated(fleet_path, with_policies=with_policies)
     if fleet.tls is not None:
         try:
             configure(fleet.tls)
@@ -62,6 +72,9 @@ def store_errors(func: F) -> F:
 @click.group()
 def fleet() -> None:
     """Many switches from one fleet file, their state in a clustered OVSDB store."""
+
+
+fleet.add_command(fleet_lab)
 
 
 @fleet.command()
@@ -252,3 +265,4 @@ def _fleet_rule_command(verb: str, done: str) -> click.Command:
 
 for _verb, _done in (("remove", "removed"), ("enable", "enabled"), ("disable", "disabled")):
     fleet_rule.add_command(_fleet_rule_command(_verb, _done))
+

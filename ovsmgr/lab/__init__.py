@@ -8,6 +8,9 @@ and the traffic agent and scenario runner that use them.
 - `netns`: namespaces (setns, their processes, creating and deleting them, set-up commands).
 - `probe`: the traffic agent run in the hosts (standard library only).
 - `taps`, `hosts`, `compare`, `scenarios`: scenario tables against the real switch.
+- `cluster`: the fleet store, a Raft cluster of ovsdb-servers on loopback.
+- `pki`: a CA and certificates made with `ovs-pki`.
+- `fleet`: `FleetLab`, a whole fleet on one machine (store, a lab per switch, TLS everywhere).
 
 Kept free of imports: `python -m ovsmgr.lab.probe` runs inside the hosts' namespaces and
 must start fast."""
