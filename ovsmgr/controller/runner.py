@@ -355,6 +355,12 @@ def start_listener(listen: str, hooks: Any, tls: TlsFiles | None = None) -> tupl
     return f"{scheme}:{host}:{port_text}", None
 
 
+ECHO_INTERVAL = 3
+"""Seconds between os-ken's echo requests to each switch."""
+ECHO_UNANSWERED = 3
+"""Echo requests a switch may leave unanswered before its connection is closed."""
+
+
 def start_osken(host: str, port: int, hooks: Any, tls: TlsFiles | None = None) -> None:
     """Start os-ken 4.x in this process (it has no manager command): on TCP, or with `tls` on TLS.
 
@@ -367,7 +373,12 @@ def start_osken(host: str, port: int, hooks: Any, tls: TlsFiles | None = None) -
     connection's thread silently (`TaskExit = Exception`), so a refused switch would leave no trace,
     and a client that never finishes its handshake would hold a thread for good. os-ken still opens
     its own TCP listener; with `tls` it is on a free loopback port, and the app refuses every
-    connection there (`hooks.tls_listener`: only TLS connections with a verified certificate)."""
+    connection there (`hooks.tls_listener`: only TLS connections with a verified certificate).
+
+    Echo requests are on, not only to notice a switch that stopped answering: os-ken's native hub
+    (the default) cannot stop a connection's send thread, so a connection the switch closed is
+    only reported gone (`DEAD_DISPATCHER`) once os-ken sends something on it. Without the echo
+    requests a controller with nothing to send would count a switch connected forever."""
     from os_ken import cfg
     from os_ken.base import app_manager
     from os_ken.controller import controller as ofp_controller  # registers --ofp-* for CONF
@@ -382,6 +393,8 @@ def start_osken(host: str, port: int, hooks: Any, tls: TlsFiles | None = None) -
         hooks.tls_listener = True
     tcp_host, tcp_port = (host, port) if tls is None else ("127.0.0.1", netns.free_port())
     cfg.CONF(args=["--ofp-tcp-listen-port", str(tcp_port), "--ofp-listen-host", tcp_host], project="os_ken")
+    cfg.CONF.set_override("echo_request_interval", ECHO_INTERVAL)  # not command-line options in os-ken
+    cfg.CONF.set_override("maximum_unreplied_echo_requests", ECHO_UNANSWERED)
     manager = app_manager.AppManager.get_instance()
     manager.load_apps(["ovsmgr.controller.app"])
     contexts = manager.create_contexts()
