@@ -183,9 +183,12 @@ def await_controllers(store: FleetStore, names: list[str], generation: int, time
     for name in names:
         found = outcome(state, name)
         if found is None:
+            row = state.switches.get(name)
+            why = (f"the switch is not connected to {row.served_by}, its active controller" if row is not None
+                   and row.served_by and not row.connected else "is `ovsmgr controller --fleet` (or the switch's "
+                   "agent) running, the switch connected to it?")
             found = Outcome(name, f"no controller applied generation {generation} to switch {name} within "
-                                  f"{timeout:g} s (is `ovsmgr controller --fleet` running, the switch connected to it?)",
-                            seconds=time.monotonic() - started)
+                                  f"{timeout:g} s ({why})", seconds=time.monotonic() - started)
             store.observe(name, error=f"generation {generation}: {found.error}")
         out.append(found)
     return out

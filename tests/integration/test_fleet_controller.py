@@ -51,11 +51,11 @@ class Fleet:
     dir: Path
     store: StoreCluster
 
-    def write(self, switches: dict[str, str]) -> str:
+    def write(self, switches: dict[str, str], rollout: str = "{timeout: 30}") -> str:
         """`switches`: name -> the rest of its YAML flow mapping; each policy in NAME.yaml."""
         lines = [f"  {name}: {{policy: {name}.yaml, {rest}}}" for name, rest in switches.items()]
         path = self.dir / "fleet.yaml"
-        path.write_text(f"version: 1\nstore: [{', '.join(self.store.endpoints)}]\nrollout: {{timeout: 30}}\n"
+        path.write_text(f"version: 1\nstore: [{', '.join(self.store.endpoints)}]\nrollout: {rollout}\n"
                         "switches:\n" + "\n".join(lines) + "\n")
         return str(path)
 
@@ -352,3 +352,38 @@ def test_the_store_leader_killed_under_two_fleet_controllers(fleet: Fleet, lab_f
             assert state.switches["edge-1"].applied_generation == 2 and state.switches["edge-1"].error is None
             fleet.store.start_member(leader)
             fleet.store.wait_formed()
+
+
+def test_a_switch_cut_off_from_its_controller_stops_the_rollout_and_keeps_its_flows(
+        fleet: Fleet, lab_factory: Callable[..., Lab]) -> None:
+    labs = {name: lab_factory(PORTS) for name in ("edge-1", "edge-2", "edge-3")}
+    for name in labs:
+        (fleet.dir / f"{name}.yaml").write_text(policy(8080))
+    socks = {name: Path(lab.dir) / "ctl.sock" for name, lab in labs.items()}
+    path = fleet.write({name: f"db: '{lab.db_endpoint}', controllers: ['unix:{socks[name]}']"
+                        for name, lab in labs.items()}, rollout="{canary: [edge-1], timeout: 5}")
+    log = fleet.dir / "controller.log"
+    with fleet_controller(path, "ctl-a", list(socks.values()), log):
+        assert eventually(lambda: fleet.state().active_controller == "ctl-a", 30), log.read_text()
+        apply(path)
+        flows = labs["edge-2"].ofctl(["dump-flows", "--no-stats"])
+        # the controller out of reach, the switch's configuration kept: still a controller to wait for (with none,
+        # OVS would flush the bridge's flows), on a socket nobody listens on
+        subprocess.run(["ovs-vsctl", f"--db={labs['edge-2'].db_endpoint}", "set-controller", "br0",
+                        f"unix:{labs['edge-2'].dir}/nobody.sock"], check=True)
+        assert eventually(lambda: not fleet.state().switches["edge-2"].connected, 20), "the controller did not see it go"
+
+        for name in labs:
+            (fleet.dir / f"{name}.yaml").write_text(policy(8080, 7070))
+        result = fleet_cli("apply", path)
+        assert result.exit_code == 1, result.output
+        status = {e["switch"]: e for e in json.loads(fleet_cli("status", path, "-o", "json").output)}
+        assert status["edge-1"]["applied_generation"] == 2 and passes(labs["edge-1"], 7070)
+        assert status["edge-2"]["applied_generation"] == 1
+        assert "the switch is not connected to ctl-a, its active controller" in str(status["edge-2"]["error"]), status
+        assert status["edge-3"]["applied_generation"] == 1, "the rollout went on past the failed switch"
+        assert "stopped before this switch: switch edge-2 failed" in str(status["edge-3"]["error"]), status
+        assert not passes(labs["edge-3"], 7070) and passes(labs["edge-3"], 8080)
+        # cut off, edge-2 keeps what it had: its flows (fail_mode=secure), so what it allowed and nothing more
+        assert labs["edge-2"].ofctl(["dump-flows", "--no-stats"]) == flows
+        assert passes(labs["edge-2"], 8080) and not passes(labs["edge-2"], 7070)
