@@ -403,5 +403,13 @@ def start_osken(host: str, port: int, hooks: Any, tls: TlsFiles | None = None) -
         hub.spawn(server.serve_forever)
 
 
+_REFUSALS = packetin.TokenBucket(1.0, 10)
+"""Refused handshakes logged: 10 at once, then one a second (a peer that keeps trying cannot flood the log)."""
+
+
 def _handshake_refused(peer: str, reason: str) -> None:
-    log.warning("OpenFlow connection from %s refused: TLS handshake failed: %s", peer, reason)
+    if not _REFUSALS.allow():
+        return
+    suppressed = _REFUSALS.take_suppressed()
+    log.warning("OpenFlow connection from %s refused: TLS handshake failed: %s%s", peer, reason,
+                f" ({suppressed} more refused and not logged since the last line)" if suppressed else "")

@@ -131,7 +131,7 @@ def handshake_reason(exc: BaseException) -> str:
 def client_context() -> ssl.SSLContext:
     """A client context with the configured identity; TlsError when none is configured."""
     if _configured is None:
-        raise TlsError("an ssl: connection needs TLS files (a fleet file's tls:, or --tls-*)")
+        raise TlsError("an ssl: connection needs TLS files (a fleet file's tls:)")
     return _context(_configured, ssl.PROTOCOL_TLS_CLIENT)
 
 

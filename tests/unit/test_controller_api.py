@@ -544,6 +544,23 @@ def test_only_connections_through_the_relay_are_taken_as_switches(tmp_path: Path
     assert plain.switch_allowed(("192.0.2.1", 40000))  # a tcp: listen target takes any switch
 
 
+def test_refused_handshakes_are_logged_at_a_bounded_rate(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from ovsmgr.controller import runner
+    from ovsmgr.controller.packetin import TokenBucket
+
+    now = [0.0]
+    monkeypatch.setattr(runner, "_REFUSALS", TokenBucket(1.0, 10, clock=lambda: now[0]))
+    for i in range(25):
+        runner._handshake_refused(f"192.0.2.9:{40000 + i}", "certificate verify failed")
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 10 and all("certificate verify failed" in line for line in lines)
+    now[0] = 1.0
+    runner._handshake_refused("192.0.2.9:50000", "certificate verify failed")
+    last = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()][-1]
+    assert "192.0.2.9:50000" in last and "(15 more refused and not logged since the last line)" in last
+
+
 def test_a_tls_listener_takes_no_connection_without_a_verified_certificate() -> None:
     """os-ken's own TCP listener stays open beside the TLS one: nothing that is not TLS with a
     certificate the CA verified is a switch (os-ken's handshake already refuses the others)."""
