@@ -126,15 +126,6 @@ def flows_with_duration(lab: Lab) -> dict[str, float]:
     return out
 
 
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on now (for `--metrics`)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def scrape(address: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Every sample a Prometheus endpoint (`HOST:PORT`) serves now: name -> [(labels, value)]."""
     import urllib.request

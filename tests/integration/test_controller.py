@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from ovsmgr.lab.netns import free_port
 from ovsmgr.lab.ovs import LabPort
 
 from .controller_helpers import (
     controller,
     eventually,
     flows_with_duration,
-    free_loopback_port,
     probe_stream,
     scrape,
 )
@@ -178,7 +178,7 @@ def test_a_limited_rule_s_meter_goes_with_its_flows_and_its_drops_are_exported(l
     what it dropped."""
     lab = lab_factory(PORTS)
     path = write_policy(tmp_path / "p.yaml", ALLOW_OUT.replace("action: allow}", "action: allow, limit: 50/s}"))
-    metrics = f"127.0.0.1:{free_loopback_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     with controller(lab, [path], tmp_path, ["--metrics", metrics]) as ctl:
         meters = lab.ofctl(["dump-meters"])
         assert "pktps" in meters and "rate=50 burst_size=5" in meters, meters

@@ -23,6 +23,7 @@ from ovsmgr.controller.switchdb import CONTROLLER_OPTIONS, ControllerDB
 from ovsmgr.fleet.state import StoreState
 from ovsmgr.fleet.store import FleetStore
 from ovsmgr.lab.cluster import StoreCluster
+from ovsmgr.lab.netns import free_port
 from ovsmgr.lab.ovs import Lab
 from tests.support.policies import two_ports
 
@@ -30,7 +31,6 @@ from .controller_helpers import (
     OVSMGR,
     eventually,
     flows_with_duration,
-    free_loopback_port,
     probe_stream,
     scrape,
 )
@@ -125,7 +125,7 @@ def test_one_fleet_controller_serves_two_switches_each_its_own_policy(
     (fleet.dir / "edge-2.yaml").write_text(policy(9090))
     # each switch's OVS connects only to a socket in its own run directory: one listener each
     socks = {name: Path(lab.dir) / "fleet-ctl.sock" for name, lab in [*labs.items(), ("stranger", stranger)]}
-    log, metrics = fleet.dir / "controller.log", f"127.0.0.1:{free_loopback_port()}"
+    log, metrics = fleet.dir / "controller.log", f"127.0.0.1:{free_port()}"
     match_log = fleet.dir / "match.log"
     dpid = dpid_of(labs["edge-1"])
     path = fleet.write({
@@ -200,7 +200,7 @@ def test_the_active_controller_killed_the_standby_takes_over_without_flow_churn(
     sock_a, sock_b = Path(lab.dir) / "ctl-a.sock", Path(lab.dir) / "ctl-b.sock"
     path = fleet.write({"edge-1": f"db: '{lab.db_endpoint}', controllers: ['unix:{sock_a}', 'unix:{sock_b}']"})
     log_a, log_b = fleet.dir / "a.log", fleet.dir / "b.log"
-    metrics_a, metrics_b = (f"127.0.0.1:{free_loopback_port()}" for _ in "ab")
+    metrics_a, metrics_b = (f"127.0.0.1:{free_port()}" for _ in "ab")
     with fleet_controller(path, "ctl-a", [sock_a], log_a, "--metrics", metrics_a) as a:
         assert eventually(lambda: fleet.state().active_controller == "ctl-a", 30), log_a.read_text()
         apply(path)

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from ovsmgr.cli.lab_probe import probe_once
+from ovsmgr.lab.netns import free_port
 from ovsmgr.lab.ovs import LabPort
 
-from .controller_helpers import controller, free_loopback_port, scrape
+from .controller_helpers import controller, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def test_every_dashboard_expression_names_metrics_a_live_controller_exports(lab_
     exprs = expressions(dashboard)
     assert len(exprs) >= 20
     lab = lab_factory(HOSTS)
-    metrics = f"127.0.0.1:{free_loopback_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     with controller(lab, [ROOT / "policies" / "gateway.yaml"], tmp_path, ["--metrics", metrics]) as ctl:
         lab.announce()
         assert probe_once(lab, "lan0", "wan0", "tcp/443", None, None, 3.0)["passed"]  # firewall + NAT

@@ -20,9 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from ovsmgr.cli import main
+from ovsmgr.lab.netns import free_port
 from ovsmgr.lab.ovs import Lab, LabPort
 
-from .controller_helpers import controller, eventually, free_loopback_port, scrape
+from .controller_helpers import controller, eventually, scrape
 from .switch import POLICIES, apply, compiled_text, settle_flow_stats
 from .traffic import converse, server
 
@@ -103,7 +104,7 @@ def _nat_samples(metrics: str) -> dict[str, dict[str, float]]:
 
 def test_controller_metrics_move_for_the_right_nat_rule_only(lab_factory, tmp_path):
     lab = lab_factory(HOSTS)
-    metrics = f"127.0.0.1:{free_loopback_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     path = tmp_path / "gateway.yaml"
     path.write_text(POLICY)
     with controller(lab, [path], tmp_path, ["--metrics", metrics]):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -27,6 +26,7 @@ from click.testing import CliRunner
 from ovsmgr.cli import main
 from ovsmgr.compiler.flows import Ct, Flow, Match
 from ovsmgr.compiler.pipeline import CookieKind, Table, cookie, is_our_group
+from ovsmgr.lab.netns import free_port
 from ovsmgr.lab.ovs import Lab, LabPort
 from ovsmgr.southbound.openflow import OpenFlowError, SwitchConnection, SwitchFlowTable
 from ovsmgr.switch.plan import desired_flows, make_plan
@@ -233,12 +233,6 @@ def test_groups_ride_in_the_flows_bundle_and_a_refused_push_changes_neither(lab_
     assert len(left) == 1 and left[0].startswith("group_id=7,"), f"ours deleted, the foreign one kept: {left}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _backends(ctl: Any) -> dict[str, bool]:
     status = ctl.api().call("GET", "/v1/status")
     return {f"{b['address']}": b["up"] for b in status.get("backends", ()) if b["rule"] == "web-pool"}
@@ -262,7 +256,7 @@ def test_health_checks_take_a_dead_backend_out_and_bring_it_back(lab_factory: An
     """Controller mode: hosting.yaml's web-pool is checked every second (one failure takes a
     backend out). The checks connect from the office host's namespace, where the servers are."""
     lab = _hosting_lab(lab_factory, policy=False)
-    metrics = f"127.0.0.1:{_free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     extra = ["--health-netns", f"{lab.name}-office0", "--metrics", metrics]
     with ExitStack() as stack:
         ctl = stack.enter_context(controller(lab, [POLICIES / "hosting.yaml"], tmp_path, extra))

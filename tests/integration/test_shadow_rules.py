@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from ovsmgr.cli.lab_probe import probe_once
+from ovsmgr.lab.netns import free_port
 from ovsmgr.lab.ovs import LabPort
 
-from .controller_helpers import controller, eventually, free_loopback_port, scrape
+from .controller_helpers import controller, eventually, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ def test_the_shadow_rule_counts_and_logs_passing_traffic_and_a_flip_enforces_it(
     policy = tmp_path / "gateway.yaml"
     text = (POLICIES / "gateway.yaml").read_text()
     policy.write_text(text)
-    metrics = f"127.0.0.1:{free_loopback_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     match_log = tmp_path / "matches.jsonl"
     extra = ["--metrics", metrics, "--match-log", str(match_log)]
     with controller(lab, [policy], tmp_path, extra) as ctl:

@@ -12,6 +12,7 @@ from ovsmgr.compiler import compile_policy
 from ovsmgr.controller.engine import Engine
 from ovsmgr.controller.health import HealthChecker, apply_health
 from ovsmgr.controller.policydata import resolve_data
+from ovsmgr.lab.netns import free_port
 from ovsmgr.policy import load_policy_text
 from ovsmgr.southbound.openflow import is_group
 from ovsmgr.southbound.openflow.groups import decode_group
@@ -20,12 +21,6 @@ from ovsmgr.switch.incremental import IncrementalFlows
 from ovsmgr.switch.plan import desired_flows
 from tests.support.fakes import FakeTable
 from tests.support.policies import two_ports
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -57,7 +52,7 @@ nat:
 
 
 def test_a_backend_that_refuses_connects_is_taken_out_after_its_failures_and_comes_back() -> None:
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     policy = load_policy_text(_policy(port_a, port_b), "pool.yaml")
     reported: list[frozenset[object]] = []
     checker = HealthChecker(lambda: policy.nat, reported.append)
