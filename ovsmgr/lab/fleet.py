@@ -23,12 +23,14 @@ takes down what it made and keeps only the logs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
@@ -52,12 +54,27 @@ OPENFLOW_PORT = 6653
 IFNAMSIZ = 15
 SUN_PATH = 107
 """The longest unix socket path (ovs-vswitchd's control socket is in the switch's directory)."""
+LOCK_DIR = Path("/run/ovsmgr")
+"""Locked (flock) while a fleet lab picks its management networks."""
 IDENTITY = "ovsmgr"
 STORE_IDENTITY = "store"
 
 
 def default_dir(name: str) -> Path:
     return Path(f"/run/ovsmgr/fleet-lab-{name}")
+
+
+@contextlib.contextmanager
+def _mgmt_lock() -> Iterator[None]:
+    """Held from reading the host's addresses until a lab's management links have theirs: two labs
+    coming up at once do not pick the same networks."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK_DIR, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # -- pure: names, addresses, the lab's fleet file ---------------------------------------------------
@@ -223,13 +240,9 @@ class FleetLab:
 
     def _build(self, fleet: Fleet, policies: dict[str, ResolvedPolicy], state: dict[str, Any]) -> None:
         names = list(fleet.switches)
-        networks = allocate_mgmt(len(names), host_networks(netns.run(["ip", "-4", "-o", "addr", "show"])))
-        for index, (name, net) in enumerate(zip(names, networks, strict=True), 1):
-            host, switch = list(net.hosts())
-            state["switches"].append({"name": name, "lab": self._lab_name(name),
-                                      "dir": str(self._lab_dir(name)), "veth": veth_name(self.name, index),
-                                      "host_address": f"{host}/{net.prefixlen}", "address": str(switch),
-                                      "prefixlen": net.prefixlen, "bridge": policies[name].bridge})
+        state["switches"] = [{"name": name, "lab": self._lab_name(name), "dir": str(self._lab_dir(name)),
+                              "veth": veth_name(self.name, index), "bridge": policies[name].bridge}
+                             for index, name in enumerate(names, 1)]
         self._save(state)
         with ThreadPoolExecutor(1) as pool:  # the keys take CPU, the switches mostly wait: side by side
             pki = pool.submit(lambda: Pki(self.pki).identities([IDENTITY, STORE_IDENTITY,
@@ -238,17 +251,22 @@ class FleetLab:
                 lab = Lab(entry["lab"], entry["dir"])
                 lab.up(lab_spec_from_policy(policies[entry["name"]], "netdev", {}, entry["lab"]))
             identities = pki.result()
+        with _mgmt_lock():  # another lab up at the same time must see these networks taken
+            networks = allocate_mgmt(len(names), host_networks(netns.run(["ip", "-4", "-o", "addr", "show"])))
+            for entry, net in zip(state["switches"], networks, strict=True):
+                host, switch = list(net.hosts())
+                entry.update({"host_address": f"{host}/{net.prefixlen}", "address": str(switch),
+                              "prefixlen": net.prefixlen})
+                self._link(entry, state)
         StoreCluster(self.dir / "store", tls=identities[STORE_IDENTITY]).start()
         for entry in state["switches"]:
-            self._manage(entry, identities[f"sw-{entry['name']}"], state)
+            self._serve(entry, identities[f"sw-{entry['name']}"])
         self.write_fleet(fleet)
 
-    def _manage(self, entry: dict[str, Any], identity: TlsFiles, state: dict[str, Any]) -> None:
-        """The switch's management link, and its OVSDB and OpenFlow over TLS at its end of it."""
-        from ovsmgr.southbound.ovsdb import SwitchDB
-
-        lab = Lab(entry["lab"], entry["dir"])
-        veth, ns = entry["veth"], lab.switch_netns
+    def _link(self, entry: dict[str, Any], state: dict[str, Any]) -> None:
+        """The switch's management link: the host's end and the switch's `mgmt0`, addressed."""
+        veth, ns = entry["veth"], Lab(entry["lab"], entry["dir"]).switch_netns
+        self._save(state)
         netns.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", MGMT_IFACE, "netns", ns])
         entry["veth_made"] = True  # recorded at once: one that already existed is not ours to delete
         self._save(state)
@@ -256,6 +274,12 @@ class FleetLab:
         netns.run(["ip", "link", "set", "dev", veth, "up"])
         netns.run(["ip", "-n", ns, "addr", "add", f"{entry['address']}/{entry['prefixlen']}", "dev", MGMT_IFACE])
         netns.run(["ip", "-n", ns, "link", "set", "dev", MGMT_IFACE, "up"])
+
+    def _serve(self, entry: dict[str, Any], identity: TlsFiles) -> None:
+        """The switch's OVSDB and its bridge's OpenFlow over TLS on its management address."""
+        from ovsmgr.southbound.ovsdb import SwitchDB
+
+        lab = Lab(entry["lab"], entry["dir"])
         with SwitchDB(lab.db_endpoint) as db:
             db.set_ssl(str(identity.private_key), str(identity.certificate), str(identity.ca_cert))
             db.add_manager(f"pssl:{OVSDB_PORT}:{entry['address']}")
@@ -329,12 +353,17 @@ class FleetLab:
             members.append({"member": member.index, "pid": member.pid, "running": bool(text),
                             "endpoint": store.endpoints[member.index - 1], "role": role,
                             "leader": role == "leader"})
-        switches = [{"switch": s["name"], "lab": s["lab"], "lab_dir": s["dir"], "namespace": Lab(s["lab"], s["dir"]).switch_netns,
-                     "management": s["address"], "veth": s["veth"],
-                     "db": f"ssl:{s['address']}:{OVSDB_PORT}", "openflow": f"ssl:{s['address']}:{OPENFLOW_PORT}",
-                     "connected": self._answers(s)} for s in state.get("switches", [])]
+        switches = [self._switch_status(s) for s in state.get("switches", [])]
         return {"name": self.name, "dir": str(self.dir), "status": state.get("status"), "store": members,
                 "switches": switches, "fleet_file": state.get("fleet_file") if self.fleet_file.exists() else None}
+
+    def _switch_status(self, entry: dict[str, Any]) -> dict[str, Any]:
+        address = entry.get("address")  # none yet: up failed before the management links
+        return {"switch": entry["name"], "lab": entry["lab"], "lab_dir": entry["dir"],
+                "namespace": Lab(entry["lab"], entry["dir"]).switch_netns, "management": address,
+                "veth": entry["veth"], "db": f"ssl:{address}:{OVSDB_PORT}" if address else None,
+                "openflow": f"ssl:{address}:{OPENFLOW_PORT}" if address else None,
+                "connected": address is not None and self._answers(entry)}
 
     def _answers(self, entry: dict[str, Any]) -> bool:
         """Whether the switch's OVSDB answers over TLS on its management address."""
