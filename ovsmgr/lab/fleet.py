@@ -39,6 +39,7 @@ from ovsmgr.fleet.fleetfile import Fleet
 from ovsmgr.lab import netns
 from ovsmgr.lab.cluster import StoreCluster
 from ovsmgr.lab.ovs import LAB_NAME, Lab, LabError, lab_spec_from_policy
+from ovsmgr.lab.ovs import STATE_FILE as LAB_STATE
 from ovsmgr.lab.pki import Pki
 from ovsmgr.policy import ResolvedPolicy
 from ovsmgr.southbound.tls import TlsFiles
@@ -207,6 +208,9 @@ class FleetLab:
             if len(str(self._lab_dir(name) / "ovs-vswitchd.4194304.ctl")) > SUN_PATH:
                 problems.append(f"switch {name}: its sockets in {self._lab_dir(name)} would be longer than "
                                 "unix sockets allow: choose a shorter directory")
+            if (self._lab_dir(name) / LAB_STATE).exists():
+                problems.append(f"switch {name}: a lab named {lab} is up already ({self._lab_dir(name)}): "
+                                "choose another --name")
             if policies[name].datapath not in ("netdev", "dpdk"):
                 problems.append(f"switch {name}: its policy asks for the {policies[name].datapath} datapath; "
                                 "lab switches are userspace (datapath: netdev)")
@@ -249,6 +253,10 @@ class FleetLab:
                                                                  *(f"sw-{n}" for n in names)]))
             for entry in state["switches"]:
                 lab = Lab(entry["lab"], entry["dir"])
+                if (Path(entry["dir"]) / LAB_STATE).exists():
+                    raise LabError(f"lab {entry['lab']} is up already, and not this fleet lab's")
+                entry["lab_made"] = True  # Lab.up records what it makes, and undoes it if it fails
+                self._save(state)
                 lab.up(lab_spec_from_policy(policies[entry["name"]], "netdev", {}, entry["lab"]))
             identities = pki.result()
         with _mgmt_lock():  # another lab up at the same time must see these networks taken
@@ -317,9 +325,10 @@ class FleetLab:
             try:  # the link first: deleting the namespace takes its end along, the host's a moment later
                 if entry.get("veth_made") and Path(f"/sys/class/net/{entry['veth']}").exists():
                     netns.run(["ip", "link", "del", entry["veth"]])
-                Lab(entry["lab"], entry["dir"]).down()
-                if not keep_logs:
-                    shutil.rmtree(entry["dir"], ignore_errors=True)
+                if entry.get("lab_made"):
+                    Lab(entry["lab"], entry["dir"]).down()
+                    if not keep_logs:
+                        shutil.rmtree(entry["dir"], ignore_errors=True)
             except LabError as exc:
                 errors.append(str(exc))
         if (self.dir / "store").exists():

@@ -116,3 +116,13 @@ def test_a_lab_that_is_not_up_says_so(tmp_path: Path) -> None:
     status = FleetLab("nothing", tmp_path / "lab").status()
     assert status["status"] == "down" and status["switches"] == [] and status["fleet_file"] is None
     FleetLab("nothing", tmp_path / "lab").down()  # nothing to do, no error
+
+
+def test_a_lab_of_the_same_name_that_is_up_is_not_taken_over(tmp_path: Path) -> None:
+    loaded = load_fleet(fleet(tmp_path, "version: 1\nswitches:\n  edge-1: {policy: good.yaml}\n"))
+    lab = FleetLab("fleet", tmp_path / "lab")
+    (tmp_path / "lab" / "switches" / "edge-1").mkdir(parents=True)
+    (tmp_path / "lab" / "switches" / "edge-1" / "lab.json").write_text("{}")
+    with pytest.raises(LabError, match="a lab named fleet-edge-1 is up already"):
+        lab.check(loaded, load_policies(loaded))
+    assert not (tmp_path / "lab" / "fleet-lab.json").exists()
