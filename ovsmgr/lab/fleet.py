@@ -5,8 +5,9 @@ From a fleet file and its policies, `FleetLab.up` makes
 - a CA and identities with `ovs-pki` (`pki/`): ovsmgr's, the store's, one per switch (`sw-NAME`);
 - the store: a 3-member Raft cluster on loopback (`ovsmgr.lab.cluster.StoreCluster`, `store/`), Raft
   over `ssl:`, clients on `pssl:PORT:127.0.0.1`;
-- one lab switch per fleet switch (`ovsmgr.lab.ovs.Lab` named `LAB-SWITCH`, in `switches/SWITCH/`):
-  its own OVS in its own namespace, a host namespace per port of the switch's policy;
+- one lab switch per fleet switch (`ovsmgr.lab.ovs.Lab` named `LAB-SWITCH`, in
+  `/run/ovsmgr/lab-LAB-SWITCH` where `ovsmgr lab --name` finds it, or `switches/SWITCH/` of a lab given
+  a directory): its own OVS in its own namespace, a host namespace per port of the switch's policy;
 - a management link per switch: a veth pair from the host (`ofmHASH-N`, the lab name's hash and the
   switch's index) to `mgmt0` in the switch's namespace, a /30 of `MGMT_RANGE` each; the switch's OVSDB
   listens on `pssl:6640` and its bridge's OpenFlow on `pssl:6653` at its end, with its own identity in
