@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 SCHEMA_FILE = Path(__file__).with_name("ovsmgr-fleet.ovsschema")
 """The store's schema, shipped in the package (`ovsdb-tool create-cluster DB SCHEMA_FILE RAFT-ADDRESS`)."""
 DATABASE = "OVSMGR_Fleet"
+SCHEMA_VERSION = str(json.loads(SCHEMA_FILE.read_text())["version"])
 
 
 class StoreError(Exception):
@@ -28,8 +30,10 @@ class PolicySource:
     files: tuple[tuple[str, str], ...]
     runtime: str = ""
 
-    def sources_json(self) -> str:
-        return json.dumps([list(f) for f in self.files])
+
+def file_digest(text: str) -> str:
+    """A File row's key: the SHA-256 of the file's text."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,20 @@ def opt(value: Any) -> Any:
     return value
 
 
-def policy_of(row: Any) -> PolicySource:
-    files = tuple((str(name), str(text)) for name, text in json.loads(row.sources or "[]"))
-    return PolicySource(str(row.digest), files, str(row.runtime))
+def policy_of(row: Any, texts: dict[str, str]) -> PolicySource | None:
+    """The policy of a Policy row, its files' texts from `texts` (File rows' texts by digest); None
+    while one of its File rows has not arrived (a client watching one switch asks for them once it
+    has the row). A row without files (written before schema 2.0.0 and kept by `ovsdb-client
+    convert`) has its texts in `sources`."""
+    digests = dict(row.file_digests)
+    if not digests:
+        files = tuple((str(name), str(text)) for name, text in json.loads(row.sources or "[]"))
+        return PolicySource(str(row.digest), files, str(row.runtime))
+    if any(digest not in texts for digest in digests.values()):
+        return None
+    names = dict(row.names)
+    return PolicySource(str(row.digest), tuple((str(names.get(i, "")), texts[digests[i]]) for i in sorted(digests)),
+                        str(row.runtime))
 
 
 def switch_of(row: Any, policies: dict[Any, PolicySource]) -> SwitchRow:

@@ -10,15 +10,16 @@ Tables (docs/fleet.md has the whole schema):
 - `Fleet` (one row): the fleet's `generation`, the rollout in progress or last; the active one of the
   fleet's controllers (`active_controller`, the holder of `CONTROLLER_LOCK`) and its OpenFlow
   master election id (`role_generation`, one more at every take-over);
-- `Policy`: a policy's files (name and text, in merge order) and runtime changes, by digest;
+- `Policy`: a policy's files (names and File rows, in merge order) and runtime changes, by digest;
+- `File`: one file's text, by its digest, once however many policies have it;
 - `Switch`: per switch, what the fleet file wants (`policy`, `desired_generation`), what the rollout
   released to it (`release`, `released_generation`), and what was observed (`applied_*`,
   `connected`, `drifted`, `error`), each part written by its own writer.
 
 A client may hold an OVSDB lock (`lock=`): then every transaction it makes asserts the lock, so a
 client that lost it (a rollout or a controller that was partitioned away) can no longer write.
-A client may watch one switch only (`switch=`): the server then sends it that switch's row and the
-policies it refers to, nothing else (conditional monitoring, as ovn-controller does).
+A client may watch one switch only (`switch=`): the server then sends it that switch's row, the
+policies it names and their files, nothing else (conditional monitoring, as ovn-controller does).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ovsmgr.fleet.state import (
     DATABASE,
     OBSERVED,
     SCHEMA_FILE,
+    SCHEMA_VERSION,
     DesiredSwitch,
     PolicySource,
     StoreError,
@@ -80,8 +82,11 @@ def probe(endpoints: Sequence[str], timeout: float) -> list[str]:
             continue
         rpc = jsonrpc.Connection(strm)
         try:
-            reply = transact(rpc, jsonrpc.Message.create_request("list_dbs", []), time.monotonic() + timeout,
-                             f"list_dbs at {endpoint}")
+            deadline = time.monotonic() + timeout
+            reply = transact(rpc, jsonrpc.Message.create_request("list_dbs", []), deadline, f"list_dbs at {endpoint}")
+            if not reply.error and DATABASE in reply.result:
+                reply = transact(rpc, jsonrpc.Message.create_request("get_schema", [DATABASE]), deadline,
+                                 f"get_schema at {endpoint}")
         except OvsToolError as exc:
             problems.append(f"{endpoint}: {_why(endpoint, 0, timeout) or exc}")
             continue
@@ -89,11 +94,26 @@ def probe(endpoints: Sequence[str], timeout: float) -> list[str]:
             rpc.close()
         if reply.error:
             problems.append(f"{endpoint}: {reply.error}")
-        elif DATABASE not in reply.result:
+        elif not isinstance(reply.result, dict):
             problems.append(f"{endpoint}: has no {DATABASE} database (create it: docs/fleet.md)")
         else:
+            _check_version(endpoint, str(reply.result.get("version", "")))
             return []
     return problems
+
+
+def _check_version(endpoint: str, version: str) -> None:
+    """StoreError unless the store's schema has this ovsmgr's major version, saying what to do."""
+    def major(v: str) -> int:
+        return int(v.split(".")[0]) if v.split(".")[0].isdigit() else 0
+
+    if major(version) < major(SCHEMA_VERSION):
+        raise StoreError(f"the fleet store at {endpoint} has schema version {version}, this ovsmgr needs "
+                         f"{SCHEMA_VERSION}: convert it in place (every row is kept) with `ovsdb-client convert "
+                         f"{endpoint} {SCHEMA_FILE}` (docs/fleet.md, \"Upgrading the store\")")
+    if major(version) > major(SCHEMA_VERSION):
+        raise StoreError(f"the fleet store at {endpoint} has schema version {version}, newer than this "
+                         f"ovsmgr's {SCHEMA_VERSION}: upgrade ovsmgr")
 
 
 def _why(endpoint: str, error: int, timeout: float) -> str:
@@ -109,7 +129,8 @@ class FleetStore:
     """A connection to the store; use it as a context manager."""
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, lock: str | None = None,
-                 switch: str | None = None, on_change: Callable[[], None] | None = None) -> None:
+                 switch: str | None = None, on_change: Callable[[], None] | None = None,
+                 leader_only: bool = True) -> None:
         self.endpoints = list(endpoints)
         self.where = ",".join(self.endpoints)
         self.timeout = timeout
@@ -119,11 +140,11 @@ class FleetStore:
             raise StoreError("cannot reach the fleet store: " + "; ".join(problems))
         helper = connection.idlutils.create_schema_helper(json.loads(SCHEMA_FILE.read_text()))
         helper.register_all()
-        idl = _Idl(self.where, helper, leader_only=True)
+        idl = _Idl(self.where, helper, leader_only=leader_only)
         self.idl = idl
         self.changed = threading.Condition()
         self._changes = 0  # how many changes `changed` was notified of
-        self._policy_condition: list[Any] | None = None  # the Policy rows asked for
+        self._conditions: dict[str, list[Any]] = {}  # watching one switch: the Policy and File rows asked for
         self._user_on_change = on_change or (lambda: None)
         idl.on_change = self._changed
         if lock is not None:
@@ -131,6 +152,7 @@ class FleetStore:
         if switch is not None:
             idl.cond_change("Switch", [["name", "==", switch]])
             idl.cond_change("Policy", [False])
+            idl.cond_change("File", [False])
         conn = connection.Connection(idl, timeout)
         api_class = type("FleetStoreIdl", (_Backend,), {})  # ovsdbapp keeps the connection on the class
         try:
@@ -159,16 +181,18 @@ class FleetStore:
         self._user_on_change()
 
     def _follow_policies(self) -> None:
-        """Watching one switch: ask for the policies its row refers to, and only those. The row's
-        references are read as the server sent them: the IDL hides references to rows it does not
-        have, and it has no Policy row until it asks for one."""
-        refs: list[Any] = [["_uuid", "==", ["uuid", str(atom.value)]]
-                           for row in self.idl.tables["Switch"].rows.values()
-                           for column in ("policy", "release") for atom in row._data[column].values]
-        wanted: list[Any] = refs or [False]
-        if wanted != self._policy_condition:
-            self._policy_condition = wanted
-            self.idl.cond_change("Policy", wanted)
+        """Watching one switch: ask for the policies its row names and the files those name, and only
+        those (a policy is in `state` once all its files arrived). Rows are asked for by digest, not
+        by `_uuid`: an ovsdb-server 3.1.0 leader crashed (SIGSEGV) on the next transaction after a
+        client asked for Policy rows by `_uuid`."""
+        policies = {str(digest) for row in self.idl.tables["Switch"].rows.values()
+                    for digest in (row.policy_digest, row.release_digest) if digest}
+        files = {str(digest) for row in self.idl.tables["Policy"].rows.values() for digest in row.file_digests.values()}
+        for table, digests in (("Policy", policies), ("File", files)):
+            wanted: list[Any] = [["digest", "==", digest] for digest in sorted(digests)] or [False]
+            if wanted != self._conditions.get(table):
+                self._conditions[table] = wanted
+                self.idl.cond_change(table, wanted)
 
     def wait(self, until: Callable[[StoreState], bool], timeout: float) -> StoreState:
         """The store's state once `until` holds; StoreError after `timeout` seconds."""
@@ -205,7 +229,9 @@ class FleetStore:
         """Everything this client sees, as plain data."""
         with self._api.ovsdb_connection.lock:
             tables = self._api.tables
-            policies = {row.uuid: policy_of(row) for row in tables["Policy"].rows.values()}
+            texts = {str(row.digest): str(row.text) for row in tables["File"].rows.values()}
+            policies = {row.uuid: policy for row in tables["Policy"].rows.values()
+                        if (policy := policy_of(row, texts)) is not None}
             switches = {row.name: switch_of(row, policies) for row in tables["Switch"].rows.values()}
             fleet = next(iter(tables["Fleet"].rows.values()), None)
             by_digest = {p.digest: p for p in policies.values()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ovsmgr.fleet.state import DesiredSwitch, PolicySource, StoreConflict, StoreError
+from ovsmgr.fleet.state import DesiredSwitch, PolicySource, StoreConflict, StoreError, file_digest
 from ovsmgr.southbound.ovslib import idlutils, ovs_command
 
 
@@ -23,6 +23,35 @@ def _fleet_row(api: Any, txn: Any) -> Any:
     row.generation = 0
     row.role_generation = 0
     return row
+
+
+class _PolicyRows:
+    """Policy rows by digest, made in the transaction when missing; each file's text is one File row,
+    by its digest, shared by every policy that has it (a policy names its files by position)."""
+
+    def __init__(self, api: Any, txn: Any) -> None:
+        self.api = api
+        self.txn = txn
+        self.policies = {str(row.digest): row for row in api.tables["Policy"].rows.values()}
+        self.files = {str(row.digest): row for row in api.tables["File"].rows.values()}
+
+    def get(self, source: PolicySource) -> Any:
+        policy = self.policies.get(source.digest)
+        if policy is not None:
+            return policy
+        digests = {i: file_digest(text) for i, (_name, text) in enumerate(source.files)}
+        for i, digest in digests.items():
+            if digest not in self.files:
+                file = self.files[digest] = self.txn.insert(self.api.tables["File"])
+                file.digest = digest
+                file.text = source.files[i][1]
+        policy = self.policies[source.digest] = self.txn.insert(self.api.tables["Policy"])
+        policy.digest = source.digest
+        policy.names = {i: name for i, (name, _text) in enumerate(source.files)}
+        policy.files = {i: self.files[digest] for i, digest in digests.items()}
+        policy.file_digests = digests
+        policy.runtime = source.runtime
+        return policy
 
 
 def now() -> str:
@@ -45,16 +74,10 @@ class WriteGeneration(ovs_command.BaseCommand):
             raise StoreConflict(f"the fleet is at generation {fleet.generation} now, not {self.expected}: "
                                 "someone else applied meanwhile; plan again")
         generation = self.expected + 1
-        policies = {str(row.digest): row for row in self.api.tables["Policy"].rows.values()}
+        rows = _PolicyRows(self.api, txn)
         existing = {str(row.name): row for row in self.api.tables["Switch"].rows.values()}
         for name, want in self.switches.items():
-            policy = policies.get(want.policy.digest)
-            if policy is None:
-                policy = txn.insert(self.api.tables["Policy"])
-                policy.digest = want.policy.digest
-                policy.sources = want.policy.sources_json()
-                policy.runtime = want.policy.runtime
-                policies[want.policy.digest] = policy
+            policy = rows.get(want.policy)
             row = existing.get(name)
             if row is None:
                 row = txn.insert(self.api.tables["Switch"])
@@ -62,6 +85,7 @@ class WriteGeneration(ovs_command.BaseCommand):
             row.bridge = want.bridge
             row.datapath_id = [f"{want.datapath_id:#018x}"] if want.datapath_id is not None else []
             row.policy = policy
+            row.policy_digest = want.policy.digest
             row.desired_generation = generation
         for name, row in existing.items():
             if name not in self.switches:
@@ -91,6 +115,7 @@ class Release(ovs_command.BaseCommand):
                 raise StoreError(f"switch {name} is not in the store")
             row.verify("policy")
             row.release = row.policy
+            row.release_digest = row.policy_digest
             row.released_generation = self.generation
 
 
@@ -160,19 +185,14 @@ class ReleasePolicies(ovs_command.BaseCommand):
             raise StoreConflict(f"the fleet is at generation {fleet.generation} now, not {self.expected}: "
                                 "someone else changed it meanwhile; try again")
         generation = self.expected + 1
-        policies = {str(row.digest): row for row in self.api.tables["Policy"].rows.values()}
+        rows = _PolicyRows(self.api, txn)
         for name, source in self.policies.items():
             row = idlutils.row_by_value(self.api.idl, "Switch", "name", name, None)
             if row is None:
                 raise StoreError(f"switch {name} is not in the store")
-            policy = policies.get(source.digest)
-            if policy is None:
-                policy = policies[source.digest] = txn.insert(self.api.tables["Policy"])
-                policy.digest = source.digest
-                policy.sources = source.sources_json()
-                policy.runtime = source.runtime
-            row.policy = policy
-            row.release = policy
+            policy = rows.get(source)
+            row.policy = row.release = policy
+            row.policy_digest = row.release_digest = source.digest
             row.desired_generation = generation
             row.released_generation = generation
         fleet.generation = generation

@@ -38,9 +38,12 @@ class Member:
 class StoreCluster:
     """`members` ovsdb-servers holding the fleet database as one Raft cluster, in `directory`."""
 
-    def __init__(self, directory: str | Path, members: int = 3, tls: TlsFiles | None = None) -> None:
+    def __init__(self, directory: str | Path, members: int = 3, tls: TlsFiles | None = None,
+                 schema: Path = SCHEMA_FILE) -> None:
         self.dir = Path(directory)
         self.tls = tls
+        self.schema = schema
+        """The schema the cluster is created with (another than ovsmgr's: a store an older ovsmgr made)."""
         saved = self._load()
         if saved:
             self.members = [Member(**m) for m in saved["members"]]
@@ -82,7 +85,7 @@ class StoreCluster:
             db = self.dir / f"s{member.index}.db"
             db.unlink(missing_ok=True)
             if member is first:
-                netns.run(["ovsdb-tool", "create-cluster", str(db), str(SCHEMA_FILE), self._raft(member)])
+                netns.run(["ovsdb-tool", "create-cluster", str(db), str(self.schema), self._raft(member)])
             else:
                 netns.run(["ovsdb-tool", "join-cluster", str(db), DATABASE, self._raft(member), self._raft(first)])
             self.start_member(member.index)
