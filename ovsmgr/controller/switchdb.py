@@ -39,6 +39,10 @@ CONTROLLER_OPTIONS: dict[str, Any] = {
 }
 
 
+PASSIVE = ("pssl:", "ptcp:", "punix:")
+"""Controller targets on which the switch listens (OVS's passive connection methods)."""
+
+
 class ControllerDB(SwitchDB):
     """`SwitchDB` plus the Controller row's options."""
 
@@ -89,6 +93,8 @@ def prepare_bridge(target: SwitchTarget, policy: ResolvedPolicy, *, before_flows
     The controller is set before the first push because OVS empties a bridge's flow table
     when its first controller is added (or its last removed): set after, it would wipe the
     flows just pushed and drop everything until the switch connected and we reconciled.
+    The bridge's passive listeners (`pssl:`, `ptcp:`, `punix:`: how a site reads the switch, or
+    how `fleet status` reaches its `openflow:`) are the site's and stay.
     """
     bridge = policy.bridge
     with ControllerDB(target.db) as db:
@@ -96,7 +102,9 @@ def prepare_bridge(target: SwitchTarget, policy: ResolvedPolicy, *, before_flows
             db.ensure_bridge(bridge, datapath_type=datapath_type(policy.datapath, target), fail_mode="secure")
             if controller is not None:
                 targets = [controller] if isinstance(controller, str) else list(controller)
-                if sorted(db.get_controllers(bridge)) != sorted(targets):
+                existing = db.get_controllers(bridge)
+                targets += [t for t in existing if t.startswith(PASSIVE) and t not in targets]
+                if sorted(existing) != sorted(targets):
                     log.info("pointing %s at %s", bridge, ", ".join(targets))
                     db.point_at(bridge, targets, CONTROLLER_OPTIONS)
                 else:

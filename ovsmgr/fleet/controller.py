@@ -177,6 +177,8 @@ class ServedSwitch(Controller):
         """The store released this policy to the switch (queued once per digest and generation)."""
         if self.wanted is None or (self.wanted[0].digest, self.wanted[1]) != (source.digest, generation):
             self.wanted = (source, generation)
+            if self.dpid is None and self.spec.db is not None:  # its row names the bridge now: read its id
+                self.work.put(("identify", None))
             self.work.put(("release", (source, generation)))
 
     def role_changed(self) -> None:
@@ -198,6 +200,9 @@ class ServedSwitch(Controller):
                     self._load(*value)
                 elif kind == "generation":
                     self._claim()
+                    continue
+                elif kind == "identify":
+                    self._identify()
                     continue
                 self._sync()
             except Exception:  # logged; the next connection, release or role change tries again
@@ -299,6 +304,23 @@ class ServedSwitch(Controller):
             self.settled = True
         self._applied()
 
+    def _identify(self) -> None:
+        """Which connection is this switch's, from its bridge's datapath id in its OVSDB: a standby
+        (which never prepares the bridge) learns it this way, and a connection that came before it
+        was known is handed over (`FleetController.known`)."""
+        bridge = self.owner.bridge_of(self.name)
+        if self.dpid is not None or not bridge or self.spec.db is None:
+            return
+        try:  # one look, no wait: a bridge not made yet is made, and read, by the active controller
+            with ControllerDB(self.spec.db) as db:
+                dpid = db.datapath_id(bridge) if bridge in db.bridges() else None
+        except Exception as exc:  # unreachable now: the next release, or the active one's prepare, tries again
+            log.info("switch %s: its datapath id cannot be read yet: %s", self.name, exc)
+            return
+        if dpid is not None:
+            self.dpid = dpid
+            self.owner.known(self, dpid)
+
     def _read_dpid(self) -> int | None:
         bridge = self.owner.bridge_of(self.name)
         if not bridge or self.spec.db is None:
@@ -313,6 +335,8 @@ class ServedSwitch(Controller):
 
     def _applied(self) -> None:
         assert self.serving is not None
+        if self.engine.recorder is not None:  # the record `fleet status` compares the switch with is
+            self.engine.recorder.flush()        # written before the store says applied (status may look at once)
         self._observe(applied_generation=self.serving[1], applied_digest=self.engine._digest(), applied_at=now(),
                       applied_by=applied_by(), connected=True, drifted=False, error=None)
 
