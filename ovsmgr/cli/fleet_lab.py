@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import click
@@ -38,7 +39,8 @@ def up_cmd(fleet_path: str, name: str) -> None:
         fail(str(exc))
     _print_status(status)
     path = status["fleet_file"]
-    click.echo(f"\nNext:\n  ovsmgr fleet apply {path}\n  ovsmgr fleet status {path}\n"
+    run = "".join(f"  {shlex.join(c['command'])} &\n" for c in status["controllers"])
+    click.echo(f"\nNext:\n{run}  ovsmgr fleet apply {path}\n  ovsmgr fleet status {path}\n"
                f"  ovsmgr fleet lab down{'' if name == 'fleet' else f' --name {name}'}")
 
 
@@ -89,3 +91,5 @@ def _print_status(status: dict[str, Any]) -> None:
     for s in status["switches"]:
         click.echo(f"  {s['switch']:<12} {s['db']:<26} {'connected' if s['connected'] else 'NOT connected':<14}"
                    f"lab {s['lab']} (netns {s['namespace']})")
+    for c in status.get("controllers", []):
+        click.echo(f"  controller   port {c['port']} for {', '.join(c['serves'])}: {shlex.join(c['command'])}")

@@ -15,7 +15,11 @@ From a fleet file and its policies, `FleetLab.up` makes
   reaches the switch, as it would reach a switch on another host;
 - `fleet.yaml`: the same switches, policies (absolute paths to the originals) and rollout, with the
   lab's store, ovsmgr's identity under `tls:`, each switch's `db:` and `openflow:` over `ssl:`, and
-  `state_dir:` in the lab, so `ovsmgr fleet apply|status` run on it leave nothing outside the lab.
+  `state_dir:` in the lab, so `ovsmgr fleet apply|status` run on it leave nothing outside the lab;
+- for switches with `controllers:`, the controllers to run on the host (`controller_servers`): one per
+  group and controller of the fleet file (`ovsmgr controller --fleet ... [--group G]`), one per agent
+  switch and controller (`ovsmgr agent --switch S ...`), each on a TLS port of its own; each switch's
+  `controllers:` in the lab's fleet file are these ports at the host's end of its management link.
 
 `fleet-lab.json` records what exists as soon as it exists (the store and every lab switch keep their
 own records too), so `down` works from another process and after a half-failed `up`; a failed `up`
@@ -36,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ovsmgr.fleet.fleetfile import Fleet
+from ovsmgr.fleet.fleetfile import Fleet, SwitchSpec
 from ovsmgr.lab import netns
 from ovsmgr.lab.cluster import StoreCluster
 from ovsmgr.lab.ovs import LAB_NAME, Lab, LabError, lab_spec_from_policy
@@ -116,10 +120,43 @@ def _q(value: object) -> str:
     return json.dumps(str(value))
 
 
+def server_key(spec: SwitchSpec, index: int) -> str:
+    """Which controller process serves a switch's `index`-th controller in the lab: its group's (or
+    the fleet's, of no group) fleet controller number `index`, or its own agent number `index`."""
+    return f"agent:{spec.name}:{index}" if spec.agent else f"group:{spec.group or ''}:{index}"
+
+
+def controller_servers(fleet: Fleet, ports: Iterator[int]) -> list[dict[str, Any]]:
+    """The controller processes the lab's switches with `controllers:` need, each with a port of
+    its own (from `ports`) and the switches it serves, in the fleet file's order."""
+    servers: dict[str, dict[str, Any]] = {}
+    for spec in fleet.switches.values():
+        for index in range(len(spec.controllers)):
+            key = server_key(spec, index)
+            server = servers.setdefault(key, {"key": key, "port": next(ports), "switches": [],
+                                              "agent": spec.name if spec.agent else None, "group": spec.group})
+            server["switches"].append(spec.name)
+    return list(servers.values())
+
+
+def server_command(lab_name: str, fleet_file: Path, server: dict[str, Any], host_address: str) -> list[str]:
+    """How to run one of the lab's controllers: an agent listens at its switch's end of the host, a
+    fleet controller (several switches, several management links) on every address of the host."""
+    index = server["key"].rsplit(":", 1)[1]
+    if server["agent"] is not None:
+        return ["ovsmgr", "agent", "--fleet", str(fleet_file), "--switch", server["agent"],
+                "--listen", f"ssl:{host_address}:{server['port']}", "--name", f"{lab_name}-{server['agent']}-{index}"]
+    group = ["--group", server["group"]] if server["group"] else []
+    name = f"{lab_name}-{server['group'] or 'ctl'}-{index}"
+    return ["ovsmgr", "controller", "--fleet", str(fleet_file), *group,
+            "--listen", f"ssl:0.0.0.0:{server['port']}", "--name", name]
+
+
 def lab_fleet_text(fleet: Fleet, store: Sequence[str], tls: TlsFiles, addresses: dict[str, str],
-                   state_dir: Path) -> str:
+                   state_dir: Path, controllers: dict[str, list[str]] | None = None) -> str:
     """The fleet file of the lab: `fleet`'s switches, policies and rollout; the lab's store, identity,
-    endpoints (`addresses`: switch name -> management address) and state directory."""
+    endpoints (`addresses`: switch name -> management address), controllers (switch name -> its
+    controllers' endpoints in the lab) and state directory."""
     r = fleet.rollout
     rollout = [f"canary: [{', '.join(_q(c) for c in r.canary)}]", f"batch: {r.batch}",
                f"stop_on_failure: {str(r.stop_on_failure).lower()}", f"timeout: {r.timeout}"]
@@ -135,8 +172,13 @@ def lab_fleet_text(fleet: Fleet, store: Sequence[str], tls: TlsFiles, addresses:
              "switches:"]
     for name, spec in fleet.switches.items():
         address = addresses[name]
+        served = ""
+        if spec.controllers:
+            served = f", controllers: [{', '.join(_q(c) for c in (controllers or {})[name])}]"
+            served += ", agent: true" if spec.agent else f", group: {_q(spec.group)}" if spec.group else ""
         lines.append(f"  {_q(name)}: {{policy: [{', '.join(_q(os.path.abspath(p)) for p in spec.policy)}], "
-                     f"db: {_q(f'ssl:{address}:{OVSDB_PORT}')}, openflow: {_q(f'ssl:{address}:{OPENFLOW_PORT}')}}}")
+                     f"db: {_q(f'ssl:{address}:{OVSDB_PORT}')}, openflow: {_q(f'ssl:{address}:{OPENFLOW_PORT}')}"
+                     f"{served}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -198,11 +240,8 @@ class FleetLab:
     def check(self, fleet: Fleet, policies: dict[str, ResolvedPolicy]) -> None:
         """What the lab cannot run, before anything is made (LabError naming it)."""
         problems = []
-        for index, (name, spec) in enumerate(fleet.switches.items(), 1):
+        for index, name in enumerate(fleet.switches, 1):
             lab = self._lab_name(name)
-            if spec.controllers:
-                problems.append(f"{spec.span}: switch {name} has controllers: the fleet lab runs switches "
-                                "that `fleet apply` pushes to (no controllers: for now)")
             if not LAB_NAME.fullmatch(lab):
                 problems.append(f"switch {name}: its lab name {lab} is longer than 32 characters: "
                                 "choose a shorter --name")
@@ -267,6 +306,8 @@ class FleetLab:
                 entry.update({"host_address": f"{host}/{net.prefixlen}", "address": str(switch),
                               "prefixlen": net.prefixlen})
                 self._link(entry, state)
+        state["controllers"] = controller_servers(fleet, iter(netns.free_port, None))
+        self._save(state)
         StoreCluster(self.dir / "store", tls=identities[STORE_IDENTITY]).start()
         for entry in state["switches"]:
             self._serve(entry, identities[f"sw-{entry['name']}"])
@@ -303,8 +344,19 @@ class FleetLab:
         if unknown:
             raise LabError(f"fleet lab {self.name} has no switch {', '.join(unknown)} (it has: "
                            f"{', '.join(addresses) or 'none'})")
+        hosts = {s["name"]: s["host_address"].split("/")[0] for s in state.get("switches", [])}
+        ports = {s["key"]: s["port"] for s in state.get("controllers", [])}
+        controllers: dict[str, list[str]] = {}
+        for name, spec in fleet.switches.items():
+            keys = [server_key(spec, i) for i in range(len(spec.controllers))]
+            missing = [k for k in keys if k not in ports]
+            if missing:
+                raise LabError(f"fleet lab {self.name} runs no controller for switch {name}'s controllers: "
+                               f"({', '.join(missing)}): bring the lab up with a fleet file that has them")
+            controllers[name] = [f"ssl:{hosts[name]}:{ports[k]}" for k in keys]
         target = Path(path) if path else self.fleet_file
-        atomic_write(target, lab_fleet_text(fleet, self.store.endpoints, self.tls, addresses, self.dir / "records"))
+        atomic_write(target, lab_fleet_text(fleet, self.store.endpoints, self.tls, addresses, self.dir / "records",
+                                            controllers))
         return target
 
     def _undo_failed_up(self, exc: Exception) -> NoReturn:
@@ -364,8 +416,13 @@ class FleetLab:
                             "endpoint": store.endpoints[member.index - 1], "role": role,
                             "leader": role == "leader"})
         switches = [self._switch_status(s) for s in state.get("switches", [])]
+        hosts = {s["name"]: s.get("host_address", "").split("/")[0] for s in state.get("switches", [])}
+        controllers = [{"serves": server["switches"], "port": server["port"],
+                        "command": server_command(self.name, self.fleet_file, server, hosts[server["switches"][0]])}
+                       for server in state.get("controllers", [])]
         return {"name": self.name, "dir": str(self.dir), "status": state.get("status"), "store": members,
-                "switches": switches, "fleet_file": state.get("fleet_file") if self.fleet_file.exists() else None}
+                "switches": switches, "controllers": controllers,
+                "fleet_file": state.get("fleet_file") if self.fleet_file.exists() else None}
 
     def _switch_status(self, entry: dict[str, Any]) -> dict[str, Any]:
         address = entry.get("address")  # none yet: up failed before the management links

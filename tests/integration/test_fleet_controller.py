@@ -387,3 +387,62 @@ def test_a_switch_cut_off_from_its_controller_stops_the_rollout_and_keeps_its_fl
         # cut off, edge-2 keeps what it had: its flows (fail_mode=secure), so what it allowed and nothing more
         assert labs["edge-2"].ofctl(["dump-flows", "--no-stats"]) == flows
         assert passes(labs["edge-2"], 8080) and not passes(labs["edge-2"], 7070)
+
+
+def test_a_fleet_lab_runs_its_switches_controllers_over_tls(tmp_path: Path) -> None:
+    """`fleet lab up` of a fleet file whose switches name two controllers (HA): the lab says how to run
+    them (each on a TLS port of its own, reached over the switches' management links), they serve the
+    lab's switches (one active, one standby), and the switches keep the lab's passive listener, so
+    `fleet status` still reads their flows."""
+    from ovsmgr.fleet.fleetfile import load_fleet, load_policies
+    from ovsmgr.lab.fleet import FleetLab
+    from ovsmgr.southbound.tls import configure
+
+    from .test_fleet import _no_root_skip
+
+    _no_root_skip()
+    (tmp_path / "edge-1.yaml").write_text(policy(8080))
+    (tmp_path / "edge-2.yaml").write_text(policy(9090))
+    source = tmp_path / "source.yaml"
+    source.write_text("version: 1\ntls: {private_key: k.pem, certificate: c.pem, ca_cert: ca.pem}\n"
+                      "controllers: ['ssl:192.0.2.1:6653', 'ssl:192.0.2.2:6653']\n"
+                      "rollout: {canary: [edge-1], timeout: 30}\n"
+                      "switches:\n  edge-1: {policy: edge-1.yaml}\n  edge-2: {policy: edge-2.yaml}\n")
+    fleet = load_fleet(source)
+    name = f"c{secrets.token_hex(3)}"
+    lab = FleetLab(name, Path("/tmp") / f"ovsmgr-{name}")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        status = lab.up(fleet, load_policies(fleet))
+        configure(lab.tls)
+        path = status["fleet_file"]
+        assert [c["serves"] for c in status["controllers"]] == [["edge-1", "edge-2"]] * 2
+        logs = [tmp_path / f"ctl-{i}.log" for i in range(2)]
+        for server, log in zip(status["controllers"], logs, strict=True):
+            assert server["command"][:2] == ["ovsmgr", "controller"] and "ssl:0.0.0.0:" in " ".join(server["command"])
+            with open(log, "ab") as err:
+                procs.append(subprocess.Popen([OVSMGR, *server["command"][1:]], stdout=subprocess.DEVNULL, stderr=err))
+        names = {server["command"][-1] for server in status["controllers"]}
+        with FleetStore(lab.store.endpoints) as store:
+            assert eventually(lambda: store.state().active_controller in names, 30), [log.read_text() for log in logs]
+        result = fleet_cli("apply", path)
+        assert result.exit_code == 0, (result.output, [log.read_text() for log in logs])
+        entries = {e["switch"]: e for e in json.loads(fleet_cli("status", path, "-o", "json").output)}
+        active = entries["edge-1"]["served_by"]
+        assert active in names and all(e["served_by"] == active and e["applied_generation"] == 1 and e["connected"]
+                                       and not e["drifted"] and e["error"] is None for e in entries.values()), json.dumps(entries)
+        labs = lab.labs()
+        assert passes(labs["edge-1"], 8080) and not passes(labs["edge-1"], 9090)
+        assert passes(labs["edge-2"], 9090) and not passes(labs["edge-2"], 8080)
+        for sw in labs.values():
+            roles = eventually(lambda sw=sw: sorted(r for t, r in controller_roles(sw).items() if t.startswith("ssl:"))
+                               == ["master", "slave"], 30)
+            assert roles, (controller_roles(sw), [log.read_text()[-3000:] for log in logs])
+            targets = subprocess.run(["ovs-vsctl", f"--db={sw.db_endpoint}", "get-controller", "br0"],
+                                     capture_output=True, text=True, check=True).stdout.split()
+            assert any(t.startswith("pssl:6653:") for t in targets), f"the lab's listener is gone: {targets}"
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        lab.down()

@@ -87,7 +87,7 @@ def test_state_dir_is_relative_to_the_fleet_file_and_defaults_to_the_state_root(
     assert record_dir(loaded.switches["a"]) == tmp_path / "records" / "a"
 
 
-def test_up_refuses_a_bad_policy_and_controllers_before_starting_anything(tmp_path: Path) -> None:
+def test_up_refuses_a_bad_policy_before_starting_anything(tmp_path: Path) -> None:
     lab_dir = Path("/run/ovsmgr/fleet-lab-refused-by-check")
     policies = {"good.yaml": GOOD_POLICY, "bad.yaml": BAD_POLICY}
     path = fleet(tmp_path, "version: 1\nswitches:\n  a: {policy: good.yaml}\n  b: {policy: bad.yaml}\n", policies)
@@ -97,12 +97,40 @@ def test_up_refuses_a_bad_policy_and_controllers_before_starting_anything(tmp_pa
     assert f"{path}: nothing was started" in result.output
     assert not lab_dir.exists()
 
-    path = fleet(tmp_path, "version: 1\nswitches:\n  a: {policy: good.yaml}\n"
-                 "  b: {policy: good.yaml, controllers: ['unix:/run/ctl.sock']}\n", policies)
-    result = CliRunner().invoke(main, ["fleet", "lab", "up", path, "--name", "refused-by-check"])
-    assert result.exit_code == 1
-    assert f"{path}:4:3: switch b has controllers" in result.output, result.output
-    assert not lab_dir.exists()
+
+def test_the_lab_runs_one_controller_per_group_and_controller_and_one_per_agent(tmp_path: Path) -> None:
+    from ovsmgr.lab.fleet import controller_servers, server_command
+
+    source = load_fleet(fleet(tmp_path, """version: 1
+tls: {private_key: k.pem, certificate: c.pem, ca_cert: ca.pem}
+controllers: ["ssl:10.0.0.9:6653", "ssl:10.0.0.10:6653"]
+switches:
+  a: {policy: good.yaml, db: "ssl:10.1.0.1:6640"}
+  b: {policy: good.yaml, db: "ssl:10.1.0.2:6640", group: east, controllers: ["ssl:10.2.0.9:6653"]}
+  c: {policy: good.yaml, db: "ssl:10.1.0.3:6640", agent: true, controllers: ["tcp:127.0.0.1:6653"]}
+  d: {policy: good.yaml, db: "ssl:10.1.0.4:6640"}
+"""))
+    servers = controller_servers(source, iter(range(7001, 7100)))
+    assert [(s["key"], s["port"], s["switches"]) for s in servers] == [
+        ("group::0", 7001, ["a", "d"]), ("group::1", 7002, ["a", "d"]), ("group:east:0", 7003, ["b"]),
+        ("agent:c:0", 7004, ["c"])]
+    commands = [server_command("lab1", Path("/lab/fleet.yaml"), s, "100.127.224.9") for s in servers]
+    assert commands[0] == ["ovsmgr", "controller", "--fleet", "/lab/fleet.yaml", "--listen", "ssl:0.0.0.0:7001",
+                           "--name", "lab1-ctl-0"]
+    assert commands[2][4:6] == ["--group", "east"]
+    assert commands[3] == ["ovsmgr", "agent", "--fleet", "/lab/fleet.yaml", "--switch", "c",
+                           "--listen", "ssl:100.127.224.9:7004", "--name", "lab1-c-0"]
+    ours = TlsFiles(Path("/lab/k.pem"), Path("/lab/c.pem"), Path("/lab/ca.pem"))
+    hosts = {"a": "100.127.224.1", "b": "100.127.224.5", "c": "100.127.224.9", "d": "100.127.224.13"}
+    controllers = {"a": [f"ssl:{hosts['a']}:7001", f"ssl:{hosts['a']}:7002"], "b": [f"ssl:{hosts['b']}:7003"],
+                   "c": [f"ssl:{hosts['c']}:7004"], "d": [f"ssl:{hosts['d']}:7001", f"ssl:{hosts['d']}:7002"]}
+    text = lab_fleet_text(source, ["ssl:127.0.0.1:1001"], ours, {n: "100.127.224.2" for n in hosts},
+                          Path("/lab/records"), controllers)
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "fleet.yaml").write_text(text)
+    lab = load_fleet(tmp_path / "lab" / "fleet.yaml")
+    assert {n: s.controllers for n, s in lab.switches.items()} == {n: tuple(c) for n, c in controllers.items()}
+    assert (lab.switches["b"].group, lab.switches["c"].agent, lab.switches["a"].group) == ("east", True, None)
 
 
 def test_lab_switch_names_must_make_namespace_names(tmp_path: Path) -> None:
