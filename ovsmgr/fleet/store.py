@@ -72,8 +72,9 @@ class _Idl(connection.OvsdbIdl):
         self.on_change()
 
 
-def probe(endpoints: Sequence[str], timeout: float) -> list[str]:
-    """Why each endpoint cannot serve the fleet database (empty: at least one can)."""
+def probe(endpoints: Sequence[str], timeout: float, relays: bool = False) -> list[str]:
+    """Why each endpoint cannot serve the fleet database (empty: at least one can); an OVSDB relay
+    cannot unless `relays` (a client that talks to a cluster's leader only never connects to one)."""
     problems = []
     for endpoint in endpoints:
         error, strm = stream.Stream.open_block(stream.Stream.open(endpoint), int(timeout * 1000))
@@ -84,9 +85,11 @@ def probe(endpoints: Sequence[str], timeout: float) -> list[str]:
         try:
             deadline = time.monotonic() + timeout
             reply = transact(rpc, jsonrpc.Message.create_request("list_dbs", []), deadline, f"list_dbs at {endpoint}")
+            model = ""
             if not reply.error and DATABASE in reply.result:
                 reply = transact(rpc, jsonrpc.Message.create_request("get_schema", [DATABASE]), deadline,
                                  f"get_schema at {endpoint}")
+                model = _model(rpc, deadline, endpoint)
         except OvsToolError as exc:
             problems.append(f"{endpoint}: {_why(endpoint, 0, timeout) or exc}")
             continue
@@ -96,10 +99,22 @@ def probe(endpoints: Sequence[str], timeout: float) -> list[str]:
             problems.append(f"{endpoint}: {reply.error}")
         elif not isinstance(reply.result, dict):
             problems.append(f"{endpoint}: has no {DATABASE} database (create it: docs/fleet.md)")
+        elif model == "relay" and not relays:
+            problems.append(f"{endpoint}: is an OVSDB relay; name the store's members (a relay's locks are "
+                            "its own, not the cluster's: docs/fleet.md)")
         else:
             _check_version(endpoint, str(reply.result.get("version", "")))
             return []
     return problems
+
+
+def _model(rpc: Any, deadline: float, endpoint: str) -> str:
+    """How the server holds the fleet database, as its `_Server` database says: clustered, relay, ..."""
+    select = {"op": "select", "table": "Database", "where": [["name", "==", DATABASE]], "columns": ["model"]}
+    reply = transact(rpc, jsonrpc.Message.create_request("transact", ["_Server", select]), deadline,
+                     f"_Server at {endpoint}")
+    rows = reply.result[0].get("rows", []) if not reply.error and reply.result else []
+    return str(rows[0]["model"]) if rows else ""
 
 
 def _check_version(endpoint: str, version: str) -> None:
@@ -135,7 +150,7 @@ class FleetStore:
         self.where = ",".join(self.endpoints)
         self.timeout = timeout
         self.switch = switch
-        problems = probe(self.endpoints, min(timeout, 10.0))
+        problems = probe(self.endpoints, min(timeout, 10.0), relays=not leader_only)
         if problems:
             raise StoreError("cannot reach the fleet store: " + "; ".join(problems))
         helper = connection.idlutils.create_schema_helper(json.loads(SCHEMA_FILE.read_text()))

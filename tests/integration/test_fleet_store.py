@@ -22,6 +22,7 @@ from ovsmgr.fleet.state import (
     StoreState,
 )
 from ovsmgr.fleet.store import FleetStore
+from ovsmgr.lab import netns
 from ovsmgr.lab.cluster import StoreCluster
 from ovsmgr.policy.generate import generate_policy
 
@@ -156,3 +157,19 @@ def test_a_store_made_before_the_file_table_is_refused_then_converted_in_place(t
     finally:
         assert not cluster.stop()
         shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def test_an_ovsdb_relay_named_as_the_store_is_refused_saying_why(cluster: StoreCluster) -> None:
+    relay = cluster.dir / "relay"
+    relay.mkdir()
+    netns.run(["ovsdb-server", f"--remote=punix:{relay}/relay.sock", f"--unixctl={relay}/relay.ctl",
+               f"--pidfile={relay}/relay.pid", "--detach", "--no-chdir", f"--log-file={relay}/relay.log",
+               "-vconsole:off", f"relay:{DATABASE}:{','.join(cluster.endpoints)}"])
+    pid = int((relay / "relay.pid").read_text())
+    try:
+        with pytest.raises(StoreError, match=f"unix:{relay}/relay.sock: is an OVSDB relay; name the store's members"):
+            FleetStore([f"unix:{relay}/relay.sock"], timeout=10)
+        with FleetStore([f"unix:{relay}/relay.sock", *cluster.endpoints], timeout=10) as store:  # the members serve
+            assert roll(store, 0, fleet_of(1)) == 1
+    finally:
+        assert netns.stop_process(pid, str(relay), "the relay") is None
