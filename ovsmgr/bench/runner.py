@@ -10,6 +10,7 @@ experiment that fails is recorded with its error and the run goes on.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 import time
@@ -162,6 +163,7 @@ class Runner:
             finally:
                 self.procs.stop_all()
                 self.results.finish(interrupted)
+                shutil.rmtree(self.workdir, ignore_errors=True)  # traffic configs, perf data: read already
         return self.results.data
 
     def run_experiment(self, exp: Experiment) -> None:

@@ -33,9 +33,11 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  #
         pytest.skip(f"missing {', '.join(missing)} (scripts/install)")
     out = tmp_path_factory.mktemp("bench") / "smoke"
     (out.parent / "namespaces-before").write_text("\n".join(_bench_namespaces()))
+    (out.parent / "tmp").mkdir()  # the run's own temporary directory: what it leaves there is seen
     ovsmgr = [sys.executable, "-c", "import sys; from ovsmgr.cli import main; sys.exit(main())"]
     proc = subprocess.run([*ovsmgr, "bench", "run", "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=240, check=False)
+                          capture_output=True, text=True, timeout=240, check=False,
+                          env={**os.environ, "TMPDIR": str(out.parent / "tmp")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text())
 
@@ -153,3 +155,5 @@ def test_nothing_is_left_behind(smoke_run: tuple[Path, dict]) -> None:  # type: 
     before = set((smoke_run[0].parent / "namespaces-before").read_text().split())
     ours = [n for n in _bench_namespaces() if n not in before]
     assert not ours, f"bench namespaces left behind: {ours}"
+    left = sorted(p.name for p in (smoke_run[0].parent / "tmp").iterdir())
+    assert not left, f"temporary files left behind: {left}"
