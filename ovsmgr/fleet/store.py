@@ -87,21 +87,23 @@ def probe(endpoints: Sequence[str], timeout: float, relays: bool = False) -> lis
             reply = transact(rpc, jsonrpc.Message.create_request("list_dbs", []), deadline, f"list_dbs at {endpoint}")
             model = ""
             if not reply.error and DATABASE in reply.result:
-                reply = transact(rpc, jsonrpc.Message.create_request("get_schema", [DATABASE]), deadline,
-                                 f"get_schema at {endpoint}")
+                # the model first: a relay that has not reached its cluster yet has no schema to give
                 model = _model(rpc, deadline, endpoint)
+                if model != "relay" or relays:
+                    reply = transact(rpc, jsonrpc.Message.create_request("get_schema", [DATABASE]), deadline,
+                                     f"get_schema at {endpoint}")
         except OvsToolError as exc:
             problems.append(f"{endpoint}: {_why(endpoint, 0, timeout) or exc}")
             continue
         finally:
             rpc.close()
-        if reply.error:
+        if model == "relay" and not relays:
+            problems.append(f"{endpoint}: is an OVSDB relay; name the store's members (a relay's locks are "
+                            "its own, not the cluster's: docs/fleet.md)")
+        elif reply.error:
             problems.append(f"{endpoint}: {reply.error}")
         elif not isinstance(reply.result, dict):
             problems.append(f"{endpoint}: has no {DATABASE} database (create it: docs/fleet.md)")
-        elif model == "relay" and not relays:
-            problems.append(f"{endpoint}: is an OVSDB relay; name the store's members (a relay's locks are "
-                            "its own, not the cluster's: docs/fleet.md)")
         else:
             _check_version(endpoint, str(reply.result.get("version", "")))
             return []

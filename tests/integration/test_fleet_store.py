@@ -159,17 +159,24 @@ def test_a_store_made_before_the_file_table_is_refused_then_converted_in_place(t
         shutil.rmtree(cluster.dir, ignore_errors=True)
 
 
+def start_relay(directory: Path, sources: list[str]) -> int:
+    """An OVSDB relay of the fleet database in `directory` (`relay.sock`); its pid."""
+    directory.mkdir()
+    netns.run(["ovsdb-server", f"--remote=punix:{directory}/relay.sock", f"--unixctl={directory}/relay.ctl",
+               f"--pidfile={directory}/relay.pid", "--detach", "--no-chdir", f"--log-file={directory}/relay.log",
+               "-vconsole:off", f"relay:{DATABASE}:{','.join(sources)}"])
+    return int((directory / "relay.pid").read_text())
+
+
 def test_an_ovsdb_relay_named_as_the_store_is_refused_saying_why(cluster: StoreCluster) -> None:
-    relay = cluster.dir / "relay"
-    relay.mkdir()
-    netns.run(["ovsdb-server", f"--remote=punix:{relay}/relay.sock", f"--unixctl={relay}/relay.ctl",
-               f"--pidfile={relay}/relay.pid", "--detach", "--no-chdir", f"--log-file={relay}/relay.log",
-               "-vconsole:off", f"relay:{DATABASE}:{','.join(cluster.endpoints)}"])
-    pid = int((relay / "relay.pid").read_text())
+    relay, lost = cluster.dir / "relay", cluster.dir / "lost"
+    pids = {relay: start_relay(relay, cluster.endpoints),
+            lost: start_relay(lost, [f"unix:{cluster.dir}/nothing.sock"])}  # never reaches a cluster: no schema
     try:
-        with pytest.raises(StoreError, match=f"unix:{relay}/relay.sock: is an OVSDB relay; name the store's members"):
-            FleetStore([f"unix:{relay}/relay.sock"], timeout=10)
+        for where in (relay, lost):
+            with pytest.raises(StoreError, match=f"unix:{where}/relay.sock: is an OVSDB relay; name the store's members"):
+                FleetStore([f"unix:{where}/relay.sock"], timeout=10)
         with FleetStore([f"unix:{relay}/relay.sock", *cluster.endpoints], timeout=10) as store:  # the members serve
             assert roll(store, 0, fleet_of(1)) == 1
     finally:
-        assert netns.stop_process(pid, str(relay), "the relay") is None
+        assert all(netns.stop_process(pid, str(where), "the relay") is None for where, pid in pids.items())
