@@ -202,7 +202,7 @@ class ServedSwitch(Controller):
                     self._claim()
                     continue
                 elif kind == "identify":
-                    self._identify()
+                    self._identify(wait=0)
                     continue
                 self._sync()
             except Exception:  # logged; the next connection, release or role change tries again
@@ -285,10 +285,7 @@ class ServedSwitch(Controller):
         if not self.prepared and self.spec.db is not None:
             engine.prepare(list(self.spec.controllers))
             self.prepared = True
-            if self.dpid is None:
-                self.dpid = self._read_dpid()
-                if self.dpid is not None:
-                    self.owner.known(self, self.dpid)
+            self._identify(wait=10)
         if self.channel is None:
             engine.attach(None)
             self._observe(connected=False)
@@ -304,34 +301,27 @@ class ServedSwitch(Controller):
             self.settled = True
         self._applied()
 
-    def _identify(self) -> None:
-        """Which connection is this switch's, from its bridge's datapath id in its OVSDB: a standby
-        (which never prepares the bridge) learns it this way, and a connection that came before it
-        was known is handed over (`FleetController.known`)."""
+    def _identify(self, wait: float) -> None:
+        """Which connection is this switch's, from its bridge's datapath id in its OVSDB (waiting up to
+        `wait` seconds for ovs-vswitchd to set it): at start, once the active controller has set the
+        bridge up, and when the store first names the bridge (so a standby, which sets nothing up, learns
+        it too). A connection that came before the id was known is handed over (`FleetController.known`)."""
         bridge = self.owner.bridge_of(self.name)
         if self.dpid is not None or not bridge or self.spec.db is None:
             return
-        try:  # one look, no wait: a bridge not made yet is made, and read, by the active controller
+        deadline = time.monotonic() + wait
+        try:
             with ControllerDB(self.spec.db) as db:
-                dpid = db.datapath_id(bridge) if bridge in db.bridges() else None
-        except Exception as exc:  # unreachable now: the next release, or the active one's prepare, tries again
+                if bridge not in db.bridges():  # not made yet: the active controller makes it, then reads it
+                    return
+                while (dpid := db.datapath_id(bridge)) is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        except Exception as exc:  # unreachable now: the next release, or the active one's set-up, tries again
             log.info("switch %s: its datapath id cannot be read yet: %s", self.name, exc)
             return
         if dpid is not None:
             self.dpid = dpid
             self.owner.known(self, dpid)
-
-    def _read_dpid(self) -> int | None:
-        bridge = self.owner.bridge_of(self.name)
-        if not bridge or self.spec.db is None:
-            return None
-        deadline = time.monotonic() + 10
-        with ControllerDB(self.spec.db) as db:
-            while True:
-                dpid = db.datapath_id(bridge)
-                if dpid is not None or time.monotonic() > deadline:
-                    return dpid
-                time.sleep(0.05)
 
     def _applied(self) -> None:
         assert self.serving is not None
@@ -452,11 +442,10 @@ class FleetController:
             match_log = open(self.options.match_log, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
         for spec in specs:
             sw = self.switches[spec.name] = ServedSwitch(self, spec, self.options, match_log)
-            if sw.dpid is None:
-                with contextlib.suppress(Exception):  # no bridge yet: known once the switch is prepared
-                    sw.dpid = sw._read_dpid()
-            if sw.dpid is not None:
+            if sw.dpid is not None:  # the fleet file's datapath_id
                 self.known(sw, sw.dpid)
+            else:  # the bridge's own, if the store names it already
+                sw._identify(wait=10)
         listen = self._start_openflow()
         for sw in self.switches.values():
             threading.Thread(target=sw.serve_forever, name=f"switch-{sw.name}", daemon=True).start()

@@ -133,7 +133,7 @@ def controller_servers(fleet: Fleet, ports: Iterator[int]) -> list[dict[str, Any
     for spec in fleet.switches.values():
         for index in range(len(spec.controllers)):
             key = server_key(spec, index)
-            server = servers.setdefault(key, {"key": key, "port": next(ports), "switches": [],
+            server = servers.setdefault(key, {"key": key, "index": index, "port": next(ports), "switches": [],
                                               "agent": spec.name if spec.agent else None, "group": spec.group})
             server["switches"].append(spec.name)
     return list(servers.values())
@@ -142,7 +142,7 @@ def controller_servers(fleet: Fleet, ports: Iterator[int]) -> list[dict[str, Any
 def server_command(lab_name: str, fleet_file: Path, server: dict[str, Any], host_address: str) -> list[str]:
     """How to run one of the lab's controllers: an agent listens at its switch's end of the host, a
     fleet controller (several switches, several management links) on every address of the host."""
-    index = server["key"].rsplit(":", 1)[1]
+    index = server["index"]
     if server["agent"] is not None:
         return ["ovsmgr", "agent", "--fleet", str(fleet_file), "--switch", server["agent"],
                 "--listen", f"ssl:{host_address}:{server['port']}", "--name", f"{lab_name}-{server['agent']}-{index}"]
