@@ -41,7 +41,7 @@ from pathlib import Path
 from ovsmgr.compiler import compile_policy
 from ovsmgr.lab.ovs import Lab, LabPort, LabSpec
 from ovsmgr.policy import load_policy
-from ovsmgr.policy.generate import generate_policy
+from ovsmgr.policy.generate import generate_policy, one_rule_changed
 from ovsmgr.render.ofctl import bundle_text
 from ovsmgr.southbound.openflow import InstalledFlow, decode_flow
 from ovsmgr.southbound.target import SwitchTarget
@@ -105,9 +105,7 @@ class Bench:
 def policies(workdir: Path, rules: int) -> tuple[Path, Path]:
     """The generated policy, and a copy with one rule's TCP port changed."""
     text = generate_policy(rules, "mixed")
-    line = next(line for line in text.splitlines() if "services: [tcp/" in line)
-    port = int(line.split("services: [tcp/")[1].split("]")[0])
-    changed = text.replace(line, line.replace(f"tcp/{port}]", f"tcp/{port + 1 if port < 65535 else port - 1}]"), 1)
+    changed = one_rule_changed(text)
     a, b = workdir / f"p{rules}.yaml", workdir / f"p{rules}-changed.yaml"
     a.write_text(text)
     b.write_text(changed)

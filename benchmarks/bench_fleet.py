@@ -40,7 +40,7 @@ from ovsmgr.fleet.rollout import run_rollout
 from ovsmgr.fleet.store import ROLLOUT_LOCK, FleetStore
 from ovsmgr.lab.cluster import StoreCluster
 from ovsmgr.lab.ovs import Lab, LabPort, LabSpec
-from ovsmgr.policy.generate import generate_policy
+from ovsmgr.policy.generate import generate_policy, one_rule_changed
 
 LABS = 3
 
@@ -58,9 +58,7 @@ def write_fleet(workdir: Path, labs: list[Lab], size: int, rules: int, variant: 
                 served: bool = False) -> Fleet:
     """The first `size` switches, round-robin over the labs, all on policy `variant` (0 or 1)."""
     text = generate_policy(rules, "mixed")
-    line = next(row for row in text.splitlines() if "services: [tcp/" in row)
-    port = int(line.split("services: [tcp/")[1].split("]")[0])
-    texts = [text, text.replace(line, line.replace(f"tcp/{port}]", f"tcp/{port - 1}]"), 1)]
+    texts = [text, one_rule_changed(text)]
     per_lab = -(-size // LABS)
     chosen = [(lab, name, bridge) for b in range(per_lab) for lab in range(len(labs))
               for name, bridge in switch_names(lab, per_lab)[b:b + 1]][:size]

@@ -43,7 +43,7 @@ from pathlib import Path
 from ovsmgr.fleet.state import DATABASE, DesiredSwitch, PolicySource, StoreState
 from ovsmgr.fleet.store import FleetStore
 from ovsmgr.lab.cluster import StoreCluster
-from ovsmgr.policy.generate import generate_policy
+from ovsmgr.policy.generate import generate_policy, one_rule_changed
 
 WAIT = 300.0
 
@@ -112,9 +112,7 @@ def site_file(i: int) -> str:
 def bases(rules: int) -> list[str]:
     """The base and a copy with one rule's port changed (as bench_fleet.py changes it)."""
     text = generate_policy(rules, "mixed")
-    line = next(row for row in text.splitlines() if "services: [tcp/" in row)
-    port = int(line.split("services: [tcp/")[1].split("]")[0])
-    return [text, text.replace(line, line.replace(f"tcp/{port}]", f"tcp/{port - 1}]"), 1)]
+    return [text, one_rule_changed(text)]
 
 
 def desired(size: int, base: str) -> dict[str, DesiredSwitch]:

@@ -110,3 +110,11 @@ def generate_policy(rules: int, kind: Kind, seed: int = 0) -> str:
         lines.append(f"    - {{name: {name}, from: inside, to: outside, {match}, action: drop}}\n")
     lines.append(ALLOW_RULE)
     return "".join(lines)
+
+
+def one_rule_changed(text: str) -> str:
+    """A generated policy with one rule changed: its first TCP destination port rule's port moved by
+    one (what the update benchmarks change between two runs; the other rules stay as they are)."""
+    line = next(row for row in text.splitlines() if "services: [tcp/" in row)
+    port = int(line.split("services: [tcp/")[1].split("]")[0])
+    return text.replace(line, line.replace(f"tcp/{port}]", f"tcp/{port + 1 if port < 65535 else port - 1}]"), 1)

@@ -10,7 +10,13 @@ from click.testing import CliRunner
 
 from ovsmgr.cli.generate import generate
 from ovsmgr.policy import load_policy_text
-from ovsmgr.policy.generate import FILLER_PORTS, FILLER_SOURCES, MAX_DPORT_RULES, generate_policy
+from ovsmgr.policy.generate import (
+    FILLER_PORTS,
+    FILLER_SOURCES,
+    MAX_DPORT_RULES,
+    generate_policy,
+    one_rule_changed,
+)
 from ovsmgr.policy.ir import RuleMatch, Service
 
 
@@ -78,3 +84,14 @@ def test_generate_command_writes_to_stdout_or_a_file(tmp_path: Path) -> None:
                                   ["--kind", "src"], ["--rules", str(MAX_DPORT_RULES + 1), "--kind", "dport"]])
 def test_generate_command_refuses_bad_arguments(args: list[str]) -> None:
     assert CliRunner().invoke(generate, args).exit_code == 2
+
+
+def test_one_rule_changed_changes_one_rule_and_stays_clean() -> None:
+    text = generate_policy(200, "mixed")
+    changed = one_rule_changed(text)
+    before, after = load_policy_text(text, "a.yaml"), load_policy_text(changed, "b.yaml")
+    assert after.diagnostics == ()
+    differ = [(a.name, a.match, b.match) for a, b in zip(before.rules, after.rules, strict=True)
+              if (a.name, a.match, a.action) != (b.name, b.match, b.action)]
+    assert len(differ) == 1, differ
+
